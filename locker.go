@@ -429,15 +429,17 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
-	if !l.reserve() {
-		return nil, ErrFull
-	}
 	m := l.mask(req.Key)
 	l.lock(m)
 	n := l.getNode(req.Key)
 	var b *node
 	if len(n.queue) == 0 {
 		if b = l.blocker(n, req.Kind); b == nil {
+			if !l.reserve() {
+				l.maybeFree(n)
+				l.unlock(m)
+				return nil, ErrFull
+			}
 			l.grant(n, req.Kind)
 			l.unlock(m)
 			return &memLease{l: l, n: n, kind: req.Kind}, nil
@@ -445,12 +447,18 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	} else {
 		b = l.blocker(n, n.queue[0].kind)
 	}
+	// A conflict. It is reported as such even when the table is full:
+	// the lock in the way is the more useful answer.
 	if req.Wait <= 0 || int64(len(n.queue)) >= l.maxWaiters.Load() || ctx.Err() != nil {
 		err := l.conflict(n, b)
 		l.maybeFree(n)
 		l.unlock(m)
-		l.reserved.Add(-1)
 		return nil, err
+	}
+	if !l.reserve() {
+		l.maybeFree(n)
+		l.unlock(m)
+		return nil, ErrFull
 	}
 	w := &waiter{kind: req.Kind, node: n, ch: make(chan struct{}, 1)}
 	n.queue = append(n.queue, w)
@@ -521,7 +529,8 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 }
 
 func (l *MemLocker) release(n *node, kind Kind) {
-	m := l.mask(n.key)
+	key := n.key // n may be recycled below
+	m := l.mask(key)
 	l.lock(m)
 	if kind == Exclusive {
 		n.excl = false
@@ -548,7 +557,7 @@ func (l *MemLocker) release(n *node, kind Kind) {
 	l.advance(n)
 	l.maybeFree(n)
 	if l.hierarchy {
-		ancestors(n.key, func(a string) bool {
+		ancestors(key, func(a string) bool {
 			if an := l.lookup(a); an != nil {
 				l.maybeFree(an)
 			}

@@ -1,1 +1,393 @@
+// Package caddylock is a Caddy HTTP handler that enforces locks in front of
+// a backend: a write to a resource holds an exclusive lock while it is
+// proxied, and a conflicting request is answered with 423 Locked before it
+// reaches the backend.
 package caddylock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the handler's settings.
+const (
+	DefaultZone    = "default"
+	DefaultMaxHold = 5 * time.Minute
+)
+
+// readMethods take no lock unless the config says otherwise: they do not
+// change the resource.
+var readMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH"}
+
+// Handler enforces per-resource locks. A request whose method takes a lock
+// holds it for as long as the rest of the route (usually reverse_proxy)
+// runs; a request that conflicts with a held lock gets 423 Locked, with
+// Retry-After and an application/problem+json body, and never reaches the
+// next handler.
+type Handler struct {
+	// Key identifies the resource a request locks, with placeholders.
+	// The result, when it starts with "/", is normalised as a path
+	// (percent-decoding, dot segments, repeated and trailing slashes,
+	// ;parameters), so that every spelling of a path maps to one key.
+	// Default: the request path. The host is left out on purpose: a
+	// client could otherwise dodge a lock by varying the Host header;
+	// give each backend its own zone instead.
+	Key string `json:"key,omitempty"`
+
+	// Exclusive lists the methods that take an exclusive lock. Default:
+	// every method except GET, HEAD, OPTIONS, TRACE, PROPFIND, REPORT and
+	// SEARCH, so that an unknown method counts as a write.
+	Exclusive []string `json:"exclusive,omitempty"`
+
+	// Shared lists the methods that take a shared lock: shared locks
+	// coexist, an exclusive lock excludes them. Default: none.
+	Shared []string `json:"shared,omitempty"`
+
+	// Hierarchy makes a lock on /a cover everything under /a/ as well
+	// (depth infinity), both ways. Default: off.
+	Hierarchy bool `json:"hierarchy,omitempty"`
+
+	// CaseInsensitive folds case in the key, for backends that do.
+	CaseInsensitive bool `json:"case_insensitive,omitempty"`
+
+	// Wait is how long a conflicting request queues (first in, first
+	// out) before it gets 423. A client that goes away leaves the queue
+	// at once. Default: 0, answer at once.
+	Wait caddy.Duration `json:"wait,omitempty"`
+
+	// MaxWaiters bounds the queue of one key; past it a conflicting
+	// request gets 423 at once. Default: 64.
+	MaxWaiters int `json:"max_waiters,omitempty"`
+
+	// RetryAfter is the Retry-After value of a refusal. Default:
+	// estimated from the recent hold times of locks in the zone, in whole
+	// seconds, at least 1.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	// MaxHold is the longest one request may hold a lock; past it the
+	// rest of the route (the upstream request) is cancelled and the lock
+	// released. Default: 5m.
+	MaxHold caddy.Duration `json:"max_hold,omitempty"`
+
+	// MaxLocks bounds held locks plus waiters in the zone; past it a new
+	// request is refused with 503. A held lock is never evicted. Default:
+	// 100000.
+	MaxLocks int `json:"max_locks,omitempty"`
+
+	// Zone names the lock table. Handlers with the same zone share locks
+	// across sites and routes. Default: "default".
+	Zone string `json:"zone,omitempty"`
+
+	// UseHandleErrors hands a refusal to Caddy's handle_errors routes
+	// (as an error with status 423 or 503) instead of writing the
+	// problem+json body, for sites that want their own error page.
+	// Retry-After is set either way.
+	UseHandleErrors bool `json:"use_handle_errors,omitempty"`
+
+	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
+	defExcl bool            // methods not listed take an exclusive lock
+	zone    *zone
+	metrics zoneMetrics
+	logger  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.lock",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler and attaches it to its zone's lock table.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Zone == "" {
+		h.Zone = DefaultZone
+	}
+	if h.MaxHold == 0 {
+		h.MaxHold = caddy.Duration(DefaultMaxHold)
+	}
+	h.kinds = make(map[string]Kind)
+	h.defExcl = len(h.Exclusive) == 0
+	for _, m := range h.Exclusive {
+		h.kinds[strings.ToUpper(m)] = Exclusive
+	}
+	for _, m := range h.Shared {
+		h.kinds[strings.ToUpper(m)] = Shared
+	}
+	z, err := loadZone(h.Zone, h.Hierarchy)
+	if err != nil {
+		h.logger.Error("provisioning lock zone", zap.String("zone", h.Zone), zap.Error(err))
+		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
+	}
+	h.zone = z
+	z.locker.SetLimits(h.MaxLocks, h.MaxWaiters)
+	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	seen := make(map[string]string)
+	for list, methods := range map[string][]string{"exclusive": h.Exclusive, "shared": h.Shared} {
+		for _, m := range methods {
+			if !validMethod(m) {
+				return fmt.Errorf("lock: %s: %q is not an HTTP method", list, m)
+			}
+			um := strings.ToUpper(m)
+			if other, ok := seen[um]; ok && other != list {
+				return fmt.Errorf("lock: method %s is listed as both exclusive and shared", um)
+			}
+			seen[um] = list
+		}
+	}
+	for name, d := range map[string]caddy.Duration{"wait": h.Wait, "retry_after": h.RetryAfter, "max_hold": h.MaxHold} {
+		if d < 0 {
+			return fmt.Errorf("lock: %s must not be negative, got %s", name, time.Duration(d))
+		}
+	}
+	if h.MaxLocks < 0 || h.MaxWaiters < 0 {
+		return fmt.Errorf("lock: max_locks and max_waiters must not be negative")
+	}
+	return nil
+}
+
+// Cleanup lets go of the zone; its locks live on while another config
+// (the one replacing this one on a reload) still uses it.
+func (h *Handler) Cleanup() error {
+	if h.zone != nil {
+		_, err := zones.Delete(h.zone.poolKey)
+		h.zone = nil
+		return err
+	}
+	return nil
+}
+
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for _, c := range m {
+		// RFC 9110 token characters.
+		if c > 0x7e || c <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, c) {
+			return false
+		}
+	}
+	return true
+}
+
+// kindOf returns the lock a method takes, and false for none.
+func (h *Handler) kindOf(method string) (Kind, bool) {
+	if k, ok := h.kinds[method]; ok {
+		return k, true
+	}
+	if h.defExcl && !slices.Contains(readMethods, method) {
+		return Exclusive, true
+	}
+	return 0, false
+}
+
+// Placeholder values of {http.lock.result}.
+const (
+	resultAcquired = "acquired"
+	resultWaited   = "waited"
+	resultConflict = "conflict"
+	resultFull     = "full"
+	resultNone     = "none"
+)
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	kind, ok := h.kindOf(r.Method)
+	if !ok {
+		repl.Set("http.lock.result", resultNone)
+		h.metrics.count(resultNone)
+		return next.ServeHTTP(w, r)
+	}
+	key := h.keyOf(r, repl)
+	repl.Set("http.lock.key", key)
+
+	start := time.Now()
+	lease, err := h.zone.locker.Acquire(r.Context(), Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
+	waited := time.Since(start)
+	repl.Set("http.lock.wait", waited)
+	if h.Wait > 0 {
+		h.metrics.wait.Observe(waited.Seconds())
+	}
+	if err != nil {
+		return h.refuse(w, r, repl, key, err)
+	}
+	result := resultAcquired
+	if waited > time.Millisecond && h.Wait > 0 {
+		result = resultWaited
+	}
+	repl.Set("http.lock.result", result)
+	h.metrics.count(result)
+	h.metrics.held.Inc()
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			lease.Release()
+			h.metrics.held.Dec()
+		})
+	}
+
+	// The rest of the route runs on a context that a departing client
+	// does not cancel: a legacy backend half-way through a write keeps
+	// writing, and the lock is held until it has answered. max_hold
+	// bounds that: it cancels the upstream request and releases the lock,
+	// even if a later handler ignores the cancellation.
+	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Duration(h.MaxHold))
+	stop := context.AfterFunc(holdCtx, release)
+	defer func() {
+		stop()
+		cancel()
+		release()
+	}()
+	return next.ServeHTTP(w, r.WithContext(holdCtx))
+}
+
+// keyOf computes the lock key of a request.
+func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) string {
+	k := r.URL.Path
+	if h.Key != "" {
+		k = repl.ReplaceAll(h.Key, "")
+	}
+	if strings.HasPrefix(k, "/") {
+		k = normalizePath(k)
+	}
+	if h.CaseInsensitive {
+		k = strings.ToLower(k)
+	}
+	return k
+}
+
+// problemType identifies caddy-lock's problem documents (RFC 9457).
+const problemType = "https://github.com/caddy-lock/caddy-lock#refusals"
+
+// problem is an RFC 9457 problem document.
+type problem struct {
+	Type     string       `json:"type"`
+	Title    string       `json:"title"`
+	Status   int          `json:"status"`
+	Detail   string       `json:"detail"`
+	Instance string       `json:"instance"`
+	Lock     *problemLock `json:"lock,omitempty"`
+}
+
+type problemLock struct {
+	Key         string  `json:"key"`
+	Kind        string  `json:"kind"`
+	Below       bool    `json:"below,omitempty"`
+	HeldSeconds float64 `json:"held_seconds"`
+}
+
+// refuse answers a request whose lock was not granted: 423 for a
+// conflict, 503 for a full table, always with Retry-After.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
+	var conflict *ConflictError
+	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
+	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
+	switch {
+	case errors.As(err, &conflict):
+		status, retry, result = http.StatusLocked, conflict.RetryAfter, resultConflict
+		p.Title = "Resource is locked"
+		p.Detail = fmt.Sprintf("%s %s %s", r.Method, key, conflict.Error())
+		p.Lock = &problemLock{
+			Key:         conflict.Key,
+			Kind:        conflict.Kind.String(),
+			Below:       conflict.Below,
+			HeldSeconds: conflict.HeldFor.Seconds(),
+		}
+		h.logger.Debug("lock conflict", zap.String("key", key), zap.String("method", r.Method),
+			zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
+	case errors.Is(err, ErrFull):
+		p.Title = "Lock table is full"
+		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
+		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// The client left while queued; nobody reads the answer.
+		repl.Set("http.lock.result", resultConflict)
+		h.metrics.count(resultConflict)
+		return caddyhttp.Error(499, fmt.Errorf("lock %s: client went away while waiting: %w", key, err))
+	default:
+		p.Title = "Lock unavailable"
+		p.Detail = "the lock store could not be reached"
+		h.logger.Error("acquiring lock", zap.String("key", key), zap.String("method", r.Method), zap.Error(err))
+	}
+	p.Status = status
+	repl.Set("http.lock.result", result)
+	h.metrics.count(result)
+	if h.RetryAfter > 0 {
+		retry = time.Duration(h.RetryAfter)
+	}
+	secs := max(1, int64((retry+time.Second-1)/time.Second))
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	if h.UseHandleErrors {
+		return caddyhttp.Error(status, fmt.Errorf("lock %s: %w", key, err))
+	}
+	body, merr := json.Marshal(p)
+	if merr != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("encoding problem document: %w", merr))
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// zones holds the lock tables by zone, outside of handler instances, so
+// that a reloaded config (which Caddy provisions before it stops the old
+// one) sees the locks that requests under the old config still hold.
+var zones = caddy.NewUsagePool()
+
+type zone struct {
+	poolKey string
+	locker  *MemLocker
+}
+
+// Destruct implements caddy.Destructor; an in-memory table needs nothing.
+func (*zone) Destruct() error { return nil }
+
+func loadZone(name string, hierarchy bool) (*zone, error) {
+	// The hierarchy flag is part of the table's structure, so a zone
+	// whose hierarchy setting changes starts a new table.
+	poolKey := name
+	if hierarchy {
+		poolKey += "\x00hierarchy"
+	}
+	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		return &zone{poolKey: poolKey, locker: NewMemLocker(hierarchy, 0, 0)}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*zone), nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,460 @@
+package caddylock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func mustAcquire(t *testing.T, l Locker, key string, kind Kind) Lease {
+	t.Helper()
+	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	if err != nil {
+		t.Fatalf("acquire %s %s: %v", kind, key, err)
+	}
+	return ls
+}
+
+func mustConflict(t *testing.T, l Locker, key string, kind Kind) *ConflictError {
+	t.Helper()
+	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	if err == nil {
+		ls.Release()
+		t.Fatalf("acquire %s %s: granted, want conflict", kind, key)
+	}
+	var c *ConflictError
+	if !errors.As(err, &c) {
+		t.Fatalf("acquire %s %s: %v, want *ConflictError", kind, key, err)
+	}
+	return c
+}
+
+func assertEmpty(t *testing.T, l *MemLocker) {
+	t.Helper()
+	held, waiting, nodes := l.Stats()
+	if held != 0 || waiting != 0 || nodes != 0 || l.reserved.Load() != 0 {
+		t.Fatalf("table not empty: held=%d waiting=%d nodes=%d reserved=%d", held, waiting, nodes, l.reserved.Load())
+	}
+}
+
+func TestLockerExclusiveShared(t *testing.T) {
+	l := NewMemLocker(false, 0, 0)
+	a := mustAcquire(t, l, "/a", Exclusive)
+	c := mustConflict(t, l, "/a", Exclusive)
+	if c.Key != "/a" || c.Kind != Exclusive || c.RetryAfter < time.Second {
+		t.Fatalf("conflict = %+v", c)
+	}
+	mustConflict(t, l, "/a", Shared)
+	b := mustAcquire(t, l, "/b", Exclusive) // distinct keys do not conflict
+	a.Release()
+	a.Release() // a second release changes nothing
+	s1 := mustAcquire(t, l, "/a", Shared)
+	s2 := mustAcquire(t, l, "/a", Shared)
+	if c := mustConflict(t, l, "/a", Exclusive); c.Kind != Shared {
+		t.Fatalf("conflict kind = %v, want shared", c.Kind)
+	}
+	if held, _, _ := l.Stats(); held != 3 {
+		t.Fatalf("held = %d, want 3", held)
+	}
+	s1.Release()
+	mustConflict(t, l, "/a", Exclusive)
+	s2.Release()
+	b.Release()
+	mustAcquire(t, l, "/a", Exclusive).Release()
+	assertEmpty(t, l)
+}
+
+func TestLockerHierarchy(t *testing.T) {
+	for _, tc := range []struct {
+		held, want string
+		conflict   bool
+	}{
+		{"/a", "/a/b", true},
+		{"/a/b", "/a", true},
+		{"/a", "/a/b/c/d", true},
+		{"/a/b/c/d", "/a", true},
+		{"/", "/x", true},
+		{"/x/y", "/", true},
+		{"/a", "/ab", false},
+		{"/ab", "/a", false},
+		{"/a/b", "/a/c", false},
+		{"/a/b", "/a/bc", false},
+	} {
+		t.Run(tc.held+" vs "+tc.want, func(t *testing.T) {
+			l := NewMemLocker(true, 0, 0)
+			h := mustAcquire(t, l, tc.held, Exclusive)
+			if tc.conflict {
+				c := mustConflict(t, l, tc.want, Exclusive)
+				mustConflict(t, l, tc.want, Shared)
+				if len(tc.held) < len(tc.want) && c.Key != tc.held {
+					t.Fatalf("conflict key = %q, want the ancestor %q", c.Key, tc.held)
+				}
+				if len(tc.held) > len(tc.want) && !c.Below {
+					t.Fatalf("conflict %+v should say the lock is below", c)
+				}
+			} else {
+				mustAcquire(t, l, tc.want, Exclusive).Release()
+			}
+			h.Release()
+			mustAcquire(t, l, tc.want, Exclusive).Release()
+			assertEmpty(t, l)
+		})
+	}
+
+	// Shared locks coexist across levels; an exclusive one anywhere on
+	// the path does not.
+	l := NewMemLocker(true, 0, 0)
+	s1 := mustAcquire(t, l, "/a", Shared)
+	s2 := mustAcquire(t, l, "/a/b", Shared)
+	mustConflict(t, l, "/a/b/c", Exclusive)
+	mustConflict(t, l, "/", Exclusive)
+	s1.Release()
+	s2.Release()
+	assertEmpty(t, l)
+
+	// Without hierarchy, nested paths are independent.
+	flat := NewMemLocker(false, 0, 0)
+	x := mustAcquire(t, flat, "/a", Exclusive)
+	mustAcquire(t, flat, "/a/b", Exclusive).Release()
+	x.Release()
+	assertEmpty(t, flat)
+}
+
+// waitForQueue polls until key has n waiters; waiters queue asynchronously.
+func waitForQueue(t *testing.T, l *MemLocker, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, waiting, _ := l.Stats()
+		if waiting == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiters = %d, want %d", waiting, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestLockerFIFO(t *testing.T) {
+	for _, hierarchy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
+			l := NewMemLocker(hierarchy, 0, 0)
+			first := mustAcquire(t, l, "/doc", Exclusive)
+			order := make(chan int, 10)
+			var wg sync.WaitGroup
+			for i := range 5 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Exclusive, Wait: 10 * time.Second})
+					if err != nil {
+						t.Errorf("waiter %d: %v", i, err)
+						return
+					}
+					order <- i
+					ls.Release()
+				}()
+				waitForQueue(t, l, i+1) // queue them in a known order
+			}
+			// A newcomer must not overtake the queue, even when it
+			// does not wait.
+			first.Release()
+			wg.Wait()
+			close(order)
+			want := 0
+			for got := range order {
+				if got != want {
+					t.Fatalf("granted waiter %d, want %d", got, want)
+				}
+				want++
+			}
+			assertEmpty(t, l)
+		})
+	}
+}
+
+func TestLockerNoOvertaking(t *testing.T) {
+	l := NewMemLocker(false, 0, 0)
+	held := mustAcquire(t, l, "/doc", Exclusive)
+	got := make(chan error, 1)
+	go func() {
+		ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Shared, Wait: 10 * time.Second})
+		if err == nil {
+			defer ls.Release()
+		}
+		got <- err
+	}()
+	waitForQueue(t, l, 1)
+	held.Release()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, l)
+
+	// While a writer waits behind readers, new readers queue behind it.
+	r1 := mustAcquire(t, l, "/doc", Shared)
+	writer := make(chan Lease, 1)
+	go func() {
+		ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Exclusive, Wait: 10 * time.Second})
+		if err != nil {
+			t.Error(err)
+		}
+		writer <- ls
+	}()
+	waitForQueue(t, l, 1)
+	mustConflict(t, l, "/doc", Shared)
+	r1.Release()
+	w := <-writer
+	if w == nil {
+		t.FailNow()
+	}
+	w.Release()
+	assertEmpty(t, l)
+}
+
+func TestLockerSharedWaitersGrantedTogether(t *testing.T) {
+	l := NewMemLocker(false, 0, 0)
+	w := mustAcquire(t, l, "/doc", Exclusive)
+	var inside, peak atomic.Int32
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Shared, Wait: 10 * time.Second})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			n := inside.Add(1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			<-release
+			inside.Add(-1)
+			ls.Release()
+		}()
+	}
+	waitForQueue(t, l, 3)
+	w.Release()
+	deadline := time.Now().Add(5 * time.Second)
+	for peak.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if peak.Load() != 3 {
+		t.Fatalf("shared waiters held together: %d, want 3", peak.Load())
+	}
+	assertEmpty(t, l)
+}
+
+func TestLockerWaitTimeoutAndCancel(t *testing.T) {
+	for _, hierarchy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
+			l := NewMemLocker(hierarchy, 0, 0)
+			held := mustAcquire(t, l, "/a", Exclusive)
+			key := "/a"
+			if hierarchy {
+				key = "/a/b" // blocked by the ancestor
+			}
+			_, err := l.Acquire(context.Background(), Request{Key: key, Kind: Exclusive, Wait: 20 * time.Millisecond})
+			var c *ConflictError
+			if !errors.As(err, &c) || c.Key != "/a" {
+				t.Fatalf("after waiting: %v, want a conflict on /a", err)
+			}
+
+			// A cancelled waiter at the head frees its place at once:
+			// the one behind it becomes the head and gets the lock.
+			ctx, cancel := context.WithCancel(context.Background())
+			first := make(chan error, 1)
+			go func() {
+				_, err := l.Acquire(ctx, Request{Key: key, Kind: Exclusive, Wait: time.Minute})
+				first <- err
+			}()
+			waitForQueue(t, l, 1)
+			second := make(chan Lease, 1)
+			go func() {
+				ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: Exclusive, Wait: time.Minute})
+				if err != nil {
+					t.Error(err)
+				}
+				second <- ls
+			}()
+			waitForQueue(t, l, 2)
+			cancel()
+			if err := <-first; !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled waiter: %v", err)
+			}
+			waitForQueue(t, l, 1)
+			held.Release()
+			ls := <-second
+			if ls == nil {
+				t.FailNow()
+			}
+			ls.Release()
+			assertEmpty(t, l)
+		})
+	}
+}
+
+func TestLockerMaxWaiters(t *testing.T) {
+	l := NewMemLocker(false, 0, 2)
+	held := mustAcquire(t, l, "/a", Exclusive)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	for range 2 {
+		go func() {
+			_, _ = l.Acquire(ctx, Request{Key: "/a", Kind: Exclusive, Wait: time.Minute})
+			done <- struct{}{}
+		}()
+	}
+	waitForQueue(t, l, 2)
+	start := time.Now()
+	_, err := l.Acquire(context.Background(), Request{Key: "/a", Kind: Exclusive, Wait: time.Minute})
+	if !errors.As(err, new(*ConflictError)) {
+		t.Fatalf("third waiter: %v, want an immediate conflict", err)
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("third waiter queued past max_waiters")
+	}
+	cancel()
+	<-done
+	<-done
+	held.Release()
+	assertEmpty(t, l)
+}
+
+func TestLockerMaxLocks(t *testing.T) {
+	l := NewMemLocker(false, 3, 0)
+	var leases []Lease
+	for i := range 3 {
+		leases = append(leases, mustAcquire(t, l, fmt.Sprintf("/k%d", i), Exclusive))
+	}
+	if _, err := l.Acquire(context.Background(), Request{Key: "/other", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+		t.Fatalf("fourth lock: %v, want ErrFull", err)
+	}
+	// Nothing was evicted: all three still conflict.
+	for i := range 3 {
+		mustConflict(t, l, fmt.Sprintf("/k%d", i), Exclusive)
+	}
+	leases[0].Release()
+	leases[0] = mustAcquire(t, l, "/other", Exclusive)
+	for _, ls := range leases {
+		ls.Release()
+	}
+	assertEmpty(t, l)
+}
+
+// TestLockerStress hammers a few keys from many goroutines, with and
+// without hierarchy, waiting and not, and checks with independent counters
+// that no two conflicting leases ever overlap.
+func TestLockerStress(t *testing.T) {
+	keys := []string{"/a", "/a/b", "/a/b/c", "/a/d", "/e"}
+	for _, hierarchy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
+			l := NewMemLocker(hierarchy, 0, 1000)
+			var mu sync.Mutex
+			excl := map[string]int{}
+			shared := map[string]int{}
+			related := func(a, b string) bool {
+				if a == b {
+					return true
+				}
+				if !hierarchy {
+					return false
+				}
+				return len(a) < len(b) && b[:len(a)] == a && b[len(a)] == '/' ||
+					len(b) < len(a) && a[:len(b)] == b && a[len(b)] == '/'
+			}
+			enter := func(key string, kind Kind) {
+				mu.Lock()
+				defer mu.Unlock()
+				for k, n := range excl {
+					if n > 0 && related(k, key) {
+						t.Errorf("%s %s granted while %s is held exclusively", kind, key, k)
+					}
+				}
+				if kind == Exclusive {
+					for k, n := range shared {
+						if n > 0 && related(k, key) {
+							t.Errorf("exclusive %s granted while %s is held shared", key, k)
+						}
+					}
+					excl[key]++
+				} else {
+					shared[key]++
+				}
+			}
+			leave := func(key string, kind Kind) {
+				mu.Lock()
+				defer mu.Unlock()
+				if kind == Exclusive {
+					excl[key]--
+				} else {
+					shared[key]--
+				}
+			}
+			var wg sync.WaitGroup
+			var granted atomic.Int64
+			for g := range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range 300 {
+						key := keys[(g+i)%len(keys)]
+						kind := Exclusive
+						if (g+i)%3 == 0 {
+							kind = Shared
+						}
+						var wait time.Duration
+						if g%2 == 0 {
+							wait = 50 * time.Millisecond
+						}
+						ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind, Wait: wait})
+						if err != nil {
+							continue
+						}
+						granted.Add(1)
+						enter(key, kind)
+						if i%10 == 0 {
+							time.Sleep(50 * time.Microsecond)
+						}
+						leave(key, kind)
+						ls.Release()
+					}
+				}()
+			}
+			wg.Wait()
+			if granted.Load() == 0 {
+				t.Fatal("nothing was granted")
+			}
+			assertEmpty(t, l)
+		})
+	}
+}
+
+func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
+	l := NewMemLocker(false, 0, 0)
+	// Teach the shard of /slow that locks are held for about 3s.
+	s := &l.shards[l.shardOf("/slow")]
+	s.avgHold = 2500 * time.Millisecond
+	h := mustAcquire(t, l, "/slow", Exclusive)
+	c := mustConflict(t, l, "/slow", Exclusive)
+	if c.RetryAfter != 3*time.Second {
+		t.Fatalf("RetryAfter = %v, want 3s (2.5s rounded up)", c.RetryAfter)
+	}
+	h.Release()
+	if s.avgHold >= 2500*time.Millisecond {
+		t.Fatalf("average hold %v did not move towards the short hold just seen", s.avgHold)
+	}
+}

@@ -1,0 +1,75 @@
+package caddylock
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// The collectors are created once per process: Caddy hands out a new
+// registry on every config load, and the counts must carry on across
+// reloads like the locks do. They are labelled by zone and result only,
+// never by key, which would be unbounded.
+var (
+	metricsOnce sync.Once
+	lockMetrics struct {
+		requests *prometheus.CounterVec
+		held     *prometheus.GaugeVec
+		wait     *prometheus.HistogramVec
+	}
+)
+
+func initMetrics() {
+	lockMetrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "lock",
+		Name:      "requests_total",
+		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none).",
+	}, []string{"zone", "result"})
+	lockMetrics.held = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy",
+		Subsystem: "lock",
+		Name:      "held",
+		Help:      "Locks held by requests in flight, by zone.",
+	}, []string{"zone"})
+	lockMetrics.wait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy",
+		Subsystem: "lock",
+		Name:      "wait_seconds",
+		Help:      "Time requests spent queued for a lock, by zone.",
+		Buckets:   []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
+	}, []string{"zone"})
+}
+
+// zoneMetrics are the collectors of one zone, looked up once at provision
+// time so that the request path does no label lookups.
+type zoneMetrics struct {
+	requests map[string]prometheus.Counter
+	held     prometheus.Gauge
+	wait     prometheus.Observer
+}
+
+func (m zoneMetrics) count(result string) { m.requests[result].Inc() }
+
+func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMetrics {
+	metricsOnce.Do(initMetrics)
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		for _, c := range []prometheus.Collector{lockMetrics.requests, lockMetrics.held, lockMetrics.wait} {
+			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+				logger.Error("registering lock metrics", zap.Error(err))
+			}
+		}
+	}
+	m := zoneMetrics{
+		requests: make(map[string]prometheus.Counter),
+		held:     lockMetrics.held.WithLabelValues(zone),
+		wait:     lockMetrics.wait.WithLabelValues(zone),
+	}
+	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone} {
+		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
+	}
+	return m
+}
