@@ -7,7 +7,8 @@ import (
 
 // normalizePath maps every spelling of a path to one key, so that no
 // spelling slips past a lock held under another: percent-escapes are
-// decoded (including %2F, and repeatedly, for backends that decode twice),
+// decoded (including %2F, and until none is left, for backends that decode
+// more than once),
 // backslashes count as slashes (as on IIS), ;parameters are dropped from
 // every segment (as servlet containers do), and dot segments, repeated
 // slashes and a trailing slash are cleaned away. Where in doubt it maps two
@@ -17,7 +18,8 @@ func normalizePath(p string) string {
 	if isCleanPath(p) {
 		return p // the common case, without allocating
 	}
-	for range 3 {
+	for {
+		// Each round that changes p shortens it, so this ends.
 		d, changed := unescapeLenient(p)
 		if !changed {
 			break

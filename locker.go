@@ -134,8 +134,10 @@ type node struct {
 	excl   bool
 	shared int32
 	since  time.Time // start of the current held period
-	// Locks held strictly below this key (hierarchy only).
+	// Locks held strictly below this key (hierarchy only), since
+	// belowSince.
 	belowExcl, belowShared int32
+	belowSince             time.Time
 	queue                  []*waiter // FIFO
 	watchers               []*waiter // queue heads blocked by this node
 }
@@ -331,6 +333,9 @@ func (l *MemLocker) grant(n *node, kind Kind) {
 	if l.hierarchy {
 		ancestors(n.key, func(a string) bool {
 			an := l.getNode(a)
+			if an.belowExcl == 0 && an.belowShared == 0 {
+				an.belowSince = n.since
+			}
 			if kind == Exclusive {
 				an.belowExcl++
 			} else {
@@ -355,6 +360,7 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 		e.HeldFor = time.Since(b.since)
 	case b.belowExcl > 0 || b.belowShared > 0:
 		e.Below = true
+		e.HeldFor = time.Since(b.belowSince)
 		if b.belowExcl > 0 {
 			e.Kind = Exclusive
 		}

@@ -218,6 +218,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	kind, ok := h.kindOf(r.Method)
 	if !ok {
+		repl.Set("http.lock.key", "")
 		repl.Set("http.lock.result", resultNone)
 		h.metrics.count(resultNone)
 		return next.ServeHTTP(w, r)

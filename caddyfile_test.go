@@ -1,0 +1,156 @@
+package caddylock
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		want        Handler
+	}{
+		{"bare", `lock`, Handler{}},
+		{"empty block", "lock {\n}", Handler{}},
+		{"every subdirective", `lock {
+			key {http.request.header.X-Doc}
+			exclusive put post
+			shared GET HEAD
+			hierarchy
+			case_insensitive
+			wait 2s
+			max_waiters 8
+			retry_after 1m
+			max_hold 30s
+			max_locks 500
+			zone billing
+			use_handle_errors
+		}`, Handler{
+			Key:             "{http.request.header.X-Doc}",
+			Exclusive:       []string{"PUT", "POST"},
+			Shared:          []string{"GET", "HEAD"},
+			Hierarchy:       true,
+			CaseInsensitive: true,
+			Wait:            caddy.Duration(2 * time.Second),
+			MaxWaiters:      8,
+			RetryAfter:      caddy.Duration(time.Minute),
+			MaxHold:         caddy.Duration(30 * time.Second),
+			MaxLocks:        500,
+			Zone:            "billing",
+			UseHandleErrors: true,
+		}},
+		{"repeated method lists add up", "lock {\n exclusive PUT\n exclusive DELETE\n}", Handler{Exclusive: []string{"PUT", "DELETE"}}},
+		{"day durations", "lock {\n max_hold 1d\n}", Handler{MaxHold: caddy.Duration(24 * time.Hour)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input)); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(h, tc.want) {
+				t.Fatalf("got %+v\nwant %+v", h, tc.want)
+			}
+		})
+	}
+}
+
+// TestCaddyfileErrors adapts whole Caddyfiles, as `caddy adapt` and
+// `caddy run` do, and checks that each mistake names the file, the line
+// and what was expected.
+func TestCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		block, want string
+	}{
+		{"lock {\n\tfrobnicate\n}", `unknown subdirective "frobnicate"`},
+		{"lock {\n\twait soon\n}", `wait: expected a duration such as 500ms or 30s, got "soon"`},
+		{"lock {\n\twait -1s\n}", `wait: expected a duration that is not negative`},
+		{"lock {\n\tretry_after\n}", `retry_after: expected a duration`},
+		{"lock {\n\tmax_hold 0s\n}", `max_hold: expected a positive duration`},
+		{"lock {\n\tmax_locks -5\n}", `max_locks: expected a positive whole number, got "-5"`},
+		{"lock {\n\tmax_locks many\n}", `max_locks: expected a positive whole number, got "many"`},
+		{"lock {\n\tmax_waiters\n}", `max_waiters: expected a positive whole number`},
+		{"lock {\n\tmax_waiters 1 2\n}", `max_waiters: expected one number, got also "2"`},
+		{"lock {\n\tkey\n}", `key: expected a template`},
+		{"lock {\n\tzone\n}", `zone: expected a zone name`},
+		{"lock {\n\texclusive\n}", `exclusive: expected at least one HTTP method`},
+		{"lock {\n\tshared GET/HEAD\n}", `shared: "GET/HEAD" is not an HTTP method`},
+		{"lock {\n\thierarchy yes\n}", `hierarchy takes no arguments, got "yes"`},
+		{"lock {\n\twait 1s 2s\n}", `wait: expected one duration, got also "2s"`},
+		{"lock extra", `unexpected argument "extra"`},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			input := "example.com {\n" + tc.block + "\n\treverse_proxy localhost:9000\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": "Caddyfile.test"})
+			if err == nil {
+				t.Fatalf("adapted without error:\n%s", input)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.want) {
+				t.Fatalf("error %q does not say %q", msg, tc.want)
+			}
+			if !strings.Contains(msg, "Caddyfile.test:2") && !strings.Contains(msg, "Caddyfile.test:3") {
+				t.Fatalf("error %q does not name the file and line", msg)
+			}
+		})
+	}
+}
+
+// TestValidateErrors covers what only the whole config can tell, as
+// `caddy run` reports it.
+func TestValidateErrors(t *testing.T) {
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Exclusive: []string{"PUT"}, Shared: []string{"put"}}, "both exclusive and shared"},
+		{Handler{Shared: []string{"GE T"}}, "is not an HTTP method"},
+		{Handler{Wait: -1}, "wait must not be negative"},
+		{Handler{MaxLocks: -1}, "must not be negative"},
+	} {
+		if err := tc.h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.h, err, tc.want)
+		}
+	}
+}
+
+// TestAdaptRoundTrip checks that the directive orders itself before
+// reverse_proxy without an order option, and that the JSON it adapts to
+// loads back into the same handler.
+func TestAdaptRoundTrip(t *testing.T) {
+	input := "example.com {\n\treverse_proxy localhost:9000\n\tlock {\n\t\tshared GET\n\t\twait 1s\n\t\tzone z\n\t}\n}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	lockAt, proxyAt := strings.Index(s, `"handler":"lock"`), strings.Index(s, `"handler":"reverse_proxy"`)
+	if lockAt < 0 || proxyAt < 0 || lockAt > proxyAt {
+		t.Fatalf("lock is not ordered before reverse_proxy:\n%s", s)
+	}
+	start := strings.LastIndex(s[:lockAt], "{")
+	var h Handler
+	dec := json.NewDecoder(strings.NewReader(s[start:]))
+	dec.DisallowUnknownFields()
+	var raw map[string]json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		t.Fatal(err)
+	}
+	delete(raw, "handler")
+	obj, _ := json.Marshal(raw)
+	strict := json.NewDecoder(strings.NewReader(string(obj)))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(&h); err != nil {
+		t.Fatalf("adapted JSON %s does not load into Handler: %v", obj, err)
+	}
+	want := Handler{Shared: []string{"GET"}, Wait: caddy.Duration(time.Second), Zone: "z"}
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("round trip: %+v, want %+v", h, want)
+	}
+}

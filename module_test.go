@@ -1,0 +1,699 @@
+package caddylock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func TestMain(m *testing.M) {
+	// Keep Caddy's storage and autosave out of the user's home.
+	dir, err := os.MkdirTemp("", "caddy-lock-test")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_DATA_HOME", dir)
+	os.Setenv("XDG_CONFIG_HOME", dir)
+	code := m.Run()
+	_ = caddy.Stop()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// backend is a real HTTP server that records what reaches it: writes and
+// reads per resource, and writes that overlapped on one resource (what
+// the lock exists to prevent). A request with X-Hold: <id> is held at the
+// backend until the test opens that gate; X-Resource names the resource
+// when a test sends several spellings of one path.
+type backend struct {
+	*httptest.Server
+	mu        sync.Mutex
+	inflight  map[string]int
+	overlaps  int
+	writes    int
+	reads     int
+	gates     map[string]chan struct{}
+	started   chan string
+	cancelled map[string]bool // hold id -> the backend saw its request cancelled
+	closed    chan struct{}
+}
+
+func newBackend(t *testing.T) *backend {
+	b := &backend{
+		inflight:  map[string]int{},
+		gates:     map[string]chan struct{}{},
+		started:   make(chan string, 1000),
+		cancelled: map[string]bool{},
+		closed:    make(chan struct{}),
+	}
+	b.Server = httptest.NewServer(http.HandlerFunc(b.serve))
+	t.Cleanup(func() {
+		close(b.closed)
+		b.Close()
+	})
+	return b
+}
+
+func (b *backend) gate(id string) chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g, ok := b.gates[id]
+	if !ok {
+		g = make(chan struct{})
+		b.gates[id] = g
+	}
+	return g
+}
+
+func (b *backend) open(id string) { close(b.gate(id)) }
+
+func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
+	res := r.Header.Get("X-Resource")
+	if res == "" {
+		res = r.URL.Path
+	}
+	write := r.Method != http.MethodGet && r.Method != http.MethodHead
+	b.mu.Lock()
+	if write {
+		b.writes++
+		b.inflight[res]++
+		if b.inflight[res] > 1 {
+			b.overlaps++
+		}
+	} else {
+		b.reads++
+	}
+	b.mu.Unlock()
+	defer func() {
+		if write {
+			b.mu.Lock()
+			b.inflight[res]--
+			b.mu.Unlock()
+		}
+	}()
+	// Read the body first: Go's server only notices a dropped
+	// connection (and cancels the request) once the body is read.
+	_, _ = io.Copy(io.Discard, r.Body)
+	if id := r.Header.Get("X-Hold"); id != "" {
+		g := b.gate(id)
+		b.started <- id
+		select {
+		case <-g:
+		case <-r.Context().Done():
+			b.mu.Lock()
+			b.cancelled[id] = true
+			b.mu.Unlock()
+			return
+		case <-b.closed:
+			return
+		}
+	}
+	if strings.HasPrefix(r.URL.Path, "/fail") {
+		http.Error(w, "backend failed", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("X-Backend", "yes")
+	fmt.Fprintf(w, "ok %s %s", r.Method, r.URL.EscapedPath())
+}
+
+func (b *backend) counts() (writes, reads, overlaps int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.writes, b.reads, b.overlaps
+}
+
+// waitStarted waits until a held request with id has reached the backend.
+func (b *backend) waitStarted(t *testing.T, id string) {
+	t.Helper()
+	select {
+	case got := <-b.started:
+		if got != id {
+			t.Fatalf("backend started %q, want %q", got, id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("request %q never reached the backend", id)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// loadCaddy runs a real Caddy with the given site block (a Caddyfile
+// fragment; {backend} is replaced with the backend's address) and returns
+// the site's base URL. Each call replaces the running config, as a reload
+// does.
+func loadCaddy(t *testing.T, port int, global, site string, b *backend) string {
+	t.Helper()
+	if b != nil {
+		site = strings.ReplaceAll(site, "{backend}", strings.TrimPrefix(b.URL, "http://"))
+	}
+	if global == "" {
+		global = "admin off"
+	}
+	caddyfile := fmt.Sprintf("{\n%s\npersist_config off\nauto_https off\nlog {\n output discard\n}\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", global, port, site)
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting Caddyfile: %v\n%s", err, caddyfile)
+	}
+	for _, w := range warnings {
+		t.Logf("adapt warning: %s", w.String())
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("loading config: %v\n%s", err, cfg)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+func startCaddy(t *testing.T, site string, b *backend) string {
+	t.Helper()
+	url := loadCaddy(t, freePort(t), "", site, b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return url
+}
+
+type result struct {
+	status int
+	header http.Header
+	body   string
+	err    error
+}
+
+func do(client *http.Client, method, url string, header map[string]string) result {
+	req, err := http.NewRequest(method, url, strings.NewReader("payload"))
+	if err != nil {
+		return result{err: err}
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return result{err: err}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return result{status: resp.StatusCode, header: resp.Header, body: string(body), err: err}
+}
+
+func mustDo(t *testing.T, method, url string, header map[string]string, want int) result {
+	t.Helper()
+	r := do(http.DefaultClient, method, url, header)
+	if r.err != nil {
+		t.Fatalf("%s %s: %v", method, url, r.err)
+	}
+	if r.status != want {
+		t.Fatalf("%s %s: status %d, want %d; body: %s", method, url, r.status, want, r.body)
+	}
+	return r
+}
+
+// assertLocked checks a 423 answer as a client sees it.
+func assertLocked(t *testing.T, r result, wantKey string) {
+	t.Helper()
+	if r.err != nil || r.status != http.StatusLocked {
+		t.Fatalf("status %d (err %v), want 423; body: %s", r.status, r.err, r.body)
+	}
+	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 {
+		t.Fatalf("Retry-After = %q, want whole seconds >= 1", r.header.Get("Retry-After"))
+	}
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type = %q", ct)
+	}
+	if r.header.Get("X-Backend") != "" {
+		t.Fatal("a 423 carries a backend header: the request reached the backend")
+	}
+	var p struct {
+		Type, Title, Detail, Instance string
+		Status                        int
+		Lock                          *struct {
+			Key         string  `json:"key"`
+			Kind        string  `json:"kind"`
+			HeldSeconds float64 `json:"held_seconds"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
+		t.Fatalf("problem body %q: %v", r.body, err)
+	}
+	if p.Type == "" || p.Title == "" || p.Status != 423 || p.Detail == "" || p.Instance == "" || p.Lock == nil {
+		t.Fatalf("incomplete problem document: %s", r.body)
+	}
+	if p.Lock.Key != wantKey || p.Lock.Kind == "" || p.Lock.HeldSeconds <= 0 {
+		t.Fatalf("problem lock member = %+v, want key %q", *p.Lock, wantKey)
+	}
+}
+
+// zoneTable finds the lock table of a zone that a running config uses.
+func zoneTable(t *testing.T, name string) *MemLocker {
+	t.Helper()
+	var l *MemLocker
+	zones.Range(func(k, v any) bool {
+		if z := v.(*zone); k == name || k == name+"\x00hierarchy" {
+			l = z.locker
+		}
+		return true
+	})
+	if l == nil {
+		t.Fatalf("zone %q not found", name)
+	}
+	return l
+}
+
+func waitEmpty(t *testing.T, l *MemLocker) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		held, waiting, nodes := l.Stats()
+		if held == 0 && waiting == 0 && nodes == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("locks left: held=%d waiting=%d nodes=%d", held, waiting, nodes)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestConcurrentWritesSamePath(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone same\n}\nreverse_proxy {backend}", b)
+
+	const n = 20
+	results := make(chan result, n)
+	for range n {
+		go func() {
+			results <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"})
+		}()
+	}
+	b.waitStarted(t, "w")
+	// While the first write is held at the backend, every other one is
+	// refused without reaching it.
+	for range n - 1 {
+		select {
+		case r := <-results:
+			assertLocked(t, r, "/doc")
+		case <-time.After(10 * time.Second):
+			t.Fatal("a conflicting write was not answered while the first was in flight")
+		}
+	}
+	b.open("w")
+	if r := <-results; r.status != http.StatusOK {
+		t.Fatalf("the first write: %d %s", r.status, r.body)
+	}
+	writes, _, overlaps := b.counts()
+	if writes != 1 || overlaps != 0 {
+		t.Fatalf("backend saw %d writes, %d overlapping; want 1 and 0", writes, overlaps)
+	}
+	waitEmpty(t, zoneTable(t, "same"))
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+}
+
+func TestDistinctPathsAllPass(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone distinct\n}\nreverse_proxy {backend}", b)
+	const n = 20
+	results := make(chan result, n)
+	for i := range n {
+		go func() {
+			results <- do(http.DefaultClient, http.MethodPost, fmt.Sprintf("%s/docs/%d", url, i), map[string]string{"X-Hold": "all"})
+		}()
+	}
+	for range n {
+		b.waitStarted(t, "all") // all n are in flight at the backend at once
+	}
+	b.open("all")
+	for range n {
+		if r := <-results; r.status != http.StatusOK {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+	}
+	if writes, _, overlaps := b.counts(); writes != n || overlaps != 0 {
+		t.Fatalf("writes=%d overlaps=%d", writes, overlaps)
+	}
+}
+
+func TestReadsDuringWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name, config string
+		readStatus   int
+	}{
+		{"default", "lock {\n zone reads1\n}", http.StatusOK},
+		{"shared", "lock {\n zone reads2\n shared GET HEAD\n}", http.StatusLocked},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBackend(t)
+			url := startCaddy(t, tc.config+"\nreverse_proxy {backend}", b)
+			done := make(chan result, 1)
+			go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
+			b.waitStarted(t, "w")
+			r := do(http.DefaultClient, http.MethodGet, url+"/doc", nil)
+			if tc.readStatus == http.StatusLocked {
+				assertLocked(t, r, "/doc")
+			} else if r.status != http.StatusOK {
+				t.Fatalf("GET during write: %d", r.status)
+			}
+			mustDo(t, http.MethodGet, url+"/other", nil, http.StatusOK)
+			b.open("w")
+			<-done
+			if tc.readStatus == http.StatusLocked {
+				// Shared readers coexist, and exclude a writer.
+				r1 := make(chan result, 1)
+				go func() { r1 <- do(http.DefaultClient, http.MethodGet, url+"/doc", map[string]string{"X-Hold": "r1"}) }()
+				b.waitStarted(t, "r1")
+				mustDo(t, http.MethodGet, url+"/doc", nil, http.StatusOK)
+				assertLocked(t, do(http.DefaultClient, http.MethodDelete, url+"/doc", nil), "/doc")
+				b.open("r1")
+				<-r1
+			}
+		})
+	}
+}
+
+// TestAliasesConflict sends other spellings of a path that a backend would
+// take for the same resource, while a write to it is in flight.
+func TestAliasesConflict(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone alias\n case_insensitive\n}\nreverse_proxy {backend}", b)
+	done := make(chan result, 1)
+	go func() {
+		done <- do(http.DefaultClient, http.MethodPut, url+"/files/report.txt", map[string]string{"X-Hold": "w", "X-Resource": "r"})
+	}()
+	b.waitStarted(t, "w")
+	for _, alias := range []string{
+		"/files//report.txt",
+		"//files/report.txt",
+		"/files/./report.txt",
+		"/files/x/../report.txt",
+		"/x/../../files/report.txt",
+		"/files/report.txt/",
+		"/files%2Freport.txt",
+		"/files%2freport.txt",
+		"/%66iles/report.txt",
+		"/files/report%2Etxt",
+		"/files/report.txt;jsessionid=abc",
+		"/files;v=1/report.txt",
+		"/files/report.txt%3Bx",
+		"/files%252Freport.txt",
+		"/files%5Creport.txt",
+		"/FILES/Report.TXT",
+		"/files/%2e/report.txt",
+		"/files/%2e%2e/files/report.txt",
+	} {
+		r := do(http.DefaultClient, http.MethodPut, url+alias, map[string]string{"X-Resource": "r"})
+		if r.status != http.StatusLocked {
+			t.Errorf("PUT %s: %d, want 423 (it is /files/report.txt)", alias, r.status)
+			continue
+		}
+		assertLocked(t, r, "/files/report.txt")
+	}
+	b.open("w")
+	<-done
+	if writes, _, overlaps := b.counts(); writes != 1 || overlaps != 0 {
+		t.Fatalf("backend saw %d writes, %d overlapping", writes, overlaps)
+	}
+}
+
+// TestClientAbortDuringWrite: a client that goes away does not cut the
+// write off at the backend, and the lock holds until the backend answers.
+func TestClientAbortDuringWrite(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone abort\n}\nreverse_proxy {backend}", b)
+	ctx, cancel := context.WithCancel(context.Background())
+	aborted := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPut, url+"/doc", strings.NewReader("x"))
+		req.Header.Set("X-Hold", "w")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		aborted <- err
+	}()
+	b.waitStarted(t, "w")
+	cancel()
+	if err := <-aborted; !errors.Is(err, context.Canceled) {
+		t.Fatalf("client request: %v, want cancelled", err)
+	}
+	time.Sleep(100 * time.Millisecond) // let Caddy notice the departure
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	b.open("w")
+	waitEmpty(t, zoneTable(t, "abort"))
+	b.mu.Lock()
+	cut := b.cancelled["w"]
+	b.mu.Unlock()
+	if cut {
+		t.Fatal("the backend saw the write cancelled when the client left")
+	}
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+	if _, _, overlaps := b.counts(); overlaps != 0 {
+		t.Fatalf("%d overlapping writes", overlaps)
+	}
+}
+
+func TestLockReleasedOnUpstreamFailure(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone fail\n}\nreverse_proxy {backend}", b)
+	for range 3 {
+		mustDo(t, http.MethodPut, url+"/fail", nil, http.StatusInternalServerError)
+	}
+	waitEmpty(t, zoneTable(t, "fail"))
+
+	down := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens there
+	url = startCaddy(t, "lock {\n zone down\n}\nreverse_proxy "+down, nil)
+	for range 3 {
+		mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusBadGateway)
+	}
+	waitEmpty(t, zoneTable(t, "down"))
+}
+
+func TestMaxHold(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone hold\n max_hold 300ms\n}\nreverse_proxy {backend}", b)
+	r := do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "stuck"})
+	if r.status < 500 {
+		t.Fatalf("a write past max_hold: %d, want a 5xx from the cancelled upstream request", r.status)
+	}
+	waitEmpty(t, zoneTable(t, "hold"))
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		b.mu.Lock()
+		cut := b.cancelled["stuck"]
+		b.mu.Unlock()
+		if cut {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upstream request was not cancelled at max_hold")
+		}
+	}
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+}
+
+func TestWait(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone wait\n wait 10s\n max_waiters 1\n}\nreverse_proxy {backend}", b)
+	first := make(chan result, 1)
+	go func() { first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w1"}) }()
+	b.waitStarted(t, "w1")
+	second := make(chan result, 1)
+	go func() { second <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w2"}) }()
+	l := zoneTable(t, "wait")
+	waitForQueue(t, l, 1)
+	// The queue holds one: a third is refused at once.
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	b.open("w1")
+	b.waitStarted(t, "w2") // the waiter went through once the first was done
+	if _, _, overlaps := b.counts(); overlaps != 0 {
+		t.Fatalf("%d overlapping writes", overlaps)
+	}
+	b.open("w2")
+	if r := <-first; r.status != 200 {
+		t.Fatalf("first: %d", r.status)
+	}
+	if r := <-second; r.status != 200 {
+		t.Fatalf("second: %d", r.status)
+	}
+	waitEmpty(t, l)
+
+	// A waiter that waits too long gets 423.
+	url = startCaddy(t, "lock {\n zone wait2\n wait 200ms\n}\nreverse_proxy {backend}", b)
+	go func() { first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w3"}) }()
+	b.waitStarted(t, "w3")
+	start := time.Now()
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Fatalf("refused after %v, before the wait of 200ms", waited)
+	}
+	b.open("w3")
+	<-first
+}
+
+func TestReloadKeepsLocks(t *testing.T) {
+	b := newBackend(t)
+	port := freePort(t)
+	site := "lock {\n zone reload\n}\nreverse_proxy {backend}"
+	url := loadCaddy(t, port, "", site, b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	done := make(chan result, 1)
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
+	b.waitStarted(t, "w")
+	// A new config (changed, so Caddy really reloads) while the write is
+	// in flight under the old one.
+	loadCaddy(t, port, "", site+"\nheader X-Config two", b)
+	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+	if r.header.Get("X-Config") != "two" {
+		t.Fatal("the new config is not serving")
+	}
+	assertLocked(t, r, "/doc")
+	b.open("w")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the write under the old config: %d", r.status)
+	}
+	waitEmpty(t, zoneTable(t, "reload"))
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+}
+
+func TestMaxLocksGives503(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone full\n max_locks 2\n}\nreverse_proxy {backend}", b)
+	done := make(chan result, 2)
+	for i := range 2 {
+		go func() { done <- do(http.DefaultClient, http.MethodPut, fmt.Sprintf("%s/d%d", url, i), map[string]string{"X-Hold": "h"}) }()
+		b.waitStarted(t, "h")
+	}
+	r := do(http.DefaultClient, http.MethodPut, url+"/d3", nil)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" ||
+		r.header.Get("Content-Type") != "application/problem+json" || !strings.Contains(r.body, `"status":503`) {
+		t.Fatalf("a write past max_locks: %d %v %s", r.status, r.header, r.body)
+	}
+	// The held locks were not evicted.
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/d0", nil), "/d0")
+	b.open("h")
+	<-done
+	<-done
+	mustDo(t, http.MethodPut, url+"/d3", nil, http.StatusOK)
+}
+
+func TestHierarchyEndToEnd(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone tree\n hierarchy\n}\nreverse_proxy {backend}", b)
+	done := make(chan result, 1)
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/a/b", map[string]string{"X-Hold": "w"}) }()
+	b.waitStarted(t, "w")
+	assertLocked(t, do(http.DefaultClient, http.MethodDelete, url+"/a", nil), "/a")
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/a/b/c", nil), "/a/b")
+	mustDo(t, http.MethodPut, url+"/a/c", nil, http.StatusOK)
+	b.open("w")
+	<-done
+	mustDo(t, http.MethodDelete, url+"/a", nil, http.StatusOK)
+}
+
+func TestPlaceholdersAndRoutes(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, `route /r/* {
+	lock {
+		zone ph
+	}
+	respond "{http.lock.key} {http.lock.result}"
+}
+handle /h/* {
+	@put method PUT
+	lock @put {
+		zone ph
+		key {http.request.header.X-Doc}
+	}
+	header >X-Lock "{http.lock.key}|{http.lock.result}"
+	reverse_proxy {backend}
+}`, b)
+	if r := mustDo(t, http.MethodPut, url+"/r//x/", nil, 200); r.body != "/r/x acquired" {
+		t.Fatalf("body %q", r.body)
+	}
+	if r := mustDo(t, http.MethodGet, url+"/r/x", nil, 200); r.body != " none" {
+		t.Fatalf("body %q", r.body)
+	}
+	if r := mustDo(t, http.MethodPut, url+"/h/x", map[string]string{"X-Doc": "invoice-7"}, 200); r.header.Get("X-Lock") != "invoice-7|acquired" {
+		t.Fatalf("X-Lock %q", r.header.Get("X-Lock"))
+	}
+	// The matcher: POST is not matched, so the handler does not run at
+	// all and its placeholders stay unknown.
+	if r := mustDo(t, http.MethodPost, url+"/h/x", map[string]string{"X-Doc": "invoice-7"}, 200); r.header.Get("X-Lock") != "{http.lock.key}|{http.lock.result}" {
+		t.Fatalf("X-Lock %q", r.header.Get("X-Lock"))
+	}
+	if writes, _, _ := b.counts(); writes != 2 {
+		t.Fatalf("backend writes = %d, want 2", writes)
+	}
+}
+
+func TestUseHandleErrors(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone errs\n use_handle_errors\n}\nreverse_proxy {backend}\nhandle_errors {\n respond \"custom {err.status_code}\"\n}", b)
+	done := make(chan result, 1)
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
+	b.waitStarted(t, "w")
+	r := mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusLocked)
+	if r.body != "custom 423" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("handle_errors page: %q, Retry-After %q", r.body, r.header.Get("Retry-After"))
+	}
+	b.open("w")
+	<-done
+}
+
+func TestRetryAfterConfigured(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone ra\n retry_after 1m30s\n}\nreverse_proxy {backend}", b)
+	done := make(chan result, 1)
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
+	b.waitStarted(t, "w")
+	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+	assertLocked(t, r, "/doc")
+	if r.header.Get("Retry-After") != "90" {
+		t.Fatalf("Retry-After = %q, want 90", r.header.Get("Retry-After"))
+	}
+	b.open("w")
+	<-done
+}
+
+func TestMetricsExposed(t *testing.T) {
+	b := newBackend(t)
+	admin := freePort(t)
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", admin), "lock {\n zone metered\n wait 100ms\n}\nreverse_proxy {backend}", b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	done := make(chan result, 1)
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
+	b.waitStarted(t, "w")
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	m := mustDo(t, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/metrics", admin), nil, 200).body
+	for _, want := range []string{
+		`caddy_lock_requests_total{result="acquired",zone="metered"} 1`,
+		`caddy_lock_requests_total{result="conflict",zone="metered"} 1`,
+		`caddy_lock_held{zone="metered"} 1`,
+		`caddy_lock_wait_seconds_bucket{zone="metered"`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	b.open("w")
+	<-done
+}
