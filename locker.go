@@ -82,7 +82,7 @@ func (e *ConflictError) Error() string {
 	if e.Below {
 		where = "below"
 	}
-	return fmt.Sprintf("conflicts with a %s lock %s %s held for %s", e.Kind, where, e.Key, e.HeldFor.Round(time.Millisecond))
+	return fmt.Sprintf("conflicts with the %s lock %s %s, held for %s", e.Kind, where, e.Key, e.HeldFor.Round(time.Millisecond))
 }
 
 // Defaults for a zone.

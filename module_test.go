@@ -517,7 +517,9 @@ func TestWait(t *testing.T) {
 	go func() { first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w1"}) }()
 	b.waitStarted(t, "w1")
 	second := make(chan result, 1)
-	go func() { second <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w2"}) }()
+	go func() {
+		second <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w2"})
+	}()
 	l := zoneTable(t, "wait")
 	waitForQueue(t, l, 1)
 	// The queue holds one: a third is refused at once.
@@ -579,7 +581,9 @@ func TestMaxLocksGives503(t *testing.T) {
 	url := startCaddy(t, "lock {\n zone full\n max_locks 2\n}\nreverse_proxy {backend}", b)
 	done := make(chan result, 2)
 	for i := range 2 {
-		go func() { done <- do(http.DefaultClient, http.MethodPut, fmt.Sprintf("%s/d%d", url, i), map[string]string{"X-Hold": "h"}) }()
+		go func() {
+			done <- do(http.DefaultClient, http.MethodPut, fmt.Sprintf("%s/d%d", url, i), map[string]string{"X-Hold": "h"})
+		}()
 		b.waitStarted(t, "h")
 	}
 	r := do(http.DefaultClient, http.MethodPut, url+"/d3", nil)
