@@ -1,14 +1,19 @@
 package caddylock
 
 // Parsing and serialising for WebDAV locking (RFC 4918): the If, Timeout,
-// Depth and Lock-Token headers. Nothing here touches HTTP handling.
+// Depth and Lock-Token headers, the LOCK request body and the XML of lock
+// responses and precondition errors. Nothing here touches HTTP handling.
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -678,4 +683,614 @@ func NewLockToken() string {
 	hex.Encode(b[24:], u[10:])
 	b[8], b[13], b[18], b[23] = '-', '-', '-', '-'
 	return "urn:uuid:" + string(b[:])
+}
+
+// ---------------------------------------------------------------------------
+// LOCK request body (RFC 4918 sections 9.10 and 14.11)
+
+const (
+	davNS   = "DAV:"
+	xmlNS   = "http://www.w3.org/XML/1998/namespace"
+	xmlnsNS = "http://www.w3.org/2000/xmlns/"
+)
+
+// DefaultMaxLockInfoBytes is the body size limit ParseLockInfo applies
+// when given none.
+const DefaultMaxLockInfoBytes = 64 << 10
+
+// Errors of ParseLockInfo that callers branch on.
+var (
+	// ErrNoBody means the LOCK request had an empty body: it is a refresh
+	// of an existing lock (RFC 4918 section 9.10.2).
+	ErrNoBody = errors.New("no request body")
+	// ErrBodyTooLarge means the body exceeded the limit (413).
+	ErrBodyTooLarge = errors.New("request body too large")
+	// ErrInvalidLockInfo wraps every error about the body's content (400).
+	ErrInvalidLockInfo = errors.New("invalid lockinfo")
+)
+
+// LockInfo is the content of a LOCK request body (DAV:lockinfo).
+type LockInfo struct {
+	// Scope is Exclusive or Shared.
+	Scope Kind
+	// Type is the lock type; "write" is the only one RFC 4918 defines.
+	Type string
+	// Owner is the content of DAV:owner, re-serialised so that it is
+	// well-formed on its own: every element names its namespace with a
+	// default namespace declaration (xmlns="…") wherever it differs from
+	// its parent's, namespaced attributes get generated prefixes
+	// (xmlns:a0="…"), and comments and processing instructions are
+	// dropped. It can be echoed inside DAV:owner whatever prefixes the
+	// surrounding document uses. Owner is nil when there was no
+	// DAV:owner and empty (non-nil) for an empty one.
+	Owner []byte
+}
+
+// ParseLockInfo reads a LOCK request body of at most maxBytes bytes
+// (<= 0 means DefaultMaxLockInfoBytes). The parser is namespace-aware:
+// elements count by namespace and local name, whatever prefix they use.
+// Unknown elements are ignored, as RFC 4918 section 17 asks, except inside
+// DAV:lockscope and DAV:locktype where a known value must be present.
+// Document type declarations are refused outright, so no entity other
+// than the predefined ones is ever expanded.
+//
+// Errors: ErrNoBody for an empty (or all white space) body, ErrBodyTooLarge
+// beyond maxBytes, errors wrapping ErrInvalidLockInfo for bad content, and
+// the reader's own errors otherwise.
+func ParseLockInfo(r io.Reader, maxBytes int64) (LockInfo, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxLockInfoBytes
+	}
+	limit := maxBytes
+	if limit < math.MaxInt64 {
+		limit++ // read one byte more to tell "exactly max" from "too large"
+	}
+	data, err := io.ReadAll(io.LimitReader(r, limit))
+	if err != nil {
+		return LockInfo{}, fmt.Errorf("reading lockinfo: %w", err)
+	}
+	if int64(len(data)) > maxBytes {
+		return LockInfo{}, fmt.Errorf("lockinfo larger than %d bytes: %w", maxBytes, ErrBodyTooLarge)
+	}
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // UTF-8 byte order mark
+	if len(bytes.Trim(data, " \t\r\n")) == 0 {
+		return LockInfo{}, ErrNoBody
+	}
+	// encoding/xml reports any "<!" markup as a Directive and we refuse
+	// those below; this check also catches them inside text the decoder
+	// would never reach because of an earlier error.
+	lower := bytes.ToLower(data)
+	if bytes.Contains(lower, []byte("<!doctype")) || bytes.Contains(lower, []byte("<!entity")) {
+		return LockInfo{}, invalidLockInfo("document type declarations are not allowed")
+	}
+	p := lockInfoParser{d: xml.NewDecoder(bytes.NewReader(data))}
+	p.d.Strict = true
+	li, err := p.document()
+	if err != nil {
+		return LockInfo{}, err
+	}
+	return li, nil
+}
+
+func invalidLockInfo(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidLockInfo, fmt.Sprintf(format, args...))
+}
+
+type lockInfoParser struct {
+	d *xml.Decoder
+	// bound holds, for every open element, the namespace names declared
+	// on it, to tell bound prefixes from unbound ones (which encoding/xml
+	// passes through untranslated).
+	bound [][]string
+}
+
+// next returns the next token, refusing directives and names that are not
+// namespace-well-formed.
+func (p *lockInfoParser) next() (xml.Token, error) {
+	tok, err := p.d.Token()
+	if err != nil {
+		if err == io.EOF {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrInvalidLockInfo, err)
+	}
+	switch t := tok.(type) {
+	case xml.Directive:
+		return nil, invalidLockInfo("declarations (<!…>) are not allowed")
+	case xml.StartElement:
+		var decl []string
+		for _, a := range t.Attr {
+			if a.Name.Space == "xmlns" || (a.Name.Space == "" && a.Name.Local == "xmlns") {
+				decl = append(decl, a.Value)
+			}
+		}
+		p.bound = append(p.bound, decl)
+		if err := p.checkName(t.Name, "element"); err != nil {
+			return nil, err
+		}
+		for _, a := range t.Attr {
+			if a.Name.Space == "xmlns" || (a.Name.Space == "" && a.Name.Local == "xmlns") {
+				continue
+			}
+			if err := p.checkName(a.Name, "attribute"); err != nil {
+				return nil, err
+			}
+		}
+	case xml.EndElement:
+		p.bound = p.bound[:len(p.bound)-1]
+	}
+	return tok, nil
+}
+
+func (p *lockInfoParser) checkName(n xml.Name, what string) error {
+	if n.Local == "" || strings.Contains(n.Local, ":") {
+		return invalidLockInfo("invalid %s name %q", what, n.Local)
+	}
+	switch n.Space {
+	case "", xmlNS:
+		if what == "element" && n.Space == xmlNS {
+			return invalidLockInfo("element %q in the reserved xml namespace", n.Local)
+		}
+		return nil
+	case xmlnsNS:
+		return invalidLockInfo("%s %q in the reserved xmlns namespace", what, n.Local)
+	}
+	for _, decl := range p.bound {
+		if slices.Contains(decl, n.Space) {
+			return nil
+		}
+	}
+	return invalidLockInfo("%s %s:%s uses an undeclared namespace prefix", what, n.Space, n.Local)
+}
+
+// document parses the whole body: one DAV:lockinfo root element with
+// nothing but white space, comments and processing instructions around it.
+func (p *lockInfoParser) document() (LockInfo, error) {
+	var (
+		li   LockInfo
+		done bool
+	)
+	for {
+		tok, err := p.next()
+		if err == io.EOF {
+			if !done {
+				return LockInfo{}, invalidLockInfo("no lockinfo element")
+			}
+			return li, nil
+		}
+		if err != nil {
+			return LockInfo{}, err
+		}
+		switch t := tok.(type) {
+		case xml.CharData:
+			if len(bytes.Trim(t, " \t\r\n")) > 0 {
+				return LockInfo{}, invalidLockInfo("text outside the lockinfo element")
+			}
+		case xml.StartElement:
+			if done {
+				return LockInfo{}, invalidLockInfo("more than one root element")
+			}
+			if t.Name.Space != davNS || t.Name.Local != "lockinfo" {
+				return LockInfo{}, invalidLockInfo("root element is %s, expected DAV:lockinfo", fmtName(t.Name))
+			}
+			if li, err = p.lockinfo(); err != nil {
+				return LockInfo{}, err
+			}
+			done = true
+		}
+	}
+}
+
+func fmtName(n xml.Name) string {
+	if n.Space == "" {
+		return n.Local
+	}
+	return "{" + n.Space + "}" + n.Local
+}
+
+// lockinfo parses the children of DAV:lockinfo up to its end tag.
+func (p *lockInfoParser) lockinfo() (LockInfo, error) {
+	var (
+		li    LockInfo
+		owner bool
+	)
+	for {
+		tok, err := p.next()
+		if err != nil {
+			return li, unexpectedEOF(err)
+		}
+		switch t := tok.(type) {
+		case xml.EndElement:
+			if li.Scope == 0 {
+				return li, invalidLockInfo("missing lockscope")
+			}
+			if li.Type == "" {
+				return li, invalidLockInfo("missing locktype")
+			}
+			return li, nil
+		case xml.StartElement:
+			if t.Name.Space != davNS {
+				err = p.skip()
+				break
+			}
+			switch t.Name.Local {
+			case "lockscope":
+				if li.Scope != 0 {
+					return li, invalidLockInfo("more than one lockscope")
+				}
+				li.Scope, err = p.lockscope()
+			case "locktype":
+				if li.Type != "" {
+					return li, invalidLockInfo("more than one locktype")
+				}
+				li.Type, err = p.locktype()
+			case "owner":
+				if owner {
+					return li, invalidLockInfo("more than one owner")
+				}
+				owner = true
+				li.Owner, err = p.owner()
+			default:
+				err = p.skip()
+			}
+			if err != nil {
+				return li, err
+			}
+		}
+	}
+}
+
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return invalidLockInfo("unexpected end of document")
+	}
+	return err
+}
+
+// lockscope parses the content of DAV:lockscope.
+func (p *lockInfoParser) lockscope() (Kind, error) {
+	var k Kind
+	for {
+		tok, err := p.next()
+		if err != nil {
+			return 0, unexpectedEOF(err)
+		}
+		switch t := tok.(type) {
+		case xml.EndElement:
+			if k == 0 {
+				return 0, invalidLockInfo("lockscope must contain DAV:exclusive or DAV:shared")
+			}
+			return k, nil
+		case xml.StartElement:
+			var v Kind
+			if t.Name.Space == davNS {
+				switch t.Name.Local {
+				case "exclusive":
+					v = Exclusive
+				case "shared":
+					v = Shared
+				}
+			}
+			if v != 0 && k != 0 {
+				return 0, invalidLockInfo("lockscope names more than one scope")
+			}
+			if v != 0 {
+				k = v
+			}
+			if err := p.skip(); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// locktype parses the content of DAV:locktype.
+func (p *lockInfoParser) locktype() (string, error) {
+	var typ string
+	for {
+		tok, err := p.next()
+		if err != nil {
+			return "", unexpectedEOF(err)
+		}
+		switch t := tok.(type) {
+		case xml.EndElement:
+			if typ == "" {
+				return "", invalidLockInfo("locktype must contain DAV:write")
+			}
+			return typ, nil
+		case xml.StartElement:
+			if t.Name.Space == davNS && t.Name.Local == "write" {
+				typ = "write"
+			}
+			if err := p.skip(); err != nil {
+				return "", err
+			}
+		}
+	}
+}
+
+// skip consumes tokens up to the end of the element just started.
+func (p *lockInfoParser) skip() error {
+	for depth := 1; depth > 0; {
+		tok, err := p.next()
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+		switch tok.(type) {
+		case xml.StartElement:
+			depth++
+		case xml.EndElement:
+			depth--
+		}
+	}
+	return nil
+}
+
+// owner re-serialises the content of DAV:owner as described at
+// LockInfo.Owner.
+func (p *lockInfoParser) owner() ([]byte, error) {
+	b := []byte{}
+	var spaces []string // namespace of each open element below owner
+	for {
+		tok, err := p.next()
+		if err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			b = append(b, '<')
+			b = append(b, t.Name.Local...)
+			if len(spaces) == 0 || spaces[len(spaces)-1] != t.Name.Space {
+				b = append(b, ` xmlns="`...)
+				b = appendEscaped(b, t.Name.Space, true)
+				b = append(b, '"')
+			}
+			if b, err = appendAttrs(b, t.Attr); err != nil {
+				return nil, err
+			}
+			b = append(b, '>')
+			spaces = append(spaces, t.Name.Space)
+		case xml.EndElement:
+			if len(spaces) == 0 {
+				return b, nil
+			}
+			spaces = spaces[:len(spaces)-1]
+			b = append(b, "</"...)
+			b = append(b, t.Name.Local...)
+			b = append(b, '>')
+		case xml.CharData:
+			b = appendEscaped(b, string(t), false)
+		}
+	}
+}
+
+// appendAttrs appends the attributes of an owner element, dropping
+// namespace declarations (the serialiser writes its own) and giving
+// namespaced attributes generated prefixes.
+func appendAttrs(b []byte, attrs []xml.Attr) ([]byte, error) {
+	var (
+		prefixes map[string]string
+		seen     map[xml.Name]bool
+	)
+	for _, a := range attrs {
+		if a.Name.Space == "xmlns" || (a.Name.Space == "" && a.Name.Local == "xmlns") {
+			continue
+		}
+		if seen == nil {
+			seen = make(map[xml.Name]bool)
+		}
+		if seen[a.Name] {
+			return nil, invalidLockInfo("duplicate attribute %s", fmtName(a.Name))
+		}
+		seen[a.Name] = true
+		b = append(b, ' ')
+		switch a.Name.Space {
+		case "":
+		case xmlNS:
+			b = append(b, "xml:"...)
+		default:
+			if prefixes == nil {
+				prefixes = make(map[string]string)
+			}
+			prefix, ok := prefixes[a.Name.Space]
+			if !ok {
+				prefix = "a" + strconv.Itoa(len(prefixes))
+				prefixes[a.Name.Space] = prefix
+				b = append(b, "xmlns:"+prefix+`="`...)
+				b = appendEscaped(b, a.Name.Space, true)
+				b = append(b, `" `...)
+			}
+			b = append(b, prefix+":"...)
+		}
+		b = append(b, a.Name.Local...)
+		b = append(b, `="`...)
+		b = appendEscaped(b, a.Value, true)
+		b = append(b, '"')
+	}
+	return b, nil
+}
+
+// appendEscaped appends s escaped for XML text or, with attr, for a
+// double-quoted attribute value. Characters a parser would normalise away
+// (CR; tabs and newlines in attributes) become character references;
+// characters XML cannot carry at all become U+FFFD.
+func appendEscaped(b []byte, s string, attr bool) []byte {
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		i += size
+		switch {
+		case r == '&':
+			b = append(b, "&amp;"...)
+		case r == '<':
+			b = append(b, "&lt;"...)
+		case r == '>':
+			b = append(b, "&gt;"...)
+		case r == '"' && attr:
+			b = append(b, "&quot;"...)
+		case r == '\r':
+			b = append(b, "&#xD;"...)
+		case (r == '\n' || r == '\t') && attr:
+			b = append(b, "&#x"...)
+			b = strconv.AppendInt(b, int64(r), 16)
+			b = append(b, ';')
+		case r == utf8.RuneError && size == 1, !isXMLChar(r):
+			b = utf8.AppendRune(b, '\uFFFD')
+		default:
+			b = utf8.AppendRune(b, r)
+		}
+	}
+	return b
+}
+
+// isXMLChar reports whether r is a Char of XML 1.0.
+func isXMLChar(r rune) bool {
+	return r == 0x09 || r == 0x0a || r == 0x0d ||
+		(r >= 0x20 && r <= 0xd7ff) ||
+		(r >= 0xe000 && r <= 0xfffd) ||
+		(r >= 0x10000 && r <= 0x10ffff)
+}
+
+// ---------------------------------------------------------------------------
+// Response XML (RFC 4918 sections 14 and 16)
+
+const xmlDecl = `<?xml version="1.0" encoding="utf-8"?>` + "\n"
+
+// ActiveLock describes a lock for DAV:lockdiscovery.
+type ActiveLock struct {
+	// Root is the lock root as a path, unescaped (as in URL.Path); it is
+	// URL-escaped for the DAV:lockroot href.
+	Root string
+	// Token is the lock token; DAV:locktoken is left out when it is "".
+	Token string
+	// Scope is Shared or Exclusive; anything but Shared reports exclusive.
+	Scope Kind
+	// Depth is DepthZero or DepthInfinity.
+	Depth Depth
+	// Owner is LockInfo.Owner, inserted verbatim into DAV:owner; nil
+	// leaves DAV:owner out. It must be well-formed content, as
+	// ParseLockInfo produces.
+	Owner []byte
+	// Timeout is the time left; Infinite reports "Infinite" instead.
+	Timeout  time.Duration
+	Infinite bool
+}
+
+// MarshalLockDiscovery returns the body of a successful LOCK response: an
+// XML document with a DAV:prop holding the DAV:lockdiscovery of locks.
+func MarshalLockDiscovery(locks ...ActiveLock) []byte {
+	b := []byte(xmlDecl + `<D:prop xmlns:D="DAV:">`)
+	b = appendLockDiscovery(b, locks, false)
+	return append(b, "</D:prop>"...)
+}
+
+// LockDiscoveryElement returns a DAV:lockdiscovery element for locks, for
+// PROPFIND responses. It declares the D prefix itself so that it can be
+// inserted anywhere.
+func LockDiscoveryElement(locks ...ActiveLock) []byte {
+	return appendLockDiscovery(nil, locks, true)
+}
+
+func appendLockDiscovery(b []byte, locks []ActiveLock, declare bool) []byte {
+	b = append(b, "<D:lockdiscovery"...)
+	if declare {
+		b = append(b, ` xmlns:D="DAV:"`...)
+	}
+	if len(locks) == 0 {
+		return append(b, "/>"...)
+	}
+	b = append(b, '>')
+	for _, l := range locks {
+		scope := "exclusive"
+		if l.Scope == Shared {
+			scope = "shared"
+		}
+		b = append(b, "<D:activelock><D:locktype><D:write/></D:locktype><D:lockscope><D:"+scope+"/></D:lockscope><D:depth>"...)
+		b = appendEscaped(b, l.Depth.String(), false)
+		b = append(b, "</D:depth>"...)
+		if l.Owner != nil {
+			b = append(b, "<D:owner>"...)
+			b = append(b, l.Owner...)
+			b = append(b, "</D:owner>"...)
+		}
+		b = append(b, "<D:timeout>"+FormatTimeout(l.Timeout, l.Infinite)+"</D:timeout>"...)
+		if l.Token != "" {
+			b = append(b, "<D:locktoken><D:href>"...)
+			b = appendEscaped(b, l.Token, false)
+			b = append(b, "</D:href></D:locktoken>"...)
+		}
+		b = append(b, "<D:lockroot><D:href>"...)
+		b = appendEscaped(b, escapePath(l.Root), false)
+		b = append(b, "</D:href></D:lockroot></D:activelock>"...)
+	}
+	return append(b, "</D:lockdiscovery>"...)
+}
+
+// escapePath URL-escapes a path for use as an href. A path starting with
+// "//" gets a "/." prefix so that it is not read as a network-path
+// reference naming a host.
+func escapePath(p string) string {
+	e := (&url.URL{Path: p}).EscapedPath()
+	if strings.HasPrefix(e, "//") {
+		e = "/." + e
+	}
+	return e
+}
+
+// SupportedLockElement returns a DAV:supportedlock element announcing
+// exclusive and shared write locks, for PROPFIND responses. It declares
+// the D prefix itself.
+func SupportedLockElement() []byte {
+	return []byte(`<D:supportedlock xmlns:D="DAV:">` +
+		`<D:lockentry><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>` +
+		`<D:lockentry><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>` +
+		`</D:supportedlock>`)
+}
+
+// Precondition and postcondition codes of RFC 4918 section 16, for
+// MarshalDAVError.
+const (
+	CondLockTokenSubmitted            = "lock-token-submitted"
+	CondNoConflictingLock             = "no-conflicting-lock"
+	CondLockTokenMatchesRequestURI    = "lock-token-matches-request-uri"
+	CondCannotModifyProtectedProperty = "cannot-modify-protected-property"
+	CondPropfindFiniteDepth           = "propfind-finite-depth"
+)
+
+// MarshalDAVError returns a DAV:error document naming the failed
+// condition, with a DAV:href for each of hrefs (unescaped paths, URL-
+// escaped here), as in
+//
+//	<D:error xmlns:D="DAV:"><D:lock-token-submitted><D:href>/a</D:href></D:lock-token-submitted></D:error>
+//
+// condition must be an XML name such as the Cond constants; otherwise the
+// DAV:error element is left empty.
+func MarshalDAVError(condition string, hrefs ...string) []byte {
+	b := []byte(xmlDecl)
+	if !isSimpleName(condition) {
+		return append(b, `<D:error xmlns:D="DAV:"/>`...)
+	}
+	b = append(b, `<D:error xmlns:D="DAV:"><D:`+condition...)
+	if len(hrefs) == 0 {
+		return append(b, "/></D:error>"...)
+	}
+	b = append(b, '>')
+	for _, h := range hrefs {
+		b = append(b, "<D:href>"...)
+		b = appendEscaped(b, escapePath(h), false)
+		b = append(b, "</D:href>"...)
+	}
+	return append(b, "</D:"+condition+"></D:error>"...)
+}
+
+// isSimpleName reports whether s is an ASCII XML local name.
+func isSimpleName(s string) bool {
+	if s == "" || !(isAlpha(s[0]) || s[0] == '_') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isAlpha(c) && !isDigit(c) && c != '-' && c != '.' && c != '_' {
+			return false
+		}
+	}
+	return true
 }

@@ -1,12 +1,16 @@
 package caddylock
 
 import (
+	"bytes"
+	"encoding/xml"
 	"errors"
+	"io"
 	"math"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -597,5 +601,427 @@ func TestNewLockToken(t *testing.T) {
 	}
 	if fixed != 6 {
 		t.Errorf("%d fixed bits, want 6 (version and variant)", fixed)
+	}
+}
+
+const rfcLockInfo = `<?xml version="1.0" encoding="utf-8" ?>
+<D:lockinfo xmlns:D='DAV:'>
+  <D:lockscope><D:exclusive/></D:lockscope>
+  <D:locktype><D:write/></D:locktype>
+  <D:owner>
+    <D:href>http://example.org/~ejw/contact.html</D:href>
+  </D:owner>
+</D:lockinfo>`
+
+// xmlNode is a namespace-aware tree of an XML document, for comparing
+// documents regardless of prefixes.
+type xmlNode struct {
+	Name     xml.Name
+	Attr     map[xml.Name]string
+	Text     string
+	Children []*xmlNode
+}
+
+// parseXML parses doc (or a fragment wrapped in a root) into a tree,
+// dropping namespace declarations and white-space-only text.
+func parseXML(t *testing.T, doc []byte) *xmlNode {
+	t.Helper()
+	d := xml.NewDecoder(bytes.NewReader(doc))
+	root := &xmlNode{}
+	stack := []*xmlNode{root}
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("output is not well-formed: %v\n%s", err, doc)
+		}
+		top := stack[len(stack)-1]
+		switch tk := tok.(type) {
+		case xml.StartElement:
+			n := &xmlNode{Name: tk.Name, Attr: map[xml.Name]string{}}
+			for _, a := range tk.Attr {
+				if a.Name.Space != "xmlns" && !(a.Name.Space == "" && a.Name.Local == "xmlns") {
+					n.Attr[a.Name] = a.Value
+				}
+			}
+			top.Children = append(top.Children, n)
+			stack = append(stack, n)
+		case xml.EndElement:
+			stack = stack[:len(stack)-1]
+		case xml.CharData:
+			if strings.TrimSpace(string(tk)) != "" {
+				top.Text += string(tk)
+			}
+		}
+	}
+	if len(stack) != 1 {
+		t.Fatalf("unbalanced document\n%s", doc)
+	}
+	return root
+}
+
+// ownerTree parses owner content the way a client would see it echoed.
+func ownerTree(t *testing.T, owner []byte) *xmlNode {
+	t.Helper()
+	return parseXML(t, append(append([]byte(`<D:owner xmlns:D="DAV:" xmlns:x="urn:unrelated">`), owner...), "</D:owner>"...))
+}
+
+func TestParseLockInfo(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		body  string
+		scope Kind
+		owner string // expected owner content, compared as XML trees
+	}{
+		{"rfc 9.10.7", rfcLockInfo, Exclusive, `<D:href xmlns:D="DAV:">http://example.org/~ejw/contact.html</D:href>`},
+		{"default namespace", `<lockinfo xmlns="DAV:"><lockscope><shared/></lockscope><locktype><write/></locktype><owner>Jane Smith</owner></lockinfo>`, Shared, `Jane Smith`},
+		{"other prefix", `<a:lockinfo xmlns:a="DAV:"><a:locktype><a:write/></a:locktype><a:lockscope><a:shared/></a:lockscope></a:lockinfo>`, Shared, ""},
+		{"prefix declared late", `<lockinfo xmlns="DAV:"><lockscope xmlns:q="DAV:"><q:exclusive/></lockscope><locktype><write/></locktype></lockinfo>`, Exclusive, ""},
+		{"unknown elements ignored", `<D:lockinfo xmlns:D="DAV:" xmlns:Z="urn:z"><Z:extra><D:lockscope><D:shared/></D:lockscope></Z:extra><D:lockscope><Z:x/><D:exclusive/></D:lockscope><D:future/><D:locktype><D:write><Z:y/></D:write></D:locktype></D:lockinfo>`, Exclusive, ""},
+		{"BOM and comments", "\xef\xbb\xbf<?xml version='1.0'?><!-- c --><D:lockinfo xmlns:D='DAV:'><!-- c --><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo><!-- c -->\n", Exclusive, ""},
+		{"owner with foreign namespaces", `<D:lockinfo xmlns:D="DAV:" xmlns:E="urn:e"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>` +
+			`<D:owner><E:person E:id="7" plain="a&amp;&quot;b" xml:lang="en"><E:name>Ann &lt;ann@example.com&gt;</E:name><nons xmlns="">x</nons><D:href>http://x/</D:href></E:person></D:owner></D:lockinfo>`,
+			Exclusive,
+			`<p:person xmlns:p="urn:e" p:id="7" plain='a&amp;"b' xml:lang="en"><p:name>Ann &lt;ann@example.com></p:name><nons>x</nons><D:href xmlns:D="DAV:">http://x/</D:href></p:person>`},
+		{"empty owner", `<D:lockinfo xmlns:D="DAV:"><D:owner/><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>`, Exclusive, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			li, err := ParseLockInfo(strings.NewReader(tc.body), 0)
+			if err != nil {
+				t.Fatalf("ParseLockInfo: %v", err)
+			}
+			if li.Scope != tc.scope || li.Type != "write" {
+				t.Errorf("scope %v type %q, want %v write", li.Scope, li.Type, tc.scope)
+			}
+			if tc.owner == "" && li.Owner != nil && len(li.Owner) != 0 {
+				t.Errorf("owner %q, want none", li.Owner)
+			}
+			if tc.owner != "" {
+				got, want := ownerTree(t, li.Owner), ownerTree(t, []byte(tc.owner))
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("owner %s is not equivalent to %s", li.Owner, tc.owner)
+				}
+				// Parsing the echo again gives the same bytes.
+				li2, err := ParseLockInfo(strings.NewReader(`<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>`+string(li.Owner)+`</D:owner></D:lockinfo>`), 0)
+				if err != nil || !bytes.Equal(li2.Owner, li.Owner) {
+					t.Errorf("re-parse of owner: %q, %v, want %q", li2.Owner, err, li.Owner)
+				}
+			}
+		})
+	}
+	// nil for no owner, non-nil for an empty one.
+	li, _ := ParseLockInfo(strings.NewReader(`<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>`), 0)
+	if li.Owner != nil {
+		t.Errorf("owner %q without DAV:owner, want nil", li.Owner)
+	}
+	li, _ = ParseLockInfo(strings.NewReader(`<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner></D:owner></D:lockinfo>`), 0)
+	if li.Owner == nil || len(li.Owner) != 0 {
+		t.Errorf("owner %q for an empty DAV:owner, want empty non-nil", li.Owner)
+	}
+}
+
+func TestParseLockInfoOwnerVerbatimText(t *testing.T) {
+	// Text, including line breaks and CR, comes back unchanged.
+	body := "<D:lockinfo xmlns:D=\"DAV:\"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>\n  a&#xD;b \t&amp; é 🙂\n</D:owner></D:lockinfo>"
+	li, err := ParseLockInfo(strings.NewReader(body), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(bytes.NewReader(append(append([]byte("<o>"), li.Owner...), "</o>"...)))
+	var v struct {
+		Text string `xml:",chardata"`
+	}
+	if err := d.Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	if want := "\n  a\rb \t& é 🙂\n"; v.Text != want {
+		t.Errorf("owner text %q, want %q", v.Text, want)
+	}
+}
+
+func TestParseLockInfoErrors(t *testing.T) {
+	const (
+		scope = `<D:lockscope><D:exclusive/></D:lockscope>`
+		typ   = `<D:locktype><D:write/></D:locktype>`
+	)
+	wrap := func(s string) string { return `<D:lockinfo xmlns:D="DAV:">` + s + `</D:lockinfo>` }
+	billionLaughs := `<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+]>
+<D:lockinfo xmlns:D="DAV:">` + scope + typ + `<D:owner>&lol3;</D:owner></D:lockinfo>`
+	for _, tc := range []struct {
+		name, body, wantErr string
+	}{
+		{"doctype", `<!DOCTYPE D:lockinfo SYSTEM "http://example.com/x.dtd">` + wrap(scope+typ), "document type declarations are not allowed"},
+		{"doctype lower case", `<!doctype x>` + wrap(scope+typ), "not allowed"},
+		{"billion laughs", billionLaughs, "document type declarations are not allowed"},
+		{"external entity", `<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>` + wrap(scope+typ+`<D:owner>&e;</D:owner>`), "not allowed"},
+		{"other declaration", `<!ELEMENT x ANY>` + wrap(scope+typ), "declarations (<!…>) are not allowed"},
+		{"undefined entity", wrap(scope + typ + `<D:owner>&e;</D:owner>`), "invalid lockinfo"},
+		{"missing scope", wrap(typ), "missing lockscope"},
+		{"missing type", wrap(scope), "missing locktype"},
+		{"empty scope", wrap(`<D:lockscope/>` + typ), "lockscope must contain DAV:exclusive or DAV:shared"},
+		{"unknown scope", wrap(`<D:lockscope><D:local/></D:lockscope>` + typ), "lockscope must contain"},
+		{"scope in other namespace", wrap(`<D:lockscope><exclusive xmlns="urn:x"/></D:lockscope>` + typ), "lockscope must contain"},
+		{"two scopes", wrap(`<D:lockscope><D:exclusive/><D:shared/></D:lockscope>` + typ), "more than one scope"},
+		{"two lockscopes", wrap(scope + scope + typ), "more than one lockscope"},
+		{"unknown type", wrap(scope + `<D:locktype><D:read/></D:locktype>`), "locktype must contain DAV:write"},
+		{"two locktypes", wrap(scope + typ + typ), "more than one locktype"},
+		{"two owners", wrap(scope + typ + `<D:owner/><D:owner/>`), "more than one owner"},
+		{"wrong root", `<D:lock xmlns:D="DAV:">` + scope + typ + `</D:lock>`, "root element is {DAV:}lock, expected DAV:lockinfo"},
+		{"no namespace", `<lockinfo><lockscope><exclusive/></lockscope><locktype><write/></locktype></lockinfo>`, "root element is lockinfo"},
+		{"unbound prefix", `<D:lockinfo>` + scope + typ + `</D:lockinfo>`, "undeclared namespace prefix"},
+		{"unbound prefix in owner", wrap(scope + typ + `<D:owner><x:y/></D:owner>`), "undeclared namespace prefix"},
+		{"unbound attribute prefix", wrap(scope + typ + `<D:owner><D:y x:a="1"/></D:owner>`), "undeclared namespace prefix"},
+		{"duplicate attribute", wrap(scope + typ + `<D:owner><y a="1" a="2"/></D:owner>`), "duplicate attribute"},
+		{"two roots", wrap(scope+typ) + wrap(scope+typ), "more than one root element"},
+		{"text after root", wrap(scope+typ) + "x", "text outside the lockinfo element"},
+		{"text before root", "x" + wrap(scope+typ), "text outside"},
+		{"truncated", `<D:lockinfo xmlns:D="DAV:">` + scope, "invalid lockinfo"},
+		{"truncated owner", `<D:lockinfo xmlns:D="DAV:">` + scope + typ + `<D:owner><a>`, "invalid lockinfo"},
+		{"mismatched tags", wrap(scope + typ + `<D:owner><a></b></D:owner>`), "invalid lockinfo"},
+		{"no root", `<?xml version="1.0"?><!-- nothing -->`, "no lockinfo element"},
+		{"other encoding", `<?xml version="1.0" encoding="ISO-8859-1"?>` + wrap(scope+typ), "invalid lockinfo"},
+		{"invalid char", wrap(scope + typ + "<D:owner>\x01</D:owner>"), "invalid lockinfo"},
+		{"reserved xmlns", wrap(scope + typ + `<D:owner><a xmlns:p="http://www.w3.org/2000/xmlns/" p:x="1"/></D:owner>`), "reserved xmlns namespace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			li, err := ParseLockInfo(strings.NewReader(tc.body), 0)
+			if err == nil {
+				t.Fatalf("ParseLockInfo succeeded: %+v", li)
+			}
+			if !errors.Is(err, ErrInvalidLockInfo) || errors.Is(err, ErrNoBody) || errors.Is(err, ErrBodyTooLarge) {
+				t.Errorf("error %v does not wrap ErrInvalidLockInfo alone", err)
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error %q does not contain %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseLockInfoBodies(t *testing.T) {
+	for _, body := range []string{"", " \r\n\t", "\xef\xbb\xbf"} {
+		if _, err := ParseLockInfo(strings.NewReader(body), 100); !errors.Is(err, ErrNoBody) {
+			t.Errorf("ParseLockInfo(%q) error = %v, want ErrNoBody", body, err)
+		}
+	}
+	n := int64(len(rfcLockInfo))
+	if _, err := ParseLockInfo(strings.NewReader(rfcLockInfo), n); err != nil {
+		t.Errorf("body of exactly the limit: %v", err)
+	}
+	if _, err := ParseLockInfo(strings.NewReader(rfcLockInfo), n-1); !errors.Is(err, ErrBodyTooLarge) {
+		t.Errorf("body over the limit: error %v, want ErrBodyTooLarge", err)
+	}
+	if _, err := ParseLockInfo(strings.NewReader(rfcLockInfo), math.MaxInt64); err != nil {
+		t.Errorf("limit MaxInt64: %v", err)
+	}
+	// The default limit applies for maxBytes <= 0, and the reader is not
+	// drained beyond it.
+	big := io.MultiReader(strings.NewReader(`<D:lockinfo xmlns:D="DAV:"><D:owner>`), neverEnding('x'))
+	if _, err := ParseLockInfo(big, 0); !errors.Is(err, ErrBodyTooLarge) {
+		t.Errorf("endless body: error %v, want ErrBodyTooLarge", err)
+	}
+	readErr := errors.New("connection reset")
+	_, err := ParseLockInfo(iotest.ErrReader(readErr), 100)
+	if !errors.Is(err, readErr) || errors.Is(err, ErrInvalidLockInfo) {
+		t.Errorf("read error: %v, want the reader's error", err)
+	}
+}
+
+type neverEnding byte
+
+func (b neverEnding) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
+
+func TestMarshalLockDiscovery(t *testing.T) {
+	owner := []byte(`<href xmlns="DAV:">http://example.org/~ejw/contact.html</href>`)
+	locks := []ActiveLock{
+		{Root: "/workspace/web dav/a&b<c>", Token: "urn:uuid:e71d4fae-5dec-22d6-fea5-00a0c91e6be4", Scope: Exclusive, Depth: DepthInfinity, Owner: owner, Timeout: 604800 * time.Second},
+		{Root: "/x", Token: "urn:x&y", Scope: Shared, Depth: DepthZero, Infinite: true},
+		{Root: "//evil.example/x", Scope: Shared, Depth: DepthZero, Timeout: 1500 * time.Millisecond},
+	}
+	doc := MarshalLockDiscovery(locks...)
+	if !bytes.HasPrefix(doc, []byte(`<?xml version="1.0" encoding="utf-8"?>`)) {
+		t.Errorf("missing XML declaration: %s", doc)
+	}
+	var got struct {
+		XMLName       xml.Name `xml:"DAV: prop"`
+		LockDiscovery struct {
+			ActiveLock []struct {
+				LockType struct {
+					Write *struct{} `xml:"DAV: write"`
+				} `xml:"DAV: locktype"`
+				LockScope struct {
+					Exclusive *struct{} `xml:"DAV: exclusive"`
+					Shared    *struct{} `xml:"DAV: shared"`
+				} `xml:"DAV: lockscope"`
+				Depth string `xml:"DAV: depth"`
+				Owner *struct {
+					Href string `xml:"DAV: href"`
+				} `xml:"DAV: owner"`
+				Timeout   string   `xml:"DAV: timeout"`
+				LockToken []string `xml:"DAV: locktoken>href"`
+				LockRoot  string   `xml:"DAV: lockroot>href"`
+			} `xml:"DAV: activelock"`
+		} `xml:"DAV: lockdiscovery"`
+	}
+	if err := xml.Unmarshal(doc, &got); err != nil {
+		t.Fatalf("unmarshal: %v\n%s", err, doc)
+	}
+	al := got.LockDiscovery.ActiveLock
+	if len(al) != 3 {
+		t.Fatalf("%d activelocks, want 3\n%s", len(al), doc)
+	}
+	a := al[0]
+	if a.LockType.Write == nil || a.LockScope.Exclusive == nil || a.LockScope.Shared != nil || a.Depth != "infinity" ||
+		a.Owner == nil || a.Owner.Href != "http://example.org/~ejw/contact.html" || a.Timeout != "Second-604800" ||
+		!reflect.DeepEqual(a.LockToken, []string{"urn:uuid:e71d4fae-5dec-22d6-fea5-00a0c91e6be4"}) ||
+		a.LockRoot != "/workspace/web%20dav/a&b%3Cc%3E" {
+		t.Errorf("first lock: %+v\n%s", a, doc)
+	}
+	a = al[1]
+	if a.LockScope.Shared == nil || a.LockScope.Exclusive != nil || a.Depth != "0" || a.Owner != nil ||
+		a.Timeout != "Infinite" || !reflect.DeepEqual(a.LockToken, []string{"urn:x&y"}) || a.LockRoot != "/x" {
+		t.Errorf("second lock: %+v\n%s", a, doc)
+	}
+	a = al[2]
+	if a.LockToken != nil || a.Timeout != "Second-2" || a.LockRoot != "/.//evil.example/x" {
+		t.Errorf("third lock: %+v\n%s", a, doc)
+	}
+	// The exact layout of one lock, as in the RFC's examples.
+	want := `<?xml version="1.0" encoding="utf-8"?>` + "\n" + `<D:prop xmlns:D="DAV:"><D:lockdiscovery><D:activelock><D:locktype><D:write/></D:locktype><D:lockscope><D:exclusive/></D:lockscope><D:depth>infinity</D:depth><D:owner>o</D:owner><D:timeout>Second-3600</D:timeout><D:locktoken><D:href>urn:uuid:1</D:href></D:locktoken><D:lockroot><D:href>/x</D:href></D:lockroot></D:activelock></D:lockdiscovery></D:prop>`
+	if got := string(MarshalLockDiscovery(ActiveLock{Root: "/x", Token: "urn:uuid:1", Scope: Exclusive, Depth: DepthInfinity, Owner: []byte("o"), Timeout: time.Hour})); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestLockOwnerRoundTrip(t *testing.T) {
+	// A client's owner comes back equivalent in the LOCK response, even
+	// though the response binds prefixes differently.
+	body := `<x:lockinfo xmlns:x="DAV:" xmlns:D="urn:not-dav"><x:lockscope><x:exclusive/></x:lockscope><x:locktype><x:write/></x:locktype>` +
+		`<x:owner><x:href>http://x/</x:href><D:note D:k="v">hi</D:note></x:owner></x:lockinfo>`
+	li, err := ParseLockInfo(strings.NewReader(body), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := MarshalLockDiscovery(ActiveLock{Root: "/", Token: NewLockToken(), Scope: li.Scope, Depth: DepthZero, Owner: li.Owner, Timeout: time.Minute})
+	tree := parseXML(t, doc)
+	var owner *xmlNode
+	var find func(n *xmlNode)
+	find = func(n *xmlNode) {
+		for _, c := range n.Children {
+			if c.Name == (xml.Name{Space: "DAV:", Local: "owner"}) {
+				owner = c
+			}
+			find(c)
+		}
+	}
+	find(tree)
+	if owner == nil || len(owner.Children) != 2 {
+		t.Fatalf("owner not echoed:\n%s", doc)
+	}
+	href, note := owner.Children[0], owner.Children[1]
+	if href.Name != (xml.Name{Space: "DAV:", Local: "href"}) || href.Text != "http://x/" {
+		t.Errorf("href echoed as %+v", href)
+	}
+	if note.Name != (xml.Name{Space: "urn:not-dav", Local: "note"}) || note.Text != "hi" ||
+		note.Attr[xml.Name{Space: "urn:not-dav", Local: "k"}] != "v" {
+		t.Errorf("note echoed as %+v", note)
+	}
+}
+
+func TestLockDiscoveryElement(t *testing.T) {
+	for _, locks := range [][]ActiveLock{nil, {{Root: "/a", Token: "urn:uuid:1", Scope: Shared, Depth: DepthZero}}} {
+		el := LockDiscoveryElement(locks...)
+		if bytes.HasPrefix(el, []byte("<?xml")) {
+			t.Errorf("element starts with an XML declaration: %s", el)
+		}
+		// It must be well-formed inside a document that binds D elsewhere.
+		doc := append(append([]byte(`<D:prop xmlns:D="urn:other">`), el...), "</D:prop>"...)
+		tree := parseXML(t, doc)
+		ld := tree.Children[0].Children[0]
+		if ld.Name != (xml.Name{Space: "DAV:", Local: "lockdiscovery"}) || len(ld.Children) != len(locks) {
+			t.Errorf("lockdiscovery element: %s", el)
+		}
+	}
+}
+
+func TestSupportedLockElement(t *testing.T) {
+	el := SupportedLockElement()
+	var got struct {
+		XMLName xml.Name `xml:"DAV: supportedlock"`
+		Entries []struct {
+			Scope struct {
+				Exclusive *struct{} `xml:"DAV: exclusive"`
+				Shared    *struct{} `xml:"DAV: shared"`
+			} `xml:"DAV: lockscope"`
+			Type struct {
+				Write *struct{} `xml:"DAV: write"`
+			} `xml:"DAV: locktype"`
+		} `xml:"DAV: lockentry"`
+	}
+	if err := xml.Unmarshal(el, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Entries) != 2 ||
+		got.Entries[0].Scope.Exclusive == nil || got.Entries[0].Type.Write == nil ||
+		got.Entries[1].Scope.Shared == nil || got.Entries[1].Type.Write == nil {
+		t.Errorf("supportedlock: %s", el)
+	}
+}
+
+func TestWebDAVError(t *testing.T) {
+	type davError struct {
+		XMLName xml.Name
+		Inner   []struct {
+			XMLName xml.Name
+			Hrefs   []string `xml:"DAV: href"`
+		} `xml:",any"`
+	}
+	for _, tc := range []struct {
+		cond  string
+		hrefs []string
+		want  []string // escaped hrefs
+	}{
+		{CondLockTokenSubmitted, []string{"/a", "/b c/ü&<"}, []string{"/a", "/b%20c/%C3%BC&%3C"}},
+		{CondNoConflictingLock, nil, nil},
+		{CondLockTokenMatchesRequestURI, nil, nil},
+		{CondCannotModifyProtectedProperty, nil, nil},
+		{CondPropfindFiniteDepth, nil, nil},
+	} {
+		doc := MarshalDAVError(tc.cond, tc.hrefs...)
+		var got davError
+		if err := xml.Unmarshal(doc, &got); err != nil {
+			t.Fatalf("%s: %v\n%s", tc.cond, err, doc)
+		}
+		if got.XMLName != (xml.Name{Space: "DAV:", Local: "error"}) || len(got.Inner) != 1 ||
+			got.Inner[0].XMLName != (xml.Name{Space: "DAV:", Local: tc.cond}) || !reflect.DeepEqual(got.Inner[0].Hrefs, tc.want) {
+			t.Errorf("%s: %+v\n%s", tc.cond, got, doc)
+		}
+	}
+	want := `<?xml version="1.0" encoding="utf-8"?>` + "\n" + `<D:error xmlns:D="DAV:"><D:lock-token-submitted><D:href>/a</D:href></D:lock-token-submitted></D:error>`
+	if got := string(MarshalDAVError(CondLockTokenSubmitted, "/a")); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	want = `<?xml version="1.0" encoding="utf-8"?>` + "\n" + `<D:error xmlns:D="DAV:"><D:no-conflicting-lock/></D:error>`
+	if got := string(MarshalDAVError(CondNoConflictingLock)); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	// Names that are not XML names cannot break the document.
+	for _, bad := range []string{"", "a b", "x></D:error><y", "1x"} {
+		var got davError
+		if err := xml.Unmarshal(MarshalDAVError(bad, "/a"), &got); err != nil || len(got.Inner) != 0 {
+			t.Errorf("MarshalDAVError(%q): %+v, %v", bad, got, err)
+		}
 	}
 }
