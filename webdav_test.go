@@ -1025,3 +1025,108 @@ func TestWebDAVError(t *testing.T) {
 		}
 	}
 }
+
+// Fuzz targets. Seeds are the examples above; found failures live in
+// testdata/fuzz.
+
+func FuzzParseIf(f *testing.F) {
+	for _, tc := range rfcIfExamples {
+		f.Add(tc.in)
+	}
+	for _, s := range []string{"", "(", "()", "(Not)", `([W/"x"])`, "</a>(<b:c>)</a>(<d:e>)", "(<a:b>) </x> (<a:b>)", "(<a:%zz>)"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := ParseIf(s)
+		if err != nil {
+			var se *IfSyntaxError
+			if !errors.As(err, &se) || se.Offset < 0 || se.Offset > len(s) {
+				t.Fatalf("ParseIf(%q): bad error %#v", s, err)
+			}
+			return
+		}
+		if len(h.Lists) == 0 {
+			t.Fatalf("ParseIf(%q) succeeded without lists", s)
+		}
+		canon := h.String()
+		h2, err := ParseIf(canon)
+		if err != nil {
+			t.Fatalf("ParseIf(%q).String() = %q does not parse: %v", s, canon, err)
+		}
+		if !reflect.DeepEqual(h, h2) {
+			t.Fatalf("round trip of %q via %q:\n got %#v\nwant %#v", s, canon, h2, h)
+		}
+		if h2.String() != canon {
+			t.Fatalf("String not canonical: %q then %q", canon, h2.String())
+		}
+		h.Tokens()
+		h.IfMatch()
+		h.Eval(func(tag string) (string, bool) { return tag, tag != "/nope" },
+			func(string) ([]string, string) { return h.Tokens(), `W/"x"` })
+	})
+}
+
+func FuzzParseTimeout(f *testing.F) {
+	for _, s := range []string{"", "Infinite", "Second-0", "Second-3600", "Infinite, Second-4100000000", "second-99999999999999999999", "Second-", ",", "Second-1,x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		const def, limit = time.Minute, time.Hour
+		d, err := ParseTimeout(s, def, limit)
+		if err != nil {
+			return
+		}
+		if d < 0 || d > limit {
+			t.Fatalf("ParseTimeout(%q) = %v, outside [0, %v]", s, d, limit)
+		}
+		if d%time.Second != 0 && d != limit {
+			t.Fatalf("ParseTimeout(%q) = %v, not whole seconds", s, d)
+		}
+		if got, err := ParseTimeout(FormatTimeout(d, false), def, limit); err != nil || got != d {
+			t.Fatalf("ParseTimeout(FormatTimeout(%v)) = %v, %v", d, got, err)
+		}
+	})
+}
+
+func FuzzParseLockInfo(f *testing.F) {
+	f.Add([]byte(rfcLockInfo))
+	f.Add([]byte(`<lockinfo xmlns="DAV:"><lockscope><shared/></lockscope><locktype><write/></locktype><owner>Jane Smith</owner></lockinfo>`))
+	f.Add([]byte(`<D:lockinfo xmlns:D="DAV:" xmlns:E="urn:e"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner><E:p E:id="7" a="&lt;" xml:lang="en">t&amp;<x xmlns=""/></E:p></D:owner></D:lockinfo>`))
+	f.Add([]byte(`<!DOCTYPE x [<!ENTITY a "b">]><D:lockinfo xmlns:D="DAV:"/>`))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		li, err := ParseLockInfo(bytes.NewReader(body), 4096)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidLockInfo) && !errors.Is(err, ErrNoBody) && !errors.Is(err, ErrBodyTooLarge) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		if bytes.Contains(bytes.ToLower(body), []byte("<!doctype")) {
+			t.Fatalf("accepted a DOCTYPE: %q", body)
+		}
+		if li.Scope != Exclusive && li.Scope != Shared || li.Type != "write" {
+			t.Fatalf("bad result %+v", li)
+		}
+		// The owner must be well-formed on its own and stable when
+		// parsed again.
+		doc := MarshalLockDiscovery(ActiveLock{Root: "/", Scope: li.Scope, Owner: li.Owner})
+		d := xml.NewDecoder(bytes.NewReader(doc))
+		for {
+			_, err := d.Token()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("lockdiscovery with owner %q is not well-formed: %v", li.Owner, err)
+			}
+		}
+		if li.Owner != nil {
+			again := `<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>` + string(li.Owner) + `</D:owner></D:lockinfo>`
+			li2, err := ParseLockInfo(strings.NewReader(again), 1<<20)
+			if err != nil || !bytes.Equal(li2.Owner, li.Owner) {
+				t.Fatalf("owner %q re-parsed as %q, %v", li.Owner, li2.Owner, err)
+			}
+		}
+	})
+}
