@@ -722,7 +722,9 @@ type LockInfo struct {
 	// (xmlns:a0="…"), and comments and processing instructions are
 	// dropped. It can be echoed inside DAV:owner whatever prefixes the
 	// surrounding document uses. Owner is nil when there was no
-	// DAV:owner and empty (non-nil) for an empty one.
+	// DAV:owner and empty (non-nil) for an empty one. ParseLockInfo
+	// refuses owners that would grow beyond twice the body size plus 1 KiB
+	// this way.
 	Owner []byte
 }
 
@@ -763,7 +765,13 @@ func ParseLockInfo(r io.Reader, maxBytes int64) (LockInfo, error) {
 	if bytes.Contains(lower, []byte("<!doctype")) || bytes.Contains(lower, []byte("<!entity")) {
 		return LockInfo{}, invalidLockInfo("document type declarations are not allowed")
 	}
-	p := lockInfoParser{d: xml.NewDecoder(bytes.NewReader(data))}
+	p := lockInfoParser{
+		d: xml.NewDecoder(bytes.NewReader(data)),
+		// Declaring namespaces per element can make the owner grow (a
+		// long namespace name declared once, then used by many small
+		// elements); bound it so a small body cannot cost much memory.
+		maxOwner: 2*len(data) + 1024,
+	}
 	p.d.Strict = true
 	li, err := p.document()
 	if err != nil {
@@ -782,6 +790,8 @@ type lockInfoParser struct {
 	// on it, to tell bound prefixes from unbound ones (which encoding/xml
 	// passes through untranslated).
 	bound [][]string
+	// maxOwner limits the size of the re-serialised owner.
+	maxOwner int
 }
 
 // next returns the next token, refusing directives and names that are not
@@ -1060,6 +1070,9 @@ func (p *lockInfoParser) owner() ([]byte, error) {
 			b = append(b, '>')
 		case xml.CharData:
 			b = appendEscaped(b, string(t), false)
+		}
+		if len(b) > p.maxOwner {
+			return nil, invalidLockInfo("owner larger than %d bytes when re-serialised", p.maxOwner)
 		}
 	}
 }

@@ -788,6 +788,7 @@ func TestParseLockInfoErrors(t *testing.T) {
 		{"no root", `<?xml version="1.0"?><!-- nothing -->`, "no lockinfo element"},
 		{"other encoding", `<?xml version="1.0" encoding="ISO-8859-1"?>` + wrap(scope+typ), "invalid lockinfo"},
 		{"invalid char", wrap(scope + typ + "<D:owner>\x01</D:owner>"), "invalid lockinfo"},
+		{"owner amplification", wrap(scope + typ + `<D:owner xmlns:p="urn:` + strings.Repeat("n", 2000) + `">` + strings.Repeat("<p:a/><b/>", 200) + `</D:owner>`), "owner larger than"},
 		{"reserved xmlns", wrap(scope + typ + `<D:owner><a xmlns:p="http://www.w3.org/2000/xmlns/" p:x="1"/></D:owner>`), "reserved xmlns namespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1107,6 +1108,9 @@ func FuzzParseLockInfo(f *testing.F) {
 		}
 		if li.Scope != Exclusive && li.Scope != Shared || li.Type != "write" {
 			t.Fatalf("bad result %+v", li)
+		}
+		if len(li.Owner) > 2*len(body)+1024 {
+			t.Fatalf("owner of %d bytes from a body of %d", len(li.Owner), len(body))
 		}
 		// The owner must be well-formed on its own and stable when
 		// parsed again.
