@@ -740,6 +740,8 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		if !res.head {
 			interval *= 4
 		}
+		// Either way the queue entry must be refreshed before it expires.
+		interval = min(interval, l.waiterTTL/3)
 		poll := time.NewTimer(interval/2 + mrand.N(interval))
 		var err2 error
 		select {
@@ -788,7 +790,8 @@ func (l *RedisLocker) leave(key, wtok string) {
 
 // abandon undoes, in the background, whatever a failed acquire call may
 // have done in Redis, so that an unanswered grant does not block the key
-// until its lease runs out.
+// until its lease runs out. The release is repeated once after a timeout
+// in case the abandoned call reaches Redis after the first one.
 func (l *RedisLocker) abandon(key, tok, wtok string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -798,13 +801,25 @@ func (l *RedisLocker) abandon(key, tok, wtok string) {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-		defer cancel()
-		_ = releaseScript.Run(ctx, l.client, l.holderKeys(), key+"\x00"+tok, key, l.channel).Err()
+		member := key + "\x00" + tok
+		l.release(member, key)
 		if wtok != "" {
 			l.leave(key, wtok)
 		}
+		select {
+		case <-l.done:
+		case <-time.After(l.timeout):
+			l.release(member, key)
+		}
 	}()
+}
+
+// release deletes a holder from Redis if it is still there, waiting at
+// most the timeout.
+func (l *RedisLocker) release(member, key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	_ = releaseScript.Run(ctx, l.client, l.holderKeys(), member, key, l.channel).Err()
 }
 
 func (l *RedisLocker) renewLoop() {
@@ -998,9 +1013,7 @@ func (ls *RedisLease) Release() {
 	}
 	l := ls.l
 	l.untrack(ls)
-	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-	defer cancel()
-	_ = releaseScript.Run(ctx, l.client, l.holderKeys(), ls.member, ls.key, l.channel).Err()
+	l.release(ls.member, ls.key)
 }
 
 var (
