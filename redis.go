@@ -167,7 +167,9 @@ const (
 //	…:wseq  hash, "key\0wtoken" → its …:q member
 //
 // A holder member is "key\0token", the token being a kind letter (S or X)
-// and 32 random hex digits.
+// and 32 random hex digits. Releases and queue changes are published on
+// the channel {prefix:zone}:released, to which each RedisLocker subscribes once,
+// from its first waiting Acquire until Close.
 type RedisLocker struct {
 	client     redis.UniversalClient
 	hierarchy  bool
@@ -630,11 +632,10 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 	if err != nil {
 		return acquireResult{}, err
 	}
-	bad := fmt.Errorf("unexpected script reply %v", v)
-	if len(v) == 0 {
-		return acquireResult{}, bad
+	var status int64 = -1
+	if len(v) > 0 {
+		status, _ = v[0].(int64)
 	}
-	status, _ := v[0].(int64)
 	switch {
 	case status == 1 && len(v) == 2:
 		fence, _ := v[1].(int64)
@@ -666,7 +667,7 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 			},
 		}, nil
 	}
-	return acquireResult{}, bad
+	return acquireResult{}, fmt.Errorf("unexpected script reply %v", v)
 }
 
 // Acquire implements Locker. Besides the errors Locker documents, it

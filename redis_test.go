@@ -696,6 +696,10 @@ func TestRedisUnavailable(t *testing.T) {
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: timeout, lease: time.Second})
 	redisAcquire(t, l, "/u", Exclusive).Release()
 	held := redisAcquire(t, l, "/held", Exclusive)
+	// Start the subscription before the outage.
+	if _, err := l.Acquire(context.Background(), Request{Key: "/held", Kind: Exclusive, Wait: 10 * time.Millisecond}); err == nil {
+		t.Fatal("granted twice")
+	}
 
 	srv.Stop()
 	for _, wait := range []time.Duration{0, 5 * time.Second} {
@@ -729,6 +733,30 @@ func TestRedisUnavailable(t *testing.T) {
 		ls.Release()
 		return true
 	})
+
+	// Waiters are woken by notifications again: the subscription came
+	// back by itself.
+	l.poll = time.Minute
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: timeout, lease: time.Second})
+	hold := redisAcquire(t, l2, "/n", Exclusive)
+	waitFor(t, 5*time.Second, "a notification to arrive", func() bool {
+		got := make(chan time.Time, 1)
+		go func() {
+			ls, err := l.Acquire(context.Background(), Request{Key: "/n", Kind: Exclusive, Wait: 2 * time.Second})
+			at := time.Now()
+			if err == nil {
+				ls.Release()
+			}
+			got <- at
+		}()
+		waitFor(t, 2*time.Second, "waiter", func() bool { return redisStats(t, l2).Waiting == 1 })
+		released := time.Now()
+		hold.Release()
+		d := (<-got).Sub(released)
+		hold = redisAcquire(t, l2, "/n", Exclusive)
+		return d < 300*time.Millisecond
+	})
+	hold.Release()
 }
 
 func TestRedisNoGoroutineLeak(t *testing.T) {
