@@ -793,3 +793,103 @@ func TestRedisNoGoroutineLeak(t *testing.T) {
 	buf := make([]byte, 1<<16)
 	t.Fatalf("%d goroutines before, %d after Close:\n%s", before, now, buf[:runtime.Stack(buf, true)])
 }
+
+// Two hierarchical nodes on nested keys: an in-test table of holders,
+// entered after a grant and left before the release, must never see two
+// conflicting holders.
+func TestRedisTwoNodesHierarchy(t *testing.T) {
+	srv := startRedis(t)
+	o := redisOpts{hierarchy: true, timeout: 2 * time.Second, lease: 10 * time.Second}
+	nodes := []*RedisLocker{newRedisLocker(t, srv, t.Name(), o), newRedisLocker(t, srv, t.Name(), o)}
+	keys := []string{"/", "/h", "/h/a", "/h/b", "/h/a/x", "/h/ax"}
+	related := func(a, b string) bool { return a == b || covers(a, b) || covers(b, a) }
+	var mu sync.Mutex
+	holders := map[string]map[Kind]int{}
+	var grants atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range nodes {
+		for g := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for r := range 15 {
+					key := keys[(g*7+r)%len(keys)]
+					kind := Kind(1 + (g+r)%2)
+					req := Request{Key: key, Kind: kind}
+					if r%2 == 0 {
+						req.Wait = 5 * time.Second
+					}
+					ls, err := l.Acquire(context.Background(), req)
+					var ce *ConflictError
+					if errors.As(err, &ce) {
+						continue
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					grants.Add(1)
+					mu.Lock()
+					for k, h := range holders {
+						if related(k, key) && (h[Exclusive] > 0 || (kind == Exclusive && h[Shared] > 0)) {
+							t.Errorf("%s %s granted while %s is held %v", kind, key, k, h)
+						}
+					}
+					if holders[key] == nil {
+						holders[key] = map[Kind]int{}
+					}
+					holders[key][kind]++
+					mu.Unlock()
+					time.Sleep(time.Millisecond)
+					mu.Lock()
+					holders[key][kind]--
+					mu.Unlock()
+					ls.Release()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	t.Logf("%d grants", grants.Load())
+	if grants.Load() < 100 {
+		t.Fatalf("only %d grants", grants.Load())
+	}
+	if s := redisStats(t, nodes[0]); s.Held != 0 || s.Waiting != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestRedisConfigErrors(t *testing.T) {
+	if _, err := NewRedisClient(RedisConfig{}); err == nil {
+		t.Error("client without addresses")
+	}
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer client.Close()
+	for _, tc := range []struct {
+		zone string
+		cfg  RedisConfig
+	}{
+		{"a}b", RedisConfig{}},
+		{"z", RedisConfig{KeyPrefix: "{p"}},
+		{"z", RedisConfig{Lease: caddy.Duration(time.Second), Timeout: caddy.Duration(time.Second)}},
+	} {
+		if l, err := NewRedisLocker(client, tc.zone, tc.cfg, false, 0, 0); err == nil {
+			l.Close()
+			t.Errorf("%q %+v: no error", tc.zone, tc.cfg)
+		}
+	}
+	l, err := NewRedisLocker(client, "z", RedisConfig{}, false, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.lease != DefaultRedisLease || l.timeout != DefaultRedisTimeout || l.kExp != "{caddy-lock:z}:exp" {
+		t.Errorf("defaults: lease %s timeout %s key %s", l.lease, l.timeout, l.kExp)
+	}
+	if _, err := l.Acquire(context.Background(), Request{Key: "a\x00b", Kind: Exclusive}); err == nil {
+		t.Error("key with NUL accepted")
+	}
+	if _, err := l.Acquire(context.Background(), Request{Key: "/a", Kind: 7}); err == nil {
+		t.Error("bad kind accepted")
+	}
+}
