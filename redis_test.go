@@ -1,0 +1,895 @@
+package caddylock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+type redisOpts struct {
+	hierarchy            bool
+	maxLocks, maxWaiters int
+	lease, timeout       time.Duration
+	prefix               string
+}
+
+// newRedisLocker returns a locker on zone with its own client, as one
+// Caddy node would have; both are closed when the test ends.
+func newRedisLocker(t *testing.T, srv *testRedis, zone string, o redisOpts) *RedisLocker {
+	t.Helper()
+	if o.lease == 0 {
+		o.lease = 15 * time.Second
+	}
+	if o.timeout == 0 {
+		o.timeout = 300 * time.Millisecond
+	}
+	cfg := RedisConfig{
+		Addresses: []string{srv.Addr},
+		KeyPrefix: o.prefix,
+		Lease:     caddy.Duration(o.lease),
+		Timeout:   caddy.Duration(o.timeout),
+	}
+	client, err := NewRedisClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	l, err := NewRedisLocker(client, zone, cfg, o.hierarchy, o.maxLocks, o.maxWaiters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func redisAcquire(t *testing.T, l Locker, key string, kind Kind) *RedisLease {
+	t.Helper()
+	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	if err != nil {
+		t.Fatalf("acquire %s %s: %v", kind, key, err)
+	}
+	return ls.(*RedisLease)
+}
+
+func redisConflict(t *testing.T, l Locker, key string, kind Kind) *ConflictError {
+	t.Helper()
+	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	var ce *ConflictError
+	if !errors.As(err, &ce) {
+		if ls != nil {
+			ls.Release()
+		}
+		t.Fatalf("acquire %s %s: want conflict, got %v", kind, key, err)
+	}
+	return ce
+}
+
+func redisStats(t *testing.T, l *RedisLocker) RedisStats {
+	t.Helper()
+	s, err := l.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestRedisExclusiveConflict(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	a := redisAcquire(t, l, "/a", Exclusive)
+	time.Sleep(20 * time.Millisecond)
+	ce := redisConflict(t, l, "/a", Exclusive)
+	if ce.Key != "/a" || ce.Kind != Exclusive || ce.Below || ce.HeldFor < 10*time.Millisecond || ce.RetryAfter < time.Second {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	if ce := redisConflict(t, l, "/a", Shared); ce.Kind != Exclusive {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	// Other keys are independent.
+	redisAcquire(t, l, "/b", Exclusive).Release()
+	a.Release()
+	redisAcquire(t, l, "/a", Exclusive).Release()
+}
+
+func TestRedisShared(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	s1 := redisAcquire(t, l, "/s", Shared)
+	s2 := redisAcquire(t, l, "/s", Shared)
+	if ce := redisConflict(t, l, "/s", Exclusive); ce.Kind != Shared || ce.Key != "/s" {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	s1.Release()
+	redisConflict(t, l, "/s", Exclusive)
+	s2.Release()
+	x := redisAcquire(t, l, "/s", Exclusive)
+	if ce := redisConflict(t, l, "/s", Shared); ce.Kind != Exclusive {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	x.Release()
+	if s := redisStats(t, l); s.Held != 0 || s.Waiting != 0 || s.Local != 0 {
+		t.Fatalf("stats after release = %+v", s)
+	}
+}
+
+func TestRedisHierarchy(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
+
+	// Ancestor held blocks descendants.
+	a := redisAcquire(t, l, "/a", Exclusive)
+	if ce := redisConflict(t, l, "/a/b/c", Shared); ce.Key != "/a" || ce.Kind != Exclusive || ce.Below {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	redisAcquire(t, l, "/ab", Exclusive).Release() // not below /a
+	redisAcquire(t, l, "/b/a", Exclusive).Release()
+	redisConflict(t, l, "/", Shared)
+	a.Release()
+
+	// Descendant held blocks ancestors, reported as Below on the key.
+	c := redisAcquire(t, l, "/a/b/c", Exclusive)
+	for _, k := range []string{"/a/b", "/a", "/"} {
+		if ce := redisConflict(t, l, k, Shared); ce.Key != k || !ce.Below || ce.Kind != Exclusive {
+			t.Fatalf("%s: conflict = %+v", k, ce)
+		}
+	}
+	redisAcquire(t, l, "/a/b/d", Exclusive).Release() // sibling
+	redisAcquire(t, l, "/a/bc", Exclusive).Release()
+	c.Release()
+
+	// Shared locks nest; an exclusive one does not fit under or over them.
+	s := redisAcquire(t, l, "/a", Shared)
+	s2 := redisAcquire(t, l, "/a/b", Shared)
+	redisConflict(t, l, "/a/b/c", Exclusive)
+	if ce := redisConflict(t, l, "/", Exclusive); !ce.Below || ce.Kind != Shared {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	s.Release()
+	s2.Release()
+	redisAcquire(t, l, "/", Exclusive).Release()
+
+	// Keys that are not rooted at "/" have no hierarchy.
+	x := redisAcquire(t, l, "x", Exclusive)
+	redisAcquire(t, l, "x/y", Exclusive).Release()
+	x.Release()
+}
+
+func TestRedisNoHierarchy(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	a := redisAcquire(t, l, "/a", Exclusive)
+	b := redisAcquire(t, l, "/a/b", Exclusive)
+	r := redisAcquire(t, l, "/", Exclusive)
+	a.Release()
+	b.Release()
+	r.Release()
+}
+
+func TestRedisDoubleRelease(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	a := redisAcquire(t, l, "/k", Exclusive)
+	a.Release()
+	a.Release()
+	b := redisAcquire(t, l, "/k", Exclusive)
+	a.Release() // must not free b's lock
+	redisConflict(t, l, "/k", Exclusive)
+	b.Release()
+	if s := redisStats(t, l); s.Held != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+// Two nodes hammer a few keys; an in-test counter checks that exclusive
+// holders never overlap with any other holder of the same key.
+func TestRedisTwoNodesExclusion(t *testing.T) {
+	srv := startRedis(t)
+	nodes := []*RedisLocker{
+		// A generous timeout: this test loads a 2-core machine under -race.
+		newRedisLocker(t, srv, t.Name(), redisOpts{timeout: 2 * time.Second, lease: 10 * time.Second}),
+		newRedisLocker(t, srv, t.Name(), redisOpts{timeout: 2 * time.Second, lease: 10 * time.Second}),
+	}
+	const keys, perNode, rounds = 5, 50, 20
+	var excl, shared [keys]atomic.Int32
+	var grants, conflicts atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+	for n, l := range nodes {
+		for g := range perNode {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for r := range rounds {
+					k := (g + r) % keys
+					kind := Exclusive
+					if (g+r)%3 == 0 {
+						kind = Shared
+					}
+					req := Request{Key: "/k" + strconv.Itoa(k), Kind: kind}
+					if g%2 == 0 {
+						req.Wait = 5 * time.Second
+					}
+					ls, err := l.Acquire(context.Background(), req)
+					var ce *ConflictError
+					if errors.As(err, &ce) {
+						conflicts.Add(1)
+						continue
+					}
+					if err != nil {
+						fail(fmt.Errorf("node %d: %w", n, err))
+						return
+					}
+					grants.Add(1)
+					if kind == Exclusive {
+						if excl[k].Add(1) != 1 || shared[k].Load() != 0 {
+							fail(fmt.Errorf("exclusive lock on key %d granted twice", k))
+						}
+						time.Sleep(time.Millisecond)
+						excl[k].Add(-1)
+					} else {
+						shared[k].Add(1)
+						if excl[k].Load() != 0 {
+							fail(fmt.Errorf("shared lock on key %d granted under an exclusive one", k))
+						}
+						time.Sleep(time.Millisecond)
+						shared[k].Add(-1)
+					}
+					ls.Release()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
+	t.Logf("%d grants, %d conflicts", grants.Load(), conflicts.Load())
+	if grants.Load() < perNode*rounds {
+		t.Fatalf("only %d grants", grants.Load())
+	}
+	if s := redisStats(t, nodes[0]); s.Held != 0 || s.Waiting != 0 {
+		t.Fatalf("stats after the storm = %+v", s)
+	}
+}
+
+// waitFor polls cond until it holds or d has passed.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRedisFIFOAcrossNodes(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	hold := redisAcquire(t, l1, "/f", Exclusive)
+
+	const n = 6
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	for i := range n {
+		l := l1
+		if i%2 == 1 {
+			l = l2
+		}
+		kind := Exclusive
+		if i == 2 || i == 3 {
+			kind = Shared // consecutive shared waiters may run together
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ls, err := l.Acquire(context.Background(), Request{Key: "/f", Kind: kind, Wait: 10 * time.Second})
+			if err != nil {
+				t.Errorf("waiter %d: %v", i, err)
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+			ls.Release()
+		}()
+		waitFor(t, 2*time.Second, "waiter to queue", func() bool { return redisStats(t, l1).Waiting == int64(i+1) })
+	}
+	// A newcomer does not overtake the queue, even once the lock is free.
+	hold.Release()
+	wg.Wait()
+	for i, v := range order {
+		if i != v && !(i >= 2 && i <= 3 && v >= 2 && v <= 3) {
+			t.Fatalf("grant order %v, want arrival order", order)
+		}
+	}
+}
+
+func TestRedisNoOvertaking(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
+	parent := redisAcquire(t, l, "/p", Exclusive)
+	done := make(chan error, 1)
+	go func() {
+		ls, err := l.Acquire(context.Background(), Request{Key: "/p/c", Kind: Exclusive, Wait: 5 * time.Second})
+		if err == nil {
+			ls.Release()
+		}
+		done <- err
+	}()
+	waitFor(t, 2*time.Second, "waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
+	// The queue on /p/c is not empty: no newcomer gets /p/c, even shared.
+	if ce := redisConflict(t, l, "/p/c", Shared); ce.Key != "/p" {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	parent.Release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRedisWaitTimeout(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	hold := redisAcquire(t, l, "/w", Exclusive)
+	defer hold.Release()
+	start := time.Now()
+	_, err := l.Acquire(context.Background(), Request{Key: "/w", Kind: Exclusive, Wait: 300 * time.Millisecond})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || ce.Key != "/w" {
+		t.Fatalf("err = %v", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("returned after %s", d)
+	}
+	if s := redisStats(t, l); s.Waiting != 0 {
+		t.Fatalf("waiter left behind: %+v", s)
+	}
+}
+
+func TestRedisCancelWhileWaiting(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	hold := redisAcquire(t, l1, "/c", Exclusive)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := l1.Acquire(ctx, Request{Key: "/c", Kind: Exclusive, Wait: 10 * time.Second})
+		first <- err
+	}()
+	waitFor(t, 2*time.Second, "first waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
+	second := make(chan Lease, 1)
+	go func() {
+		ls, err := l2.Acquire(context.Background(), Request{Key: "/c", Kind: Exclusive, Wait: 10 * time.Second})
+		if err != nil {
+			t.Error(err)
+		}
+		second <- ls
+	}()
+	waitFor(t, 2*time.Second, "second waiter", func() bool { return redisStats(t, l1).Waiting == 2 })
+
+	start := time.Now()
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first waiter: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("canceled waiter took %s to leave", d)
+	}
+	waitFor(t, time.Second, "first waiter to leave the queue", func() bool { return redisStats(t, l1).Waiting == 1 })
+	hold.Release()
+	select {
+	case ls := <-second:
+		if ls == nil {
+			t.Fatal("second waiter failed")
+		}
+		ls.Release()
+	case <-time.After(3 * time.Second):
+		t.Fatal("second waiter not granted after the first left")
+	}
+}
+
+// A release on another node wakes a waiter through the subscription, not
+// the fallback poll (disabled here by a long interval).
+func TestRedisWakeByNotification(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
+	l2.poll = time.Minute
+	for _, tc := range []struct{ held, want string }{{"/n", "/n"}, {"/n", "/n/x"}, {"/n/x/y", "/n"}} {
+		hold := redisAcquire(t, l1, tc.held, Exclusive)
+		got := make(chan time.Time, 1)
+		go func() {
+			ls, err := l2.Acquire(context.Background(), Request{Key: tc.want, Kind: Exclusive, Wait: 10 * time.Second})
+			if err != nil {
+				t.Error(err)
+				got <- time.Time{}
+				return
+			}
+			at := time.Now()
+			ls.Release()
+			got <- at
+		}()
+		waitFor(t, 2*time.Second, "waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
+		released := time.Now()
+		hold.Release()
+		select {
+		case at := <-got:
+			if d := at.Sub(released); d > 400*time.Millisecond || at.IsZero() {
+				t.Fatalf("%+v: granted %s after release", tc, d)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%+v: waiter not woken", tc)
+		}
+	}
+}
+
+func TestRedisMaxWaiters(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{maxWaiters: 2})
+	hold := redisAcquire(t, l, "/m", Exclusive)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = l.Acquire(ctx, Request{Key: "/m", Kind: Exclusive, Wait: 10 * time.Second})
+		}()
+	}
+	waitFor(t, 2*time.Second, "waiters", func() bool { return redisStats(t, l).Waiting == 2 })
+	start := time.Now()
+	_, err := l.Acquire(context.Background(), Request{Key: "/m", Kind: Exclusive, Wait: 10 * time.Second})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || time.Since(start) > time.Second {
+		t.Fatalf("third waiter: %v after %s", err, time.Since(start))
+	}
+	// Other keys have their own queue.
+	hold2 := redisAcquire(t, l, "/m2", Exclusive)
+	go func() {
+		_, _ = l.Acquire(ctx, Request{Key: "/m2", Kind: Exclusive, Wait: 10 * time.Second})
+	}()
+	waitFor(t, 2*time.Second, "waiter on /m2", func() bool { return redisStats(t, l).Waiting == 3 })
+	cancel()
+	wg.Wait()
+	hold.Release()
+	hold2.Release()
+}
+
+func TestRedisMaxLocks(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 3})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 3})
+	a := redisAcquire(t, l1, "/1", Exclusive)
+	b := redisAcquire(t, l2, "/2", Exclusive)
+	c := redisAcquire(t, l1, "/3", Shared)
+	for _, l := range []*RedisLocker{l1, l2} {
+		if _, err := l.Acquire(context.Background(), Request{Key: "/4", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+			t.Fatalf("want ErrFull, got %v", err)
+		}
+		// Full even for a key that would conflict, and for shared
+		// locks on a key already held shared.
+		if _, err := l.Acquire(context.Background(), Request{Key: "/3", Kind: Shared}); !errors.Is(err, ErrFull) {
+			t.Fatalf("want ErrFull, got %v", err)
+		}
+	}
+	// Nothing was evicted.
+	if s := redisStats(t, l1); s.Held != 3 {
+		t.Fatalf("stats = %+v", s)
+	}
+	b.Release()
+	for _, k := range []string{"/1", "/3"} {
+		redisConflict(t, l2, k, Exclusive)
+	}
+	// A waiter takes a place too.
+	go func() {
+		ls, err := l2.Acquire(context.Background(), Request{Key: "/1", Kind: Exclusive, Wait: 5 * time.Second})
+		if err == nil {
+			ls.Release()
+		}
+	}()
+	waitFor(t, 2*time.Second, "waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
+	if _, err := l1.Acquire(context.Background(), Request{Key: "/5", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+		t.Fatalf("want ErrFull, got %v", err)
+	}
+	a.Release()
+	c.Release()
+	waitFor(t, 2*time.Second, "empty table", func() bool { s := redisStats(t, l1); return s.Held == 0 && s.Waiting == 0 })
+}
+
+// A node that stops renewing (it died) loses its locks after one lease.
+func TestRedisLeaseExpiry(t *testing.T) {
+	srv := startRedis(t)
+	const lease = time.Second
+	dead := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease})
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease})
+	ls := redisAcquire(t, dead, "/e", Exclusive)
+	dead.Close() // stops renewals without releasing
+	select {
+	case <-ls.Lost():
+	default:
+		t.Fatal("Close did not mark the lease lost")
+	}
+	start := time.Now()
+	got, err := l.Acquire(context.Background(), Request{Key: "/e", Kind: Exclusive, Wait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := time.Since(start)
+	if d < lease/2 || d > lease+time.Second {
+		t.Fatalf("granted after %s, want about %s", d, lease)
+	}
+	got.Release()
+}
+
+// Renewals keep a lock alive for several lease periods.
+func TestRedisRenewal(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
+	a := redisAcquire(t, l1, "/r", Exclusive)
+	b := redisAcquire(t, l1, "/r2", Shared)
+	time.Sleep(3500 * time.Millisecond)
+	redisConflict(t, l2, "/r", Shared)
+	redisConflict(t, l2, "/r2", Exclusive)
+	for _, ls := range []*RedisLease{a, b} {
+		select {
+		case <-ls.Lost():
+			t.Fatal("lease lost although renewed")
+		default:
+		}
+	}
+	a.Release()
+	b.Release()
+	redisAcquire(t, l2, "/r", Exclusive).Release()
+}
+
+func TestRedisLost(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
+	ls := redisAcquire(t, l, "/lost", Exclusive)
+	keep := redisAcquire(t, l, "/kept", Exclusive)
+	// Somebody removes the holder from Redis (as a failover might).
+	if err := l.client.ZRem(context.Background(), l.kExp, ls.member).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ls.Lost():
+	case <-time.After(2 * time.Second):
+		t.Fatal("Lost not closed")
+	}
+	select {
+	case <-keep.Lost():
+		t.Fatal("unrelated lease lost")
+	default:
+	}
+	ls.Release()
+	keep.Release()
+}
+
+func TestRedisFencing(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	var last int64
+	for i := range 10 {
+		l := l1
+		if i%2 == 1 {
+			l = l2
+		}
+		ls := redisAcquire(t, l, "/f"+strconv.Itoa(i%3), Exclusive)
+		var f Fenced = ls
+		if f.Fence() <= last {
+			t.Fatalf("fence %d after %d", f.Fence(), last)
+		}
+		last = f.Fence()
+		ls.Release()
+	}
+}
+
+// go-redis may send a script again after a lost reply: a second run with
+// the same tokens must neither grant twice nor fail.
+func TestRedisScriptIdempotent(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	ctx := context.Background()
+	tok := newToken(Exclusive)
+	args := l.acquireArgs(Request{Key: "/i", Kind: Exclusive}, tok, "")
+	r1, err := l.runAcquire(ctx, args)
+	if err != nil || !r1.granted {
+		t.Fatalf("first run: %+v, %v", r1, err)
+	}
+	r2, err := l.runAcquire(ctx, args)
+	if err != nil || !r2.granted || r2.fence != r1.fence {
+		t.Fatalf("second run: %+v, %v (first fence %d)", r2, err, r1.fence)
+	}
+	if s := redisStats(t, l); s.Held != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+	// A queued waiter keeps one place when its attempt is repeated.
+	wtok := newToken(Exclusive)
+	wargs := l.acquireArgs(Request{Key: "/i", Kind: Exclusive}, newToken(Exclusive), wtok)
+	for range 2 {
+		r, err := l.runAcquire(ctx, wargs)
+		if err != nil || r.granted || !r.queued {
+			t.Fatalf("waiter run: %+v, %v", r, err)
+		}
+	}
+	if s := redisStats(t, l); s.Waiting != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+	l.leave("/i", wtok)
+	l.leave("/i", wtok)
+	keys := l.holderKeys()
+	for i, want := range []int64{1, 0} {
+		n, err := releaseScript.Run(ctx, l.client, keys, "/i\x00"+tok, "/i", l.channel).Int64()
+		if err != nil || n != want {
+			t.Fatalf("release run %d: %d, %v", i, n, err)
+		}
+	}
+	if s := redisStats(t, l); s.Held != 0 || s.Waiting != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func commandCalls(t *testing.T, c redis.UniversalClient) map[string]int {
+	t.Helper()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]int{}
+	for _, m := range regexp.MustCompile(`cmdstat_(\w+):calls=(\d+)`).FindAllStringSubmatch(info, -1) {
+		calls[m[1]], _ = strconv.Atoi(m[2])
+	}
+	return calls
+}
+
+// An uncontended acquire and its release each cost one script call.
+func TestRedisOneRoundTrip(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute})
+	redisAcquire(t, l, "/warm", Exclusive).Release() // loads the scripts
+	ctx := context.Background()
+	if err := l.client.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ls := redisAcquire(t, l, "/one", Exclusive)
+	calls := commandCalls(t, l.client)
+	if calls["evalsha"] != 1 || calls["eval"] != 0 {
+		t.Fatalf("acquire: command stats %v", calls)
+	}
+	ls.Release()
+	calls = commandCalls(t, l.client)
+	if calls["evalsha"] != 2 || calls["eval"] != 0 {
+		t.Fatalf("release: command stats %v", calls)
+	}
+}
+
+func TestRedisUnavailable(t *testing.T) {
+	srv := startRedis(t)
+	const timeout = 300 * time.Millisecond
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: timeout, lease: time.Second})
+	redisAcquire(t, l, "/u", Exclusive).Release()
+	held := redisAcquire(t, l, "/held", Exclusive)
+	// Start the subscription before the outage.
+	if _, err := l.Acquire(context.Background(), Request{Key: "/held", Kind: Exclusive, Wait: 10 * time.Millisecond}); err == nil {
+		t.Fatal("granted twice")
+	}
+
+	srv.Stop()
+	for _, wait := range []time.Duration{0, 5 * time.Second} {
+		start := time.Now()
+		_, err := l.Acquire(context.Background(), Request{Key: "/u", Kind: Exclusive, Wait: wait})
+		if !errors.Is(err, ErrStoreUnavailable) {
+			t.Fatalf("wait %s: want ErrStoreUnavailable, got %v", wait, err)
+		}
+		if d := time.Since(start); d > 4*timeout {
+			t.Fatalf("wait %s: took %s with timeout %s", wait, d, timeout)
+		}
+	}
+	// Without renewals for a whole lease, the lease counts as lost.
+	select {
+	case <-held.Lost():
+	case <-time.After(3 * time.Second):
+		t.Fatal("lease not marked lost while Redis was down")
+	}
+	start := time.Now()
+	held.Release() // bounded by the timeout too
+	if d := time.Since(start); d > 4*timeout {
+		t.Fatalf("release took %s", d)
+	}
+
+	srv.Start()
+	waitFor(t, 5*time.Second, "locking to work again", func() bool {
+		ls, err := l.Acquire(context.Background(), Request{Key: "/u", Kind: Exclusive})
+		if err != nil {
+			return false
+		}
+		ls.Release()
+		return true
+	})
+
+	// Waiters are woken by notifications again: the subscription came
+	// back by itself.
+	l.poll = time.Minute
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: timeout, lease: time.Second})
+	hold := redisAcquire(t, l2, "/n", Exclusive)
+	waitFor(t, 5*time.Second, "a notification to arrive", func() bool {
+		got := make(chan time.Time, 1)
+		go func() {
+			ls, err := l.Acquire(context.Background(), Request{Key: "/n", Kind: Exclusive, Wait: 2 * time.Second})
+			at := time.Now()
+			if err == nil {
+				ls.Release()
+			}
+			got <- at
+		}()
+		waitFor(t, 2*time.Second, "waiter", func() bool { return redisStats(t, l2).Waiting == 1 })
+		released := time.Now()
+		hold.Release()
+		d := (<-got).Sub(released)
+		hold = redisAcquire(t, l2, "/n", Exclusive)
+		return d < 300*time.Millisecond
+	})
+	hold.Release()
+}
+
+func TestRedisNoGoroutineLeak(t *testing.T) {
+	srv := startRedis(t)
+	before := runtime.NumGoroutine()
+	func() {
+		cfg := RedisConfig{Addresses: []string{srv.Addr}, Lease: caddy.Duration(time.Second)}
+		client, err := NewRedisClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		l, err := NewRedisLocker(client, t.Name(), cfg, true, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hold := redisAcquire(t, l, "/g", Exclusive)
+		// A waiter starts the subscription; let it time out.
+		_, _ = l.Acquire(context.Background(), Request{Key: "/g/x", Kind: Shared, Wait: 300 * time.Millisecond})
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+		_, _ = l.Acquire(ctx, Request{Key: "/g", Kind: Shared, Wait: 5 * time.Second})
+		hold.Release()
+		redisAcquire(t, l, "/g", Exclusive) // left held: Close must cope
+		l.Close()
+	}()
+	var now int
+	for range 100 {
+		if now = runtime.NumGoroutine(); now <= before {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	buf := make([]byte, 1<<16)
+	t.Fatalf("%d goroutines before, %d after Close:\n%s", before, now, buf[:runtime.Stack(buf, true)])
+}
+
+// Two hierarchical nodes on nested keys: an in-test table of holders,
+// entered after a grant and left before the release, must never see two
+// conflicting holders.
+func TestRedisTwoNodesHierarchy(t *testing.T) {
+	srv := startRedis(t)
+	o := redisOpts{hierarchy: true, timeout: 2 * time.Second, lease: 10 * time.Second}
+	nodes := []*RedisLocker{newRedisLocker(t, srv, t.Name(), o), newRedisLocker(t, srv, t.Name(), o)}
+	keys := []string{"/", "/h", "/h/a", "/h/b", "/h/a/x", "/h/ax"}
+	related := func(a, b string) bool { return a == b || covers(a, b) || covers(b, a) }
+	var mu sync.Mutex
+	holders := map[string]map[Kind]int{}
+	var grants atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range nodes {
+		for g := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for r := range 15 {
+					key := keys[(g*7+r)%len(keys)]
+					kind := Kind(1 + (g+r)%2)
+					req := Request{Key: key, Kind: kind}
+					if r%2 == 0 {
+						req.Wait = 5 * time.Second
+					}
+					ls, err := l.Acquire(context.Background(), req)
+					var ce *ConflictError
+					if errors.As(err, &ce) {
+						continue
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					grants.Add(1)
+					mu.Lock()
+					for k, h := range holders {
+						if related(k, key) && (h[Exclusive] > 0 || (kind == Exclusive && h[Shared] > 0)) {
+							t.Errorf("%s %s granted while %s is held %v", kind, key, k, h)
+						}
+					}
+					if holders[key] == nil {
+						holders[key] = map[Kind]int{}
+					}
+					holders[key][kind]++
+					mu.Unlock()
+					time.Sleep(time.Millisecond)
+					mu.Lock()
+					holders[key][kind]--
+					mu.Unlock()
+					ls.Release()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	t.Logf("%d grants", grants.Load())
+	if grants.Load() < 100 {
+		t.Fatalf("only %d grants", grants.Load())
+	}
+	if s := redisStats(t, nodes[0]); s.Held != 0 || s.Waiting != 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestRedisConfigErrors(t *testing.T) {
+	if _, err := NewRedisClient(RedisConfig{}); err == nil {
+		t.Error("client without addresses")
+	}
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer client.Close()
+	for _, tc := range []struct {
+		zone string
+		cfg  RedisConfig
+	}{
+		{"a}b", RedisConfig{}},
+		{"z", RedisConfig{KeyPrefix: "{p"}},
+		{"z", RedisConfig{Lease: caddy.Duration(time.Second), Timeout: caddy.Duration(time.Second)}},
+	} {
+		if l, err := NewRedisLocker(client, tc.zone, tc.cfg, false, 0, 0); err == nil {
+			l.Close()
+			t.Errorf("%q %+v: no error", tc.zone, tc.cfg)
+		}
+	}
+	l, err := NewRedisLocker(client, "z", RedisConfig{}, false, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.lease != DefaultRedisLease || l.timeout != DefaultRedisTimeout || l.kExp != "{caddy-lock:z}:exp" {
+		t.Errorf("defaults: lease %s timeout %s key %s", l.lease, l.timeout, l.kExp)
+	}
+	if _, err := l.Acquire(context.Background(), Request{Key: "a\x00b", Kind: Exclusive}); err == nil {
+		t.Error("key with NUL accepted")
+	}
+	if _, err := l.Acquire(context.Background(), Request{Key: "/a", Kind: 7}); err == nil {
+		t.Error("bad kind accepted")
+	}
+}

@@ -1,0 +1,118 @@
+package caddylock
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testRedis is a throwaway redis-server for one test.
+type testRedis struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	port int
+	cmd  *exec.Cmd
+	exit chan struct{}
+	// Addr is host:port of the server; it stays the same across restarts.
+	Addr string
+}
+
+// startRedis starts redis-server from PATH on a free local port, with no
+// persistence, and stops it when the test ends. Without redis-server the
+// test is skipped, unless CI is set, where that is a failure.
+func startRedis(t testing.TB) *testRedis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		msg := "redis-server not found in PATH (install the redis-server package to run the Redis lock tests)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port}
+	r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Start starts the server (again) on its port and waits until it answers
+// PING.
+func (r *testRedis) Start() {
+	r.t.Helper()
+	if r.cmd != nil {
+		r.t.Fatal("redis-server already running")
+	}
+	cmd := exec.Command(r.bin,
+		"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
+		"--save", "", "--appendonly", "no", "--dir", r.dir)
+	out, err := os.Create(r.dir + "/redis.log")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	exit := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		out.Close()
+		close(exit)
+	}()
+	r.cmd, r.exit = cmd, exit
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.ping() {
+		select {
+		case <-exit:
+			log, _ := os.ReadFile(r.dir + "/redis.log")
+			r.cmd = nil
+			r.t.Fatalf("redis-server exited at start:\n%s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			r.Stop()
+			r.t.Fatal("redis-server did not answer PING within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop kills the server and waits for it to exit; it is a no-op when the
+// server is not running.
+func (r *testRedis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.exit
+	r.cmd = nil
+}
+
+func (r *testRedis) ping() bool {
+	c, err := net.DialTimeout("tcp", r.Addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
+}
