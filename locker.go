@@ -126,11 +126,15 @@ type shard struct {
 	// avgHold is an exponentially weighted average of hold times of the
 	// locks released in this shard, for Retry-After.
 	avgHold time.Duration
-	_       [64]byte // keep shards on separate cache lines
+	// releases counts releases, to sample one hold time in holdSample:
+	// reading the clock is a large part of an uncontended release.
+	releases uint
+	_        [64]byte // keep shards on separate cache lines
 }
 
 type node struct {
 	key    string
+	shard  uint // shardOf(key), kept to hash the key once
 	excl   bool
 	shared int32
 	since  time.Time // start of the current held period
@@ -161,7 +165,10 @@ type waiter struct {
 	watching *node
 }
 
-const maxFree = 64
+const (
+	maxFree    = 64
+	holdSample = 8
+)
 
 // NewMemLocker returns an empty lock table.
 func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
@@ -231,9 +238,10 @@ func ancestors(key string, fn func(string) bool) {
 	}
 }
 
-// mask is the set of shards an operation on key must hold.
-func (l *MemLocker) mask(key string) uint64 {
-	m := uint64(1) << l.shardOf(key)
+// mask is the set of shards an operation on key must hold; shard is
+// shardOf(key).
+func (l *MemLocker) mask(key string, shard uint) uint64 {
+	m := uint64(1) << shard
 	if l.hierarchy {
 		ancestors(key, func(a string) bool {
 			m |= 1 << l.shardOf(a)
@@ -266,7 +274,11 @@ func (l *MemLocker) lookup(key string) *node {
 }
 
 func (l *MemLocker) getNode(key string) *node {
-	s := &l.shards[l.shardOf(key)]
+	return l.getNodeIn(key, l.shardOf(key))
+}
+
+func (l *MemLocker) getNodeIn(key string, shard uint) *node {
+	s := &l.shards[shard]
 	if n := s.nodes[key]; n != nil {
 		return n
 	}
@@ -278,6 +290,7 @@ func (l *MemLocker) getNode(key string) *node {
 		n = new(node)
 	}
 	n.key = key
+	n.shard = shard
 	s.nodes[key] = n
 	return n
 }
@@ -287,7 +300,7 @@ func (l *MemLocker) maybeFree(n *node) {
 	if !n.idle() {
 		return
 	}
-	s := &l.shards[l.shardOf(n.key)]
+	s := &l.shards[n.shard]
 	if s.nodes[n.key] != n {
 		return
 	}
@@ -365,7 +378,7 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 			e.Kind = Exclusive
 		}
 	}
-	avg := l.shards[l.shardOf(b.key)].avgHold
+	avg := l.shards[b.shard].avgHold
 	remaining := avg - e.HeldFor
 	if remaining <= 0 {
 		remaining = avg
@@ -435,9 +448,10 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
-	m := l.mask(req.Key)
+	shard := l.shardOf(req.Key)
+	m := l.mask(req.Key, shard)
 	l.lock(m)
-	n := l.getNode(req.Key)
+	n := l.getNodeIn(req.Key, shard)
 	var b *node
 	if len(n.queue) == 0 {
 		if b = l.blocker(n, req.Kind); b == nil {
@@ -536,16 +550,18 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 
 func (l *MemLocker) release(n *node, kind Kind) {
 	key := n.key // n may be recycled below
-	m := l.mask(key)
+	m := l.mask(key, n.shard)
 	l.lock(m)
 	if kind == Exclusive {
 		n.excl = false
 	} else {
 		n.shared--
 	}
-	s := &l.shards[l.shardOf(n.key)]
+	s := &l.shards[n.shard]
 	if !n.held() {
-		s.avgHold += (time.Since(n.since) - s.avgHold) / 8
+		if s.releases++; s.releases%holdSample == 0 {
+			s.avgHold += (time.Since(n.since) - s.avgHold) / 8
+		}
 	}
 	l.wake(n)
 	if l.hierarchy {

@@ -454,6 +454,9 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 		t.Fatalf("RetryAfter = %v, want 3s (2.5s rounded up)", c.RetryAfter)
 	}
 	h.Release()
+	for range holdSample { // hold times are sampled
+		mustAcquire(t, l, "/slow", Exclusive).Release()
+	}
 	if s.avgHold >= 2500*time.Millisecond {
 		t.Fatalf("average hold %v did not move towards the short hold just seen", s.avgHold)
 	}
