@@ -48,13 +48,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		sub := d.Val()
 		switch sub {
 		case "key":
-			if !d.NextArg() {
-				return d.Errf("lock: key: expected a template such as {http.request.uri.path}")
+			key, err := oneArg(d, sub, "a template such as {http.request.uri.path}", "template (quote one with spaces)")
+			if err != nil {
+				return err
 			}
-			h.Key = d.Val()
-			if d.NextArg() {
-				return d.Errf("lock: key: expected one template, got also %q (quote a template with spaces)", d.Val())
-			}
+			h.Key = key
 		case "exclusive", "shared":
 			methods := d.RemainingArgs()
 			if len(methods) == 0 {
@@ -110,13 +108,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxLocks = n
 			}
 		case "zone":
-			if !d.NextArg() {
-				return d.Errf("lock: zone: expected a zone name")
+			zone, err := oneArg(d, sub, "a zone name", "name")
+			if err != nil {
+				return err
 			}
-			h.Zone = d.Val()
-			if d.NextArg() {
-				return d.Errf("lock: zone: expected one name, got also %q", d.Val())
-			}
+			h.Zone = zone
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
 				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors", sub)
@@ -125,11 +121,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func durationArg(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
+// oneArg reads the single argument of subdirective sub: what says what
+// was expected when it is missing, noun names it when there are more.
+func oneArg(d *caddyfile.Dispenser, sub, what, noun string) (string, error) {
 	if !d.NextArg() {
-		return 0, d.Errf("lock: %s: expected a duration such as 500ms or 30s", sub)
+		return "", d.Errf("lock: %s: expected %s", sub, what)
 	}
 	val := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("lock: %s: expected one %s, got also %q", sub, noun, d.Val())
+	}
+	return val, nil
+}
+
+func durationArg(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
+	val, err := oneArg(d, sub, "a duration such as 500ms or 30s", "duration")
+	if err != nil {
+		return 0, err
+	}
 	dur, err := caddy.ParseDuration(val)
 	if err != nil {
 		return 0, d.Errf("lock: %s: expected a duration such as 500ms or 30s, got %q: %v", sub, val, err)
@@ -137,23 +146,17 @@ func durationArg(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
 	if dur < 0 {
 		return 0, d.Errf("lock: %s: expected a duration that is not negative, got %q", sub, val)
 	}
-	if d.NextArg() {
-		return 0, d.Errf("lock: %s: expected one duration, got also %q", sub, d.Val())
-	}
 	return caddy.Duration(dur), nil
 }
 
 func countArg(d *caddyfile.Dispenser, sub string) (int, error) {
-	if !d.NextArg() {
-		return 0, d.Errf("lock: %s: expected a positive whole number", sub)
+	val, err := oneArg(d, sub, "a positive whole number", "number")
+	if err != nil {
+		return 0, err
 	}
-	val := d.Val()
 	n, err := strconv.Atoi(val)
 	if err != nil || n < 1 {
 		return 0, d.Errf("lock: %s: expected a positive whole number, got %q", sub, val)
-	}
-	if d.NextArg() {
-		return 0, d.Errf("lock: %s: expected one number, got also %q", sub, d.Val())
 	}
 	return n, nil
 }
