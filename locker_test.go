@@ -36,16 +36,28 @@ func mustConflict(t *testing.T, l Locker, key string, kind Kind) *ConflictError 
 func assertEmpty(t *testing.T, l *MemLocker) {
 	t.Helper()
 	held, waiting, nodes := l.Stats()
-	if held != 0 || waiting != 0 || nodes != 0 || l.reserved.Load() != 0 {
-		t.Fatalf("table not empty: held=%d waiting=%d nodes=%d reserved=%d", held, waiting, nodes, l.reserved.Load())
+	if r := reserved(l); held != 0 || waiting != 0 || nodes != 0 || r != 0 {
+		t.Fatalf("table not empty: held=%d waiting=%d nodes=%d reserved=%d", held, waiting, nodes, r)
 	}
+}
+
+// reserved is the max_locks budget in use: what neither the zone's free
+// budget nor the shards' credit holds.
+func reserved(l *MemLocker) int64 {
+	l.lock(^uint64(0))
+	defer l.unlock(^uint64(0))
+	r := l.maxLocks.Load() - l.free.Load()
+	for i := range l.shards {
+		r -= l.shards[i].credit
+	}
+	return r
 }
 
 func TestLockerExclusiveShared(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	a := mustAcquire(t, l, "/a", Exclusive)
 	c := mustConflict(t, l, "/a", Exclusive)
-	if c.Key != "/a" || c.Kind != Exclusive || c.RetryAfter < time.Second {
+	if c.Key != "/a" || c.Kind != Exclusive || c.RetryAfter < time.Second || c.HeldFor <= 0 {
 		t.Fatalf("conflict = %+v", c)
 	}
 	mustConflict(t, l, "/a", Shared)
@@ -443,10 +455,33 @@ func TestLockerStress(t *testing.T) {
 	}
 }
 
+// TestConflictHeldFor checks that the hold time reported, which starts from
+// the coarse clock, is never short of the real one.
+func TestConflictHeldFor(t *testing.T) {
+	for _, hierarchy := range []bool{false, true} {
+		l := NewMemLocker(hierarchy, 0, 0)
+		start := time.Now()
+		h := mustAcquire(t, l, "/a/b", Exclusive)
+		time.Sleep(30 * time.Millisecond)
+		c := mustConflict(t, l, "/a/b", Exclusive)
+		if min := time.Since(start) - time.Millisecond; c.HeldFor < 30*time.Millisecond || c.HeldFor > min+time.Second {
+			t.Fatalf("HeldFor = %v after holding for about %v", c.HeldFor, min)
+		}
+		if hierarchy {
+			below := mustConflict(t, l, "/a", Exclusive)
+			if !below.Below || below.HeldFor < 30*time.Millisecond {
+				t.Fatalf("conflict below = %+v", below)
+			}
+		}
+		h.Release()
+		assertEmpty(t, l)
+	}
+}
+
 func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	// Teach the shard of /slow that locks are held for about 3s.
-	s := &l.shards[l.shardOf("/slow")]
+	s := &l.shards[shardIndex(l.hashOf("/slow"))]
 	s.avgHold = 2500 * time.Millisecond
 	h := mustAcquire(t, l, "/slow", Exclusive)
 	c := mustConflict(t, l, "/slow", Exclusive)
@@ -454,9 +489,7 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 		t.Fatalf("RetryAfter = %v, want 3s (2.5s rounded up)", c.RetryAfter)
 	}
 	h.Release()
-	for range holdSample { // hold times are sampled
-		mustAcquire(t, l, "/slow", Exclusive).Release()
-	}
+	mustAcquire(t, l, "/slow", Exclusive).Release()
 	if s.avgHold >= 2500*time.Millisecond {
 		t.Fatalf("average hold %v did not move towards the short hold just seen", s.avgHold)
 	}
