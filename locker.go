@@ -137,18 +137,26 @@ type shard struct {
 	mu    sync.Mutex
 	nodes nodeTable
 	free  []*node // recycled nodes, at most maxFree
+	// leases[nextLease:] are the leases not handed out yet: allocating
+	// them leaseBlock at a time takes malloc off the path of most grants.
+	// Each lease is handed out once.
+	leases    *[leaseBlock]memLease
+	nextLease int
 	// credit is max_locks budget taken from MemLocker.free and not yet
 	// used by this shard's locks and waiters.
 	credit int64
 	// avgHold is an exponentially weighted average of the hold times of
 	// the locks released in this shard, for Retry-After.
 	avgHold time.Duration
-	_       [48]byte
+	_       [32]byte
 }
 
 type node struct {
-	l    *MemLocker
-	key  string
+	// l and shard never change, not even when the node is recycled
+	// (always within its shard), so a Release reads them without a lock.
+	l     *MemLocker
+	shard *shard
+	key   string
 	hash uint64 // hashOf(key), kept to hash the key once
 	// since is the coarse clock at the start of the current held period.
 	since  int64
@@ -266,8 +274,6 @@ func (l *MemLocker) hashOf(key string) uint64 { return maphash.String(l.seed, ke
 
 func shardIndex(h uint64) uint { return uint(h >> (64 - shardBits)) }
 
-func (l *MemLocker) shardOf(n *node) *shard { return &l.shards[shardIndex(n.hash)] }
-
 // ancestors calls fn for every proper ancestor of a "/"-rooted key, from
 // the nearest up to "/". Keys that do not start with "/" have none.
 func ancestors(key string, fn func(string) bool) {
@@ -333,9 +339,8 @@ func (l *MemLocker) getNode(key string, h uint64) *node {
 		n = s.free[k-1]
 		s.free = s.free[:k-1]
 	} else {
-		n = new(node)
+		n = &node{l: l, shard: s}
 	}
-	n.l = l
 	n.key = key
 	n.hash = h
 	s.nodes.insert(h, n)
@@ -347,11 +352,15 @@ func (l *MemLocker) maybeFree(n *node) {
 	if !n.idle() {
 		return
 	}
-	s := l.shardOf(n)
+	s := n.shard
 	if !s.nodes.remove(n.hash, n) {
 		return
 	}
-	*n = node{}
+	// An idle node is all zero but for l and shard, which stay, and key,
+	// hash, since and belowSince, which are set again before they are
+	// read. Writing only what must change keeps pointer writes (write
+	// barriers while the GC runs) off this path.
+	n.waits = nil
 	if len(s.free) < maxFree {
 		s.free = append(s.free, n)
 	}
@@ -427,7 +436,7 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 			e.Kind = Exclusive
 		}
 	}
-	avg := l.shardOf(b).avgHold
+	avg := b.shard.avgHold
 	remaining := avg - e.HeldFor
 	if remaining <= 0 {
 		remaining = avg
@@ -578,8 +587,9 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		}
 		if free {
 			l.grant(n, req.Kind)
+			ls := newLease(n, req.Kind)
 			l.unlock(m)
-			return &memLease{n: n, kind: req.Kind}, nil
+			return ls, nil
 		}
 		w := &waiter{kind: req.Kind, node: n, ch: make(chan struct{}, 1)}
 		nl := n.lists()
@@ -606,9 +616,13 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 				l.advance(n)
 			}
 			granted := w.granted
+			var ls *memLease
+			if granted {
+				ls = newLease(n, w.kind)
+			}
 			l.unlock(m)
 			if granted {
-				return &memLease{n: n, kind: w.kind}, nil
+				return ls, nil
 			}
 			continue
 		case <-timer.C:
@@ -617,8 +631,8 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 		}
 		l.lock(m)
 		if w.granted {
+			lease := newLease(n, w.kind)
 			l.unlock(m)
-			lease := &memLease{n: n, kind: w.kind}
 			if ctxErr != nil {
 				// The caller left; do not hand it a lock it will not use.
 				lease.Release()
@@ -645,7 +659,7 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 		if err == nil {
 			err = l.conflict(n, b)
 		}
-		l.unreserve(l.shardOf(n))
+		l.unreserve(n.shard)
 		l.maybeFree(n)
 		l.unlock(m)
 		return nil, err
@@ -659,7 +673,7 @@ func (l *MemLocker) release(n *node, kind Kind) {
 	} else {
 		n.shared--
 	}
-	s := l.shardOf(n)
+	s := n.shard
 	if !n.held() {
 		hold := time.Duration(clock.read() - n.since)
 		s.avgHold += (hold - s.avgHold) / 8
@@ -715,24 +729,53 @@ func (l *MemLocker) wake(n *node) {
 	}
 }
 
-// memLease is a granted lock: 16 bytes, the one allocation of an
-// uncontended Acquire. done is set by the first Release; until then n is
-// held by this lease and cannot be recycled, so only the first Release
-// reads it.
+// memLease is a granted lock. Leases are handed out from blocks of
+// leaseBlock (see shard.leases): a lease still referenced after its
+// release keeps at most leaseBlock*16 bytes alive.
 type memLease struct {
 	n    *node
 	kind Kind
-	done atomic.Bool
+	// done is set by the first Release. It is guarded by n.shard's
+	// mutex; until it is set, n is held by this lease and is not
+	// recycled.
+	done bool
+}
+
+const leaseBlock = 8
+
+// newLease hands out a lease of kind on n; the caller holds n's shard.
+func newLease(n *node, kind Kind) *memLease {
+	s := n.shard
+	if s.leases == nil || s.nextLease == leaseBlock {
+		s.leases, s.nextLease = new([leaseBlock]memLease), 0
+	}
+	ls := &s.leases[s.nextLease]
+	s.nextLease++
+	ls.n, ls.kind = n, kind
+	return ls
 }
 
 func (ls *memLease) Release() {
-	if ls.done.Swap(true) {
+	n := ls.n
+	s := n.shard
+	s.mu.Lock()
+	if ls.done {
+		s.mu.Unlock()
 		return
 	}
-	n := ls.n
 	l := n.l
 	m := l.mask(n.key, n.hash)
-	l.lock(m)
+	if m != 1<<shardIndex(n.hash) {
+		// Ancestors' shards too: take the whole set in order, and look
+		// again, since another Release may have come in between.
+		s.mu.Unlock()
+		l.lock(m)
+		if ls.done {
+			l.unlock(m)
+			return
+		}
+	}
+	ls.done = true
 	l.release(n, ls.kind)
 	l.unlock(m)
 }

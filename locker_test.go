@@ -65,10 +65,17 @@ func TestLockerExclusiveShared(t *testing.T) {
 	a.Release()
 	a.Release() // a second release changes nothing
 	s1 := mustAcquire(t, l, "/a", Shared)
+	a.Release() // a stale lease does not release its key's next holder
 	s2 := mustAcquire(t, l, "/a", Shared)
 	if c := mustConflict(t, l, "/a", Exclusive); c.Kind != Shared {
 		t.Fatalf("conflict kind = %v, want shared", c.Kind)
 	}
+	var wg sync.WaitGroup
+	for range 2 { // nor do releases racing each other
+		wg.Add(1)
+		go func() { defer wg.Done(); a.Release() }()
+	}
+	wg.Wait()
 	if held, _, _ := l.Stats(); held != 3 {
 		t.Fatalf("held = %d, want 3", held)
 	}
