@@ -157,7 +157,7 @@ type node struct {
 	l     *MemLocker
 	shard *shard
 	key   string
-	hash uint64 // hashOf(key), kept to hash the key once
+	hash  uint64 // hashOf(key), kept to hash the key once
 	// since is the coarse clock at the start of the current held period.
 	since  int64
 	shared int32
