@@ -214,7 +214,7 @@ const (
 	// maxFree bounds the recycled nodes kept per shard: enough to take
 	// a lock without allocating a node, little enough that the memory of
 	// released locks goes back.
-	maxFree = 8
+	maxFree = 2
 	// creditBatch is how much max_locks budget a shard takes from the
 	// zone at a time, so that locks on different shards do not all
 	// update one counter.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -499,5 +500,51 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 	mustAcquire(t, l, "/slow", Exclusive).Release()
 	if s.avgHold >= 2500*time.Millisecond {
 		t.Fatalf("average hold %v did not move towards the short hold just seen", s.avgHold)
+	}
+}
+
+// TestLockerMemory holds many locks, checks what each costs on the heap,
+// and that the heap goes back to where it was once they are released.
+func TestLockerMemory(t *testing.T) {
+	const n = 50000
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("/docs/%d/report.odt", i)
+	}
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	for _, hierarchy := range []bool{false, true} {
+		l := NewMemLocker(hierarchy, 0, 0)
+		leases := make([]Lease, n)
+		base := heap()
+		for i, k := range keys {
+			leases[i] = mustAcquire(t, l, k, Exclusive)
+		}
+		perLock := (heap() - base) / n
+		// With hierarchy every lock also has a node for its parent.
+		limit := int64(256)
+		if hierarchy {
+			limit *= 2
+		}
+		if perLock > limit {
+			t.Errorf("hierarchy=%v: %d bytes per held lock, want at most %d", hierarchy, perLock, limit)
+		}
+		for _, ls := range leases {
+			ls.Release()
+		}
+		clear(leases)
+		assertEmpty(t, l)
+		// What a zone keeps for reuse, a couple of nodes and a block of
+		// leases per shard, is about 20 KB; the rest is headroom for
+		// the runtime's own noise.
+		if left := heap() - base; left > 64<<10 {
+			t.Errorf("hierarchy=%v: %d bytes left on the heap after releasing every lock", hierarchy, left)
+		}
+		runtime.KeepAlive(l)
+		runtime.KeepAlive(leases)
 	}
 }
