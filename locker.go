@@ -131,8 +131,8 @@ type MemLocker struct {
 	shards [numShards]shard
 }
 
-// shard is a 128-byte-aligned part of the table: CPUs prefetch lines in
-// pairs, so neighbours must not share one.
+// shard is a part of the table, padded to 128 bytes: CPUs prefetch cache
+// lines in pairs, so neighbouring shards must not share a pair.
 type shard struct {
 	mu    sync.Mutex
 	nodes nodeTable
@@ -358,8 +358,9 @@ func (l *MemLocker) maybeFree(n *node) {
 	}
 	// An idle node is all zero but for l and shard, which stay, and key,
 	// hash, since and belowSince, which are set again before they are
-	// read. Writing only what must change keeps pointer writes (write
-	// barriers while the GC runs) off this path.
+	// read (the stale key stays referenced until then, by at most
+	// maxFree nodes per shard). Writing only what must change keeps
+	// pointer writes, and the GC's write barriers, off this path.
 	n.waits = nil
 	if len(s.free) < maxFree {
 		s.free = append(s.free, n)

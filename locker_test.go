@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func mustAcquire(t *testing.T, l Locker, key string, kind Kind) Lease {
@@ -547,4 +548,89 @@ func TestLockerMemory(t *testing.T) {
 		runtime.KeepAlive(l)
 		runtime.KeepAlive(leases)
 	}
+}
+
+func TestShardSize(t *testing.T) {
+	if size := unsafe.Sizeof(shard{}); size != 128 {
+		t.Fatalf("shard is %d bytes, want 128", size)
+	}
+}
+
+// TestLockerMaxLocksAcrossShards checks max_locks above the size where
+// shards take budget in batches: every unit can still be used by any
+// shard, and no more.
+func TestLockerMaxLocksAcrossShards(t *testing.T) {
+	const max = 3 * tightFree
+	l := NewMemLocker(false, max, 0)
+	fill := func(prefix string, n int) []Lease {
+		t.Helper()
+		leases := make([]Lease, n)
+		for i := range leases {
+			leases[i] = mustAcquire(t, l, fmt.Sprintf("/%s/%d", prefix, i), Exclusive)
+		}
+		return leases
+	}
+	full := func() {
+		t.Helper()
+		if _, err := l.Acquire(context.Background(), Request{Key: "/one/more", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+			t.Fatalf("past max_locks: %v, want ErrFull", err)
+		}
+	}
+	leases := fill("a", max)
+	full()
+	mustConflict(t, l, "/a/7", Exclusive) // the lock in the way comes first
+	leases[5].Release()
+	leases[5] = mustAcquire(t, l, "/b/5", Exclusive)
+	full()
+	for _, ls := range leases {
+		ls.Release()
+	}
+	assertEmpty(t, l)
+
+	// Concurrent acquirers on distinct keys never get more than the
+	// limit between them, and get all of it.
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	held := make([][]Lease, 8)
+	for g := range held {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				ls, err := l.Acquire(context.Background(), Request{Key: fmt.Sprintf("/g%d/%d", g, i), Kind: Exclusive})
+				if errors.Is(err, ErrFull) {
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				granted.Add(1)
+				held[g] = append(held[g], ls)
+			}
+		}()
+	}
+	wg.Wait()
+	if granted.Load() != max {
+		t.Fatalf("granted %d locks concurrently, want max_locks = %d", granted.Load(), max)
+	}
+	for _, ls := range held {
+		for _, x := range ls {
+			x.Release()
+		}
+	}
+	assertEmpty(t, l)
+
+	// A lower limit applies to new locks at once; a higher one frees
+	// room at once.
+	l.SetLimits(1000, 0)
+	leases = fill("c", 1000)
+	full()
+	l.SetLimits(2000, 0)
+	leases = append(leases, fill("d", 1000)...)
+	full()
+	for _, ls := range leases {
+		ls.Release()
+	}
+	assertEmpty(t, l)
 }
