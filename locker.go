@@ -247,6 +247,11 @@ func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
 	old := l.maxLocks.Swap(int64(maxLocks))
 	l.free.Add(int64(maxLocks) - old)
 	l.maxWaiters.Store(int64(maxWaiters))
+	if int64(maxLocks) < old {
+		// Credit taken under the old limit must not grant locks
+		// past the new one.
+		l.reclaim()
+	}
 }
 
 // Hierarchy reports whether a lock covers the keys below it.
@@ -361,7 +366,9 @@ func (l *MemLocker) maybeFree(n *node) {
 	// read (the stale key stays referenced until then, by at most
 	// maxFree nodes per shard). Writing only what must change keeps
 	// pointer writes, and the GC's write barriers, off this path.
-	n.waits = nil
+	if n.waits != nil {
+		n.waits = nil
+	}
 	if len(s.free) < maxFree {
 		s.free = append(s.free, n)
 	}
@@ -676,7 +683,10 @@ func (l *MemLocker) release(n *node, kind Kind) {
 	}
 	s := n.shard
 	if !n.held() {
-		hold := time.Duration(clock.read() - n.since)
+		// A lock taken while the clock was starting has a since from
+		// the system clock, which may be a little ahead of the coarse
+		// one.
+		hold := time.Duration(max(0, clock.read()-n.since))
 		s.avgHold += (hold - s.avgHold) / 8
 	}
 	l.unreserve(s)

@@ -560,8 +560,8 @@ func TestShardSize(t *testing.T) {
 // shards take budget in batches: every unit can still be used by any
 // shard, and no more.
 func TestLockerMaxLocksAcrossShards(t *testing.T) {
-	const max = 3 * tightFree
-	l := NewMemLocker(false, max, 0)
+	const limit = 3 * tightFree
+	l := NewMemLocker(false, limit, 0)
 	fill := func(prefix string, n int) []Lease {
 		t.Helper()
 		leases := make([]Lease, n)
@@ -576,7 +576,7 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 			t.Fatalf("past max_locks: %v, want ErrFull", err)
 		}
 	}
-	leases := fill("a", max)
+	leases := fill("a", limit)
 	full()
 	mustConflict(t, l, "/a/7", Exclusive) // the lock in the way comes first
 	leases[5].Release()
@@ -611,8 +611,8 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if granted.Load() != max {
-		t.Fatalf("granted %d locks concurrently, want max_locks = %d", granted.Load(), max)
+	if granted.Load() != limit {
+		t.Fatalf("granted %d locks concurrently, want max_locks = %d", granted.Load(), limit)
 	}
 	for _, ls := range held {
 		for _, x := range ls {
@@ -621,9 +621,15 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 	}
 	assertEmpty(t, l)
 
-	// A lower limit applies to new locks at once; a higher one frees
-	// room at once.
+	// A lower limit applies to new locks at once, even to shards that
+	// took credit under the old one; a higher one frees room at once.
+	for i := range tightFree {
+		mustAcquire(t, l, fmt.Sprintf("/credit/%d", i), Exclusive).Release()
+	}
 	l.SetLimits(1000, 0)
+	if credit := max(l.maxLocks.Load()-l.free.Load()-reserved(l), 0); credit > 0 {
+		t.Fatalf("%d units of credit taken under the old limit are still usable", credit)
+	}
 	leases = fill("c", 1000)
 	full()
 	l.SetLimits(2000, 0)
