@@ -68,7 +68,8 @@ type ConflictError struct {
 	Key string
 	// Kind is the kind of the conflicting lock.
 	Kind Kind
-	// HeldFor is how long the conflicting lock has been held.
+	// HeldFor is how long the conflicting lock has been held, to within
+	// a hundredth of a second (it may read up to that much long).
 	HeldFor time.Duration
 	// Below is set when the conflict is with locks held under Key.
 	Below bool
@@ -93,63 +94,107 @@ const (
 
 // numShards is 64 so that a set of shards fits in one uint64 mask, which
 // lets hierarchical acquisitions lock several shards in ascending order
-// without allocating.
-const numShards = 64
+// without allocating. A key's shard is the top shardBits bits of its hash;
+// the shard's table uses the low bits.
+const (
+	shardBits = 6
+	numShards = 1 << shardBits
+)
 
 // MemLocker is the in-memory lock table of one zone.
 //
 // Invariants, kept under the shard mutexes:
-//   - A node is in its shard's map exactly while it is held, counts locks
-//     held below it, has waiters queued, or is watched by a waiter; it is
-//     removed (and recycled) as soon as none of these is true.
+//   - A node is in its shard's table exactly while it is held, counts
+//     locks held below it, has waiters queued, or is watched by a waiter;
+//     it is removed (and recycled) as soon as none of these is true.
 //   - A node is held either exclusively by one lease or shared by
 //     node.shared leases, never both.
 //   - Only the head of a key's queue watches a blocker; the blocker is the
 //     key's own node or one of its ancestors, so every operation on a
 //     waiter happens under the shard set of the waiter's own key.
 //   - A request never overtakes a non-empty queue on its own key (FIFO).
-//   - reserved counts held locks plus queued waiters; it never exceeds
-//     maxLocks.
+//   - Every held lock and queued waiter owns one unit of the max_locks
+//     budget, taken in its key's shard: held + waiting + the shards'
+//     credit + free == maxLocks (free goes negative only when SetLimits
+//     lowers max_locks below what is in use), so held + waiting never
+//     exceeds max_locks.
 type MemLocker struct {
 	hierarchy  bool
+	seed       maphash.Seed
 	maxLocks   atomic.Int64
 	maxWaiters atomic.Int64
-	reserved   atomic.Int64
-	seed       maphash.Seed
-	shards     [numShards]shard
+	// free is the part of max_locks that no shard holds. Shards take it
+	// in batches (see reserve), so it changes rarely and its cache line
+	// is read, not fought over, on the uncontended path.
+	free   atomic.Int64
+	_      [64]byte
+	shards [numShards]shard
 }
 
+// shard is a part of the table, padded to 128 bytes: CPUs prefetch cache
+// lines in pairs, so neighbouring shards must not share a pair.
 type shard struct {
 	mu    sync.Mutex
-	nodes map[string]*node
-	free  []*node
-	// avgHold is an exponentially weighted average of hold times of the
-	// locks released in this shard, for Retry-After.
+	nodes nodeTable
+	free  []*node // recycled nodes, at most maxFree
+	// leases[nextLease:] are the leases not handed out yet: allocating
+	// them leaseBlock at a time takes malloc off the path of most grants.
+	// Each lease is handed out once.
+	leases    *[leaseBlock]memLease
+	nextLease int
+	// credit is max_locks budget taken from MemLocker.free and not yet
+	// used by this shard's locks and waiters.
+	credit int64
+	// avgHold is an exponentially weighted average of the hold times of
+	// the locks released in this shard, for Retry-After.
 	avgHold time.Duration
-	// releases counts releases, to sample one hold time in holdSample:
-	// reading the clock is a large part of an uncontended release.
-	releases uint
-	_        [64]byte // keep shards on separate cache lines
+	_       [32]byte
 }
 
 type node struct {
-	key    string
-	shard  uint // shardOf(key), kept to hash the key once
-	excl   bool
+	// l and shard never change, not even when the node is recycled
+	// (always within its shard), so a Release reads them without a lock.
+	l     *MemLocker
+	shard *shard
+	key   string
+	hash  uint64 // hashOf(key), kept to hash the key once
+	// since is the coarse clock at the start of the current held period.
+	since  int64
 	shared int32
-	since  time.Time // start of the current held period
+	excl   bool
 	// Locks held strictly below this key (hierarchy only), since
 	// belowSince.
 	belowExcl, belowShared int32
-	belowSince             time.Time
-	queue                  []*waiter // FIFO
-	watchers               []*waiter // queue heads blocked by this node
+	belowSince             int64
+	// waits holds the waiters' lists; nil until a request waits on or
+	// behind this node.
+	waits *waitLists
+}
+
+type waitLists struct {
+	queue    []*waiter // FIFO of requests for this key
+	watchers []*waiter // queue heads blocked by this node
 }
 
 func (n *node) held() bool { return n.excl || n.shared > 0 }
 
+func (n *node) queue() []*waiter {
+	if n.waits == nil {
+		return nil
+	}
+	return n.waits.queue
+}
+
+func (n *node) lists() *waitLists {
+	if n.waits == nil {
+		n.waits = new(waitLists)
+	}
+	return n.waits
+}
+
 func (n *node) idle() bool {
-	return !n.held() && n.belowExcl == 0 && n.belowShared == 0 && len(n.queue) == 0 && len(n.watchers) == 0
+	return !n.held() && n.belowExcl == 0 && n.belowShared == 0 &&
+		(n.waits == nil || len(n.waits.queue) == 0 && len(n.waits.watchers) == 0)
 }
 
 // heldConflicts reports whether locks held on n itself conflict with kind.
@@ -166,8 +211,18 @@ type waiter struct {
 }
 
 const (
-	maxFree    = 64
-	holdSample = 8
+	// maxFree bounds the recycled nodes kept per shard: enough to take
+	// a lock without allocating a node, little enough that the memory of
+	// released locks goes back.
+	maxFree = 2
+	// creditBatch is how much max_locks budget a shard takes from the
+	// zone at a time, so that locks on different shards do not all
+	// update one counter.
+	creditBatch = 16
+	// tightFree: below this much free budget, shards stop taking batches
+	// and give units straight back, so that no lock is refused while
+	// another shard sits on unused credit.
+	tightFree = numShards * 2 * creditBatch
 )
 
 // NewMemLocker returns an empty lock table.
@@ -175,7 +230,7 @@ func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
 	l := &MemLocker{hierarchy: hierarchy, seed: maphash.MakeSeed()}
 	l.SetLimits(maxLocks, maxWaiters)
 	for i := range l.shards {
-		l.shards[i].nodes = make(map[string]*node)
+		l.shards[i].nodes = newNodeTable()
 	}
 	return l
 }
@@ -189,8 +244,14 @@ func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
 	if maxWaiters <= 0 {
 		maxWaiters = DefaultMaxWaiters
 	}
-	l.maxLocks.Store(int64(maxLocks))
+	old := l.maxLocks.Swap(int64(maxLocks))
+	l.free.Add(int64(maxLocks) - old)
 	l.maxWaiters.Store(int64(maxWaiters))
+	if int64(maxLocks) < old {
+		// Credit taken under the old limit must not grant locks
+		// past the new one.
+		l.reclaim()
+	}
 }
 
 // Hierarchy reports whether a lock covers the keys below it.
@@ -201,22 +262,22 @@ func (l *MemLocker) Stats() (held, waiting, nodes int) {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
-		for _, n := range s.nodes {
+		s.nodes.each(func(n *node) {
 			nodes++
-			waiting += len(n.queue)
+			waiting += len(n.queue())
 			if n.excl {
 				held++
 			}
 			held += int(n.shared)
-		}
+		})
 		s.mu.Unlock()
 	}
 	return held, waiting, nodes
 }
 
-func (l *MemLocker) shardOf(key string) uint {
-	return uint(maphash.String(l.seed, key) % numShards)
-}
+func (l *MemLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
+
+func shardIndex(h uint64) uint { return uint(h >> (64 - shardBits)) }
 
 // ancestors calls fn for every proper ancestor of a "/"-rooted key, from
 // the nearest up to "/". Keys that do not start with "/" have none.
@@ -238,13 +299,12 @@ func ancestors(key string, fn func(string) bool) {
 	}
 }
 
-// mask is the set of shards an operation on key must hold; shard is
-// shardOf(key).
-func (l *MemLocker) mask(key string, shard uint) uint64 {
-	m := uint64(1) << shard
+// mask is the set of shards an operation on key, with hash h, must hold.
+func (l *MemLocker) mask(key string, h uint64) uint64 {
+	m := uint64(1) << shardIndex(h)
 	if l.hierarchy {
 		ancestors(key, func(a string) bool {
-			m |= 1 << l.shardOf(a)
+			m |= 1 << shardIndex(l.hashOf(a))
 			return true
 		})
 	}
@@ -270,16 +330,13 @@ func (l *MemLocker) unlock(m uint64) {
 }
 
 func (l *MemLocker) lookup(key string) *node {
-	return l.shards[l.shardOf(key)].nodes[key]
+	h := l.hashOf(key)
+	return l.shards[shardIndex(h)].nodes.get(h, key)
 }
 
-func (l *MemLocker) getNode(key string) *node {
-	return l.getNodeIn(key, l.shardOf(key))
-}
-
-func (l *MemLocker) getNodeIn(key string, shard uint) *node {
-	s := &l.shards[shard]
-	if n := s.nodes[key]; n != nil {
+func (l *MemLocker) getNode(key string, h uint64) *node {
+	s := &l.shards[shardIndex(h)]
+	if n := s.nodes.get(h, key); n != nil {
 		return n
 	}
 	var n *node
@@ -287,11 +344,11 @@ func (l *MemLocker) getNodeIn(key string, shard uint) *node {
 		n = s.free[k-1]
 		s.free = s.free[:k-1]
 	} else {
-		n = new(node)
+		n = &node{l: l, shard: s}
 	}
 	n.key = key
-	n.shard = shard
-	s.nodes[key] = n
+	n.hash = h
+	s.nodes.insert(h, n)
 	return n
 }
 
@@ -300,12 +357,18 @@ func (l *MemLocker) maybeFree(n *node) {
 	if !n.idle() {
 		return
 	}
-	s := &l.shards[n.shard]
-	if s.nodes[n.key] != n {
+	s := n.shard
+	if !s.nodes.remove(n.hash, n) {
 		return
 	}
-	delete(s.nodes, n.key)
-	*n = node{queue: n.queue[:0], watchers: n.watchers[:0]}
+	// An idle node is all zero but for l and shard, which stay, and key,
+	// hash, since and belowSince, which are set again before they are
+	// read (the stale key stays referenced until then, by at most
+	// maxFree nodes per shard). Writing only what must change keeps
+	// pointer writes, and the GC's write barriers, off this path.
+	if n.waits != nil {
+		n.waits = nil
+	}
 	if len(s.free) < maxFree {
 		s.free = append(s.free, n)
 	}
@@ -336,7 +399,7 @@ func (l *MemLocker) blocker(n *node, kind Kind) *node {
 
 func (l *MemLocker) grant(n *node, kind Kind) {
 	if !n.held() {
-		n.since = time.Now()
+		n.since = clock.read()
 	}
 	if kind == Exclusive {
 		n.excl = true
@@ -345,7 +408,7 @@ func (l *MemLocker) grant(n *node, kind Kind) {
 	}
 	if l.hierarchy {
 		ancestors(n.key, func(a string) bool {
-			an := l.getNode(a)
+			an := l.getNode(a, l.hashOf(a))
 			if an.belowExcl == 0 && an.belowShared == 0 {
 				an.belowSince = n.since
 			}
@@ -364,21 +427,24 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 		// Only the queue stood in the way: report the key itself.
 		b = n
 	}
+	// The system clock, not the coarse one, so that HeldFor is never
+	// zero: since is at most one tick early, now is exact.
+	now := monotonicNow()
 	e := &ConflictError{Key: b.key, Kind: Shared}
 	switch {
 	case b.held():
 		if b.excl {
 			e.Kind = Exclusive
 		}
-		e.HeldFor = time.Since(b.since)
+		e.HeldFor = time.Duration(now - b.since)
 	case b.belowExcl > 0 || b.belowShared > 0:
 		e.Below = true
-		e.HeldFor = time.Since(b.belowSince)
+		e.HeldFor = time.Duration(now - b.belowSince)
 		if b.belowExcl > 0 {
 			e.Kind = Exclusive
 		}
 	}
-	avg := l.shards[b.shard].avgHold
+	avg := b.shard.avgHold
 	remaining := avg - e.HeldFor
 	if remaining <= 0 {
 		remaining = avg
@@ -388,7 +454,8 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 }
 
 func (l *MemLocker) watch(b *node, w *waiter) {
-	b.watchers = append(b.watchers, w)
+	bl := b.lists()
+	bl.watchers = append(bl.watchers, w)
 	w.watching = b
 }
 
@@ -397,9 +464,10 @@ func (l *MemLocker) unwatch(w *waiter) {
 	if b == nil {
 		return
 	}
-	for i, x := range b.watchers {
+	ws := b.waits.watchers
+	for i, x := range ws {
 		if x == w {
-			b.watchers = append(b.watchers[:i], b.watchers[i+1:]...)
+			b.waits.watchers = append(ws[:i], ws[i+1:]...)
 			break
 		}
 	}
@@ -413,15 +481,16 @@ func (l *MemLocker) unwatch(w *waiter) {
 // head conflicts; that head then watches its blocker. The caller holds the
 // shard set of n.key.
 func (l *MemLocker) advance(n *node) {
-	for len(n.queue) > 0 {
-		w := n.queue[0]
+	for len(n.queue()) > 0 {
+		q := n.waits.queue
+		w := q[0]
 		l.unwatch(w)
 		if b := l.blocker(n, w.kind); b != nil {
 			l.watch(b, w)
 			return
 		}
-		n.queue[0] = nil
-		n.queue = n.queue[1:]
+		q[0] = nil
+		n.waits.queue = q[1:]
 		l.grant(n, w.kind)
 		w.granted = true
 		signal(w)
@@ -435,12 +504,55 @@ func signal(w *waiter) {
 	}
 }
 
-func (l *MemLocker) reserve() bool {
-	if l.reserved.Add(1) > l.maxLocks.Load() {
-		l.reserved.Add(-1)
-		return false
+// reserve takes one unit of the max_locks budget for a lock or waiter in
+// shard s, whose mutex the caller holds, and reports whether there was one.
+// The shard's own credit comes first; when it is spent, a batch is taken
+// from the zone's free budget, or a single unit when little is left.
+func (l *MemLocker) reserve(s *shard) bool {
+	if s.credit > 0 {
+		s.credit--
+		return true
 	}
-	return true
+	for {
+		f := l.free.Load()
+		if f <= 0 {
+			return false
+		}
+		take := int64(1)
+		if f >= tightFree {
+			take = creditBatch
+		}
+		if l.free.CompareAndSwap(f, f-take) {
+			s.credit += take - 1
+			return true
+		}
+	}
+}
+
+// unreserve gives back the unit of a lock or waiter of shard s, whose
+// mutex the caller holds. The shard keeps it as credit for its next lock,
+// up to two batches, unless the zone is nearly full.
+func (l *MemLocker) unreserve(s *shard) {
+	if l.free.Load() < tightFree {
+		l.free.Add(1)
+		return
+	}
+	if s.credit++; s.credit > 2*creditBatch {
+		l.free.Add(s.credit - creditBatch)
+		s.credit = creditBatch
+	}
+}
+
+// reclaim returns every shard's credit to the zone's free budget. It runs
+// before a request is refused as full, holding no shard lock.
+func (l *MemLocker) reclaim() {
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		l.free.Add(s.credit)
+		s.credit = 0
+		s.mu.Unlock()
+	}
 }
 
 // Acquire implements Locker.
@@ -448,45 +560,54 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
-	shard := l.shardOf(req.Key)
-	m := l.mask(req.Key, shard)
-	l.lock(m)
-	n := l.getNodeIn(req.Key, shard)
-	var b *node
-	if len(n.queue) == 0 {
-		if b = l.blocker(n, req.Kind); b == nil {
-			if !l.reserve() {
-				l.maybeFree(n)
-				l.unlock(m)
-				return nil, ErrFull
-			}
-			l.grant(n, req.Kind)
-			l.unlock(m)
-			return &memLease{l: l, n: n, kind: req.Kind}, nil
+	h := l.hashOf(req.Key)
+	m := l.mask(req.Key, h)
+	s := &l.shards[shardIndex(h)]
+	for reclaimed := false; ; reclaimed = true {
+		l.lock(m)
+		n := l.getNode(req.Key, h)
+		// A request never overtakes the queue: with one, the head's
+		// blocker is what stands in the way.
+		q := n.queue()
+		var b *node
+		if len(q) == 0 {
+			b = l.blocker(n, req.Kind)
+		} else {
+			b = l.blocker(n, q[0].kind)
 		}
-	} else {
-		b = l.blocker(n, n.queue[0].kind)
-	}
-	// A conflict. It is reported as such even when the table is full:
-	// the lock in the way is the more useful answer.
-	if req.Wait <= 0 || int64(len(n.queue)) >= l.maxWaiters.Load() || ctx.Err() != nil {
-		err := l.conflict(n, b)
-		l.maybeFree(n)
+		free := len(q) == 0 && b == nil
+		// A conflict is reported as such even when the table is full:
+		// the lock in the way is the more useful answer.
+		if !free && (req.Wait <= 0 || int64(len(q)) >= l.maxWaiters.Load() || ctx.Err() != nil) {
+			err := l.conflict(n, b)
+			l.maybeFree(n)
+			l.unlock(m)
+			return nil, err
+		}
+		if !l.reserve(s) {
+			l.maybeFree(n)
+			l.unlock(m)
+			if !reclaimed {
+				l.reclaim()
+				continue
+			}
+			return nil, ErrFull
+		}
+		if free {
+			l.grant(n, req.Kind)
+			ls := newLease(n, req.Kind)
+			l.unlock(m)
+			return ls, nil
+		}
+		w := &waiter{kind: req.Kind, node: n, ch: make(chan struct{}, 1)}
+		nl := n.lists()
+		nl.queue = append(nl.queue, w)
+		if len(nl.queue) == 1 {
+			l.watch(b, w)
+		}
 		l.unlock(m)
-		return nil, err
+		return l.wait(ctx, req, m, w)
 	}
-	if !l.reserve() {
-		l.maybeFree(n)
-		l.unlock(m)
-		return nil, ErrFull
-	}
-	w := &waiter{kind: req.Kind, node: n, ch: make(chan struct{}, 1)}
-	n.queue = append(n.queue, w)
-	if len(n.queue) == 1 {
-		l.watch(b, w)
-	}
-	l.unlock(m)
-	return l.wait(ctx, req, m, w)
 }
 
 func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) (Lease, error) {
@@ -498,14 +619,18 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 		select {
 		case <-w.ch:
 			l.lock(m)
-			if !w.granted && w.watching == nil && len(n.queue) > 0 && n.queue[0] == w {
+			if q := n.queue(); !w.granted && w.watching == nil && len(q) > 0 && q[0] == w {
 				// Our blocker went away: try again.
 				l.advance(n)
 			}
 			granted := w.granted
+			var ls *memLease
+			if granted {
+				ls = newLease(n, w.kind)
+			}
 			l.unlock(m)
 			if granted {
-				return &memLease{l: l, n: n, kind: w.kind}, nil
+				return ls, nil
 			}
 			continue
 		case <-timer.C:
@@ -514,8 +639,8 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 		}
 		l.lock(m)
 		if w.granted {
+			lease := newLease(n, w.kind)
 			l.unlock(m)
-			lease := &memLease{l: l, n: n, kind: w.kind}
 			if ctxErr != nil {
 				// The caller left; do not hand it a lock it will not use.
 				lease.Release()
@@ -523,10 +648,11 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 			}
 			return lease, nil
 		}
-		head := n.queue[0] == w
-		for i, x := range n.queue {
+		q := n.waits.queue
+		head := q[0] == w
+		for i, x := range q {
 			if x == w {
-				n.queue = append(n.queue[:i], n.queue[i+1:]...)
+				n.waits.queue = append(q[:i], q[i+1:]...)
 				break
 			}
 		}
@@ -541,28 +667,29 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 		if err == nil {
 			err = l.conflict(n, b)
 		}
+		l.unreserve(n.shard)
 		l.maybeFree(n)
 		l.unlock(m)
-		l.reserved.Add(-1)
 		return nil, err
 	}
 }
 
+// release gives back a lock of kind on n; the caller holds n's shard set.
 func (l *MemLocker) release(n *node, kind Kind) {
-	key := n.key // n may be recycled below
-	m := l.mask(key, n.shard)
-	l.lock(m)
 	if kind == Exclusive {
 		n.excl = false
 	} else {
 		n.shared--
 	}
-	s := &l.shards[n.shard]
+	s := n.shard
 	if !n.held() {
-		if s.releases++; s.releases%holdSample == 0 {
-			s.avgHold += (time.Since(n.since) - s.avgHold) / 8
-		}
+		// A lock taken while the clock was starting has a since from
+		// the system clock, which may be a little ahead of the coarse
+		// one.
+		hold := time.Duration(max(0, clock.read()-n.since))
+		s.avgHold += (hold - s.avgHold) / 8
 	}
+	l.unreserve(s)
 	l.wake(n)
 	if l.hierarchy {
 		ancestors(n.key, func(a string) bool {
@@ -576,6 +703,7 @@ func (l *MemLocker) release(n *node, kind Kind) {
 			return true
 		})
 	}
+	key := n.key // n may be recycled below
 	l.advance(n)
 	l.maybeFree(n)
 	if l.hierarchy {
@@ -586,8 +714,6 @@ func (l *MemLocker) release(n *node, kind Kind) {
 			return true
 		})
 	}
-	l.unlock(m)
-	l.reserved.Add(-1)
 }
 
 // wake tells the waiters watching n that n changed. Watchers sit at n or
@@ -595,11 +721,11 @@ func (l *MemLocker) release(n *node, kind Kind) {
 // are advanced right here, since the caller holds n's shard set; those
 // below retry from their own goroutine under their own shard set.
 func (l *MemLocker) wake(n *node) {
-	if len(n.watchers) == 0 {
+	if n.waits == nil || len(n.waits.watchers) == 0 {
 		return
 	}
-	ws := n.watchers
-	n.watchers = nil
+	ws := n.waits.watchers
+	n.waits.watchers = nil
 	own := false
 	for _, w := range ws {
 		w.watching = nil
@@ -614,18 +740,55 @@ func (l *MemLocker) wake(n *node) {
 	}
 }
 
+// memLease is a granted lock. Leases are handed out from blocks of
+// leaseBlock (see shard.leases): a lease still referenced after its
+// release keeps at most leaseBlock*16 bytes alive.
 type memLease struct {
-	l    *MemLocker
 	n    *node
 	kind Kind
-	done atomic.Bool
+	// done is set by the first Release. It is guarded by n.shard's
+	// mutex; until it is set, n is held by this lease and is not
+	// recycled.
+	done bool
+}
+
+const leaseBlock = 8
+
+// newLease hands out a lease of kind on n; the caller holds n's shard.
+func newLease(n *node, kind Kind) *memLease {
+	s := n.shard
+	if s.leases == nil || s.nextLease == leaseBlock {
+		s.leases, s.nextLease = new([leaseBlock]memLease), 0
+	}
+	ls := &s.leases[s.nextLease]
+	s.nextLease++
+	ls.n, ls.kind = n, kind
+	return ls
 }
 
 func (ls *memLease) Release() {
-	if ls.done.Swap(true) {
+	n := ls.n
+	s := n.shard
+	s.mu.Lock()
+	if ls.done {
+		s.mu.Unlock()
 		return
 	}
-	ls.l.release(ls.n, ls.kind)
+	l := n.l
+	m := l.mask(n.key, n.hash)
+	if m != 1<<shardIndex(n.hash) {
+		// Ancestors' shards too: take the whole set in order, and look
+		// again, since another Release may have come in between.
+		s.mu.Unlock()
+		l.lock(m)
+		if ls.done {
+			l.unlock(m)
+			return
+		}
+	}
+	ls.done = true
+	l.release(n, ls.kind)
+	l.unlock(m)
 }
 
 var (

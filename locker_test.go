@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func mustAcquire(t *testing.T, l Locker, key string, kind Kind) Lease {
@@ -36,16 +38,28 @@ func mustConflict(t *testing.T, l Locker, key string, kind Kind) *ConflictError 
 func assertEmpty(t *testing.T, l *MemLocker) {
 	t.Helper()
 	held, waiting, nodes := l.Stats()
-	if held != 0 || waiting != 0 || nodes != 0 || l.reserved.Load() != 0 {
-		t.Fatalf("table not empty: held=%d waiting=%d nodes=%d reserved=%d", held, waiting, nodes, l.reserved.Load())
+	if r := reserved(l); held != 0 || waiting != 0 || nodes != 0 || r != 0 {
+		t.Fatalf("table not empty: held=%d waiting=%d nodes=%d reserved=%d", held, waiting, nodes, r)
 	}
+}
+
+// reserved is the max_locks budget in use: what neither the zone's free
+// budget nor the shards' credit holds.
+func reserved(l *MemLocker) int64 {
+	l.lock(^uint64(0))
+	defer l.unlock(^uint64(0))
+	r := l.maxLocks.Load() - l.free.Load()
+	for i := range l.shards {
+		r -= l.shards[i].credit
+	}
+	return r
 }
 
 func TestLockerExclusiveShared(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	a := mustAcquire(t, l, "/a", Exclusive)
 	c := mustConflict(t, l, "/a", Exclusive)
-	if c.Key != "/a" || c.Kind != Exclusive || c.RetryAfter < time.Second {
+	if c.Key != "/a" || c.Kind != Exclusive || c.RetryAfter < time.Second || c.HeldFor <= 0 {
 		t.Fatalf("conflict = %+v", c)
 	}
 	mustConflict(t, l, "/a", Shared)
@@ -53,10 +67,17 @@ func TestLockerExclusiveShared(t *testing.T) {
 	a.Release()
 	a.Release() // a second release changes nothing
 	s1 := mustAcquire(t, l, "/a", Shared)
+	a.Release() // a stale lease does not release its key's next holder
 	s2 := mustAcquire(t, l, "/a", Shared)
 	if c := mustConflict(t, l, "/a", Exclusive); c.Kind != Shared {
 		t.Fatalf("conflict kind = %v, want shared", c.Kind)
 	}
+	var wg sync.WaitGroup
+	for range 2 { // nor do releases racing each other
+		wg.Add(1)
+		go func() { defer wg.Done(); a.Release() }()
+	}
+	wg.Wait()
 	if held, _, _ := l.Stats(); held != 3 {
 		t.Fatalf("held = %d, want 3", held)
 	}
@@ -443,10 +464,33 @@ func TestLockerStress(t *testing.T) {
 	}
 }
 
+// TestConflictHeldFor checks that the hold time reported, which starts from
+// the coarse clock, is never short of the real one.
+func TestConflictHeldFor(t *testing.T) {
+	for _, hierarchy := range []bool{false, true} {
+		l := NewMemLocker(hierarchy, 0, 0)
+		start := time.Now()
+		h := mustAcquire(t, l, "/a/b", Exclusive)
+		time.Sleep(30 * time.Millisecond)
+		c := mustConflict(t, l, "/a/b", Exclusive)
+		if min := time.Since(start) - time.Millisecond; c.HeldFor < 30*time.Millisecond || c.HeldFor > min+time.Second {
+			t.Fatalf("HeldFor = %v after holding for about %v", c.HeldFor, min)
+		}
+		if hierarchy {
+			below := mustConflict(t, l, "/a", Exclusive)
+			if !below.Below || below.HeldFor < 30*time.Millisecond {
+				t.Fatalf("conflict below = %+v", below)
+			}
+		}
+		h.Release()
+		assertEmpty(t, l)
+	}
+}
+
 func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	// Teach the shard of /slow that locks are held for about 3s.
-	s := &l.shards[l.shardOf("/slow")]
+	s := &l.shards[shardIndex(l.hashOf("/slow"))]
 	s.avgHold = 2500 * time.Millisecond
 	h := mustAcquire(t, l, "/slow", Exclusive)
 	c := mustConflict(t, l, "/slow", Exclusive)
@@ -454,10 +498,145 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 		t.Fatalf("RetryAfter = %v, want 3s (2.5s rounded up)", c.RetryAfter)
 	}
 	h.Release()
-	for range holdSample { // hold times are sampled
-		mustAcquire(t, l, "/slow", Exclusive).Release()
-	}
+	mustAcquire(t, l, "/slow", Exclusive).Release()
 	if s.avgHold >= 2500*time.Millisecond {
 		t.Fatalf("average hold %v did not move towards the short hold just seen", s.avgHold)
 	}
+}
+
+// TestLockerMemory holds many locks, checks what each costs on the heap,
+// and that the heap goes back to where it was once they are released.
+func TestLockerMemory(t *testing.T) {
+	const n = 50000
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("/docs/%d/report.odt", i)
+	}
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	for _, hierarchy := range []bool{false, true} {
+		l := NewMemLocker(hierarchy, 0, 0)
+		leases := make([]Lease, n)
+		base := heap()
+		for i, k := range keys {
+			leases[i] = mustAcquire(t, l, k, Exclusive)
+		}
+		perLock := (heap() - base) / n
+		// With hierarchy every lock also has a node for its parent.
+		limit := int64(256)
+		if hierarchy {
+			limit *= 2
+		}
+		if perLock > limit {
+			t.Errorf("hierarchy=%v: %d bytes per held lock, want at most %d", hierarchy, perLock, limit)
+		}
+		for _, ls := range leases {
+			ls.Release()
+		}
+		clear(leases)
+		assertEmpty(t, l)
+		// What a zone keeps for reuse, a couple of nodes and a block of
+		// leases per shard, is about 20 KB; the rest is headroom for
+		// the runtime's own noise.
+		if left := heap() - base; left > 64<<10 {
+			t.Errorf("hierarchy=%v: %d bytes left on the heap after releasing every lock", hierarchy, left)
+		}
+		runtime.KeepAlive(l)
+		runtime.KeepAlive(leases)
+	}
+}
+
+func TestShardSize(t *testing.T) {
+	if size := unsafe.Sizeof(shard{}); size != 128 {
+		t.Fatalf("shard is %d bytes, want 128", size)
+	}
+}
+
+// TestLockerMaxLocksAcrossShards checks max_locks above the size where
+// shards take budget in batches: every unit can still be used by any
+// shard, and no more.
+func TestLockerMaxLocksAcrossShards(t *testing.T) {
+	const limit = 3 * tightFree
+	l := NewMemLocker(false, limit, 0)
+	fill := func(prefix string, n int) []Lease {
+		t.Helper()
+		leases := make([]Lease, n)
+		for i := range leases {
+			leases[i] = mustAcquire(t, l, fmt.Sprintf("/%s/%d", prefix, i), Exclusive)
+		}
+		return leases
+	}
+	full := func() {
+		t.Helper()
+		if _, err := l.Acquire(context.Background(), Request{Key: "/one/more", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+			t.Fatalf("past max_locks: %v, want ErrFull", err)
+		}
+	}
+	leases := fill("a", limit)
+	full()
+	mustConflict(t, l, "/a/7", Exclusive) // the lock in the way comes first
+	leases[5].Release()
+	leases[5] = mustAcquire(t, l, "/b/5", Exclusive)
+	full()
+	for _, ls := range leases {
+		ls.Release()
+	}
+	assertEmpty(t, l)
+
+	// Concurrent acquirers on distinct keys never get more than the
+	// limit between them, and get all of it.
+	var granted atomic.Int64
+	var wg sync.WaitGroup
+	held := make([][]Lease, 8)
+	for g := range held {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				ls, err := l.Acquire(context.Background(), Request{Key: fmt.Sprintf("/g%d/%d", g, i), Kind: Exclusive})
+				if errors.Is(err, ErrFull) {
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				granted.Add(1)
+				held[g] = append(held[g], ls)
+			}
+		}()
+	}
+	wg.Wait()
+	if granted.Load() != limit {
+		t.Fatalf("granted %d locks concurrently, want max_locks = %d", granted.Load(), limit)
+	}
+	for _, ls := range held {
+		for _, x := range ls {
+			x.Release()
+		}
+	}
+	assertEmpty(t, l)
+
+	// A lower limit applies to new locks at once, even to shards that
+	// took credit under the old one; a higher one frees room at once.
+	for i := range tightFree {
+		mustAcquire(t, l, fmt.Sprintf("/credit/%d", i), Exclusive).Release()
+	}
+	l.SetLimits(1000, 0)
+	if credit := max(l.maxLocks.Load()-l.free.Load()-reserved(l), 0); credit > 0 {
+		t.Fatalf("%d units of credit taken under the old limit are still usable", credit)
+	}
+	leases = fill("c", 1000)
+	full()
+	l.SetLimits(2000, 0)
+	leases = append(leases, fill("d", 1000)...)
+	full()
+	for _, ls := range leases {
+		ls.Release()
+	}
+	assertEmpty(t, l)
 }
