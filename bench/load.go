@@ -68,12 +68,18 @@ func (s statuses) String() string {
 // putBody is what every PUT sends: a small document.
 var putBody = bytes.Repeat([]byte("0123456789abcdef"), 8)
 
-// requestBytes builds a worker's requests: its share of the paths (worker
-// w of c gets paths w, w+c, w+2c, ...), so that with as many paths as a
-// multiple of c no two workers ever touch one path, and the lock scenarios
-// measure the cost of locking, not conflicts between the load's own
-// clients. In the ten-request cycle the first 10-getEvery are PUTs.
-func requestBytes(spec loadSpec, worker int) [][]byte {
+// workerRequests is a worker's requests, built once: a PUT and a GET for
+// each of its paths.
+type workerRequests struct {
+	puts, gets [][]byte
+}
+
+// requestBytes builds a worker's requests for its share of the paths
+// (worker w of c gets paths w, w+c, w+2c, ...), so that with as many paths
+// as a multiple of c no two workers ever touch one path, and the lock
+// scenarios measure the cost of locking, not conflicts between the load's
+// own clients.
+func requestBytes(spec loadSpec, worker int) workerRequests {
 	var paths []string
 	if spec.paths <= 1 {
 		paths = []string{"/hot"}
@@ -82,19 +88,25 @@ func requestBytes(spec loadSpec, worker int) [][]byte {
 			paths = append(paths, "/docs/"+strconv.Itoa(p))
 		}
 	}
-	reqs := make([][]byte, 0, 10*len(paths))
-	for i := 0; i < 10*len(paths); i++ {
-		path := paths[i%len(paths)]
-		var b bytes.Buffer
-		if i%10 < 10-spec.getEvery {
-			fmt.Fprintf(&b, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
-				path, spec.addr, len(putBody), putBody)
-		} else {
-			fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, spec.addr)
-		}
-		reqs = append(reqs, b.Bytes())
+	var wr workerRequests
+	for _, path := range paths {
+		put := fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
+			path, spec.addr, len(putBody), putBody)
+		get := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, spec.addr)
+		wr.puts = append(wr.puts, []byte(put))
+		wr.gets = append(wr.gets, []byte(get))
 	}
-	return reqs
+	return wr
+}
+
+// pick returns the request for a worker's i-th request, which is the
+// load's ticket-th: the method follows the ticket, so that the whole load
+// has exactly getEvery GETs in every ten requests.
+func (wr workerRequests) pick(spec loadSpec, i int, ticket int64) []byte {
+	if ticket%10 < int64(10-spec.getEvery) {
+		return wr.puts[i%len(wr.puts)]
+	}
+	return wr.gets[i%len(wr.gets)]
 }
 
 // runLoad drives spec against its server and returns what it measured.
@@ -131,14 +143,18 @@ func runLoad(spec loadSpec) loadResult {
 func work(spec loadSpec, worker int, tickets *atomic.Int64, deadline time.Time) loadResult {
 	res := loadResult{statuses: statuses{}}
 	reqs := requestBytes(spec, worker)
-	res.samples = make([]sample, 0, spec.requests/spec.concurrency+1)
+	res.samples = make([]sample, 0, min(spec.requests/spec.concurrency+1, 1<<16))
 	var c *conn
 	defer func() {
 		if c != nil {
 			c.Close()
 		}
 	}()
-	for i := 0; tickets.Add(1) <= int64(spec.requests) && time.Now().Before(deadline); i++ {
+	for i := 0; ; i++ {
+		ticket := tickets.Add(1)
+		if ticket > int64(spec.requests) || !time.Now().Before(deadline) {
+			break
+		}
 		if c == nil {
 			var err error
 			if c, err = dial(spec.addr); err != nil {
@@ -151,7 +167,7 @@ func work(spec loadSpec, worker int, tickets *atomic.Int64, deadline time.Time) 
 			}
 		}
 		t0 := time.Now()
-		status, keep, err := c.roundTrip(reqs[i%len(reqs)])
+		status, keep, err := c.roundTrip(reqs.pick(spec, i, ticket))
 		lat := time.Since(t0)
 		if err != nil {
 			res.errors++
