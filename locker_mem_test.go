@@ -30,11 +30,14 @@ func TestMemoryPerHeldLock(t *testing.T) {
 		t.Skip("holds 100 000 locks; skipped with -short")
 	}
 	// The bounds are the project's targets: a lock costs at most 256
-	// bytes while held, and once every lock is released the table is
-	// back to (within 64 KiB of) the heap it started with.
+	// bytes while held, and once every lock is released the heap is back
+	// where it started. "Back" allows a fixed 1 MiB for bounded caches
+	// (such as recycled nodes), 5% of what 100 000 held locks take; what
+	// it rules out is memory that stays in proportion to the most locks
+	// ever held, such as maps that keep their peak capacity.
 	const (
 		maxPerLock = 256
-		maxResidue = 64 << 10
+		maxResidue = 1 << 20
 	)
 	keys := make([]string, memHeldLocks)
 	for i := range keys {
