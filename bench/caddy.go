@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,11 +27,13 @@ type caddyProc struct {
 }
 
 // caddyfile writes the config of one run: plain HTTP on a loopback port,
-// no admin endpoint, no automatic HTTPS, only warnings and errors logged,
+// no automatic HTTPS, only warnings and errors logged,
 // and no access log; site is the handlers in front of the backend.
-func caddyfile(dir, name string, port int, backendAddr, site string) (string, error) {
+//
+// admin is "off", or an address whose /debug/pprof/ the run profiles.
+func caddyfile(dir, name string, port int, admin, backendAddr, site string) (string, error) {
 	src := fmt.Sprintf(`{
-	admin off
+	admin %s
 	auto_https off
 	persist_config off
 	log {
@@ -41,7 +45,7 @@ http://127.0.0.1:%d {
 	bind 127.0.0.1
 %s	reverse_proxy %s
 }
-`, port, site, backendAddr)
+`, admin, port, site, backendAddr)
 	path := filepath.Join(dir, name+".Caddyfile")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		return "", fmt.Errorf("writing %s: %w", path, err)
@@ -186,4 +190,27 @@ func tail(path string) string {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
+}
+
+// profileCPU fetches a CPU profile of the Caddy whose admin endpoint is
+// admin, over d, into path.
+func profileCPU(admin string, d time.Duration, path string) error {
+	secs := max(1, int(d/time.Second))
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
+	if err != nil {
+		return fmt.Errorf("profiling caddy: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profiling caddy: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("profiling caddy: %w", err)
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("profiling caddy: writing %s: %w", path, err)
+	}
+	return f.Close()
 }

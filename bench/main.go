@@ -28,6 +28,7 @@ type config struct {
 	concurrency int           // connections
 	benchtime   string        // -test.benchtime of the locker benchmark
 	testBin     string        // the package's test binary, built by the run
+	profile     time.Duration // when set, a CPU profile of Caddy over this long in every measurement
 }
 
 func main() {
@@ -42,6 +43,7 @@ func main() {
 	flag.IntVar(&cfg.warmup, "warmup", 2000, "requests sent before each measurement and not counted")
 	flag.IntVar(&cfg.concurrency, "c", 16, "concurrent keep-alive connections")
 	flag.StringVar(&cfg.benchtime, "benchtime", "1s", "-benchtime of the locker benchmark")
+	flag.DurationVar(&cfg.profile, "profile", 0, "take a CPU profile of Caddy over this long (at least 1s) in every measurement, written to the output directory as <run>-<pair>.pprof")
 	flag.Parse()
 	if *smoke {
 		cfg.pairs, cfg.requests, cfg.warmup, cfg.benchtime = 1, 300, 50, "2000x"
@@ -155,7 +157,15 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 		return m, err
 	}
 	name := fmt.Sprintf("%s-%d", rd.name, pair)
-	conf, err := caddyfile(cfg.out, rd.name, port, rd.backend.addr, rd.site)
+	admin := "off"
+	if cfg.profile > 0 {
+		adminPort, err := freePort()
+		if err != nil {
+			return m, err
+		}
+		admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
+	}
+	conf, err := caddyfile(cfg.out, rd.name, port, admin, rd.backend.addr, rd.site)
 	if err != nil {
 		return m, err
 	}
@@ -178,7 +188,16 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 		return m, err
 	}
 	spec.requests, spec.duration = cfg.requests, cfg.duration
+	profiled := make(chan error, 1)
+	if cfg.profile > 0 {
+		go func() { profiled <- profileCPU(admin, cfg.profile, filepath.Join(cfg.out, name+".pprof")) }()
+	} else {
+		profiled <- nil
+	}
 	res := runLoad(spec)
+	if err := <-profiled; err != nil {
+		return m, err
+	}
 	after, err := p.usage()
 	if err != nil {
 		return m, err
