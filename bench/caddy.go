@@ -13,7 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -82,7 +82,7 @@ func startCaddy(binary, config string, port int, logPath string) (*caddyProc, er
 	}
 	p := &caddyProc{cmd: cmd, addr: "127.0.0.1:" + strconv.Itoa(port), log: logPath, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
-	running.Store(p)
+	running.add(p)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", p.addr, time.Second)
@@ -147,9 +147,39 @@ func (p *caddyProc) usage() (usage, error) {
 	return u, nil
 }
 
-// running is the Caddy process of the current measurement, for stopping it
-// when the run is interrupted.
-var running atomic.Pointer[caddyProc]
+// running is the Caddy processes started and not yet stopped, for stopping
+// them when the run is interrupted.
+var running procSet
+
+type procSet struct {
+	mu    sync.Mutex
+	procs map[*caddyProc]bool
+}
+
+func (s *procSet) add(p *caddyProc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.procs == nil {
+		s.procs = map[*caddyProc]bool{}
+	}
+	s.procs[p] = true
+}
+
+func (s *procSet) remove(p *caddyProc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.procs, p)
+}
+
+func (s *procSet) list() []*caddyProc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ps []*caddyProc
+	for p := range s.procs {
+		ps = append(ps, p)
+	}
+	return ps
+}
 
 // stopOnSignal stops the running Caddy and exits when the run is
 // interrupted or terminated.
@@ -158,7 +188,7 @@ func stopOnSignal() {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		sig := <-sigs
-		if p := running.Load(); p != nil {
+		for _, p := range running.list() {
 			p.stop()
 		}
 		fmt.Fprintf(os.Stderr, "bench: stopped by %v\n", sig)
@@ -169,7 +199,7 @@ func stopOnSignal() {
 // stop ends the process: an interrupt first (Caddy shuts down gracefully),
 // then a kill if it lingers.
 func (p *caddyProc) stop() {
-	running.CompareAndSwap(p, nil)
+	running.remove(p)
 	_ = p.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case err := <-p.done:

@@ -37,8 +37,8 @@ func main() {
 	flag.StringVar(&cfg.caddy, "caddy", "", "the Caddy binary with caddy-lock (go build ./cmd/caddy)")
 	flag.StringVar(&cfg.repo, "repo", ".", "the caddy-lock module root")
 	flag.StringVar(&cfg.out, "out", "bench/out", "directory for results and Caddy logs")
-	flag.IntVar(&cfg.pairs, "pairs", 5, "A/B pairs per scenario")
-	flag.IntVar(&cfg.requests, "requests", 40000, "requests per measurement")
+	flag.IntVar(&cfg.pairs, "pairs", 10, "A/B pairs per scenario")
+	flag.IntVar(&cfg.requests, "requests", 20000, "requests per measurement")
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "time bound of one measurement")
 	flag.IntVar(&cfg.warmup, "warmup", 2000, "requests sent before each measurement and not counted")
 	flag.IntVar(&cfg.concurrency, "c", 16, "concurrent keep-alive connections")
@@ -90,6 +90,12 @@ func run(cfg config) error {
 		{name: "lock-mix", backend: fast, paths: 10000, getEvery: 9, site: "\tlock {\n\t\tshared GET HEAD\n\t}\n"},
 		{name: "hot-423", backend: slow, paths: 1, site: "\tlock\n", refusals: true},
 	}
+	for _, rd := range runs {
+		if err := start(cfg, rd); err != nil {
+			return fmt.Errorf("%s: %w", rd.name, err)
+		}
+		defer rd.proc.stop()
+	}
 	for pair := 1; pair <= cfg.pairs; pair++ {
 		for _, rd := range runs {
 			m, err := measure(cfg, rd, pair)
@@ -129,6 +135,8 @@ type runDef struct {
 	paths    int  // distinct paths (1: one hot path)
 	getEvery int  // GETs out of every 10 requests
 	refusals bool // the interesting answers are 423s (scenario 4)
+	proc     *caddyProc
+	admin    string // Caddy's admin address, "off" unless profiling
 	results  []measurement
 }
 
@@ -136,7 +144,7 @@ type runDef struct {
 type measurement struct {
 	rate     float64 // answered requests per second (423s only, for refusals)
 	p50, p99 time.Duration
-	peakRSS  float64       // bytes, Caddy's VmHWM
+	peakRSS  float64       // bytes, Caddy's VmHWM so far
 	cpuPer   time.Duration // Caddy's CPU time per answered request
 	answered int
 	statuses statuses
@@ -147,54 +155,64 @@ func (m measurement) String() string {
 		fmtRate(m.rate), fmtDur(m.p50), fmtDur(m.p99), fmtDur(m.cpuPer), fmtBytes(m.peakRSS), m.statuses)
 }
 
-// measure starts a Caddy for rd, warms it up, measures it and stops it,
-// checking every answer: a proxied request must get 200 and reach the
-// backend, a refused one 423 without reaching it.
-func measure(cfg config, rd *runDef, pair int) (measurement, error) {
-	var m measurement
+// start runs rd's Caddy, which serves every measurement of rd, and warms
+// it up. Every side keeps its own Caddy for the whole run, so that the
+// sides of a pair can be measured one right after the other.
+func start(cfg config, rd *runDef) error {
 	port, err := freePort()
 	if err != nil {
-		return m, err
+		return err
 	}
-	name := fmt.Sprintf("%s-%d", rd.name, pair)
-	admin := "off"
+	rd.admin = "off"
 	if cfg.profile > 0 {
 		adminPort, err := freePort()
 		if err != nil {
-			return m, err
+			return err
 		}
-		admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
+		rd.admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
 	}
-	conf, err := caddyfile(cfg.out, rd.name, port, admin, rd.backend.addr, rd.site)
+	conf, err := caddyfile(cfg.out, rd.name, port, rd.admin, rd.backend.addr, rd.site)
 	if err != nil {
-		return m, err
+		return err
 	}
-	p, err := startCaddy(cfg.caddy, conf, port, filepath.Join(cfg.out, name+".log"))
-	if err != nil {
-		return m, err
+	if rd.proc, err = startCaddy(cfg.caddy, conf, port, filepath.Join(cfg.out, rd.name+".log")); err != nil {
+		return err
 	}
-	defer p.stop()
-
-	spec := loadSpec{addr: p.addr, concurrency: cfg.concurrency, paths: rd.paths, getEvery: rd.getEvery}
 	if cfg.warmup > 0 {
-		spec.requests, spec.duration = cfg.warmup, cfg.duration
+		spec := rd.load(cfg)
+		spec.requests = cfg.warmup
 		if w := runLoad(spec); w.errors > 0 {
-			return m, fmt.Errorf("warm-up: %d requests failed, the first: %w", w.errors, w.firstErr)
+			return fmt.Errorf("warm-up: %d requests failed, the first: %w", w.errors, w.firstErr)
 		}
 	}
+	return nil
+}
+
+// load is the load of one measurement of rd.
+func (rd *runDef) load(cfg config) loadSpec {
+	return loadSpec{addr: rd.proc.addr, concurrency: cfg.concurrency, requests: cfg.requests, duration: cfg.duration,
+		paths: rd.paths, getEvery: rd.getEvery}
+}
+
+// measure drives one measurement's load through rd's Caddy, checking
+// every answer: a proxied request must get 200 and reach the backend, a
+// refused one 423 without reaching it.
+func measure(cfg config, rd *runDef, pair int) (measurement, error) {
+	var m measurement
+	p := rd.proc
 	rd.backend.reset()
 	before, err := p.usage()
 	if err != nil {
 		return m, err
 	}
-	spec.requests, spec.duration = cfg.requests, cfg.duration
 	profiled := make(chan error, 1)
 	if cfg.profile > 0 {
-		go func() { profiled <- profileCPU(admin, cfg.profile, filepath.Join(cfg.out, name+".pprof")) }()
+		path := filepath.Join(cfg.out, fmt.Sprintf("%s-%d.pprof", rd.name, pair))
+		go func() { profiled <- profileCPU(rd.admin, cfg.profile, path) }()
 	} else {
 		profiled <- nil
 	}
-	res := runLoad(spec)
+	res := runLoad(rd.load(cfg))
 	if err := <-profiled; err != nil {
 		return m, err
 	}
