@@ -42,7 +42,7 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "time bound of one measurement")
 	flag.IntVar(&cfg.warmup, "warmup", 2000, "requests sent before each measurement and not counted")
 	flag.IntVar(&cfg.concurrency, "c", 16, "concurrent keep-alive connections")
-	flag.StringVar(&cfg.benchtime, "benchtime", "1s", "-benchtime of the locker benchmark")
+	flag.StringVar(&cfg.benchtime, "benchtime", "500ms", "-benchtime of the locker benchmark")
 	flag.DurationVar(&cfg.profile, "profile", 0, "take a CPU profile of Caddy over this long (at least 1s) in every measurement, written to the output directory as <run>-<pair>.pprof")
 	flag.Parse()
 	if *smoke {
