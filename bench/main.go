@@ -270,9 +270,15 @@ func describeMachine(cfg config) string {
 			}
 		}
 	}
-	load := ""
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		load = ", load average " + strings.Join(strings.Fields(string(b))[:3], " ")
+	return fmt.Sprintf("machine: %d cores (%s), load average %s at the start; %s; %s", numCPU(), cpu, loadAverage(), goVersion(cfg), caddyVersion(cfg))
+}
+
+// loadAverage is the 1, 5 and 15 minute load averages: how busy the
+// machine was with other work.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
 	}
-	return fmt.Sprintf("machine: %d cores (%s)%s; %s; %s", numCPU(), cpu, load, goVersion(cfg), caddyVersion(cfg))
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }

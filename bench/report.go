@@ -57,7 +57,7 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem 
 	cpu := func(m measurement) float64 { return float64(m.cpuPer) }
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n\n", machine)
+	fmt.Fprintf(&b, "%s; load average %s at the end\n\n", machine, loadAverage())
 	fmt.Fprintf(&b, "%d pairs; per measurement %d requests (or %s) on %d keep-alive connections, each side in its own Caddy warmed up with %d requests; values are medians of the pairs, ratios median (min–max) of the per-pair ratios, peak RSS the highest of the run.\n\n",
 		cfg.pairs, cfg.requests, cfg.duration, cfg.concurrency, cfg.warmup)
 	b.WriteString("| # | scenario | req/s | p50 | p99 | req/s ratio | p50 ratio | p99 ratio | Caddy CPU/req | CPU/req ratio | Caddy peak RSS |\n")
