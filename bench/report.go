@@ -116,12 +116,15 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem 
 
 // verdict judges a spread of per-pair ratios against a target: met or
 // missed when every pair agrees, and otherwise which way the median
-// falls, flagged as not settled by this run.
+// falls, flagged as not settled by this run. Fewer than three pairs (a
+// smoke run) are not judged at all.
 func verdict(s spread, bound float64, higherIsBetter bool) string {
 	good := func(x float64) bool { return (x >= bound) == higherIsBetter || x == bound }
 	switch {
 	case s.n == 0:
 		return "no data"
+	case s.n < 3:
+		return fmt.Sprintf("not judged: %d pairs are too few", s.n)
 	case good(s.min) && good(s.max):
 		return "met"
 	case !good(s.min) && !good(s.max):
