@@ -75,8 +75,8 @@ type workerRequests struct {
 }
 
 // requestBytes builds a worker's requests for its share of the paths
-// (worker w of c gets paths w, w+c, w+2c, ...), so that with as many paths
-// as a multiple of c no two workers ever touch one path, and the lock
+// (worker w of c gets paths w, w+c, w+2c, ...), so that, with at least as
+// many paths as workers, no two workers ever touch one path, and the lock
 // scenarios measure the cost of locking, not conflicts between the load's
 // own clients.
 func requestBytes(spec loadSpec, worker int) workerRequests {

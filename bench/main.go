@@ -16,6 +16,10 @@ import (
 	"time"
 )
 
+// distinctPaths is how many paths scenarios 1 to 3 spread their requests
+// over.
+const distinctPaths = 10000
+
 // config is what a run is asked to do.
 type config struct {
 	caddy       string        // the built cmd/caddy
@@ -24,7 +28,7 @@ type config struct {
 	pairs       int           // A/B pairs per scenario
 	requests    int           // requests per measurement
 	duration    time.Duration // time bound of a measurement
-	warmup      int           // requests before each measurement, not counted
+	warmup      int           // requests to each Caddy before its first measurement, not counted
 	concurrency int           // connections
 	benchtime   string        // -test.benchtime of the locker benchmark
 	testBin     string        // the package's test binary, built by the run
@@ -40,7 +44,7 @@ func main() {
 	flag.IntVar(&cfg.pairs, "pairs", 10, "A/B pairs per scenario")
 	flag.IntVar(&cfg.requests, "requests", 20000, "requests per measurement")
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "time bound of one measurement")
-	flag.IntVar(&cfg.warmup, "warmup", 2000, "requests sent before each measurement and not counted")
+	flag.IntVar(&cfg.warmup, "warmup", 2000, "requests sent to each Caddy before its first measurement, not counted")
 	flag.IntVar(&cfg.concurrency, "c", 16, "concurrent keep-alive connections")
 	flag.StringVar(&cfg.benchtime, "benchtime", "500ms", "-benchtime of the locker benchmark")
 	flag.DurationVar(&cfg.profile, "profile", 0, "take a CPU profile of Caddy over this long (at least 1s) in every measurement, written to the output directory as <run>-<pair>.pprof")
@@ -61,6 +65,9 @@ func run(cfg config) error {
 	}
 	if cfg.pairs < 1 || cfg.requests < 1 || cfg.concurrency < 1 || cfg.warmup < 0 {
 		return errors.New("-pairs, -requests and -c must be positive, -warmup not negative")
+	}
+	if cfg.concurrency > distinctPaths {
+		return fmt.Errorf("-c %d: at most %d connections, one path each at least", cfg.concurrency, distinctPaths)
 	}
 	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", cfg.out, err)
@@ -84,10 +91,10 @@ func run(cfg config) error {
 	defer slow.close()
 
 	runs := []*runDef{
-		{name: "base-put", backend: fast, paths: 10000},
-		{name: "lock-put", backend: fast, paths: 10000, site: "\tlock\n"},
-		{name: "base-mix", backend: fast, paths: 10000, getEvery: 9},
-		{name: "lock-mix", backend: fast, paths: 10000, getEvery: 9, site: "\tlock {\n\t\tshared GET HEAD\n\t}\n"},
+		{name: "base-put", backend: fast, paths: distinctPaths},
+		{name: "lock-put", backend: fast, paths: distinctPaths, site: "\tlock\n"},
+		{name: "base-mix", backend: fast, paths: distinctPaths, getEvery: 9},
+		{name: "lock-mix", backend: fast, paths: distinctPaths, getEvery: 9, site: "\tlock {\n\t\tshared GET HEAD\n\t}\n"},
 		{name: "hot-423", backend: slow, paths: 1, site: "\tlock\n", refusals: true},
 	}
 	for _, rd := range runs {

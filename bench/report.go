@@ -124,7 +124,7 @@ func verdict(s spread, bound float64, higherIsBetter bool) string {
 	case s.n == 0:
 		return "no data"
 	case s.n < 3:
-		return fmt.Sprintf("not judged: %d pairs are too few", s.n)
+		return fmt.Sprintf("not judged: too few pairs (%d)", s.n)
 	case good(s.min) && good(s.max):
 		return "met"
 	case !good(s.min) && !good(s.max):
