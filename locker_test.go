@@ -504,50 +504,38 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 	}
 }
 
-// TestLockerMemory holds many locks, checks what each costs on the heap,
-// and that the heap goes back to where it was once they are released.
-func TestLockerMemory(t *testing.T) {
+// TestLockerMemoryHierarchy is TestMemoryPerHeldLock for a hierarchical
+// table, where every lock also has a node for its parent: what a held
+// lock costs, and that the heap goes back once they are released.
+func TestLockerMemoryHierarchy(t *testing.T) {
 	const n = 50000
 	keys := make([]string, n)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("/docs/%d/report.odt", i)
 	}
-	heap := func() int64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return int64(ms.HeapAlloc)
+	l := NewMemLocker(true, 0, 0)
+	leases := make([]Lease, n)
+	base := heapInUse()
+	for i, k := range keys {
+		leases[i] = mustAcquire(t, l, k, Exclusive)
 	}
-	for _, hierarchy := range []bool{false, true} {
-		l := NewMemLocker(hierarchy, 0, 0)
-		leases := make([]Lease, n)
-		base := heap()
-		for i, k := range keys {
-			leases[i] = mustAcquire(t, l, k, Exclusive)
-		}
-		perLock := (heap() - base) / n
-		// With hierarchy every lock also has a node for its parent.
-		limit := int64(256)
-		if hierarchy {
-			limit *= 2
-		}
-		if perLock > limit {
-			t.Errorf("hierarchy=%v: %d bytes per held lock, want at most %d", hierarchy, perLock, limit)
-		}
-		for _, ls := range leases {
-			ls.Release()
-		}
-		clear(leases)
-		assertEmpty(t, l)
-		// What a zone keeps for reuse, a couple of nodes and a block of
-		// leases per shard, is about 20 KB; the rest is headroom for
-		// the runtime's own noise.
-		if left := heap() - base; left > 64<<10 {
-			t.Errorf("hierarchy=%v: %d bytes left on the heap after releasing every lock", hierarchy, left)
-		}
-		runtime.KeepAlive(l)
-		runtime.KeepAlive(leases)
+	// Two nodes per lock: the key's and its parent's.
+	if perLock := (heapInUse() - base) / n; perLock > 2*256 {
+		t.Errorf("%d bytes per held lock, want at most %d", perLock, 2*256)
 	}
+	for _, ls := range leases {
+		ls.Release()
+	}
+	clear(leases)
+	assertEmpty(t, l)
+	// What a zone keeps for reuse, a couple of nodes and a block of
+	// leases per shard, is about 20 KB; the rest is headroom for the
+	// runtime's own noise.
+	if left := heapInUse() - base; left > 64<<10 {
+		t.Errorf("%d bytes left on the heap after releasing every lock", left)
+	}
+	runtime.KeepAlive(l)
+	runtime.KeepAlive(leases)
 }
 
 func TestShardSize(t *testing.T) {

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// scenario is one row of the results: a run, the run it is compared with
+// (nil for a baseline), and its description.
+type scenario struct {
+	label, what string
+	b, a        *runDef
+}
+
+// medianRun summarises one side's measurements by their medians.
+func medianRun(ms []measurement) (rate, p50, p99, rss, cpu spread) {
+	var rs, p5, p9, rss0, c []float64
+	for _, m := range ms {
+		rs = append(rs, m.rate)
+		p5 = append(p5, float64(m.p50))
+		p9 = append(p9, float64(m.p99))
+		rss0 = append(rss0, m.peakRSS)
+		c = append(c, float64(m.cpuPer))
+	}
+	return spreadOf(rs), spreadOf(p5), spreadOf(p9), spreadOf(rss0), spreadOf(c)
+}
+
+// pairRatios divides b's measurements by a's, pair by pair.
+func pairRatios(b, a *runDef, f func(measurement) float64) spread {
+	var rs []float64
+	for i := range min(len(a.results), len(b.results)) {
+		if d := f(a.results[i]); d > 0 {
+			rs = append(rs, f(b.results[i])/d)
+		}
+	}
+	return spreadOf(rs)
+}
+
+func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem memResult) string {
+	byName := map[string]*runDef{}
+	for _, r := range runs {
+		byName[r.name] = r
+	}
+	base := byName["base-put"]
+	rows := []scenario{
+		{"1", "baseline: `reverse_proxy`, PUT over 10 000 paths", byName["base-put"], nil},
+		{"2", "`lock` (defaults), PUT over 10 000 paths — vs 1", byName["lock-put"], base},
+		{"3a", "baseline for 3: `reverse_proxy`, 90% GET 10% PUT", byName["base-mix"], nil},
+		{"3", "`lock { shared GET HEAD }`, 90% GET 10% PUT — vs 3a", byName["lock-mix"], byName["base-mix"]},
+		{"4", "423 answers: PUT to one path, backend holds writes 50 ms — vs 1", byName["hot-423"], base},
+	}
+	rate := func(m measurement) float64 { return m.rate }
+	p50 := func(m measurement) float64 { return float64(m.p50) }
+	p99 := func(m measurement) float64 { return float64(m.p99) }
+	cpu := func(m measurement) float64 { return float64(m.cpuPer) }
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s; load average %s at the end\n\n", machine, loadAverage())
+	fmt.Fprintf(&b, "%d pairs; per measurement %d requests (or %s) on %d keep-alive connections, each side in its own Caddy warmed up with %d requests; values are medians of the pairs, ratios median (min–max) of the per-pair ratios, peak RSS the highest of the run.\n\n",
+		cfg.pairs, cfg.requests, cfg.duration, cfg.concurrency, cfg.warmup)
+	b.WriteString("| # | scenario | req/s | p50 | p99 | req/s ratio | p50 ratio | p99 ratio | Caddy CPU/req | CPU/req ratio | Caddy peak RSS |\n")
+	b.WriteString("|---|---|---:|---:|---:|---|---|---|---:|---|---:|\n")
+	for _, s := range rows {
+		r, l50, l99, rss, c := medianRun(s.b.results)
+		rr, r50, r99, rc := "—", "—", "—", "—"
+		if s.a != nil {
+			rr = pairRatios(s.b, s.a, rate).ratio()
+			r50 = pairRatios(s.b, s.a, p50).ratio()
+			r99 = pairRatios(s.b, s.a, p99).ratio()
+			rc = pairRatios(s.b, s.a, cpu).ratio()
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.label, s.what,
+			fmtRate(r.med), fmtDur(time.Duration(l50.med)), fmtDur(time.Duration(l99.med)), rr, r50, r99,
+			fmtDur(time.Duration(c.med)), rc, fmtBytes(rss.max))
+	}
+	fmt.Fprintf(&b, "\nScenario 4 counts only the 423 answers (rate and latency); %s.\n", hotSummary(byName["hot-423"]))
+	memVerdict := "meets"
+	if !mem.passed {
+		memVerdict = "fails"
+	}
+	fmt.Fprintf(&b, "Memory per held lock (TestMemoryPerHeldLock, 100 000 exclusive locks): %.0f bytes; after releasing them all the heap is %+d bytes from where it started (the test %s its bounds).\n",
+		mem.perLock, mem.residue, memVerdict)
+
+	b.WriteString("\nThe lock table alone (`BenchmarkLocker`, caddy-lock vs golang.org/x/net/webdav's MemLS, Acquire+Release vs Create+Unlock):\n\n")
+	b.WriteString(lockerTable(lk))
+
+	b.WriteString("\nTargets:\n\n")
+	two := func(f func(measurement) float64) spread { return pairRatios(byName["lock-put"], base, f) }
+	four := pairRatios(byName["hot-423"], base, rate)
+	distinctRatio, allocs, scaling := lockerTargets(lk)
+	target := func(ok bool, what string) {
+		mark := "met"
+		if !ok {
+			mark = "MISSED"
+		}
+		fmt.Fprintf(&b, "- %s: %s\n", what, mark)
+	}
+	atLeast := func(what string, s spread, bound float64) {
+		fmt.Fprintf(&b, "- %s >= %.2f: %s: %s\n", what, bound, s.ratio(), verdict(s, bound, true))
+	}
+	atMost := func(what string, s spread, bound float64) {
+		fmt.Fprintf(&b, "- %s <= %.2f: %s: %s\n", what, bound, s.ratio(), verdict(s, bound, false))
+	}
+	atLeast("scenario 2 throughput ratio", two(rate), 0.97)
+	atMost("scenario 2 p99 ratio", two(p99), 1.05)
+	atLeast("scenario 4 423s/s over scenario 1's req/s", four, 3)
+	atLeast("locker ops/s over the reference's on distinct keys (-cpu 1)", distinctRatio, 10)
+	target(allocs >= 0 && allocs <= 1, fmt.Sprintf("locker <= 1 alloc per acquire: %.0f (most of any caddylock workload)", allocs))
+	atLeast("locker scaling, distinct keys ops/s at -cpu 2 over -cpu 1", scaling, 1.7)
+	target(mem.perLock <= 256, fmt.Sprintf("<= 256 bytes per held lock: %.0f", mem.perLock))
+	target(mem.passed, fmt.Sprintf("heap back to its start after release (within 1 MiB): %+d bytes", mem.residue))
+	return b.String()
+}
+
+// verdict judges a spread of per-pair ratios against a target: met or
+// missed when every pair agrees, and otherwise which way the median
+// falls, flagged as not settled by this run. Fewer than three pairs (a
+// smoke run) are not judged at all.
+func verdict(s spread, bound float64, higherIsBetter bool) string {
+	good := func(x float64) bool { return (x >= bound) == higherIsBetter || x == bound }
+	switch {
+	case s.n == 0:
+		return "no data"
+	case s.n < 3:
+		return fmt.Sprintf("not judged: too few pairs (%d)", s.n)
+	case good(s.min) && good(s.max):
+		return "met"
+	case !good(s.min) && !good(s.max):
+		return "MISSED"
+	case good(s.med):
+		return "met by the median, but not by every pair (noise or a small margin; more pairs or a quieter machine settle it)"
+	default:
+		return "MISSED by the median, though not by every pair (noise or a small margin; more pairs or a quieter machine settle it)"
+	}
+}
+
+// hotSummary says how the writes of scenario 4 fared.
+func hotSummary(r *runDef) string {
+	var ok, locked int
+	for _, m := range r.results {
+		ok += m.statuses[200]
+		locked += m.statuses[423]
+	}
+	return fmt.Sprintf("over all pairs %d writes were proxied and %d refused with 423 without reaching the backend", ok, locked)
+}
+
+// lockerTable tabulates the locker benchmark: ops/s of each
+// implementation per workload and -cpu, and caddy-lock's ratio to the
+// reference where the reference runs the same workload.
+func lockerTable(lk lockerRuns) string {
+	type key struct {
+		workload, impl string
+		cpu            int
+	}
+	ops := map[key][]float64{}
+	allocs := map[key]float64{}
+	var order []key
+	for _, run := range lk {
+		for _, l := range run {
+			k := key{l.workload, l.impl, l.cpu}
+			if _, seen := ops[k]; !seen {
+				order = append(order, k)
+			}
+			ops[k] = append(ops[k], 1e9/l.nsPerOp)
+			allocs[k] = max(allocs[k], l.allocs)
+		}
+	}
+	var b strings.Builder
+	b.WriteString("| workload | -cpu | caddy-lock ops/s | allocs/op | webdav ops/s | allocs/op | ratio |\n|---|---:|---:|---:|---:|---:|---|\n")
+	for _, k := range order {
+		if k.impl != "caddylock" {
+			continue
+		}
+		ref := key{k.workload, "webdav", k.cpu}
+		refOps, refAllocs, ratio := "—", "—", "—"
+		if rs, ok := ops[ref]; ok {
+			refOps = fmtRate(spreadOf(rs).med)
+			refAllocs = fmt.Sprintf("%.0f", allocs[ref])
+			var ratios []float64
+			for i := range min(len(rs), len(ops[k])) {
+				ratios = append(ratios, ops[k][i]/rs[i])
+			}
+			ratio = spreadOf(ratios).ratio()
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %s | %s | %s |\n", k.workload, k.cpu,
+			fmtRate(spreadOf(ops[k]).med), allocs[k], refOps, refAllocs, ratio)
+	}
+	return b.String()
+}
+
+// lockerTargets extracts the locker's target figures: the ratio to the
+// reference on distinct keys at -cpu 1, the most allocations per op of any
+// caddy-lock workload, and the -cpu 2 / -cpu 1 ops ratio on distinct keys.
+func lockerTargets(lk lockerRuns) (distinctRatio spread, maxAllocs float64, scaling spread) {
+	var ratios, scales []float64
+	maxAllocs = -1
+	for _, run := range lk {
+		ns := map[string]float64{}
+		for _, l := range run {
+			ns[fmt.Sprintf("%s/%s/%d", l.workload, l.impl, l.cpu)] = l.nsPerOp
+			if l.impl == "caddylock" {
+				maxAllocs = max(maxAllocs, l.allocs)
+			}
+		}
+		if a, b := ns["distinct/caddylock/1"], ns["distinct/webdav/1"]; a > 0 && b > 0 {
+			ratios = append(ratios, b/a)
+		}
+		if one, two := ns["distinct/caddylock/1"], ns["distinct/caddylock/2"]; one > 0 && two > 0 {
+			scales = append(scales, one/two)
+		}
+	}
+	slices.Sort(ratios)
+	return spreadOf(ratios), maxAllocs, spreadOf(scales)
+}

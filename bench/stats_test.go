@@ -1,0 +1,59 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentileNearestRank(t *testing.T) {
+	var s []time.Duration
+	for i := 1; i <= 100; i++ {
+		s = append(s, time.Duration(i))
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 50}, {0.99, 99}, {1, 100}, {0.001, 1}} {
+		if got := percentile(s, c.q); got != c.want {
+			t.Errorf("percentile(1..100, %v) = %v, want %v", c.q, got, c.want)
+		}
+	}
+	if got := percentile(nil, 0.5); got != 0 {
+		t.Errorf("percentile of nothing = %v, want 0", got)
+	}
+}
+
+func TestSpreadMedianMinMax(t *testing.T) {
+	s := spreadOf([]float64{3, 1, 2, 5, 4})
+	if s.med != 3 || s.min != 1 || s.max != 5 || s.n != 5 {
+		t.Errorf("spreadOf(3 1 2 5 4) = %+v, want median 3, min 1, max 5", s)
+	}
+	if got := spreadOf([]float64{1, 4}).med; got != 2.5 {
+		t.Errorf("median of 1 and 4 = %v, want 2.5", got)
+	}
+	if got := s.ratio(); got != "3.00 (1.00–5.00)" {
+		t.Errorf("ratio() = %q", got)
+	}
+}
+
+func TestVerdictAgainstSpread(t *testing.T) {
+	for _, c := range []struct {
+		xs     []float64
+		bound  float64
+		higher bool
+		want   string
+	}{
+		{[]float64{0.98, 0.99, 1.0}, 0.97, true, "met"},
+		{[]float64{0.90, 0.95, 0.96}, 0.97, true, "MISSED"},
+		{[]float64{0.90, 0.98, 0.99}, 0.97, true, "met by the median"},
+		{[]float64{0.90, 0.92, 0.99}, 0.97, true, "MISSED by the median"},
+		{[]float64{1.0, 1.02, 1.01}, 1.05, false, "met"},
+		{[]float64{1.06, 1.10, 1.07}, 1.05, false, "MISSED"},
+		{[]float64{0.5}, 0.97, true, "not judged"},
+	} {
+		if got := verdict(spreadOf(c.xs), c.bound, c.higher); !strings.HasPrefix(got, c.want) {
+			t.Errorf("verdict(%v against %v) = %q, want %q...", c.xs, c.bound, got, c.want)
+		}
+	}
+}
