@@ -443,18 +443,24 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 	return d.locksFor(d.key, false, false)
 }
 
-// missing returns the locks of ls (without repeats) whose token the
-// request did not submit, or whose creator is another user.
+// missing returns the locks of ls (without repeats) that the request
+// does not hold: it holds a lock when it submitted the token and the
+// lock's creator is the request's user. Shared locks on one root are
+// held together: the token of any of them lets its holder write.
 func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
 	submitted := d.ifh.Tokens()
+	holds := func(l ExplicitLock) bool { return slices.Contains(submitted, l.Token) && d.mayUse(l) }
 	var out []ExplicitLock
 	for _, l := range ls {
-		if slices.ContainsFunc(out, func(o ExplicitLock) bool { return o.Token == l.Token }) {
+		if holds(l) || slices.ContainsFunc(out, func(o ExplicitLock) bool { return o.Token == l.Token }) {
 			continue
 		}
-		if !slices.Contains(submitted, l.Token) || !d.mayUse(l) {
-			out = append(out, l)
+		if l.Scope == Shared && slices.ContainsFunc(ls, func(o ExplicitLock) bool {
+			return o.Scope == Shared && o.Root == l.Root && holds(o)
+		}) {
+			continue
 		}
+		out = append(out, l)
 	}
 	return out
 }
