@@ -790,14 +790,14 @@ func mergeDAVHeader(h http.Header) {
 	}
 }
 
-// tokenPrefix shortens a token for logs: enough to tell locks apart,
-// not enough to use one.
+// tokenPrefix shortens a token for logs and listings: enough to tell
+// locks apart, not enough to use one.
 func tokenPrefix(t string) string {
 	const n = len("urn:uuid:") + 8
 	if len(t) <= n {
-		return t[:len(t)/2] + "…"
+		return t[:len(t)/2]
 	}
-	return t[:n] + "…"
+	return t[:n]
 }
 
 // ---------------------------------------------------------------------------
