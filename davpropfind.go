@@ -166,16 +166,19 @@ type xmlElem struct {
 // rawXML is well-formed content that declares its own namespaces.
 type rawXML []byte
 
-// parseXMLTree parses a whole document; declarations (<!…>) are refused.
+// parseXMLTree parses a whole document. As for LOCK bodies,
+// declarations (<!…>) and names that are not namespace-well-formed are
+// refused.
 func parseXMLTree(data []byte) (*xmlElem, error) {
 	dec := xml.NewDecoder(bytes.NewReader(data))
 	dec.Strict = true
+	p := lockInfoParser{d: dec}
 	var (
 		root  *xmlElem
 		stack []*xmlElem
 	)
 	for {
-		tok, err := dec.Token()
+		tok, err := p.next()
 		if err == io.EOF {
 			if root == nil || len(stack) > 0 {
 				return nil, errors.New("incomplete document")
@@ -186,8 +189,6 @@ func parseXMLTree(data []byte) (*xmlElem, error) {
 			return nil, err
 		}
 		switch t := tok.(type) {
-		case xml.Directive:
-			return nil, errors.New("declarations (<!…>) are not allowed")
 		case xml.StartElement:
 			e := &xmlElem{name: t.Name, attr: t.Copy().Attr}
 			if len(stack) > 0 {
