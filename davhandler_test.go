@@ -807,3 +807,20 @@ func TestDAVPropfind(t *testing.T) {
 		}
 	}
 }
+
+func TestDAVFullStoreGives503(t *testing.T) {
+	url, b := davSite(t, "max_locks 2")
+	for _, p := range []string{"/1", "/2", "/3"} {
+		b.put(t, p, "x")
+	}
+	t1, _ := davLock(t, url+"/1", "exclusive", "a", nil, http.StatusOK)
+	davLock(t, url+"/2", "exclusive", "a", nil, http.StatusOK)
+	r := davDo(t, "LOCK", url+"/3", fmt.Sprintf(lockBody, "exclusive", "a"), nil)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(r.body, "explicit locks") {
+		t.Fatalf("LOCK past max_locks: %d %s", r.status, r.body)
+	}
+	// Nothing was evicted: /1 is still locked.
+	assertDAVError(t, davDo(t, "PUT", url+"/1", "x", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/1")
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/1", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
+	davLock(t, url+"/3", "exclusive", "a", nil, http.StatusOK)
+}

@@ -160,6 +160,17 @@ func NewMemLockStore(maxLocks int) *MemLockStore {
 	}
 }
 
+// SetMax changes the most locks the store holds (<= 0 means
+// DefaultMaxLocks); locks already held are never dropped.
+func (s *MemLockStore) SetMax(maxLocks int) {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	s.mu.Lock()
+	s.max = maxLocks
+	s.mu.Unlock()
+}
+
 // Close stops the expiry timer; the store must not be used afterwards.
 func (s *MemLockStore) Close() {
 	s.mu.Lock()

@@ -162,6 +162,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.zone = z
 	z.locker.SetLimits(h.MaxLocks, h.MaxWaiters)
 	z.caseInsensitive.Store(h.CaseInsensitive)
+	if s, ok := z.explicit.(interface{ SetMax(int) }); ok {
+		s.SetMax(h.MaxLocks)
+	}
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	return nil
 }
