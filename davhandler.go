@@ -103,12 +103,26 @@ type davRequest struct {
 	ifh  IfHeader // parsed If header; no lists when there was none
 	xml  bool     // the client speaks WebDAV: refusals are DAV:error XML
 	done func()   // releases the in-flight locks; nil when none are held
+	// result is {http.lock.result} unless the request is refused;
+	// counted tells that the request was counted in the metrics.
+	result  string
+	counted bool
+}
+
+// settle sets {http.lock.result} and counts the request in the metrics,
+// once per request.
+func (d *davRequest) settle(result string) {
+	d.repl.Set("http.lock.result", result)
+	if !d.counted {
+		d.counted = true
+		d.h.metrics.count(result)
+	}
 }
 
 // serveDAV handles a request in WebDAV mode. kind and locks are what the
 // method takes as an in-flight lock.
 func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, key string, kind Kind, locks bool) error {
-	d := &davRequest{h: h, w: w, r: r, next: next, repl: repl, key: key, xml: isDAVClient(r)}
+	d := &davRequest{h: h, w: w, r: r, next: next, repl: repl, key: key, xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
 	if !strings.HasPrefix(key, "/") {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("lock: webdav needs a path key, got %q", key))
@@ -121,6 +135,9 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 		d.ifh = ifh
 	}
 	defer func() {
+		if !d.counted {
+			d.settle(d.result)
+		}
 		if d.done != nil {
 			d.done()
 		}
@@ -186,8 +203,7 @@ func (d *davRequest) hold(reqs []Request) error {
 			result = resultWaited
 		}
 	}
-	d.repl.Set("http.lock.result", result)
-	h.metrics.count(result)
+	d.result = result
 	h.metrics.held.Inc()
 	var once sync.Once
 	release := func() {
@@ -256,8 +272,7 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 			return d.refuseInflight(err)
 		}
 	} else {
-		d.repl.Set("http.lock.result", resultNone)
-		d.h.metrics.count(resultNone)
+		d.result = resultNone
 	}
 	if ok, err := d.checkIf(); !ok {
 		return err
@@ -272,6 +287,7 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 		}
 	}
 	d.stripIf()
+	d.settle(d.result)
 	switch r.Method {
 	case http.MethodOptions:
 		return d.next.ServeHTTP(&headerHook{ResponseWriter: d.w, hook: func(_ int, hdr http.Header) { mergeDAVHeader(hdr) }}, d.r)
@@ -326,18 +342,22 @@ func (d *davRequest) checkIf() (bool, error) {
 			hasETag = hasETag || c.ETag != ""
 		}
 	}
-	var failure error
+	// The first failure ends the evaluation; it is answered once.
+	var storeErr, headErr error
 	holds := d.ifh.Eval(d.resolveTag, func(p string) ([]string, string) {
+		if storeErr != nil || headErr != nil {
+			return nil, ""
+		}
 		tokens, err := d.stateTokens(d.h.keyOfPath(p))
 		if err != nil {
-			failure = d.storeFailed(err)
+			storeErr = err
 			return nil, ""
 		}
 		etag := ""
 		if hasETag {
 			status, hdr, err := d.sub(http.MethodHead, p, nil)
 			if err != nil {
-				failure = d.plain(http.StatusBadGateway, "checking the ETag of "+p+": "+err.Error())
+				headErr = fmt.Errorf("checking the ETag of %s: %w", p, err)
 				return nil, ""
 			}
 			if status < 300 {
@@ -346,8 +366,11 @@ func (d *davRequest) checkIf() (bool, error) {
 		}
 		return tokens, etag
 	})
-	if failure != nil {
-		return false, failure
+	switch {
+	case storeErr != nil:
+		return false, d.storeFailed(storeErr)
+	case headErr != nil:
+		return false, d.plain(http.StatusBadGateway, headErr.Error())
 	}
 	if !holds {
 		return false, d.plain(http.StatusPreconditionFailed, "the If header does not hold: "+d.ifh.String())
@@ -555,6 +578,7 @@ func (d *davRequest) lock() error {
 	}
 	d.h.logger.Debug("locked", zap.String("key", d.key), zap.String("scope", l.Scope.String()),
 		zap.String("depth", l.Depth.String()), zap.String("token", tokenPrefix(l.Token)), zap.Bool("created", created))
+	d.settle(d.result)
 	d.w.Header().Set("Lock-Token", "<"+l.Token+">")
 	status = http.StatusOK
 	if created {
@@ -635,8 +659,9 @@ func (d *davRequest) refresh() error {
 	return d.writeXML(http.StatusOK, MarshalLockDiscovery(d.active(l, true)))
 }
 
-// unlock answers UNLOCK.
+// unlock answers UNLOCK; it takes no in-flight lock.
 func (d *davRequest) unlock() error {
+	d.result = resultNone
 	token, err := ParseLockToken(d.r.Header.Get("Lock-Token"))
 	if err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
@@ -845,10 +870,10 @@ func (d *davRequest) storeFailed(err error) error {
 func (d *davRequest) refuseInflight(err error) error {
 	var conflict *ConflictError
 	if !d.xml || !errors.As(err, &conflict) {
+		d.counted = true // refuse counts it
 		return d.h.refuse(d.w, d.r, d.repl, d.key, err)
 	}
-	d.repl.Set("http.lock.result", resultConflict)
-	d.h.metrics.count(resultConflict)
+	d.settle(resultConflict)
 	retry := conflict.RetryAfter
 	if d.h.RetryAfter > 0 {
 		retry = time.Duration(d.h.RetryAfter)
@@ -865,8 +890,7 @@ func (d *davRequest) refuseInflight(err error) error {
 // naming their roots for WebDAV clients, a problem document otherwise;
 // Retry-After says when the last of them ends unless refreshed.
 func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) error {
-	d.repl.Set("http.lock.result", resultConflict)
-	d.h.metrics.count(resultConflict)
+	d.settle(resultConflict)
 	var (
 		retry time.Duration
 		hrefs []string
@@ -905,7 +929,8 @@ func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) erro
 // zone without webdav, where no client can hold a token: such locks are
 // the admin API's maintenance windows. It reports whether it answered.
 func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) (bool, error) {
-	d := &davRequest{h: h, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r)}
+	// ServeHTTP has counted the request already.
+	d := &davRequest{h: h, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
 	ls, err := h.zone.explicit.Affecting(r.Context(), key, false)
 	if err != nil {
 		return true, d.storeFailed(err)

@@ -824,3 +824,22 @@ func TestDAVFullStoreGives503(t *testing.T) {
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/1", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
 	davLock(t, url+"/3", "exclusive", "a", nil, http.StatusOK)
 }
+
+func TestDAVPlaceholders(t *testing.T) {
+	url, b := davSite(t, "")
+	// Reload with a deferred header that shows the result.
+	port := 0
+	fmt.Sscan(strings.TrimPrefix(url, "http://127.0.0.1:"), &port)
+	loadCaddy(t, port, "", "header >X-Lock {http.lock.result}\nlock {\n webdav\n zone TestDAVPlaceholders\n}\nreverse_proxy "+strings.TrimPrefix(b.URL, "http://"), nil)
+	b.put(t, "/ph", "x")
+	if r := davMust(t, http.StatusOK, "GET", url+"/ph", "", nil); r.header.Get("X-Lock") != "none" {
+		t.Fatalf("GET: X-Lock = %q, want none", r.header.Get("X-Lock"))
+	}
+	tok, _ := davLock(t, url+"/ph", "exclusive", "a", nil, http.StatusOK)
+	if r := davMust(t, http.StatusCreated, "PUT", url+"/ph", "y", ifToken(tok)); r.header.Get("X-Lock") != "acquired" {
+		t.Fatalf("PUT with the token: X-Lock = %q, want acquired", r.header.Get("X-Lock"))
+	}
+	if r := davDo(t, "PUT", url+"/ph", "y", nil); r.status != http.StatusLocked || r.header.Get("X-Lock") != "conflict" {
+		t.Fatalf("PUT without the token: %d, X-Lock = %q, want 423 conflict", r.status, r.header.Get("X-Lock"))
+	}
+}
