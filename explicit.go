@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -126,13 +127,18 @@ type LockStore interface {
 //   - expiries is a min-heap on Expires; the timer, when set, fires at
 //     its head, so expired locks go without a scan even when no call
 //     comes.
+//   - held equals len(byToken); it is also read without mu, so that
+//     Affecting on a store without locks (every write in a zone that has
+//     none) takes no zone-wide mutex.
 type MemLockStore struct {
+	held     atomic.Int64
 	mu       sync.Mutex
 	max      int
 	byToken  map[string]*memLock
 	tree     map[string]*lockNode
 	expiries expiryHeap
-	timer    *time.Timer // fires at expiries[0].Expires; nil when none is due
+	timer    *time.Timer // fires at timerAt; nil until first needed
+	timerAt  time.Time   // expiries[0].Expires when the timer is set; zero when stopped
 	closed   bool
 }
 
@@ -212,22 +218,28 @@ func (s *MemLockStore) expire(now time.Time) {
 
 func (s *MemLockStore) schedule(now time.Time) {
 	if s.closed || len(s.expiries) == 0 {
-		if s.timer != nil {
+		if s.timer != nil && !s.timerAt.IsZero() {
 			s.timer.Stop()
+			s.timerAt = time.Time{}
 		}
 		return
 	}
-	d := s.expiries[0].Expires.Sub(now)
+	at := s.expiries[0].Expires
+	if at.Equal(s.timerAt) {
+		return // set already; most changes leave the earliest expiry alone
+	}
+	s.timerAt = at
 	if s.timer == nil {
-		s.timer = time.AfterFunc(d, s.onTimer)
+		s.timer = time.AfterFunc(at.Sub(now), s.onTimer)
 	} else {
-		s.timer.Reset(d)
+		s.timer.Reset(at.Sub(now))
 	}
 }
 
 func (s *MemLockStore) onTimer() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.timerAt = time.Time{} // fired
 	if !s.closed {
 		s.expire(time.Now())
 	}
@@ -236,6 +248,7 @@ func (s *MemLockStore) onTimer() {
 // add indexes l everywhere.
 func (s *MemLockStore) add(l *memLock) {
 	s.byToken[l.Token] = l
+	s.held.Store(int64(len(s.byToken)))
 	heap.Push(&s.expiries, l)
 	n := s.node(l.Root)
 	n.locks = append(n.locks, l)
@@ -265,6 +278,7 @@ func (s *MemLockStore) node(p string) *lockNode {
 // drop removes l from every index.
 func (s *MemLockStore) drop(l *memLock) {
 	delete(s.byToken, l.Token)
+	s.held.Store(int64(len(s.byToken)))
 	heap.Remove(&s.expiries, l.index)
 	n := s.tree[l.Root]
 	n.locks = slices.DeleteFunc(n.locks, func(x *memLock) bool { return x == l })
@@ -422,13 +436,16 @@ func (s *MemLockStore) Remove(ctx context.Context, token string) (ExplicitLock, 
 
 // Affecting implements LockStore.
 func (s *MemLockStore) Affecting(ctx context.Context, key string, below bool) ([]ExplicitLock, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.held.Load() == 0 {
+		return nil, nil
+	}
 	if _, err := s.begin(ctx); err != nil {
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	if len(s.byToken) == 0 {
-		return nil, nil
-	}
 	out := s.covering(nil, key)
 	if below {
 		out = s.under(out, key)
