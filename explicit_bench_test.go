@@ -43,71 +43,53 @@ func heldLS(b *testing.B) webdav.LockSystem {
 	return ls
 }
 
+// benchParallel runs op on every CPU with a new index each time.
+func benchParallel(b *testing.B, op func(ctx context.Context, i int)) {
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		for pb.Next() {
+			op(ctx, int(next.Add(1)))
+		}
+	})
+}
+
 func BenchmarkExplicit(b *testing.B) {
 	b.Run("create-remove/caddylock", func(b *testing.B) {
 		s := heldStore(b)
-		var next atomic.Int64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			ctx := context.Background()
-			for pb.Next() {
-				l, err := s.Create(ctx, ExplicitLock{Token: NewLockToken(), Root: distinct(int(next.Add(1))), Scope: Exclusive, Timeout: time.Minute})
-				if err != nil {
-					continue
-				}
+		benchParallel(b, func(ctx context.Context, i int) {
+			l, err := s.Create(ctx, ExplicitLock{Token: NewLockToken(), Root: distinct(i), Scope: Exclusive, Timeout: time.Minute})
+			if err == nil {
 				_, _ = s.Remove(ctx, l.Token)
 			}
 		})
 	})
 	b.Run("create-remove/webdav", func(b *testing.B) {
 		ls := heldLS(b)
-		var next atomic.Int64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				now := time.Now()
-				tok, err := ls.Create(now, webdav.LockDetails{Root: distinct(int(next.Add(1))), Duration: time.Minute, ZeroDepth: true})
-				if err != nil {
-					continue
-				}
+		benchParallel(b, func(_ context.Context, i int) {
+			now := time.Now()
+			tok, err := ls.Create(now, webdav.LockDetails{Root: distinct(i), Duration: time.Minute, ZeroDepth: true})
+			if err == nil {
 				_ = ls.Unlock(now, tok)
 			}
 		})
 	})
 	b.Run("check/caddylock", func(b *testing.B) {
 		s := heldStore(b)
-		var next atomic.Int64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			ctx := context.Background()
-			for pb.Next() {
-				_, _ = s.Affecting(ctx, distinct(int(next.Add(1)))+"/file", false)
-			}
-		})
+		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, distinct(i)+"/file", false) })
 	})
 	b.Run("check/webdav", func(b *testing.B) {
 		ls := heldLS(b)
-		var next atomic.Int64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				release, err := ls.Confirm(time.Now(), distinct(int(next.Add(1)))+"/file", "")
-				if err == nil {
-					release()
-				}
+		benchParallel(b, func(_ context.Context, i int) {
+			if release, err := ls.Confirm(time.Now(), distinct(i)+"/file", ""); err == nil {
+				release()
 			}
 		})
 	})
 	b.Run("check-empty/caddylock", func(b *testing.B) {
 		s := NewMemLockStore(0)
 		b.Cleanup(s.Close)
-		var next atomic.Int64
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			ctx := context.Background()
-			for pb.Next() {
-				_, _ = s.Affecting(ctx, distinct(int(next.Add(1))), false)
-			}
-		})
+		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, distinct(i), false) })
 	})
 }
