@@ -843,3 +843,46 @@ func TestDAVPlaceholders(t *testing.T) {
 		t.Fatalf("PUT without the token: %d, X-Lock = %q, want 423 conflict", r.status, r.header.Get("X-Lock"))
 	}
 }
+
+func TestCoalesce(t *testing.T) {
+	for _, c := range []struct {
+		in, want []Request
+	}{
+		{[]Request{{Key: "/a/b", Kind: Shared}, {Key: "/a", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
+		{[]Request{{Key: "/a", Kind: Shared}, {Key: "/a/b", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
+		{[]Request{{Key: "/a", Kind: Exclusive}, {Key: "/a", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
+		{[]Request{{Key: "/a-b", Kind: Exclusive}, {Key: "/a", Kind: Shared}, {Key: "/a/b", Kind: Exclusive}},
+			[]Request{{Key: "/a", Kind: Exclusive}, {Key: "/a-b", Kind: Exclusive}}},
+		{[]Request{{Key: "/z", Kind: Exclusive}, {Key: "/", Kind: Shared}}, []Request{{Key: "/", Kind: Exclusive}}},
+	} {
+		if got := coalesce(slices.Clone(c.in)); !slices.Equal(got, c.want) {
+			t.Errorf("coalesce(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestDAVLocksSurviveReload(t *testing.T) {
+	url, b := davSite(t, "")
+	b.put(t, "/kept", "x")
+	tok, _ := davLock(t, url+"/kept", "exclusive", "a", nil, http.StatusOK)
+	port := 0
+	fmt.Sscan(strings.TrimPrefix(url, "http://127.0.0.1:"), &port)
+	// The same zone under a changed config: the lock is still there.
+	loadCaddy(t, port, "", "lock {\n webdav\n zone TestDAVLocksSurviveReload\n max_timeout 2h\n}\nreverse_proxy "+strings.TrimPrefix(b.URL, "http://"), nil)
+	assertDAVError(t, davDo(t, "PUT", url+"/kept", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/kept")
+	davMust(t, http.StatusCreated, "PUT", url+"/kept", "y", ifToken(tok))
+}
+
+// A move into the moved collection's own subtree takes one in-flight
+// lock, not two that conflict with each other.
+func TestDAVMoveIntoItself(t *testing.T) {
+	url, b := davSite(t, "")
+	b.mkdir(t, "/c")
+	r := davDo(t, "MOVE", url+"/c", "", map[string]string{"Destination": url + "/c/sub"})
+	if r.status == http.StatusLocked {
+		t.Fatalf("MOVE into its own subtree refused by its own lock: %s", r.body)
+	}
+	if b.saw("MOVE /c") != 1 {
+		t.Fatal("MOVE did not reach the backend")
+	}
+}
