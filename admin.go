@@ -135,10 +135,14 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 		for _, l := range ls {
 			out = append(out, explicitEntry(z.name, l))
 		}
-		if hl, ok := any(z.locker).(interface{ Held() []HeldLock }); ok {
+		// Tables that can list their in-flight locks (the in-memory one).
+		if hl, ok := any(z.locker).(interface {
+			Held() []HeldLock
+			Hierarchy() bool
+		}); ok {
 			for _, h := range hl.Held() {
 				out = append(out, adminLock{
-					Zone: z.name, Root: h.Key, Scope: h.Kind.String(), Depth: depthOf(z.locker.Hierarchy()),
+					Zone: z.name, Root: h.Key, Scope: h.Kind.String(), Depth: depthOf(hl.Hierarchy()),
 					Created: h.Since, InFlight: true, Holders: h.Holders, Waiting: h.Waiting,
 				})
 			}

@@ -514,9 +514,11 @@ func (d *davRequest) stripIf() {
 	}
 }
 
-// timeout reads the Timeout header.
+// timeout reads the Timeout header; "Second-0" gets the shortest lock
+// there is, one second.
 func (d *davRequest) timeout() (time.Duration, error) {
-	return ParseTimeout(d.r.Header.Get("Timeout"), time.Duration(d.h.DefaultTimeout), time.Duration(d.h.MaxTimeout))
+	t, err := ParseTimeout(d.r.Header.Get("Timeout"), time.Duration(d.h.DefaultTimeout), time.Duration(d.h.MaxTimeout))
+	return max(t, time.Second), err
 }
 
 // lock answers LOCK: a new lock, or a refresh when there is no body.

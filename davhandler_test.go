@@ -331,6 +331,12 @@ func TestDAVRefresh(t *testing.T) {
 	assertDAVError(t, r, http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
 	// No body and no If header: 400.
 	davMust(t, http.StatusBadRequest, "LOCK", url+"/r.txt", "", nil)
+	// Second-0 gets the shortest lock, not an error.
+	r = davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Second-0"})
+	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-1" {
+		t.Fatalf("refresh with Second-0: %s", r.body)
+	}
+	davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)"})
 	// A second exclusive lock: 423 no-conflicting-lock naming the root.
 	r = davDo(t, "LOCK", url+"/r.txt", fmt.Sprintf(lockBody, "exclusive", "b"), nil)
 	assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock, "/r.txt")
