@@ -330,6 +330,10 @@ func (d *davRequest) destination() (string, error) {
 	return u.Path, nil
 }
 
+// maxIfResources bounds the resources one If header may name: each may
+// cost a HEAD request to the backend.
+const maxIfResources = 32
+
 // checkIf evaluates the If header; it reports false after answering 412
 // (or 502 when the backend could not be asked for an ETag).
 func (d *davRequest) checkIf() (bool, error) {
@@ -344,8 +348,12 @@ func (d *davRequest) checkIf() (bool, error) {
 	}
 	// The first failure ends the evaluation; it is answered once.
 	var storeErr, headErr error
+	resources := 0
 	holds := d.ifh.Eval(d.resolveTag, func(p string) ([]string, string) {
 		if storeErr != nil || headErr != nil {
+			return nil, ""
+		}
+		if resources++; resources > maxIfResources {
 			return nil, ""
 		}
 		tokens, err := d.stateTokens(d.h.keyOfPath(p))
@@ -367,6 +375,8 @@ func (d *davRequest) checkIf() (bool, error) {
 		return tokens, etag
 	})
 	switch {
+	case resources > maxIfResources:
+		return false, d.plain(http.StatusBadRequest, fmt.Sprintf("the If header names more than %d resources", maxIfResources))
 	case storeErr != nil:
 		return false, d.storeFailed(storeErr)
 	case headErr != nil:

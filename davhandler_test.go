@@ -551,6 +551,7 @@ func TestDAVBadInput(t *testing.T) {
 	}{
 		{"If", "PUT", "x", map[string]string{"If": "(<urn:x"}, 400, "If header"},
 		{"If mixed", "PUT", "x", map[string]string{"If": "(<urn:x>) </b> (<urn:y>)"}, 400, "If header"},
+		{"If too many resources", "PUT", "x", map[string]string{"If": manyTags(40)}, 400, "more than 32 resources"},
 		{"Timeout", "LOCK", body, map[string]string{"Timeout": "Second-x"}, 400, "Timeout"},
 		{"Depth 1", "LOCK", body, map[string]string{"Depth": "1"}, 400, "Depth"},
 		{"Depth junk", "LOCK", body, map[string]string{"Depth": "deep"}, 400, "Depth"},
@@ -891,4 +892,14 @@ func TestDAVMoveIntoItself(t *testing.T) {
 	if b.saw("MOVE /c") != 1 {
 		t.Fatal("MOVE did not reach the backend")
 	}
+}
+
+// manyTags is an If header naming n resources, each with an ETag
+// condition.
+func manyTags(n int) string {
+	var sb strings.Builder
+	for i := range n {
+		fmt.Fprintf(&sb, `</r%d> (["e"]) `, i)
+	}
+	return sb.String()
 }
