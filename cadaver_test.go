@@ -18,13 +18,7 @@ import (
 // unlocks. Skipped when cadaver (Debian package cadaver) is not
 // installed, except under CI.
 func TestCadaver(t *testing.T) {
-	bin, err := exec.LookPath("cadaver")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("cadaver not installed; .ci/run installs it (Debian package cadaver)")
-		}
-		t.Skip("cadaver not installed (apt-get install cadaver)")
-	}
+	bin := requireTool(t, "cadaver")
 	url, b := davSite(t, "")
 	b.put(t, "/f.txt", "original")
 	dir := t.TempDir()
@@ -99,4 +93,19 @@ func (s *syncBuffer) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.buf.Len()
+}
+
+// requireTool returns the path of a program from Debian's package of the
+// same name; without it the test is skipped, except under CI, which
+// installs it.
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed; .ci/run installs it (Debian package %s)", name, name)
+		}
+		t.Skipf("%s not installed (apt-get install %s)", name, name)
+	}
+	return bin
 }

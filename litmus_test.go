@@ -23,13 +23,7 @@ import (
 // one failure allowed here; litmus stops after a failing suite, so props
 // runs on its own.
 func TestLitmus(t *testing.T) {
-	bin, err := exec.LookPath("litmus")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("litmus not installed; .ci/run installs it (Debian package litmus)")
-		}
-		t.Skip("litmus not installed (apt-get install litmus)")
-	}
+	bin := requireTool(t, "litmus")
 	url, _ := davSite(t, "")
 	summary := regexp.MustCompile("summary for `(\\w+)': of (\\d+) tests run: (\\d+) passed, (\\d+) failed")
 	for _, run := range []struct {
