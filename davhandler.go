@@ -321,7 +321,7 @@ func (d *davRequest) destination() (string, error) {
 	if err != nil || (u.Host == "" && !strings.HasPrefix(u.Path, "/")) {
 		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: expected an absolute URI or path", v))
 	}
-	if u.Host != "" && !strings.EqualFold(u.Host, d.r.Host) {
+	if u.Host != "" && !sameHost(u, d.r.Host) {
 		return "", d.plain(http.StatusBadGateway, fmt.Sprintf("Destination %.200q is on another server", v))
 	}
 	if u.Path == "" {
@@ -388,6 +388,22 @@ func (d *davRequest) checkIf() (bool, error) {
 	return true, nil
 }
 
+// sameHost reports whether the absolute URI u names the host the client
+// sent the request to, ignoring case and the scheme's default port.
+func sameHost(u *url.URL, requestHost string) bool {
+	strip := func(h string) string {
+		h = strings.ToLower(h)
+		switch {
+		case u.Scheme == "http" && strings.HasSuffix(h, ":80"):
+			return strings.TrimSuffix(h, ":80")
+		case u.Scheme == "https" && strings.HasSuffix(h, ":443"):
+			return strings.TrimSuffix(h, ":443")
+		}
+		return h
+	}
+	return strip(u.Host) == strip(requestHost)
+}
+
 // resolveTag maps an If header resource tag to the path it names: the
 // request path for untagged lists; tags must name this host.
 func (d *davRequest) resolveTag(tag string) (string, bool) {
@@ -395,7 +411,7 @@ func (d *davRequest) resolveTag(tag string) (string, bool) {
 		return d.r.URL.Path, true
 	}
 	u, err := url.Parse(tag)
-	if err != nil || (u.Host != "" && !strings.EqualFold(u.Host, d.r.Host)) {
+	if err != nil || (u.Host != "" && !sameHost(u, d.r.Host)) {
 		return "", false
 	}
 	if u.Path == "" {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,10 +128,19 @@ func (b *davBackend) mkdir(t *testing.T, p string) {
 // lines) in front of a new davBackend, in a zone of its own.
 func davSite(t *testing.T, extra string) (string, *davBackend) {
 	t.Helper()
+	return davSiteAfter(t, "", extra)
+}
+
+// davSiteAfter is davSite with directives (pre) before the lock handler.
+func davSiteAfter(t *testing.T, pre, extra string) (string, *davBackend) {
+	t.Helper()
 	b := newDAVBackend(t)
+	return startCaddy(t, davSiteConfig(t, b, pre, extra), nil), b
+}
+
+func davSiteConfig(t *testing.T, b *davBackend, pre, extra string) string {
 	zone := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
-	site := fmt.Sprintf("lock {\n webdav\n zone %s\n %s\n}\nreverse_proxy %s\n", zone, extra, strings.TrimPrefix(b.URL, "http://"))
-	return startCaddy(t, site, nil), b
+	return fmt.Sprintf("%s\nlock {\n webdav\n zone %s\n %s\n}\nreverse_proxy %s\n", pre, zone, extra, strings.TrimPrefix(b.URL, "http://"))
 }
 
 // davDo sends a request with a body (may be "") and headers.
@@ -599,15 +609,8 @@ func TestDAVOwnerBinding(t *testing.T) {
 		}
 		return string(h)
 	}
-	url, b := davSite(t, "")
-	// Reload with basic_auth in front (the standard order runs it first).
-	zone := "TestDAVOwnerBinding"
-	site := fmt.Sprintf("basic_auth {\n alice %s\n bob %s\n}\nlock {\n webdav\n zone %s\n}\nreverse_proxy %s\n",
-		hash("a"), hash("b"), zone, strings.TrimPrefix(b.URL, "http://"))
-	port := strings.TrimPrefix(url, "http://127.0.0.1:")
-	var p int
-	fmt.Sscan(port, &p)
-	loadCaddy(t, p, "", site, nil)
+	// basic_auth runs before lock in the standard order.
+	url, b := davSiteAfter(t, fmt.Sprintf("basic_auth {\n alice %s\n bob %s\n}", hash("a"), hash("b")), "")
 	b.put(t, "/owned", "x")
 	as := func(user, pw string, h map[string]string) map[string]string {
 		out := map[string]string{"Authorization": "Basic " + basicAuth(user, pw)}
@@ -833,11 +836,8 @@ func TestDAVFullStoreGives503(t *testing.T) {
 }
 
 func TestDAVPlaceholders(t *testing.T) {
-	url, b := davSite(t, "")
-	// Reload with a deferred header that shows the result.
-	port := 0
-	fmt.Sscan(strings.TrimPrefix(url, "http://127.0.0.1:"), &port)
-	loadCaddy(t, port, "", "header >X-Lock {http.lock.result}\nlock {\n webdav\n zone TestDAVPlaceholders\n}\nreverse_proxy "+strings.TrimPrefix(b.URL, "http://"), nil)
+	// A deferred header shows the result.
+	url, b := davSiteAfter(t, "header >X-Lock {http.lock.result}", "")
 	b.put(t, "/ph", "x")
 	if r := davMust(t, http.StatusOK, "GET", url+"/ph", "", nil); r.header.Get("X-Lock") != "none" {
 		t.Fatalf("GET: X-Lock = %q, want none", r.header.Get("X-Lock"))
@@ -875,7 +875,14 @@ func TestDAVLocksSurviveReload(t *testing.T) {
 	port := 0
 	fmt.Sscan(strings.TrimPrefix(url, "http://127.0.0.1:"), &port)
 	// The same zone under a changed config: the lock is still there.
-	loadCaddy(t, port, "", "lock {\n webdav\n zone TestDAVLocksSurviveReload\n max_timeout 2h\n}\nreverse_proxy "+strings.TrimPrefix(b.URL, "http://"), nil)
+	loadCaddy(t, port, "", davSiteConfig(t, b, "header X-Config two", "max_timeout 2h"), nil)
+	// The old server closes its connections; wait until the new one
+	// answers.
+	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
+		http.DefaultClient.CloseIdleConnections()
+		r := do(http.DefaultClient, "GET", url+"/kept", nil)
+		return r.err == nil && r.header.Get("X-Config") == "two"
+	})
 	assertDAVError(t, davDo(t, "PUT", url+"/kept", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/kept")
 	davMust(t, http.StatusCreated, "PUT", url+"/kept", "y", ifToken(tok))
 }
@@ -902,4 +909,27 @@ func manyTags(n int) string {
 		fmt.Fprintf(&sb, `</r%d> (["e"]) `, i)
 	}
 	return sb.String()
+}
+
+func TestSameHost(t *testing.T) {
+	for _, c := range []struct {
+		uri, host string
+		want      bool
+	}{
+		{"http://Example.com/x", "example.com", true},
+		{"http://example.com:80/x", "example.com", true},
+		{"https://example.com:443/x", "example.com", true},
+		{"https://example.com/x", "example.com:443", true},
+		{"http://example.com:8080/x", "example.com", false},
+		{"https://example.com:80/x", "example.com", false},
+		{"http://other.com/x", "example.com", false},
+	} {
+		u, err := url.Parse(c.uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sameHost(u, c.host); got != c.want {
+			t.Errorf("sameHost(%s, %s) = %v", c.uri, c.host, got)
+		}
+	}
 }
