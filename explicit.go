@@ -384,8 +384,9 @@ func (s *MemLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLock
 	return l, nil
 }
 
-// Refresh implements LockStore.
-func (s *MemLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (ExplicitLock, error) {
+// withToken runs fn on the live lock with token, under mu; ErrNoSuchLock
+// when there is none.
+func (s *MemLockStore) withToken(ctx context.Context, token string, fn func(now time.Time, l *memLock) error) (ExplicitLock, error) {
 	now, err := s.begin(ctx)
 	if err != nil {
 		return ExplicitLock{}, err
@@ -395,43 +396,38 @@ func (s *MemLockStore) Refresh(ctx context.Context, token string, timeout time.D
 	if !ok {
 		return ExplicitLock{}, ErrNoSuchLock
 	}
-	if timeout <= 0 {
-		return ExplicitLock{}, fmt.Errorf("refreshing lock on %s: timeout must be positive", l.Root)
+	if err := fn(now, l); err != nil {
+		return ExplicitLock{}, err
 	}
-	l.Timeout = timeout
-	l.Expires = now.Add(timeout)
-	heap.Fix(&s.expiries, l.index)
-	s.schedule(now)
 	return l.ExplicitLock, nil
+}
+
+// Refresh implements LockStore.
+func (s *MemLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (ExplicitLock, error) {
+	return s.withToken(ctx, token, func(now time.Time, l *memLock) error {
+		if timeout <= 0 {
+			return fmt.Errorf("refreshing lock on %s: timeout must be positive", l.Root)
+		}
+		l.Timeout = timeout
+		l.Expires = now.Add(timeout)
+		heap.Fix(&s.expiries, l.index)
+		s.schedule(now)
+		return nil
+	})
 }
 
 // Get implements LockStore.
 func (s *MemLockStore) Get(ctx context.Context, token string) (ExplicitLock, error) {
-	if _, err := s.begin(ctx); err != nil {
-		return ExplicitLock{}, err
-	}
-	defer s.mu.Unlock()
-	l, ok := s.byToken[token]
-	if !ok {
-		return ExplicitLock{}, ErrNoSuchLock
-	}
-	return l.ExplicitLock, nil
+	return s.withToken(ctx, token, func(time.Time, *memLock) error { return nil })
 }
 
 // Remove implements LockStore.
 func (s *MemLockStore) Remove(ctx context.Context, token string) (ExplicitLock, error) {
-	now, err := s.begin(ctx)
-	if err != nil {
-		return ExplicitLock{}, err
-	}
-	defer s.mu.Unlock()
-	l, ok := s.byToken[token]
-	if !ok {
-		return ExplicitLock{}, ErrNoSuchLock
-	}
-	s.drop(l)
-	s.schedule(now)
-	return l.ExplicitLock, nil
+	return s.withToken(ctx, token, func(now time.Time, l *memLock) error {
+		s.drop(l)
+		s.schedule(now)
+		return nil
+	})
 }
 
 // Affecting implements LockStore.
