@@ -968,3 +968,12 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 	}
 	return true, d.refuseExplicit(ls, CondLockTokenSubmitted)
 }
+
+// Interface guards
+var (
+	_ http.ResponseWriter = (*subResponse)(nil)
+	_ http.ResponseWriter = (*headerHook)(nil)
+	_ http.Flusher        = (*headerHook)(nil)
+	_ http.ResponseWriter = (*multiStatusBuffer)(nil)
+	_ http.Flusher        = (*multiStatusBuffer)(nil)
+)
