@@ -481,10 +481,13 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 		if err != nil {
 			return nil, err
 		}
-		if n := slices.IndexFunc(ls, func(l ExplicitLock) bool { return !l.Covers(d.key) }); n >= 0 {
+		collectionLock := func(l ExplicitLock) bool { return !l.Covers(d.key) }
+		if slices.ContainsFunc(ls, collectionLock) {
+			// An existing resource keeps the member list as it is; when
+			// the backend cannot say, the collection's lock stays needed.
 			status, _, err := d.sub(http.MethodHead, d.r.URL.Path, nil)
 			if err == nil && status != http.StatusNotFound && status != http.StatusGone {
-				ls = slices.DeleteFunc(ls, func(l ExplicitLock) bool { return !l.Covers(d.key) })
+				ls = slices.DeleteFunc(ls, collectionLock)
 			}
 		}
 		return ls, nil
