@@ -1,6 +1,7 @@
 package caddylock
 
 import (
+	"math"
 	"strconv"
 	"strings"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -38,6 +40,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_locks         <n>
 //		zone              <name>
 //		use_handle_errors
+//		webdav
+//		max_timeout       <duration>
+//		default_timeout   <duration>
+//		max_lock_body     <size>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -69,7 +75,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.Shared = append(h.Shared, methods...)
 			}
-		case "hierarchy", "case_insensitive", "use_handle_errors":
+		case "hierarchy", "case_insensitive", "use_handle_errors", "webdav":
 			if d.NextArg() {
 				return d.Errf("lock: %s takes no arguments, got %q", sub, d.Val())
 			}
@@ -78,6 +84,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Hierarchy = true
 			case "case_insensitive":
 				h.CaseInsensitive = true
+			case "webdav":
+				h.WebDAV = true
 			default:
 				h.UseHandleErrors = true
 			}
@@ -107,6 +115,29 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.MaxLocks = n
 			}
+		case "max_timeout", "default_timeout":
+			dur, err := durationArg(d, sub)
+			if err != nil {
+				return err
+			}
+			if dur == 0 {
+				return d.Errf("lock: %s: expected a positive duration, got 0", sub)
+			}
+			if sub == "max_timeout" {
+				h.MaxTimeout = dur
+			} else {
+				h.DefaultTimeout = dur
+			}
+		case "max_lock_body":
+			val, err := oneArg(d, sub, "a size such as 64KiB", "size")
+			if err != nil {
+				return err
+			}
+			n, err := humanize.ParseBytes(val)
+			if err != nil || n == 0 || n > math.MaxInt64 {
+				return d.Errf("lock: max_lock_body: expected a positive size such as 64KiB or 1MB, got %q", val)
+			}
+			h.MaxLockBody = int64(n)
 		case "zone":
 			zone, err := oneArg(d, sub, "a zone name", "name")
 			if err != nil {
@@ -115,7 +146,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Zone = zone
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
-				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors", sub)
+				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors, "+
+				"webdav, max_timeout, default_timeout, max_lock_body", sub)
 		}
 	}
 	return nil

@@ -48,6 +48,13 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		}},
 		{"repeated method lists add up", "lock {\n exclusive PUT\n exclusive DELETE\n}", Handler{Exclusive: []string{"PUT", "DELETE"}}},
 		{"day durations", "lock {\n max_hold 1d\n}", Handler{MaxHold: caddy.Duration(24 * time.Hour)}},
+		{"webdav", "lock {\n webdav\n max_timeout 2h\n default_timeout 5m\n max_lock_body 64KiB\n}", Handler{
+			WebDAV:         true,
+			MaxTimeout:     caddy.Duration(2 * time.Hour),
+			DefaultTimeout: caddy.Duration(5 * time.Minute),
+			MaxLockBody:    64 << 10,
+		}},
+		{"lock body in MB", "lock {\n webdav\n max_lock_body 1MB\n}", Handler{WebDAV: true, MaxLockBody: 1000000}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler
@@ -84,6 +91,12 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"lock {\n\thierarchy yes\n}", `hierarchy takes no arguments, got "yes"`},
 		{"lock {\n\twait 1s 2s\n}", `wait: expected one duration, got also "2s"`},
 		{"lock extra", `unexpected argument "extra"`},
+		{"lock {\n\twebdav on\n}", `webdav takes no arguments, got "on"`},
+		{"lock {\n\tmax_timeout 0s\n}", `max_timeout: expected a positive duration`},
+		{"lock {\n\tdefault_timeout forever\n}", `default_timeout: expected a duration such as 500ms or 30s, got "forever"`},
+		{"lock {\n\tmax_lock_body lots\n}", `max_lock_body: expected a positive size such as 64KiB or 1MB, got "lots"`},
+		{"lock {\n\tmax_lock_body 0\n}", `max_lock_body: expected a positive size`},
+		{"lock {\n\tmax_lock_body\n}", `max_lock_body: expected a size such as 64KiB`},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			input := "example.com {\n" + tc.block + "\n\treverse_proxy localhost:9000\n}\n"
@@ -113,6 +126,9 @@ func TestValidateErrors(t *testing.T) {
 		{Handler{Shared: []string{"GE T"}}, "is not an HTTP method"},
 		{Handler{Wait: -1}, "wait must not be negative"},
 		{Handler{MaxLocks: -1}, "must not be negative"},
+		{Handler{WebDAV: true, Key: "{http.request.header.X-Doc}"}, "webdav locks resources by their path, so key must be left out"},
+		{Handler{MaxTimeout: caddy.Duration(time.Hour)}, "need webdav"},
+		{Handler{WebDAV: true, MaxTimeout: caddy.Duration(time.Minute), DefaultTimeout: caddy.Duration(time.Hour)}, "default_timeout 1h0m0s is longer than max_timeout 1m0s"},
 	} {
 		if err := tc.h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.h, err, tc.want)

@@ -10,10 +10,14 @@ package caddylock
 // implementations keep the same rules, stated on each method.
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -110,3 +114,400 @@ type LockStore interface {
 	// List returns every lock of the zone, ordered by Root then Token.
 	List(ctx context.Context) ([]ExplicitLock, error)
 }
+
+// MemLockStore is the in-memory LockStore of one zone.
+//
+// Invariants, kept under mu:
+//   - Every live lock is in byToken, in exactly one tree node's locks
+//     (the node of its Root), and in expiries at its index.
+//   - A tree node exists exactly while it or a node below it holds a
+//     lock: count is the number of locks rooted at the node or below, and
+//     the node is deleted (and unlinked from its parent) when it drops to
+//     0. Affecting therefore visits only paths that hold locks.
+//   - expiries is a min-heap on Expires; the timer, when set, fires at
+//     its head, so expired locks go without a scan even when no call
+//     comes.
+//   - held equals len(byToken); it is also read without mu, so that
+//     Affecting on a store without locks (every write in a zone that has
+//     none) takes no zone-wide mutex.
+type MemLockStore struct {
+	held     atomic.Int64
+	mu       sync.Mutex
+	max      int
+	byToken  map[string]*memLock
+	tree     map[string]*lockNode
+	expiries expiryHeap
+	timer    *time.Timer // fires at timerAt; nil until first needed
+	timerAt  time.Time   // expiries[0].Expires when the timer is set; zero when stopped
+	closed   bool
+}
+
+type memLock struct {
+	ExplicitLock
+	index int // position in expiries
+}
+
+type lockNode struct {
+	locks    []*memLock          // rooted exactly here
+	children map[string]struct{} // child paths whose subtree holds locks
+	count    int                 // locks rooted here or below
+}
+
+// NewMemLockStore returns an empty store that holds at most maxLocks
+// locks (<= 0 means DefaultMaxLocks); past it Create fails with ErrFull.
+func NewMemLockStore(maxLocks int) *MemLockStore {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	return &MemLockStore{
+		max:     maxLocks,
+		byToken: make(map[string]*memLock),
+		tree:    make(map[string]*lockNode),
+	}
+}
+
+// SetMax changes the most locks the store holds (<= 0 means
+// DefaultMaxLocks); locks already held are never dropped.
+func (s *MemLockStore) SetMax(maxLocks int) {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	s.mu.Lock()
+	s.max = maxLocks
+	s.mu.Unlock()
+}
+
+// Close stops the expiry timer; the store must not be used afterwards.
+func (s *MemLockStore) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+}
+
+// Len reports how many locks the store holds, expired ones included
+// until they are dropped.
+func (s *MemLockStore) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byToken)
+}
+
+// begin locks the store after checking ctx and drops expired locks.
+func (s *MemLockStore) begin(ctx context.Context) (time.Time, error) {
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, err
+	}
+	s.mu.Lock()
+	now := time.Now()
+	s.expire(now)
+	return now, nil
+}
+
+// expire drops the locks whose time has come and sets the timer for the
+// next one.
+func (s *MemLockStore) expire(now time.Time) {
+	for len(s.expiries) > 0 && !s.expiries[0].Expires.After(now) {
+		s.drop(s.expiries[0])
+	}
+	s.schedule(now)
+}
+
+func (s *MemLockStore) schedule(now time.Time) {
+	if s.closed || len(s.expiries) == 0 {
+		if s.timer != nil && !s.timerAt.IsZero() {
+			s.timer.Stop()
+			s.timerAt = time.Time{}
+		}
+		return
+	}
+	at := s.expiries[0].Expires
+	if at.Equal(s.timerAt) {
+		return // set already; most changes leave the earliest expiry alone
+	}
+	s.timerAt = at
+	if s.timer == nil {
+		s.timer = time.AfterFunc(at.Sub(now), s.onTimer)
+	} else {
+		s.timer.Reset(at.Sub(now))
+	}
+}
+
+func (s *MemLockStore) onTimer() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.timerAt = time.Time{} // fired
+	if !s.closed {
+		s.expire(time.Now())
+	}
+}
+
+// add indexes l everywhere.
+func (s *MemLockStore) add(l *memLock) {
+	s.byToken[l.Token] = l
+	s.held.Store(int64(len(s.byToken)))
+	heap.Push(&s.expiries, l)
+	n := s.node(l.Root)
+	n.locks = append(n.locks, l)
+	n.count++
+	child := l.Root
+	ancestors(l.Root, func(a string) bool {
+		an := s.node(a)
+		an.count++
+		if an.children == nil {
+			an.children = make(map[string]struct{})
+		}
+		an.children[child] = struct{}{}
+		child = a
+		return true
+	})
+}
+
+func (s *MemLockStore) node(p string) *lockNode {
+	n, ok := s.tree[p]
+	if !ok {
+		n = &lockNode{}
+		s.tree[p] = n
+	}
+	return n
+}
+
+// drop removes l from every index.
+func (s *MemLockStore) drop(l *memLock) {
+	delete(s.byToken, l.Token)
+	s.held.Store(int64(len(s.byToken)))
+	heap.Remove(&s.expiries, l.index)
+	n := s.tree[l.Root]
+	n.locks = slices.DeleteFunc(n.locks, func(x *memLock) bool { return x == l })
+	s.release(l.Root, n)
+	child, emptied := l.Root, n.count == 0
+	ancestors(l.Root, func(a string) bool {
+		an := s.tree[a]
+		if emptied {
+			delete(an.children, child)
+		}
+		s.release(a, an)
+		child, emptied = a, an.count == 0
+		return true
+	})
+}
+
+func (s *MemLockStore) release(p string, n *lockNode) {
+	n.count--
+	if n.count == 0 {
+		delete(s.tree, p)
+	}
+}
+
+// covering appends the live locks whose scope includes key.
+func (s *MemLockStore) covering(out []ExplicitLock, key string) []ExplicitLock {
+	if n, ok := s.tree[key]; ok {
+		for _, l := range n.locks {
+			out = append(out, l.ExplicitLock)
+		}
+	}
+	ancestors(key, func(a string) bool {
+		if n, ok := s.tree[a]; ok {
+			for _, l := range n.locks {
+				if l.Depth == DepthInfinity {
+					out = append(out, l.ExplicitLock)
+				}
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// under appends the locks rooted strictly below key.
+func (s *MemLockStore) under(out []ExplicitLock, key string) []ExplicitLock {
+	n, ok := s.tree[key]
+	if !ok {
+		return out
+	}
+	for c := range n.children {
+		cn := s.tree[c]
+		for _, l := range cn.locks {
+			out = append(out, l.ExplicitLock)
+		}
+		out = s.under(out, c)
+	}
+	return out
+}
+
+func sortLocks(ls []ExplicitLock) {
+	slices.SortFunc(ls, func(a, b ExplicitLock) int {
+		if c := strings.Compare(a.Root, b.Root); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Token, b.Token)
+	})
+}
+
+// Create implements LockStore.
+func (s *MemLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLock, error) {
+	now, err := s.begin(ctx)
+	if err != nil {
+		return ExplicitLock{}, err
+	}
+	defer s.mu.Unlock()
+	if l.Token == "" || l.Timeout <= 0 {
+		return ExplicitLock{}, fmt.Errorf("creating lock on %s: token and a positive timeout are required", l.Root)
+	}
+	if _, dup := s.byToken[l.Token]; dup {
+		return ExplicitLock{}, fmt.Errorf("creating lock on %s: token already in use", l.Root)
+	}
+	held := s.covering(nil, l.Root)
+	if l.Depth == DepthInfinity {
+		held = s.under(held, l.Root)
+	}
+	var conflicts []ExplicitLock
+	for _, h := range held {
+		if h.Scope == Exclusive || l.Scope == Exclusive {
+			conflicts = append(conflicts, h)
+		}
+	}
+	if len(conflicts) > 0 {
+		sortLocks(conflicts)
+		return ExplicitLock{}, &LockConflictError{Conflicts: conflicts}
+	}
+	if len(s.byToken) >= s.max {
+		return ExplicitLock{}, fmt.Errorf("creating lock on %s: the zone holds its maximum of %d explicit locks: %w", l.Root, s.max, ErrFull)
+	}
+	l.Created = now
+	l.Expires = now.Add(l.Timeout)
+	s.add(&memLock{ExplicitLock: l})
+	s.schedule(now)
+	return l, nil
+}
+
+// withToken runs fn on the live lock with token, under mu; ErrNoSuchLock
+// when there is none.
+func (s *MemLockStore) withToken(ctx context.Context, token string, fn func(now time.Time, l *memLock) error) (ExplicitLock, error) {
+	now, err := s.begin(ctx)
+	if err != nil {
+		return ExplicitLock{}, err
+	}
+	defer s.mu.Unlock()
+	l, ok := s.byToken[token]
+	if !ok {
+		return ExplicitLock{}, ErrNoSuchLock
+	}
+	if err := fn(now, l); err != nil {
+		return ExplicitLock{}, err
+	}
+	return l.ExplicitLock, nil
+}
+
+// Refresh implements LockStore.
+func (s *MemLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (ExplicitLock, error) {
+	return s.withToken(ctx, token, func(now time.Time, l *memLock) error {
+		if timeout <= 0 {
+			return fmt.Errorf("refreshing lock on %s: timeout must be positive", l.Root)
+		}
+		l.Timeout = timeout
+		l.Expires = now.Add(timeout)
+		heap.Fix(&s.expiries, l.index)
+		s.schedule(now)
+		return nil
+	})
+}
+
+// Get implements LockStore.
+func (s *MemLockStore) Get(ctx context.Context, token string) (ExplicitLock, error) {
+	return s.withToken(ctx, token, func(time.Time, *memLock) error { return nil })
+}
+
+// Remove implements LockStore.
+func (s *MemLockStore) Remove(ctx context.Context, token string) (ExplicitLock, error) {
+	return s.withToken(ctx, token, func(now time.Time, l *memLock) error {
+		s.drop(l)
+		s.schedule(now)
+		return nil
+	})
+}
+
+// Affecting implements LockStore.
+func (s *MemLockStore) Affecting(ctx context.Context, key string, below bool) ([]ExplicitLock, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.held.Load() == 0 {
+		return nil, nil
+	}
+	if _, err := s.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	out := s.covering(nil, key)
+	if below {
+		out = s.under(out, key)
+	}
+	sortLocks(out)
+	return out, nil
+}
+
+// RemoveUnder implements LockStore.
+func (s *MemLockStore) RemoveUnder(ctx context.Context, key string) (int, error) {
+	now, err := s.begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	var gone []*memLock
+	if n, ok := s.tree[key]; ok {
+		gone = append(gone, n.locks...)
+	}
+	for _, l := range s.under(nil, key) {
+		gone = append(gone, s.byToken[l.Token])
+	}
+	for _, l := range gone {
+		s.drop(l)
+	}
+	s.schedule(now)
+	return len(gone), nil
+}
+
+// List implements LockStore.
+func (s *MemLockStore) List(ctx context.Context) ([]ExplicitLock, error) {
+	if _, err := s.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	out := make([]ExplicitLock, 0, len(s.byToken))
+	for _, l := range s.byToken {
+		out = append(out, l.ExplicitLock)
+	}
+	sortLocks(out)
+	return out, nil
+}
+
+// expiryHeap orders locks by Expires (container/heap); each lock knows
+// its index so that Refresh and Remove can fix or remove it in O(log n).
+type expiryHeap []*memLock
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].Expires.Before(h[j].Expires) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *expiryHeap) Push(x any) {
+	l := x.(*memLock)
+	l.index = len(*h)
+	*h = append(*h, l)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	l.index = -1
+	return l
+}
+
+// Interface guard
+var _ LockStore = (*MemLockStore)(nil)

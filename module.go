@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -100,6 +101,24 @@ type Handler struct {
 	// Retry-After is set either way.
 	UseHandleErrors bool `json:"use_handle_errors,omitempty"`
 
+	// WebDAV answers LOCK and UNLOCK (RFC 4918) here and enforces the
+	// lock tokens they issue on every write, so that a backend without
+	// lock support gets class 2 locking. It keys by path and turns on
+	// hierarchy. Default: off.
+	WebDAV bool `json:"webdav,omitempty"`
+
+	// MaxTimeout clamps the timeout of a WebDAV lock, also "Infinite".
+	// Default: 1h.
+	MaxTimeout caddy.Duration `json:"max_timeout,omitempty"`
+
+	// DefaultTimeout is the timeout of a WebDAV lock whose LOCK request
+	// has no Timeout header. Default: 10m.
+	DefaultTimeout caddy.Duration `json:"default_timeout,omitempty"`
+
+	// MaxLockBody is the largest LOCK request body accepted, in bytes;
+	// a larger one gets 413. Default: 65536.
+	MaxLockBody int64 `json:"max_lock_body,omitempty"`
+
 	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
 	defExcl bool            // methods not listed take an exclusive lock
 	zone    *zone
@@ -124,6 +143,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxHold == 0 {
 		h.MaxHold = caddy.Duration(DefaultMaxHold)
 	}
+	if h.WebDAV {
+		h.provisionDAV()
+	}
 	h.kinds = make(map[string]Kind)
 	h.defExcl = len(h.Exclusive) == 0
 	for _, m := range h.Exclusive {
@@ -139,6 +161,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.zone = z
 	z.locker.SetLimits(h.MaxLocks, h.MaxWaiters)
+	z.caseInsensitive.Store(h.CaseInsensitive)
+	if s, ok := z.explicit.(interface{ SetMax(int) }); ok {
+		s.SetMax(h.MaxLocks)
+	}
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	return nil
 }
@@ -166,7 +192,7 @@ func (h *Handler) Validate() error {
 	if h.MaxLocks < 0 || h.MaxWaiters < 0 {
 		return fmt.Errorf("lock: max_locks and max_waiters must not be negative")
 	}
-	return nil
+	return h.validateDAV()
 }
 
 // Cleanup lets go of the zone; its locks live on while another config
@@ -217,7 +243,7 @@ const (
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	kind, ok := h.kindOf(r.Method)
-	if !ok {
+	if !ok && !h.WebDAV {
 		repl.Set("http.lock.key", "")
 		repl.Set("http.lock.result", resultNone)
 		h.metrics.count(resultNone)
@@ -225,6 +251,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	key := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
+	if h.WebDAV {
+		return h.serveDAV(w, r, next, repl, key, kind, ok)
+	}
 
 	start := time.Now()
 	lease, err := h.zone.locker.Acquire(r.Context(), Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
@@ -263,6 +292,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		cancel()
 		release()
 	}()
+	if kind == Exclusive {
+		if refused, err := h.refuseMaintenance(w, r, repl, key); refused {
+			return err
+		}
+	}
 	return next.ServeHTTP(w, r.WithContext(holdCtx))
 }
 
@@ -299,6 +333,10 @@ type problemLock struct {
 	Kind        string  `json:"kind"`
 	Below       bool    `json:"below,omitempty"`
 	HeldSeconds float64 `json:"held_seconds"`
+	// Explicit marks a lock taken with LOCK or the admin API, which
+	// ends at Expires unless refreshed.
+	Explicit bool       `json:"explicit,omitempty"`
+	Expires  *time.Time `json:"expires,omitempty"`
 }
 
 // refuse answers a request whose lock was not granted: 423 for a
@@ -340,10 +378,17 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 	if h.RetryAfter > 0 {
 		retry = time.Duration(h.RetryAfter)
 	}
+	return h.writeRefusal(w, p, retry, fmt.Errorf("lock %s: %w", key, err))
+}
+
+// writeRefusal writes a refusal with Retry-After (whole seconds, at
+// least 1) and problem p as its body, or hands it to handle_errors.
+func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Duration, err error) error {
+	status := p.Status
 	secs := max(1, int64((retry+time.Second-1)/time.Second))
 	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	if h.UseHandleErrors {
-		return caddyhttp.Error(status, fmt.Errorf("lock %s: %w", key, err))
+		return caddyhttp.Error(status, err)
 	}
 	body, merr := json.Marshal(p)
 	if merr != nil {
@@ -363,11 +408,23 @@ var zones = caddy.NewUsagePool()
 
 type zone struct {
 	poolKey string
+	name    string
 	locker  *MemLocker
+	// explicit holds the zone's WebDAV and admin locks.
+	explicit LockStore
+	// caseInsensitive is the setting of the handler provisioned last,
+	// for paths given to the admin API.
+	caseInsensitive atomic.Bool
 }
 
-// Destruct implements caddy.Destructor; an in-memory table needs nothing.
-func (*zone) Destruct() error { return nil }
+// Destruct implements caddy.Destructor: it stops the explicit store's
+// expiry timer.
+func (z *zone) Destruct() error {
+	if c, ok := z.explicit.(interface{ Close() }); ok {
+		c.Close()
+	}
+	return nil
+}
 
 func loadZone(name string, hierarchy bool) (*zone, error) {
 	// The hierarchy flag is part of the table's structure, so a zone
@@ -377,7 +434,7 @@ func loadZone(name string, hierarchy bool) (*zone, error) {
 		poolKey += "\x00hierarchy"
 	}
 	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return &zone{poolKey: poolKey, locker: NewMemLocker(hierarchy, 0, 0)}, nil
+		return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: NewMemLockStore(0)}, nil
 	})
 	if err != nil {
 		return nil, err

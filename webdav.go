@@ -833,7 +833,7 @@ func (p *lockInfoParser) next() (xml.Token, error) {
 }
 
 func (p *lockInfoParser) checkName(n xml.Name, what string) error {
-	if n.Local == "" || strings.Contains(n.Local, ":") {
+	if !isNCName(n.Local) {
 		return invalidLockInfo("invalid %s name %q", what, n.Local)
 	}
 	switch n.Space {
@@ -851,6 +851,22 @@ func (p *lockInfoParser) checkName(n xml.Name, what string) error {
 		}
 	}
 	return invalidLockInfo("%s %s:%s uses an undeclared namespace prefix", what, n.Space, n.Local)
+}
+
+// isNCName reports whether a name that encoding/xml accepted as an XML
+// Name is also a valid local name (NCName): no colon, and not starting
+// with a character that may only follow the first.
+func isNCName(s string) bool {
+	if s == "" || strings.Contains(s, ":") {
+		return false
+	}
+	r, _ := utf8.DecodeRuneInString(s)
+	switch {
+	case r >= '0' && r <= '9', r == '-', r == '.', r == 0xb7,
+		r >= 0x300 && r <= 0x36f, r == 0x203f, r == 0x2040:
+		return false
+	}
+	return true
 }
 
 // document parses the whole body: one DAV:lockinfo root element with

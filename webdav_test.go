@@ -1134,3 +1134,29 @@ func FuzzParseLockInfo(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseDepth(f *testing.F) {
+	// RFC 4918 section 10.2 values, and what clients get wrong.
+	for _, s := range []string{"0", "1", "infinity", "Infinity", "", " 0 ", "2", "-1", "infinite", "0, 1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDepth(s, DepthInfinity)
+		if err != nil {
+			if _, lerr := ParseLockDepth(s); lerr == nil {
+				t.Fatalf("ParseLockDepth(%q) accepts what ParseDepth refuses", s)
+			}
+			return
+		}
+		if d != DepthZero && d != DepthOne && d != DepthInfinity {
+			t.Fatalf("ParseDepth(%q) = %d", s, d)
+		}
+		if back, err := ParseDepth(d.String(), DepthZero); err != nil || back != d {
+			t.Fatalf("ParseDepth(%q) = %v; its String %q parses to %v, %v", s, d, d.String(), back, err)
+		}
+		ld, err := ParseLockDepth(s)
+		if (d == DepthOne) != (err != nil) || (err == nil && ld != d) {
+			t.Fatalf("ParseLockDepth(%q) = %v, %v; ParseDepth gave %v", s, ld, err, d)
+		}
+	})
+}

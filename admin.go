@@ -1,0 +1,348 @@
+package caddylock
+
+// The admin API (module admin.api.lock, on Caddy's admin endpoint): list
+// every lock, take a maintenance lock, force-unlock. It reaches the zones
+// through the package-level pool, since admin modules never see handler
+// instances.
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI serves /lock/ on Caddy's admin endpoint, and is protected as
+// that endpoint is (localhost by default, or remote admin's access
+// control):
+//
+//	GET    /lock/                  every lock of every zone, as JSON
+//	POST   /lock/<zone>            take an explicit lock (a maintenance window)
+//	DELETE /lock/<zone>/<token>    force-unlock; a unique token prefix will do
+type AdminAPI struct {
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.lock",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Provision sets up the logger.
+func (a *AdminAPI) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	return nil
+}
+
+// Routes implements caddy.AdminRouter.
+func (a *AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/lock/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+// minTokenPrefix is the shortest token prefix DELETE accepts: the scheme
+// and 8 hex digits, as GET lists them.
+const minTokenPrefix = len("urn:uuid:") + 8
+
+func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.Path, "/lock/")
+	zoneName, token, hasToken := strings.Cut(rest, "/")
+	switch {
+	case r.Method == http.MethodGet && rest == "":
+		return a.list(w, r)
+	case r.Method == http.MethodPost && zoneName != "" && !hasToken:
+		return a.create(w, r, zoneName)
+	case r.Method == http.MethodDelete && zoneName != "" && token != "":
+		return a.remove(w, r, zoneName, token)
+	}
+	return caddy.APIError{
+		HTTPStatus: http.StatusNotFound,
+		Err:        fmt.Errorf("%s %s: expected GET /lock/, POST /lock/<zone> or DELETE /lock/<zone>/<token>", r.Method, r.URL.Path),
+	}
+}
+
+// adminLock is one lock in the listing.
+type adminLock struct {
+	Zone  string `json:"zone"`
+	Root  string `json:"root"`
+	Href  string `json:"href,omitempty"`
+	Scope string `json:"scope"`
+	Depth string `json:"depth"`
+	// Owner is the DAV:owner content (XML) of a WebDAV lock, or the
+	// owner given to the admin API.
+	Owner   string `json:"owner,omitempty"`
+	Creator string `json:"creator,omitempty"`
+	// TokenPrefix identifies the lock for DELETE without revealing the
+	// token.
+	TokenPrefix string     `json:"token_prefix,omitempty"`
+	Created     time.Time  `json:"created"`
+	Expires     *time.Time `json:"expires,omitempty"`
+	// InFlight marks a lock held by a request being proxied; Holders
+	// counts the requests holding it and Waiting those queued for it.
+	InFlight bool `json:"in_flight,omitempty"`
+	Holders  int  `json:"holders,omitempty"`
+	Waiting  int  `json:"waiting,omitempty"`
+}
+
+func explicitEntry(zone string, l ExplicitLock) adminLock {
+	e := adminLock{
+		Zone: zone, Root: l.Root, Href: l.Href, Scope: l.Scope.String(), Depth: l.Depth.String(),
+		Owner: string(l.Owner), Creator: l.Creator, TokenPrefix: tokenPrefix(l.Token), Created: l.Created,
+	}
+	if l.Creator == adminCreator {
+		e.Creator = "admin"
+		e.Owner = xmlText(l.Owner)
+	}
+	exp := l.Expires
+	e.Expires = &exp
+	return e
+}
+
+// zonesNamed returns the live zones with this name (two while a reload
+// changes the zone's hierarchy setting).
+func zonesNamed(name string) []*zone {
+	var out []*zone
+	zones.Range(func(_, v any) bool {
+		if z := v.(*zone); name == "" || z.name == name {
+			out = append(out, z)
+		}
+		return true
+	})
+	return out
+}
+
+func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
+	out := []adminLock{}
+	for _, z := range zonesNamed("") {
+		ls, err := z.explicit.List(r.Context())
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the locks of zone %q: %w", z.name, err)}
+		}
+		for _, l := range ls {
+			out = append(out, explicitEntry(z.name, l))
+		}
+		// Tables that can list their in-flight locks (the in-memory one).
+		if hl, ok := any(z.locker).(interface {
+			Held() []HeldLock
+			Hierarchy() bool
+		}); ok {
+			for _, h := range hl.Held() {
+				out = append(out, adminLock{
+					Zone: z.name, Root: h.Key, Scope: h.Kind.String(), Depth: depthOf(hl.Hierarchy()),
+					Created: h.Since, InFlight: true, Holders: h.Holders, Waiting: h.Waiting,
+				})
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(x, y adminLock) int {
+		if c := strings.Compare(x.Zone, y.Zone); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Root, y.Root)
+	})
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func depthOf(hierarchy bool) string {
+	if hierarchy {
+		return DepthInfinity.String()
+	}
+	return DepthZero.String()
+}
+
+// adminLockRequest is the body of POST /lock/<zone>.
+type adminLockRequest struct {
+	// Path is the root of the lock, as a request path.
+	Path string `json:"path"`
+	// Depth is "infinity" (the default) or "0".
+	Depth string `json:"depth"`
+	// Timeout is how long the lock lasts, as a Go duration ("30m").
+	Timeout string `json:"timeout"`
+	// Owner says who took the lock, shown in listings and in WebDAV
+	// lock discovery.
+	Owner string `json:"owner"`
+	// Scope is "exclusive" (the default) or "shared".
+	Scope string `json:"scope"`
+}
+
+func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName string) error {
+	zs := zonesNamed(zoneName)
+	if len(zs) == 0 {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no lock zone %q in the running config", zoneName)}
+	}
+	z := zs[len(zs)-1]
+	var req adminLockRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return badAdminRequest("decoding the lock request: %v", err)
+	}
+	if !strings.HasPrefix(req.Path, "/") {
+		return badAdminRequest(`path: expected an absolute path such as "/billing", got %q`, req.Path)
+	}
+	depth := DepthInfinity
+	if req.Depth != "" {
+		d, err := ParseLockDepth(req.Depth)
+		if err != nil {
+			return badAdminRequest(`depth: expected "0" or "infinity", got %q`, req.Depth)
+		}
+		depth = d
+	}
+	scope := Exclusive
+	switch req.Scope {
+	case "", "exclusive":
+	case "shared":
+		scope = Shared
+	default:
+		return badAdminRequest(`scope: expected "exclusive" or "shared", got %q`, req.Scope)
+	}
+	timeout, err := caddy.ParseDuration(req.Timeout)
+	if err != nil || timeout <= 0 {
+		return badAdminRequest(`timeout: expected a positive duration such as "30m", got %q`, req.Timeout)
+	}
+	key := normalizePath(req.Path)
+	if z.caseInsensitive.Load() {
+		key = strings.ToLower(key)
+	}
+	l, err := z.explicit.Create(r.Context(), ExplicitLock{
+		Token:   NewLockToken(),
+		Root:    key,
+		Href:    req.Path,
+		Scope:   scope,
+		Depth:   depth,
+		Owner:   appendEscaped(nil, req.Owner, false),
+		Creator: adminCreator,
+		Timeout: timeout,
+	})
+	var conflict *LockConflictError
+	switch {
+	case errors.As(err, &conflict):
+		roots := make([]string, len(conflict.Conflicts))
+		for i, c := range conflict.Conflicts {
+			roots[i] = c.Root
+		}
+		return caddy.APIError{HTTPStatus: http.StatusConflict, Err: fmt.Errorf("%s conflicts with the locks on %s", key, strings.Join(roots, ", "))}
+	case errors.Is(err, ErrFull):
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+	case err != nil:
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("creating the lock: %w", err)}
+	}
+	a.logger.Info("maintenance lock taken", zap.String("zone", z.name), zap.String("root", l.Root),
+		zap.String("depth", l.Depth.String()), zap.Duration("timeout", timeout), zap.String("token", tokenPrefix(l.Token)))
+	resp := struct {
+		Token string `json:"token"`
+		adminLock
+	}{l.Token, explicitEntry(z.name, l)}
+	return writeJSON(w, http.StatusCreated, resp)
+}
+
+func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, token string) error {
+	if len(token) < minTokenPrefix {
+		return badAdminRequest("token: expected the token or its prefix of at least %d characters as GET /lock/ lists it", minTokenPrefix)
+	}
+	zs := zonesNamed(zoneName)
+	if len(zs) == 0 {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no lock zone %q in the running config", zoneName)}
+	}
+	for _, z := range zs {
+		ls, err := z.explicit.List(r.Context())
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the locks of zone %q: %w", z.name, err)}
+		}
+		ls = slices.DeleteFunc(ls, func(l ExplicitLock) bool { return !strings.HasPrefix(l.Token, token) })
+		if len(ls) > 1 {
+			return caddy.APIError{HTTPStatus: http.StatusConflict, Err: fmt.Errorf("%d locks have tokens starting with %s; give more of the token", len(ls), tokenPrefix(token))}
+		}
+		if len(ls) == 0 {
+			continue
+		}
+		l, err := z.explicit.Remove(r.Context(), ls[0].Token)
+		if errors.Is(err, ErrNoSuchLock) {
+			continue
+		}
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("removing the lock: %w", err)}
+		}
+		a.logger.Info("lock removed through the admin API", zap.String("zone", z.name), zap.String("root", l.Root),
+			zap.String("token", tokenPrefix(l.Token)))
+		return writeJSON(w, http.StatusOK, explicitEntry(z.name, l))
+	}
+	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("zone %q holds no lock with token %s", zoneName, tokenPrefix(token))}
+}
+
+func badAdminRequest(format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("encoding the answer: %w", err)}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// xmlText undoes the escaping of an admin lock's owner for the listing.
+func xmlText(b []byte) string {
+	var v struct {
+		Text string `xml:",chardata"`
+	}
+	if err := xml.Unmarshal(append(append([]byte("<o>"), b...), "</o>"...), &v); err != nil {
+		return string(b)
+	}
+	return v.Text
+}
+
+// HeldLock is an in-flight lock: held by requests being proxied.
+type HeldLock struct {
+	Key     string
+	Kind    Kind
+	Holders int       // 1 for an exclusive lock, the count of shared holders otherwise
+	Since   time.Time // start of the current held period
+	Waiting int       // requests queued on the key
+}
+
+// Held lists the locks held in the table, for the admin API. It takes
+// each shard's mutex in turn, so the list is consistent per shard only.
+func (l *MemLocker) Held() []HeldLock {
+	var out []HeldLock
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		for _, n := range s.nodes {
+			if !n.held() {
+				continue
+			}
+			h := HeldLock{Key: n.key, Kind: Shared, Holders: int(n.shared), Since: n.since, Waiting: len(n.queue)}
+			if n.excl {
+				h.Kind, h.Holders = Exclusive, 1
+			}
+			out = append(out, h)
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*AdminAPI)(nil)
+	_ caddy.Provisioner = (*AdminAPI)(nil)
+)

@@ -1,0 +1,982 @@
+package caddylock
+
+// The HTTP side of WebDAV locking (RFC 4918 sections 6, 7, 9.10, 9.11):
+// LOCK and UNLOCK are answered here, every other request has its If
+// header evaluated and removed, and writes into a locked scope need the
+// lock's token. The parsers and XML writers live in webdav.go, the locks
+// in the zone's LockStore.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// Defaults of the WebDAV settings.
+const (
+	DefaultMaxTimeout  = time.Hour
+	DefaultLockTimeout = 10 * time.Minute
+)
+
+// adminCreator is the Creator of locks taken through the admin API. No
+// authenticated user has this id, so nobody can write with, refresh or
+// UNLOCK such a lock through the proxy: it ends by its timeout or through
+// the admin API.
+const adminCreator = "\x00admin"
+
+// pathKeyTemplate is the key template that WebDAV allows besides the
+// default: the request path, as the Caddyfile's {path} expands.
+const pathKeyTemplate = "{http.request.uri.path}"
+
+// davWrites are the methods that modify a resource or a collection's
+// member list, whatever lock kind the config gives them.
+var davWrites = []string{"PUT", "POST", "PATCH", "PROPPATCH", "MKCOL", "DELETE", "MOVE", "COPY"}
+
+// provisionDAV sets the WebDAV defaults. Locks on a collection cover its
+// members, so in-flight locks are hierarchical.
+func (h *Handler) provisionDAV() {
+	h.Hierarchy = true
+	if h.MaxTimeout == 0 {
+		h.MaxTimeout = caddy.Duration(DefaultMaxTimeout)
+	}
+	if h.DefaultTimeout == 0 {
+		h.DefaultTimeout = caddy.Duration(min(DefaultLockTimeout, time.Duration(h.MaxTimeout)))
+	}
+	if h.MaxLockBody == 0 {
+		h.MaxLockBody = DefaultMaxLockInfoBytes
+	}
+}
+
+// validateDAV checks the WebDAV settings.
+func (h *Handler) validateDAV() error {
+	if !h.WebDAV {
+		if h.MaxTimeout != 0 || h.DefaultTimeout != 0 || h.MaxLockBody != 0 {
+			return errors.New("lock: max_timeout, default_timeout and max_lock_body need webdav")
+		}
+		return nil
+	}
+	if h.Key != "" && h.Key != pathKeyTemplate {
+		return fmt.Errorf("lock: webdav locks resources by their path, so key must be left out (or be %s), got %q", pathKeyTemplate, h.Key)
+	}
+	if h.MaxTimeout < 0 || h.DefaultTimeout < 0 || h.MaxLockBody < 0 {
+		return errors.New("lock: max_timeout, default_timeout and max_lock_body must not be negative")
+	}
+	if h.DefaultTimeout > h.MaxTimeout {
+		return fmt.Errorf("lock: default_timeout %s is longer than max_timeout %s",
+			time.Duration(h.DefaultTimeout), time.Duration(h.MaxTimeout))
+	}
+	return nil
+}
+
+// keyOfPath is the lock key of a path named in a header (Destination, If
+// tags): normalised as keyOf does with the default key.
+func (h *Handler) keyOfPath(p string) string {
+	k := normalizePath(p)
+	if h.CaseInsensitive {
+		k = strings.ToLower(k)
+	}
+	return k
+}
+
+// davRequest is one request in WebDAV mode, with what the handler has
+// worked out about it.
+type davRequest struct {
+	h    *Handler
+	w    http.ResponseWriter
+	r    *http.Request
+	next caddyhttp.Handler
+	repl *caddy.Replacer
+	key  string   // lock key of the request URI
+	user string   // {http.auth.user.id}, "" when not authenticated
+	ifh  IfHeader // parsed If header; no lists when there was none
+	xml  bool     // the client speaks WebDAV: refusals are DAV:error XML
+	done func()   // releases the in-flight locks; nil when none are held
+	// result is {http.lock.result} unless the request is refused;
+	// counted tells that the request was counted in the metrics.
+	result  string
+	counted bool
+}
+
+// settle sets {http.lock.result} and counts the request in the metrics,
+// once per request.
+func (d *davRequest) settle(result string) {
+	d.repl.Set("http.lock.result", result)
+	if !d.counted {
+		d.counted = true
+		d.h.metrics.count(result)
+	}
+}
+
+// serveDAV handles a request in WebDAV mode. kind and locks are what the
+// method takes as an in-flight lock.
+func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, key string, kind Kind, locks bool) error {
+	d := &davRequest{h: h, w: w, r: r, next: next, repl: repl, key: key, xml: isDAVClient(r), result: resultNone}
+	d.user, _ = repl.GetString("http.auth.user.id")
+	if !strings.HasPrefix(key, "/") {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("lock: webdav needs a path key, got %q", key))
+	}
+	if vals := r.Header.Values("If"); len(vals) > 0 {
+		ifh, err := ParseIf(strings.Join(vals, " "))
+		if err != nil {
+			return d.plain(http.StatusBadRequest, err.Error())
+		}
+		d.ifh = ifh
+	}
+	defer func() {
+		if !d.counted {
+			d.settle(d.result)
+		}
+		if d.done != nil {
+			d.done()
+		}
+	}()
+	switch r.Method {
+	case "LOCK":
+		return d.lock()
+	case "UNLOCK":
+		return d.unlock()
+	}
+	return d.forward(kind, locks)
+}
+
+// isDAVClient reports whether a refusal should be a DAV:error document:
+// the client asked for XML, sent a WebDAV header or used a WebDAV method.
+func isDAVClient(r *http.Request) bool {
+	if strings.Contains(r.Header.Get("Accept"), "xml") {
+		return true
+	}
+	for _, name := range []string{"If", "Depth", "Lock-Token", "Overwrite", "Destination", "Timeout"} {
+		if r.Header.Get(name) != "" {
+			return true
+		}
+	}
+	switch r.Method {
+	case "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK":
+		return true
+	}
+	return false
+}
+
+func (d *davRequest) store() LockStore { return d.h.zone.explicit }
+
+// ctx is the request's context; once in-flight locks are held it is the
+// hold context, which a departing client does not cancel.
+func (d *davRequest) ctx() context.Context { return d.r.Context() }
+
+// hold takes the in-flight locks of reqs, in key order and without
+// taking a lock its ancestor's lock already covers, and runs the rest of
+// the request on a context bounded by max_hold, as ServeHTTP does.
+func (d *davRequest) hold(reqs []Request) error {
+	h := d.h
+	reqs = coalesce(reqs)
+	start := time.Now()
+	leases := make([]Lease, 0, len(reqs))
+	for _, q := range reqs {
+		q.Wait = time.Duration(h.Wait)
+		l, err := h.zone.locker.Acquire(d.r.Context(), q)
+		if err != nil {
+			for _, l := range leases {
+				l.Release()
+			}
+			return err
+		}
+		leases = append(leases, l)
+	}
+	waited := time.Since(start)
+	d.repl.Set("http.lock.wait", waited)
+	result := resultAcquired
+	if h.Wait > 0 {
+		h.metrics.wait.Observe(waited.Seconds())
+		if waited > time.Millisecond {
+			result = resultWaited
+		}
+	}
+	d.result = result
+	h.metrics.held.Inc()
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			for _, l := range leases {
+				l.Release()
+			}
+			h.metrics.held.Dec()
+		})
+	}
+	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(d.r.Context()), time.Duration(h.MaxHold))
+	stop := context.AfterFunc(holdCtx, release)
+	d.r = d.r.WithContext(holdCtx)
+	d.done = func() {
+		stop()
+		cancel()
+		release()
+	}
+	return nil
+}
+
+// coalesce sorts lock requests by key and drops those whose key is at or
+// below another's (hierarchy makes that one cover them), keeping the
+// stronger kind: taking both would conflict with itself.
+func coalesce(reqs []Request) []Request {
+	slices.SortFunc(reqs, func(a, b Request) int { return strings.Compare(a.Key, b.Key) })
+	out := reqs[:0]
+	for _, q := range reqs {
+		merged := false
+		for i := range out {
+			if q.Key == out[i].Key || isBelow(q.Key, out[i].Key) {
+				out[i].Kind = max(out[i].Kind, q.Kind)
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// forward handles every method but LOCK and UNLOCK: in-flight locks,
+// the If header, the tokens of explicit locks, then the next handler.
+func (d *davRequest) forward(kind Kind, locks bool) error {
+	r := d.r
+	var reqs []Request
+	if locks {
+		reqs = append(reqs, Request{Key: d.key, Kind: kind})
+	}
+	destKey := ""
+	if r.Method == "MOVE" || r.Method == "COPY" {
+		dest, err := d.destination()
+		if err != nil {
+			return err
+		}
+		if dest == "" {
+			return nil // refused
+		}
+		destKey = d.h.keyOfPath(dest)
+		reqs = append(reqs, Request{Key: destKey, Kind: Exclusive})
+	}
+	if len(reqs) > 0 {
+		if err := d.hold(reqs); err != nil {
+			return d.refuseInflight(err)
+		}
+	} else {
+		d.result = resultNone
+	}
+	if ok, err := d.checkIf(); !ok {
+		return err
+	}
+	if (locks && kind == Exclusive) || slices.Contains(davWrites, r.Method) {
+		touched, err := d.touched(destKey)
+		if err != nil {
+			return d.storeFailed(err)
+		}
+		if missing := d.missing(touched); len(missing) > 0 {
+			return d.refuseExplicit(missing, CondLockTokenSubmitted)
+		}
+	}
+	d.stripIf()
+	d.settle(d.result)
+	switch r.Method {
+	case http.MethodOptions:
+		return d.next.ServeHTTP(&headerHook{ResponseWriter: d.w, hook: func(_ int, hdr http.Header) { mergeDAVHeader(hdr) }}, d.r)
+	case "PROPFIND":
+		return d.propfind()
+	case http.MethodDelete, "MOVE":
+		hook := &headerHook{ResponseWriter: d.w}
+		err := d.next.ServeHTTP(hook, d.r)
+		if hook.status >= 200 && hook.status < 300 {
+			// The locks of what is gone go with it.
+			n, rerr := d.store().RemoveUnder(d.ctx(), d.key)
+			if rerr != nil {
+				d.h.logger.Error("removing the locks of a deleted resource", zap.String("key", d.key), zap.Error(rerr))
+			} else if n > 0 {
+				d.h.logger.Debug("locks removed with their resource", zap.String("key", d.key), zap.Int("locks", n))
+			}
+		}
+		return err
+	}
+	return d.next.ServeHTTP(d.w, d.r)
+}
+
+// destination returns the path of the Destination header, or "" after
+// refusing the request.
+func (d *davRequest) destination() (string, error) {
+	v := d.r.Header.Get("Destination")
+	if v == "" {
+		return "", d.plain(http.StatusBadRequest, d.r.Method+" needs a Destination header")
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Host == "" && !strings.HasPrefix(u.Path, "/")) {
+		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: expected an absolute URI or path", v))
+	}
+	if u.Host != "" && !sameHost(u, d.r.Host) {
+		return "", d.plain(http.StatusBadGateway, fmt.Sprintf("Destination %.200q is on another server", v))
+	}
+	if u.Path == "" {
+		return "/", nil
+	}
+	return u.Path, nil
+}
+
+// maxIfResources bounds the resources one If header may name: each may
+// cost a HEAD request to the backend.
+const maxIfResources = 32
+
+// checkIf evaluates the If header; it reports false after answering 412
+// (or 502 when the backend could not be asked for an ETag).
+func (d *davRequest) checkIf() (bool, error) {
+	if len(d.ifh.Lists) == 0 {
+		return true, nil
+	}
+	hasETag := false
+	for _, l := range d.ifh.Lists {
+		for _, c := range l.Conditions {
+			hasETag = hasETag || c.ETag != ""
+		}
+	}
+	// The first failure ends the evaluation; it is answered once.
+	var storeErr, headErr error
+	resources := 0
+	holds := d.ifh.Eval(d.resolveTag, func(p string) ([]string, string) {
+		if storeErr != nil || headErr != nil {
+			return nil, ""
+		}
+		if resources++; resources > maxIfResources {
+			return nil, ""
+		}
+		tokens, err := d.stateTokens(d.h.keyOfPath(p))
+		if err != nil {
+			storeErr = err
+			return nil, ""
+		}
+		etag := ""
+		if hasETag {
+			status, hdr, err := d.sub(http.MethodHead, p, nil)
+			if err != nil {
+				headErr = fmt.Errorf("checking the ETag of %s: %w", p, err)
+				return nil, ""
+			}
+			if status < 300 {
+				etag = hdr.Get("ETag")
+			}
+		}
+		return tokens, etag
+	})
+	switch {
+	case resources > maxIfResources:
+		return false, d.plain(http.StatusBadRequest, fmt.Sprintf("the If header names more than %d resources", maxIfResources))
+	case storeErr != nil:
+		return false, d.storeFailed(storeErr)
+	case headErr != nil:
+		return false, d.plain(http.StatusBadGateway, headErr.Error())
+	}
+	if !holds {
+		return false, d.plain(http.StatusPreconditionFailed, "the If header does not hold: "+d.ifh.String())
+	}
+	return true, nil
+}
+
+// sameHost reports whether the absolute URI u names the host the client
+// sent the request to, ignoring case and the scheme's default port.
+func sameHost(u *url.URL, requestHost string) bool {
+	strip := func(h string) string {
+		h = strings.ToLower(h)
+		switch {
+		case u.Scheme == "http" && strings.HasSuffix(h, ":80"):
+			return strings.TrimSuffix(h, ":80")
+		case u.Scheme == "https" && strings.HasSuffix(h, ":443"):
+			return strings.TrimSuffix(h, ":443")
+		}
+		return h
+	}
+	return strip(u.Host) == strip(requestHost)
+}
+
+// resolveTag maps an If header resource tag to the path it names: the
+// request path for untagged lists; tags must name this host.
+func (d *davRequest) resolveTag(tag string) (string, bool) {
+	if tag == "" {
+		return d.r.URL.Path, true
+	}
+	u, err := url.Parse(tag)
+	if err != nil || (u.Host != "" && !sameHost(u, d.r.Host)) {
+		return "", false
+	}
+	if u.Path == "" {
+		return "/", true
+	}
+	return u.Path, true
+}
+
+// stateTokens are the lock tokens a resource has for If evaluation: its
+// locks, and the depth-0 locks of its collection, which guard the
+// collection's member list.
+func (d *davRequest) stateTokens(key string) ([]string, error) {
+	ls, err := d.locksFor(key, false, true)
+	if err != nil {
+		return nil, err
+	}
+	tokens := make([]string, len(ls))
+	for i, l := range ls {
+		tokens[i] = l.Token
+	}
+	return tokens, nil
+}
+
+// locksFor returns the explicit locks that a change of key touches:
+// those whose scope includes key, with below those rooted under it, and
+// with member the depth-0 locks of key's collection, whose member list
+// the change alters (creating, deleting or moving key).
+func (d *davRequest) locksFor(key string, below, member bool) ([]ExplicitLock, error) {
+	ls, err := d.store().Affecting(d.ctx(), key, below)
+	if err != nil || !member || key == "/" {
+		return ls, err
+	}
+	parent := path.Dir(key)
+	pl, err := d.store().Affecting(d.ctx(), parent, false)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range pl {
+		if l.Root == parent && l.Depth == DepthZero {
+			ls = append(ls, l)
+		}
+	}
+	return ls, nil
+}
+
+// touched returns the explicit locks a write needs the tokens of (RFC
+// 4918 sections 7.4, 9.6.1, 9.8.5, 9.9.4).
+func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
+	switch d.r.Method {
+	case http.MethodDelete:
+		return d.locksFor(d.key, true, true)
+	case "MKCOL":
+		return d.locksFor(d.key, false, true)
+	case "COPY":
+		return d.locksFor(destKey, true, true)
+	case "MOVE":
+		src, err := d.locksFor(d.key, true, true)
+		if err != nil {
+			return nil, err
+		}
+		dst, err := d.locksFor(destKey, true, true)
+		return append(src, dst...), err
+	case http.MethodPut:
+		// A PUT alters the member list only when it creates the
+		// resource; ask the backend only when that matters.
+		ls, err := d.locksFor(d.key, false, true)
+		if err != nil {
+			return nil, err
+		}
+		collectionLock := func(l ExplicitLock) bool { return !l.Covers(d.key) }
+		if slices.ContainsFunc(ls, collectionLock) {
+			// An existing resource keeps the member list as it is; when
+			// the backend cannot say, the collection's lock stays needed.
+			status, _, err := d.sub(http.MethodHead, d.r.URL.Path, nil)
+			if err == nil && status != http.StatusNotFound && status != http.StatusGone {
+				ls = slices.DeleteFunc(ls, collectionLock)
+			}
+		}
+		return ls, nil
+	}
+	return d.locksFor(d.key, false, false)
+}
+
+// missing returns the locks of ls (without repeats) that the request
+// does not hold: it holds a lock when it submitted the token and the
+// lock's creator is the request's user. Shared locks on one root are
+// held together: the token of any of them lets its holder write.
+func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
+	submitted := d.ifh.Tokens()
+	holds := func(l ExplicitLock) bool { return slices.Contains(submitted, l.Token) && d.mayUse(l) }
+	var out []ExplicitLock
+	for _, l := range ls {
+		if holds(l) || slices.ContainsFunc(out, func(o ExplicitLock) bool { return o.Token == l.Token }) {
+			continue
+		}
+		if l.Scope == Shared && slices.ContainsFunc(ls, func(o ExplicitLock) bool {
+			return o.Scope == Shared && o.Root == l.Root && holds(o)
+		}) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// mayUse reports whether the request's user may use the lock's token.
+func (d *davRequest) mayUse(l ExplicitLock) bool {
+	return l.Creator == "" || l.Creator == d.user
+}
+
+// stripIf removes the If header, which a backend without locks would
+// fail on tokens it never issued, and keeps its entity-tag conditions as
+// If-Match where one list on the request URI allows it.
+func (d *davRequest) stripIf() {
+	if len(d.ifh.Lists) == 0 {
+		return
+	}
+	d.r.Header.Del("If")
+	if len(d.ifh.Lists) != 1 || d.r.Header.Get("If-Match") != "" {
+		return
+	}
+	l := d.ifh.Lists[0]
+	if p, ok := d.resolveTag(l.Tag); !ok || d.h.keyOfPath(p) != d.key {
+		return
+	}
+	l.Tag = ""
+	if v, ok := (IfHeader{Lists: []IfList{l}}).IfMatch(); ok {
+		d.r.Header.Set("If-Match", v)
+	}
+}
+
+// timeout reads the Timeout header; "Second-0" gets the shortest lock
+// there is, one second.
+func (d *davRequest) timeout() (time.Duration, error) {
+	t, err := ParseTimeout(d.r.Header.Get("Timeout"), time.Duration(d.h.DefaultTimeout), time.Duration(d.h.MaxTimeout))
+	return max(t, time.Second), err
+}
+
+// lock answers LOCK: a new lock, or a refresh when there is no body.
+func (d *davRequest) lock() error {
+	info, err := ParseLockInfo(d.r.Body, d.h.MaxLockBody)
+	switch {
+	case errors.Is(err, ErrNoBody):
+		return d.refresh()
+	case errors.Is(err, ErrBodyTooLarge):
+		return d.plain(http.StatusRequestEntityTooLarge, err.Error())
+	case err != nil:
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
+	depth, err := ParseLockDepth(d.r.Header.Get("Depth"))
+	if err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
+	timeout, err := d.timeout()
+	if err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
+	if err := d.hold([]Request{{Key: d.key, Kind: Exclusive}}); err != nil {
+		return d.refuseInflight(err)
+	}
+	if ok, err := d.checkIf(); !ok {
+		return err
+	}
+	status, _, err := d.sub(http.MethodHead, d.r.URL.Path, nil)
+	if err != nil {
+		return d.plain(http.StatusBadGateway, "checking whether "+d.r.URL.Path+" exists: "+err.Error())
+	}
+	exists := status != http.StatusNotFound && status != http.StatusGone
+	l, err := d.store().Create(d.ctx(), ExplicitLock{
+		Token:   NewLockToken(),
+		Root:    d.key,
+		Href:    d.href(),
+		Scope:   info.Scope,
+		Depth:   depth,
+		Owner:   info.Owner,
+		Creator: d.user,
+		Timeout: timeout,
+	})
+	var conflict *LockConflictError
+	switch {
+	case errors.As(err, &conflict):
+		return d.refuseExplicit(conflict.Conflicts, CondNoConflictingLock)
+	case err != nil:
+		return d.storeFailed(err)
+	}
+	created := false
+	if !exists {
+		var refused bool
+		if created, refused, err = d.create(l); refused {
+			if _, rerr := d.store().Remove(d.ctx(), l.Token); rerr != nil && !errors.Is(rerr, ErrNoSuchLock) {
+				d.h.logger.Error("removing a lock whose resource was not created", zap.String("token", tokenPrefix(l.Token)), zap.Error(rerr))
+			}
+			return err
+		}
+	}
+	d.h.logger.Debug("locked", zap.String("key", d.key), zap.String("scope", l.Scope.String()),
+		zap.String("depth", l.Depth.String()), zap.String("token", tokenPrefix(l.Token)), zap.Bool("created", created))
+	d.settle(d.result)
+	d.w.Header().Set("Lock-Token", "<"+l.Token+">")
+	status = http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	return d.writeXML(status, MarshalLockDiscovery(d.active(l, true)))
+}
+
+// create makes the empty resource of a LOCK on an unmapped URL with an
+// empty PUT through the next handler. It reports whether it created the
+// resource, and refused when it answered the request instead (the lock
+// must then go). A resource that appeared meanwhile is neither: the lock
+// stands.
+func (d *davRequest) create(l ExplicitLock) (created, refused bool, err error) {
+	ls, err := d.locksFor(d.key, false, true)
+	if err != nil {
+		return false, true, d.storeFailed(err)
+	}
+	ls = slices.DeleteFunc(ls, func(o ExplicitLock) bool { return o.Token == l.Token })
+	if missing := d.missing(ls); len(missing) > 0 {
+		return false, true, d.refuseExplicit(missing, CondLockTokenSubmitted)
+	}
+	status, _, err := d.sub(http.MethodPut, d.r.URL.Path, http.Header{"If-None-Match": {"*"}})
+	switch {
+	case err != nil:
+		return false, true, d.plain(http.StatusBadGateway, "creating "+d.r.URL.Path+": "+err.Error())
+	case status >= 200 && status < 300:
+		return true, false, nil
+	case status == http.StatusPreconditionFailed:
+		return false, false, nil
+	case status == http.StatusNotFound || status == http.StatusConflict:
+		return false, true, d.plain(http.StatusConflict, "the collection of "+d.r.URL.Path+" does not exist")
+	}
+	return false, true, d.plain(status, fmt.Sprintf("the backend answered %d to the PUT that creates %s", status, d.r.URL.Path))
+}
+
+// refresh answers a LOCK without a body: the lock named in the If header
+// gets a new timeout.
+func (d *davRequest) refresh() error {
+	tokens := d.ifh.Tokens()
+	if len(tokens) == 0 {
+		return d.plain(http.StatusBadRequest, "a LOCK without a body refreshes a lock and needs an If header with its token")
+	}
+	timeout, err := d.timeout()
+	if err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
+	var found *ExplicitLock
+	for _, t := range tokens {
+		l, err := d.store().Get(d.ctx(), t)
+		if errors.Is(err, ErrNoSuchLock) {
+			continue
+		}
+		if err != nil {
+			return d.storeFailed(err)
+		}
+		if l.Covers(d.key) {
+			found = &l
+			break
+		}
+	}
+	if found == nil {
+		return d.davError(http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+	}
+	if !d.mayUse(*found) {
+		return d.plain(http.StatusForbidden, "the lock belongs to another user")
+	}
+	if ok, err := d.checkIf(); !ok {
+		return err
+	}
+	l, err := d.store().Refresh(d.ctx(), found.Token, timeout)
+	if errors.Is(err, ErrNoSuchLock) {
+		return d.davError(http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+	}
+	if err != nil {
+		return d.storeFailed(err)
+	}
+	return d.writeXML(http.StatusOK, MarshalLockDiscovery(d.active(l, true)))
+}
+
+// unlock answers UNLOCK; it takes no in-flight lock.
+func (d *davRequest) unlock() error {
+	d.result = resultNone
+	token, err := ParseLockToken(d.r.Header.Get("Lock-Token"))
+	if err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
+	l, err := d.store().Get(d.ctx(), token)
+	if errors.Is(err, ErrNoSuchLock) || (err == nil && !l.Covers(d.key)) {
+		return d.davError(http.StatusConflict, CondLockTokenMatchesRequestURI)
+	}
+	if err != nil {
+		return d.storeFailed(err)
+	}
+	if !d.mayUse(l) {
+		return d.plain(http.StatusForbidden, "the lock belongs to another user")
+	}
+	if _, err := d.store().Remove(d.ctx(), token); errors.Is(err, ErrNoSuchLock) {
+		return d.davError(http.StatusConflict, CondLockTokenMatchesRequestURI)
+	} else if err != nil {
+		return d.storeFailed(err)
+	}
+	d.h.logger.Debug("unlocked", zap.String("key", l.Root), zap.String("token", tokenPrefix(token)))
+	d.w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// href is the request path as the client spelled it (before rewrites),
+// for DAV:lockroot.
+func (d *davRequest) href() string {
+	if or, ok := d.r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && or.URL != nil {
+		return or.URL.Path
+	}
+	return d.r.URL.Path
+}
+
+// active describes l for DAV:lockdiscovery; the token only when the
+// client may use it.
+func (d *davRequest) active(l ExplicitLock, withToken bool) ActiveLock {
+	a := ActiveLock{Root: l.Href, Scope: l.Scope, Depth: l.Depth, Owner: l.Owner, Timeout: max(0, time.Until(l.Expires))}
+	if withToken && d.mayUse(l) {
+		a.Token = l.Token
+	}
+	return a
+}
+
+// sub sends a request without a body for p through the next handler
+// (HEAD for an ETag, PUT to create a resource) and returns the status and
+// headers of its answer. The client's credentials and cookies go along;
+// conditional and WebDAV headers do not.
+func (d *davRequest) sub(method, p string, header http.Header) (int, http.Header, error) {
+	sr := d.r.Clone(d.r.Context())
+	sr.Method = method
+	sr.URL.Path, sr.URL.RawPath, sr.URL.RawQuery = p, "", ""
+	sr.Body, sr.ContentLength, sr.TransferEncoding = http.NoBody, 0, nil
+	for _, name := range []string{"If", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+		"If-Range", "Range", "Depth", "Destination", "Overwrite", "Lock-Token", "Timeout", "Content-Type",
+		"Content-Length", "Content-Encoding", "Content-Range", "Expect", "Transfer-Encoding"} {
+		sr.Header.Del(name)
+	}
+	for name, vals := range header {
+		sr.Header[name] = vals
+	}
+	rec := &subResponse{header: http.Header{}}
+	if err := d.next.ServeHTTP(rec, sr); err != nil {
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) && he.StatusCode != 0 && rec.status == 0 {
+			return he.StatusCode, rec.header, nil
+		}
+		return 0, nil, fmt.Errorf("%s %s: %w", method, p, err)
+	}
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	return rec.status, rec.header, nil
+}
+
+// subResponse records the status and headers of a sub-request and drops
+// its body.
+type subResponse struct {
+	header http.Header
+	status int
+}
+
+func (s *subResponse) Header() http.Header { return s.header }
+
+func (s *subResponse) WriteHeader(code int) {
+	if s.status == 0 && code >= 200 {
+		s.status = code
+	}
+}
+
+func (s *subResponse) Write(p []byte) (int, error) {
+	s.WriteHeader(http.StatusOK)
+	return len(p), nil
+}
+
+// headerHook passes a response through, recording its status and
+// calling hook (when set) just before the headers go out.
+type headerHook struct {
+	http.ResponseWriter
+	hook   func(status int, h http.Header)
+	status int
+}
+
+func (w *headerHook) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+		if w.hook != nil {
+			w.hook(code, w.Header())
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *headerHook) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *headerHook) Flush() {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *headerHook) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// mergeDAVHeader makes an OPTIONS answer announce class 1 and 2
+// compliance, keeping what the backend announced, and LOCK and UNLOCK in
+// Allow when the backend sent one.
+func mergeDAVHeader(h http.Header) {
+	classes := []string{"1", "2"}
+	for _, v := range h.Values("DAV") {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !slices.Contains(classes, c) {
+				classes = append(classes, c)
+			}
+		}
+	}
+	h.Set("DAV", strings.Join(classes, ", "))
+	if allow := h.Values("Allow"); len(allow) > 0 {
+		methods := strings.Join(allow, ",")
+		for _, m := range []string{"LOCK", "UNLOCK"} {
+			if !slices.ContainsFunc(strings.Split(methods, ","), func(s string) bool { return strings.EqualFold(strings.TrimSpace(s), m) }) {
+				methods += ", " + m
+			}
+		}
+		h.Set("Allow", methods)
+	}
+}
+
+// tokenPrefix shortens a token for logs and listings: enough to tell
+// locks apart, not enough to use one.
+func tokenPrefix(t string) string {
+	const n = len("urn:uuid:") + 8
+	if len(t) <= n {
+		return t[:len(t)/2]
+	}
+	return t[:n]
+}
+
+// ---------------------------------------------------------------------------
+// Answers
+
+// plain answers with a short text/plain message.
+func (d *davRequest) plain(status int, msg string) error {
+	d.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	d.w.Header().Set("Content-Length", strconv.Itoa(len(msg)+1))
+	d.w.WriteHeader(status)
+	_, _ = d.w.Write([]byte(msg + "\n"))
+	return nil
+}
+
+// writeXML answers with an XML body.
+func (d *davRequest) writeXML(status int, body []byte) error {
+	d.w.Header().Set("Content-Type", "application/xml; charset=utf-8")
+	d.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	d.w.WriteHeader(status)
+	_, _ = d.w.Write(body)
+	return nil
+}
+
+// davError answers with a DAV:error document naming condition.
+func (d *davRequest) davError(status int, condition string, hrefs ...string) error {
+	return d.writeXML(status, MarshalDAVError(condition, hrefs...))
+}
+
+// storeFailed answers 503 when the lock store failed.
+func (d *davRequest) storeFailed(err error) error {
+	if errors.Is(err, ErrFull) {
+		return d.h.writeRefusal(d.w, problem{
+			Type: problemType, Title: "Lock table is full", Status: http.StatusServiceUnavailable,
+			Detail:   fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone),
+			Instance: d.r.URL.RequestURI(),
+		}, time.Second, err)
+	}
+	d.h.logger.Error("explicit lock store", zap.String("key", d.key), zap.String("method", d.r.Method), zap.Error(err))
+	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("lock store: %w", err))
+}
+
+// refuseInflight answers a request whose in-flight lock was not granted:
+// a WebDAV client gets 423 with DAV:error naming the busy resource,
+// everybody else the handler's usual refusal.
+func (d *davRequest) refuseInflight(err error) error {
+	var conflict *ConflictError
+	if !d.xml || !errors.As(err, &conflict) {
+		d.counted = true // refuse counts it
+		return d.h.refuse(d.w, d.r, d.repl, d.key, err)
+	}
+	d.settle(resultConflict)
+	retry := conflict.RetryAfter
+	if d.h.RetryAfter > 0 {
+		retry = time.Duration(d.h.RetryAfter)
+	}
+	d.w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
+	cond := CondLockTokenSubmitted
+	if d.r.Method == "LOCK" {
+		cond = CondNoConflictingLock
+	}
+	return d.davError(http.StatusLocked, cond, conflict.Key)
+}
+
+// refuseExplicit answers 423 for explicit locks in the way: DAV:error
+// naming their roots for WebDAV clients, a problem document otherwise;
+// Retry-After says when the last of them ends unless refreshed.
+func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) error {
+	d.settle(resultConflict)
+	var (
+		retry time.Duration
+		hrefs []string
+	)
+	for _, l := range locks {
+		retry = max(retry, time.Until(l.Expires))
+		if !slices.Contains(hrefs, l.Href) {
+			hrefs = append(hrefs, l.Href)
+		}
+	}
+	first := locks[0]
+	d.h.logger.Debug("explicit lock conflict", zap.String("key", d.key), zap.String("method", d.r.Method),
+		zap.String("lock_root", first.Root), zap.String("token", tokenPrefix(first.Token)))
+	if d.xml {
+		d.w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
+		return d.davError(http.StatusLocked, condition, hrefs...)
+	}
+	expires := first.Expires
+	return d.h.writeRefusal(d.w, problem{
+		Type:     problemType,
+		Title:    "Resource is locked",
+		Status:   http.StatusLocked,
+		Detail:   fmt.Sprintf("%s %s needs the token of the %s lock on %s", d.r.Method, d.key, first.Scope, first.Href),
+		Instance: d.r.URL.RequestURI(),
+		Lock: &problemLock{
+			Key:         first.Root,
+			Kind:        first.Scope.String(),
+			HeldSeconds: time.Since(first.Created).Seconds(),
+			Explicit:    true,
+			Expires:     &expires,
+		},
+	}, retry, fmt.Errorf("lock %s: held by an explicit lock on %s", d.key, first.Root))
+}
+
+// refuseMaintenance refuses a write that an explicit lock covers in a
+// zone without webdav, where no client can hold a token: such locks are
+// the admin API's maintenance windows. It reports whether it answered.
+func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) (bool, error) {
+	// ServeHTTP has counted the request already.
+	d := &davRequest{h: h, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
+	ls, err := h.zone.explicit.Affecting(r.Context(), key, false)
+	if err != nil {
+		return true, d.storeFailed(err)
+	}
+	if len(ls) == 0 {
+		return false, nil
+	}
+	return true, d.refuseExplicit(ls, CondLockTokenSubmitted)
+}
+
+// Interface guards
+var (
+	_ http.ResponseWriter = (*subResponse)(nil)
+	_ http.ResponseWriter = (*headerHook)(nil)
+	_ http.Flusher        = (*headerHook)(nil)
+	_ http.ResponseWriter = (*multiStatusBuffer)(nil)
+	_ http.Flusher        = (*multiStatusBuffer)(nil)
+)

@@ -1,0 +1,935 @@
+package caddylock
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/net/webdav"
+)
+
+// davBackend is a real WebDAV server without locks: golang.org/x/net/webdav
+// on an in-memory file system with a lock system that grants everything,
+// as many legacy servers do. It records what reaches it: requests per
+// method and path, writes that overlapped on one resource, and the
+// conditional headers it was sent.
+type davBackend struct {
+	*httptest.Server
+	fs       webdav.FileSystem
+	mu       sync.Mutex
+	seen     []string // "METHOD /path"
+	inflight map[string]int
+	overlaps int
+	ifSeen   []string // If headers that reached the backend
+	ifMatch  []string // If-Match headers that reached the backend
+}
+
+// grantAll is a webdav.LockSystem that grants every lock and confirms
+// every condition: a backend with no lock support.
+type grantAll struct{}
+
+func (grantAll) Confirm(time.Time, string, string, ...webdav.Condition) (func(), error) {
+	return func() {}, nil
+}
+func (grantAll) Create(time.Time, webdav.LockDetails) (string, error) { return "backend-token", nil }
+func (grantAll) Refresh(time.Time, string, time.Duration) (webdav.LockDetails, error) {
+	return webdav.LockDetails{}, nil
+}
+func (grantAll) Unlock(time.Time, string) error { return nil }
+
+func newDAVBackend(t *testing.T) *davBackend {
+	b := &davBackend{
+		fs:       webdav.NewMemFS(),
+		inflight: map[string]int{},
+	}
+	dav := &webdav.Handler{FileSystem: b.fs, LockSystem: grantAll{}}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		res := normalizePath(r.URL.Path)
+		write := !slices.Contains([]string{"GET", "HEAD", "OPTIONS", "PROPFIND"}, r.Method)
+		b.mu.Lock()
+		b.seen = append(b.seen, r.Method+" "+r.URL.Path)
+		if v := r.Header.Get("If"); v != "" {
+			b.ifSeen = append(b.ifSeen, v)
+		}
+		if v := r.Header.Get("If-Match"); v != "" {
+			b.ifMatch = append(b.ifMatch, v)
+		}
+		if write {
+			b.inflight[res]++
+			if b.inflight[res] > 1 {
+				b.overlaps++
+			}
+		}
+		b.mu.Unlock()
+		defer func() {
+			if write {
+				b.mu.Lock()
+				b.inflight[res]--
+				b.mu.Unlock()
+			}
+		}()
+		dav.ServeHTTP(w, r)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+// saw counts the requests "METHOD /path" that reached the backend.
+func (b *davBackend) saw(req string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, s := range b.seen {
+		if s == req {
+			n++
+		}
+	}
+	return n
+}
+
+// exists reports whether the backend holds a resource.
+func (b *davBackend) exists(p string) bool {
+	_, err := b.fs.Stat(context.Background(), p)
+	return err == nil
+}
+
+// put creates a file at the backend directly.
+func (b *davBackend) put(t *testing.T, p, content string) {
+	t.Helper()
+	f, err := b.fs.OpenFile(context.Background(), p, 0x241 /* O_RDWR|O_CREATE|O_TRUNC */, 0o644)
+	if err != nil {
+		t.Fatalf("creating %s at the backend: %v", p, err)
+	}
+	_, _ = f.Write([]byte(content))
+	f.Close()
+}
+
+func (b *davBackend) mkdir(t *testing.T, p string) {
+	t.Helper()
+	if err := b.fs.Mkdir(context.Background(), p, 0o755); err != nil {
+		t.Fatalf("mkdir %s at the backend: %v", p, err)
+	}
+}
+
+// davSite starts Caddy with the lock handler in WebDAV mode (plus extra
+// lines) in front of a new davBackend, in a zone of its own.
+func davSite(t *testing.T, extra string) (string, *davBackend) {
+	t.Helper()
+	return davSiteAfter(t, "", extra)
+}
+
+// davSiteAfter is davSite with directives (pre) before the lock handler.
+func davSiteAfter(t *testing.T, pre, extra string) (string, *davBackend) {
+	t.Helper()
+	b := newDAVBackend(t)
+	return startCaddy(t, davSiteConfig(t, b, pre, extra), nil), b
+}
+
+func davSiteConfig(t *testing.T, b *davBackend, pre, extra string) string {
+	zone := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	return fmt.Sprintf("%s\nlock {\n webdav\n zone %s\n %s\n}\nreverse_proxy %s\n", pre, zone, extra, strings.TrimPrefix(b.URL, "http://"))
+}
+
+// davDo sends a request with a body (may be "") and headers.
+func davDo(t *testing.T, method, url, body string, header map[string]string) result {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return result{status: resp.StatusCode, header: resp.Header, body: string(data)}
+}
+
+func davMust(t *testing.T, want int, method, url, body string, header map[string]string) result {
+	t.Helper()
+	r := davDo(t, method, url, body, header)
+	if r.status != want {
+		t.Fatalf("%s %s: status %d, want %d; body: %s", method, url, r.status, want, r.body)
+	}
+	return r
+}
+
+const lockBody = `<?xml version="1.0" encoding="utf-8"?>
+<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:%s/></D:lockscope><D:locktype><D:write/></D:locktype>
+<D:owner><D:href>http://example.org/~%s</D:href></D:owner></D:lockinfo>`
+
+// davLock takes a lock and returns its token.
+func davLock(t *testing.T, url, scope, who string, header map[string]string, want int) (string, activeLockXML) {
+	t.Helper()
+	r := davMust(t, want, "LOCK", url, fmt.Sprintf(lockBody, scope, who), header)
+	tok := r.header.Get("Lock-Token")
+	if len(tok) < 3 || tok[0] != '<' || tok[len(tok)-1] != '>' || !strings.HasPrefix(tok, "<urn:uuid:") {
+		t.Fatalf("Lock-Token = %q, want <urn:uuid:…>", tok)
+	}
+	if ct := r.header.Get("Content-Type"); !strings.Contains(ct, "xml") {
+		t.Fatalf("LOCK answer Content-Type = %q", ct)
+	}
+	locks := parseLockDiscovery(t, r.body)
+	if len(locks) != 1 {
+		t.Fatalf("LOCK answer has %d activelocks, want 1: %s", len(locks), r.body)
+	}
+	if locks[0].Token != tok[1:len(tok)-1] {
+		t.Fatalf("locktoken %q differs from Lock-Token %q", locks[0].Token, tok)
+	}
+	return tok[1 : len(tok)-1], locks[0]
+}
+
+// activeLockXML is DAV:activelock as a client reads it.
+type activeLockXML struct {
+	Scope struct {
+		Exclusive *struct{} `xml:"DAV: exclusive"`
+		Shared    *struct{} `xml:"DAV: shared"`
+	} `xml:"DAV: lockscope"`
+	Type struct {
+		Write *struct{} `xml:"DAV: write"`
+	} `xml:"DAV: locktype"`
+	Depth   string `xml:"DAV: depth"`
+	Owner   string `xml:"DAV: owner>href"`
+	Timeout string `xml:"DAV: timeout"`
+	Token   string `xml:"DAV: locktoken>href"`
+	Root    string `xml:"DAV: lockroot>href"`
+}
+
+func parseLockDiscovery(t *testing.T, body string) []activeLockXML {
+	t.Helper()
+	var doc struct {
+		XMLName xml.Name        `xml:"DAV: prop"`
+		Locks   []activeLockXML `xml:"DAV: lockdiscovery>activelock"`
+	}
+	if err := xml.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatalf("lock answer %q: %v", body, err)
+	}
+	return doc.Locks
+}
+
+// assertDAVError checks a DAV:error answer naming condition and hrefs.
+func assertDAVError(t *testing.T, r result, status int, condition string, hrefs ...string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d; body: %s", r.status, status, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/xml") {
+		t.Fatalf("Content-Type = %q, want application/xml", ct)
+	}
+	var doc struct {
+		XMLName xml.Name `xml:"DAV: error"`
+		Conds   []struct {
+			XMLName xml.Name
+			Hrefs   []string `xml:"DAV: href"`
+		} `xml:",any"`
+	}
+	if err := xml.Unmarshal([]byte(r.body), &doc); err != nil {
+		t.Fatalf("DAV:error body %q: %v", r.body, err)
+	}
+	if len(doc.Conds) != 1 || doc.Conds[0].XMLName.Space != "DAV:" || doc.Conds[0].XMLName.Local != condition {
+		t.Fatalf("DAV:error = %s, want condition %s", r.body, condition)
+	}
+	if hrefs != nil && !slices.Equal(doc.Conds[0].Hrefs, hrefs) {
+		t.Fatalf("DAV:error hrefs = %v, want %v", doc.Conds[0].Hrefs, hrefs)
+	}
+	if status == http.StatusLocked && r.header.Get("Retry-After") == "" {
+		t.Fatal("423 without Retry-After")
+	}
+}
+
+func ifToken(tok string) map[string]string { return map[string]string{"If": "(<" + tok + ">)"} }
+
+func TestDAVLockWriteUnlock(t *testing.T) {
+	url, b := davSite(t, "")
+	tok, l := davLock(t, url+"/doc.txt", "exclusive", "alice", nil, http.StatusCreated)
+	if !b.exists("/doc.txt") {
+		t.Fatal("LOCK on an unmapped URL did not create the resource at the backend")
+	}
+	if l.Scope.Exclusive == nil || l.Type.Write == nil || l.Depth != "infinity" || l.Owner != "http://example.org/~alice" ||
+		l.Timeout != "Second-600" || l.Root != "/doc.txt" {
+		t.Fatalf("activelock = %+v", l)
+	}
+	if b.saw("LOCK /doc.txt") != 0 {
+		t.Fatal("LOCK was forwarded to the backend")
+	}
+
+	// Without the token: 423 naming the lock root, not forwarded.
+	r := davDo(t, "PUT", url+"/doc.txt", "intruder", map[string]string{"Accept": "application/xml"})
+	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/doc.txt")
+	for _, m := range []string{"DELETE", "PROPPATCH", "POST", "PATCH"} {
+		r := davDo(t, m, url+"/doc.txt", "", map[string]string{"Accept": "text/xml"})
+		assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/doc.txt")
+	}
+	if n := b.saw("PUT /doc.txt"); n != 1 { // the creating PUT only
+		t.Fatalf("backend saw %d PUTs, want only the one that created the resource", n)
+	}
+	// A token that is not the lock's does not help.
+	r = davDo(t, "PUT", url+"/doc.txt", "x", map[string]string{"If": "(<urn:uuid:00000000-0000-4000-8000-000000000000>)"})
+	if r.status != http.StatusPreconditionFailed {
+		t.Fatalf("PUT with a wrong token: %d, want 412", r.status)
+	}
+	// Reads pass.
+	davMust(t, http.StatusOK, "GET", url+"/doc.txt", "", nil)
+
+	// With the token the write goes through, without the If header.
+	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "hello", ifToken(tok))
+	if n := b.saw("PUT /doc.txt"); n != 2 {
+		t.Fatalf("backend saw %d PUTs, want 2", n)
+	}
+	if len(b.ifSeen) != 0 {
+		t.Fatalf("If headers reached the backend: %q", b.ifSeen)
+	}
+	// A tagged list naming this host works as well.
+	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "hello again", map[string]string{"If": "<" + url + "/doc.txt> (<" + tok + ">)"})
+
+	// UNLOCK: missing header 400, unknown token 409, URL outside the lock 409.
+	davMust(t, http.StatusBadRequest, "UNLOCK", url+"/doc.txt", "", nil)
+	davMust(t, http.StatusBadRequest, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": tok})
+	r = davDo(t, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<urn:uuid:00000000-0000-4000-8000-000000000000>"})
+	assertDAVError(t, r, http.StatusConflict, CondLockTokenMatchesRequestURI)
+	r = davDo(t, "UNLOCK", url+"/other", "", map[string]string{"Lock-Token": "<" + tok + ">"})
+	assertDAVError(t, r, http.StatusConflict, CondLockTokenMatchesRequestURI)
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<" + tok + ">"})
+	if b.saw("UNLOCK /doc.txt") != 0 {
+		t.Fatal("UNLOCK was forwarded to the backend")
+	}
+	// Unlocked: anybody writes again; the token is gone.
+	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "free", nil)
+	r = davDo(t, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<" + tok + ">"})
+	assertDAVError(t, r, http.StatusConflict, CondLockTokenMatchesRequestURI)
+}
+
+func TestDAVRefresh(t *testing.T) {
+	url, b := davSite(t, "max_timeout 2h")
+	b.put(t, "/r.txt", "x")
+	tok, l := davLock(t, url+"/r.txt", "exclusive", "a", map[string]string{"Timeout": "Second-60"}, http.StatusOK)
+	if l.Timeout != "Second-60" {
+		t.Fatalf("timeout = %q, want Second-60", l.Timeout)
+	}
+	r := davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Infinite, Second-5"})
+	if r.header.Get("Lock-Token") != "" {
+		t.Fatal("a refresh answered with a Lock-Token header")
+	}
+	locks := parseLockDiscovery(t, r.body)
+	if len(locks) != 1 || locks[0].Timeout != "Second-7200" || locks[0].Token != tok {
+		t.Fatalf("refreshed lock = %+v, want Infinite clamped to max_timeout 2h", locks)
+	}
+	// Unknown token, and a URL outside the lock: 412.
+	r = davDo(t, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<urn:uuid:00000000-0000-4000-8000-000000000000>)"})
+	assertDAVError(t, r, http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+	r = davDo(t, "LOCK", url+"/elsewhere", "", map[string]string{"If": "(<" + tok + ">)"})
+	assertDAVError(t, r, http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+	// No body and no If header: 400.
+	davMust(t, http.StatusBadRequest, "LOCK", url+"/r.txt", "", nil)
+	// Second-0 gets the shortest lock, not an error.
+	r = davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Second-0"})
+	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-1" {
+		t.Fatalf("refresh with Second-0: %s", r.body)
+	}
+	davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)"})
+	// A second exclusive lock: 423 no-conflicting-lock naming the root.
+	r = davDo(t, "LOCK", url+"/r.txt", fmt.Sprintf(lockBody, "exclusive", "b"), nil)
+	assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock, "/r.txt")
+}
+
+func TestDAVSharedLocks(t *testing.T) {
+	url, b := davSite(t, "")
+	b.put(t, "/s.txt", "x")
+	t1, _ := davLock(t, url+"/s.txt", "shared", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	t2, l2 := davLock(t, url+"/s.txt", "shared", "b", map[string]string{"Depth": "0"}, http.StatusOK)
+	if t1 == t2 || l2.Scope.Shared == nil || l2.Depth != "0" {
+		t.Fatalf("second shared lock %+v, token %s (first %s)", l2, t2, t1)
+	}
+	r := davDo(t, "LOCK", url+"/s.txt", fmt.Sprintf(lockBody, "exclusive", "c"), nil)
+	assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock, "/s.txt")
+	// Writing needs one of the shared tokens.
+	assertDAVError(t, davDo(t, "PUT", url+"/s.txt", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/s.txt")
+	davMust(t, http.StatusCreated, "PUT", url+"/s.txt", "y", ifToken(t2))
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/s.txt", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/s.txt", "", map[string]string{"Lock-Token": "<" + t2 + ">"})
+	davLock(t, url+"/s.txt", "exclusive", "c", nil, http.StatusOK)
+}
+
+func TestDAVCollections(t *testing.T) {
+	url, b := davSite(t, "")
+	b.mkdir(t, "/inf")
+	b.put(t, "/inf/a", "a")
+	b.mkdir(t, "/zero")
+	b.put(t, "/zero/member", "m")
+
+	// Depth infinity covers everything below.
+	ti, _ := davLock(t, url+"/inf", "exclusive", "a", nil, http.StatusOK)
+	assertDAVError(t, davDo(t, "PUT", url+"/inf/a", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/inf")
+	assertDAVError(t, davDo(t, "MKCOL", url+"/inf/sub", "", nil), http.StatusLocked, CondLockTokenSubmitted, "/inf")
+	davMust(t, http.StatusCreated, "PUT", url+"/inf/a", "x", ifToken(ti))
+	davMust(t, http.StatusCreated, "PUT", url+"/inf/new", "x", map[string]string{"If": "</inf> (<" + ti + ">)"})
+	// A lock below an infinite exclusive lock conflicts.
+	assertDAVError(t, davDo(t, "LOCK", url+"/inf/a", fmt.Sprintf(lockBody, "shared", "b"), nil), http.StatusLocked, CondNoConflictingLock, "/inf")
+
+	// Depth 0 on a collection protects its member list, not its members.
+	tz, _ := davLock(t, url+"/zero", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	davMust(t, http.StatusCreated, "PUT", url+"/zero/member", "changed", nil)
+	assertDAVError(t, davDo(t, "PUT", url+"/zero/new", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "DELETE", url+"/zero/member", "", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "MKCOL", url+"/zero/dir", "", nil), http.StatusLocked, CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "MOVE", url+"/zero/member", "", map[string]string{"Destination": url + "/moved"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "COPY", url+"/inf/a", "", map[string]string{"Destination": url + "/zero/copy"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
+	if !b.exists("/zero/member") || b.exists("/zero/new") || b.exists("/zero/dir") || b.exists("/moved") || b.exists("/zero/copy") {
+		t.Fatal("a refused request changed the backend")
+	}
+	davMust(t, http.StatusCreated, "PUT", url+"/zero/new", "x", map[string]string{"If": "</zero> (<" + tz + ">)"})
+	davMust(t, http.StatusNoContent, "DELETE", url+"/zero/new", "", map[string]string{"If": "</zero> (<" + tz + ">)"})
+
+	// DELETE of a collection needs the tokens of every lock inside it.
+	b.mkdir(t, "/tree")
+	b.mkdir(t, "/tree/sub")
+	b.put(t, "/tree/sub/f", "f")
+	b.put(t, "/tree/g", "g")
+	tf, _ := davLock(t, url+"/tree/sub/f", "exclusive", "a", nil, http.StatusOK)
+	tg, _ := davLock(t, url+"/tree/g", "shared", "a", nil, http.StatusOK)
+	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"Depth": "infinity"}), http.StatusLocked, CondLockTokenSubmitted, "/tree/g", "/tree/sub/f")
+	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/tree/sub/f")
+	// A depth-infinity lock above held locks is refused, naming them.
+	assertDAVError(t, davDo(t, "LOCK", url+"/tree", fmt.Sprintf(lockBody, "exclusive", "a"), nil), http.StatusLocked, CondNoConflictingLock, "/tree/g", "/tree/sub/f")
+	davMust(t, http.StatusNoContent, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">) </tree/sub/f> (<" + tf + ">)"})
+	if b.exists("/tree") {
+		t.Fatal("DELETE did not reach the backend")
+	}
+	// The locks went with the collection.
+	st := zoneStore(t, "TestDAVCollections")
+	for _, tok := range []string{tf, tg} {
+		if _, err := st.Get(context.Background(), tok); err == nil {
+			t.Fatalf("lock %s survived the DELETE of its collection", tok)
+		}
+	}
+	davMust(t, http.StatusCreated, "MKCOL", url+"/tree", "", nil)
+}
+
+// zoneStore finds the explicit lock store of a zone that a running config
+// uses.
+func zoneStore(t *testing.T, name string) LockStore {
+	t.Helper()
+	var s LockStore
+	zones.Range(func(k, v any) bool {
+		if z := v.(*zone); z.name == name {
+			s = z.explicit
+		}
+		return true
+	})
+	if s == nil {
+		t.Fatalf("zone %q not found", name)
+	}
+	return s
+}
+
+func TestDAVMoveCopy(t *testing.T) {
+	url, b := davSite(t, "")
+	b.put(t, "/src", "s")
+	b.put(t, "/dst", "d")
+	b.put(t, "/other", "o")
+	ts, _ := davLock(t, url+"/src", "exclusive", "a", nil, http.StatusOK)
+	td, _ := davLock(t, url+"/dst", "exclusive", "a", nil, http.StatusOK)
+
+	// COPY reads the source: only the destination's token is needed.
+	davMust(t, http.StatusCreated, "COPY", url+"/src", "", map[string]string{"Destination": url + "/copy"})
+	assertDAVError(t, davDo(t, "COPY", url+"/other", "", map[string]string{"Destination": url + "/dst"}), http.StatusLocked, CondLockTokenSubmitted, "/dst")
+	davMust(t, http.StatusNoContent, "COPY", url+"/other", "", map[string]string{"Destination": url + "/dst", "If": "<" + url + "/dst> (<" + td + ">)"})
+
+	// MOVE needs both.
+	assertDAVError(t, davDo(t, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/dst", "If": "(<" + ts + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/dst")
+	assertDAVError(t, davDo(t, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/dst", "If": "</dst> (<" + td + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/src")
+	if !b.exists("/src") {
+		t.Fatal("a refused MOVE reached the backend")
+	}
+	// Moving a locked file to an unlocked destination works with the
+	// source's token (no 412 as with x/net/webdav's own locks).
+	davMust(t, http.StatusCreated, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/free", "If": "(<" + ts + ">)"})
+	if b.exists("/src") || !b.exists("/free") {
+		t.Fatal("MOVE did not happen at the backend")
+	}
+	// The source's lock went with the MOVE; the destination's stays.
+	st := zoneStore(t, "TestDAVMoveCopy")
+	if _, err := st.Get(context.Background(), ts); err == nil {
+		t.Fatal("the lock of a moved resource survived")
+	}
+	if _, err := st.Get(context.Background(), td); err != nil {
+		t.Fatalf("the destination's lock is gone: %v", err)
+	}
+	davMust(t, http.StatusCreated, "PUT", url+"/src", "reborn", nil)
+
+	// Destination on another host: 502; missing or malformed: 400.
+	davMust(t, http.StatusBadGateway, "MOVE", url+"/other", "", map[string]string{"Destination": "http://elsewhere.example/x"})
+	davMust(t, http.StatusBadRequest, "MOVE", url+"/other", "", nil)
+	davMust(t, http.StatusBadRequest, "COPY", url+"/other", "", map[string]string{"Destination": "::not a uri"})
+}
+
+func TestDAVUnmappedURL(t *testing.T) {
+	url, b := davSite(t, "")
+	// Missing parent collection: 409, no lock left behind.
+	r := davDo(t, "LOCK", url+"/missing/x", fmt.Sprintf(lockBody, "exclusive", "a"), nil)
+	if r.status != http.StatusConflict {
+		t.Fatalf("LOCK under a missing collection: %d, want 409; %s", r.status, r.body)
+	}
+	if ls, _ := zoneStore(t, "TestDAVUnmappedURL").List(context.Background()); len(ls) != 0 {
+		t.Fatalf("a failed LOCK left %d locks", len(ls))
+	}
+	// LOCK creates an empty resource; a PROPFIND sees it.
+	davLock(t, url+"/new", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusCreated)
+	if !b.exists("/new") {
+		t.Fatal("no resource created")
+	}
+	if r := davMust(t, http.StatusOK, "GET", url+"/new", "", nil); r.body != "" {
+		t.Fatalf("created resource has content %q", r.body)
+	}
+}
+
+func TestDAVIfETags(t *testing.T) {
+	url, b := davSite(t, "")
+	b.put(t, "/e.txt", "one")
+	etag := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	if etag == "" {
+		t.Fatal("the backend sends no ETag")
+	}
+	// A stale ETag: 412, the write never reaches the backend.
+	r := davDo(t, "PUT", url+"/e.txt", "two", map[string]string{"If": `(["stale"])`})
+	if r.status != http.StatusPreconditionFailed {
+		t.Fatalf("PUT with a stale ETag: %d, want 412", r.status)
+	}
+	if b.saw("PUT /e.txt") != 0 {
+		t.Fatal("a PUT with a false If header reached the backend")
+	}
+	// Lists are ORed, conditions ANDed, Not negates.
+	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "two", map[string]string{"If": `([` + etag + `] Not [` + etag + `])`})
+	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "two", map[string]string{"If": `(["stale"]) ([` + etag + `])`})
+	// The matching ETag went along as If-Match where one list allowed it.
+	b.mu.Lock()
+	ifMatch := slices.Clone(b.ifMatch)
+	b.mu.Unlock()
+	if len(ifMatch) != 0 {
+		t.Fatalf("If-Match sent for a two-list If header: %q", ifMatch)
+	}
+	etag2 := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "three", map[string]string{"If": `([` + etag2 + `])`})
+	b.mu.Lock()
+	ifMatch = slices.Clone(b.ifMatch)
+	b.mu.Unlock()
+	if !slices.Equal(ifMatch, []string{etag2}) {
+		t.Fatalf("If-Match at the backend = %q, want [%s]", ifMatch, etag2)
+	}
+	// Lock token and ETag together; Not <DAV:no-lock> always holds.
+	tok, _ := davLock(t, url+"/e.txt", "exclusive", "a", nil, http.StatusOK)
+	etag3 := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag2 + `])`})
+	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag3 + `])`})
+	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "five", map[string]string{"If": `(<` + tok + `>) (Not <DAV:no-lock>)`})
+	// A tag for another host cannot be checked: that list is false.
+	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "six", map[string]string{"If": `<http://other.example/e.txt> (<` + tok + `>)`})
+	if len(b.ifSeen) != 0 {
+		t.Fatalf("If headers reached the backend: %q", b.ifSeen)
+	}
+}
+
+func TestDAVBadInput(t *testing.T) {
+	url, b := davSite(t, "max_lock_body 1KiB")
+	b.put(t, "/b", "b")
+	body := fmt.Sprintf(lockBody, "exclusive", "a")
+	cases := []struct {
+		name, method, body string
+		header             map[string]string
+		want               int
+		reason             string
+	}{
+		{"If", "PUT", "x", map[string]string{"If": "(<urn:x"}, 400, "If header"},
+		{"If mixed", "PUT", "x", map[string]string{"If": "(<urn:x>) </b> (<urn:y>)"}, 400, "If header"},
+		{"If too many resources", "PUT", "x", map[string]string{"If": manyTags(40)}, 400, "more than 32 resources"},
+		{"Timeout", "LOCK", body, map[string]string{"Timeout": "Second-x"}, 400, "Timeout"},
+		{"Depth 1", "LOCK", body, map[string]string{"Depth": "1"}, 400, "Depth"},
+		{"Depth junk", "LOCK", body, map[string]string{"Depth": "deep"}, 400, "Depth"},
+		{"Lock-Token", "UNLOCK", "", map[string]string{"Lock-Token": "<not a uri>"}, 400, "Lock-Token"},
+		{"XML", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:lockscope>", nil, 400, "lockinfo"},
+		{"no scope", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:locktype><D:write/></D:locktype></D:lockinfo>", nil, 400, "lockscope"},
+		{"DTD", "LOCK", `<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><D:lockinfo xmlns:D="DAV:"><D:owner>&a;</D:owner></D:lockinfo>`, nil, 400, "declarations"},
+		{"too large", "LOCK", "<D:lockinfo xmlns:D='DAV:'>" + strings.Repeat(" ", 2000) + "</D:lockinfo>", nil, 413, "larger"},
+	}
+	for _, c := range cases {
+		r := davDo(t, c.method, url+"/b", c.body, c.header)
+		if r.status != c.want || !strings.Contains(r.body, c.reason) {
+			t.Errorf("%s: %d %q, want %d with a reason mentioning %q", c.name, r.status, r.body, c.want, c.reason)
+		}
+	}
+	if ls, _ := zoneStore(t, "TestDAVBadInput").List(context.Background()); len(ls) != 0 {
+		t.Fatalf("bad requests left %d locks", len(ls))
+	}
+	if n := b.saw("PUT /b"); n != 0 {
+		t.Fatal("a bad request reached the backend")
+	}
+}
+
+func TestDAVExpiry(t *testing.T) {
+	url, b := davSite(t, "max_timeout 300ms\ndefault_timeout 300ms")
+	b.put(t, "/x", "x")
+	_, l := davLock(t, url+"/x", "exclusive", "a", map[string]string{"Timeout": "Infinite"}, http.StatusOK)
+	if l.Timeout != "Second-1" {
+		t.Fatalf("timeout = %q, want Second-1 (300ms rounded up)", l.Timeout)
+	}
+	assertDAVError(t, davDo(t, "PUT", url+"/x", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/x")
+	waitFor(t, 5*time.Second, "the lock to expire", func() bool {
+		return davDo(t, "PUT", url+"/x", "y", nil).status == http.StatusCreated
+	})
+	if ls, _ := zoneStore(t, "TestDAVExpiry").List(context.Background()); len(ls) != 0 {
+		t.Fatalf("expired lock still listed")
+	}
+}
+
+func TestDAVOwnerBinding(t *testing.T) {
+	hash := func(pw string) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
+	}
+	// basic_auth runs before lock in the standard order.
+	url, b := davSiteAfter(t, fmt.Sprintf("basic_auth {\n alice %s\n bob %s\n}", hash("a"), hash("b")), "")
+	b.put(t, "/owned", "x")
+	as := func(user, pw string, h map[string]string) map[string]string {
+		out := map[string]string{"Authorization": "Basic " + basicAuth(user, pw)}
+		for k, v := range h {
+			out[k] = v
+		}
+		return out
+	}
+	tok, _ := davLock(t, url+"/owned", "exclusive", "alice", as("alice", "a", nil), http.StatusOK)
+	// Bob has the token but the lock is Alice's.
+	assertDAVError(t, davDo(t, "PUT", url+"/owned", "bob", as("bob", "b", ifToken(tok))), http.StatusLocked, CondLockTokenSubmitted, "/owned")
+	davMust(t, http.StatusForbidden, "UNLOCK", url+"/owned", "", as("bob", "b", map[string]string{"Lock-Token": "<" + tok + ">"}))
+	davMust(t, http.StatusForbidden, "LOCK", url+"/owned", "", as("bob", "b", ifToken(tok)))
+	davMust(t, http.StatusCreated, "PUT", url+"/owned", "alice", as("alice", "a", ifToken(tok)))
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/owned", "", as("alice", "a", map[string]string{"Lock-Token": "<" + tok + ">"}))
+	davMust(t, http.StatusCreated, "PUT", url+"/owned", "bob", as("bob", "b", nil))
+}
+
+func basicAuth(user, pw string) string {
+	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pw))
+}
+
+func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
+	url, b := davSite(t, "")
+	b.put(t, "/p", "x")
+	davLock(t, url+"/p", "exclusive", "a", nil, http.StatusOK)
+	r := davDo(t, "PUT", url+"/p", "plain client", nil)
+	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("plain client: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
+	}
+	var p struct {
+		Status int
+		Lock   struct {
+			Key      string
+			Kind     string
+			Explicit bool
+			Expires  time.Time
+		}
+	}
+	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Status != 423 || p.Lock.Key != "/p" || p.Lock.Kind != "exclusive" || !p.Lock.Explicit || time.Until(p.Lock.Expires) < 9*time.Minute {
+		t.Fatalf("problem document: %s", r.body)
+	}
+	ra, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if err != nil || ra < 590 || ra > 600 {
+		t.Fatalf("Retry-After = %q, want the seconds until the lock ends (600)", r.header.Get("Retry-After"))
+	}
+	// Asking for XML gets DAV:error.
+	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/p")
+}
+
+func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
+	// The in-flight lock still applies to the holder of the token.
+	bk := newBackend(t)
+	url := startCaddy(t, "lock {\n webdav\n zone TestDAVTokenHolderWritesDoNotOverlap\n}\nreverse_proxy {backend}", bk)
+	tok, _ := davLock(t, url+"/h", "exclusive", "a", nil, http.StatusOK)
+	done := make(chan result)
+	go func() {
+		done <- do(http.DefaultClient, "PUT", url+"/h", map[string]string{"If": "(<" + tok + ">)", "X-Hold": "1"})
+	}()
+	bk.waitStarted(t, "1")
+	r := davDo(t, "PUT", url+"/h", "second", ifToken(tok))
+	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/h")
+	bk.open("1")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("first write: %d %s", r.status, r.body)
+	}
+	if _, _, overlaps := bk.counts(); overlaps != 0 {
+		t.Fatalf("%d overlapping writes at the backend", overlaps)
+	}
+}
+
+func TestDAVOptions(t *testing.T) {
+	// What the backend announces is kept; classes 1 and 2 are added, and
+	// LOCK and UNLOCK join its Allow list.
+	opt := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("DAV", "1, <http://apache.org/dav/propset/fs/1>")
+		w.Header().Set("Allow", "GET, PUT, OPTIONS")
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer opt.Close()
+	url := startCaddy(t, "lock {\n webdav\n zone TestDAVOptions\n}\nreverse_proxy "+strings.TrimPrefix(opt.URL, "http://"), nil)
+	r := davMust(t, http.StatusOK, "OPTIONS", url+"/", "", nil)
+	if got := r.header.Get("DAV"); got != "1, 2, <http://apache.org/dav/propset/fs/1>" {
+		t.Fatalf("DAV = %q", got)
+	}
+	if got := r.header.Get("Allow"); got != "GET, PUT, OPTIONS, LOCK, UNLOCK" {
+		t.Fatalf("Allow = %q", got)
+	}
+	// A backend that knows nothing of WebDAV.
+	bk := newBackend(t)
+	url = startCaddy(t, "lock {\n webdav\n zone TestDAVOptionsPlain\n}\nreverse_proxy {backend}", bk)
+	if got := davMust(t, http.StatusOK, "OPTIONS", url+"/", "", nil).header.Get("DAV"); got != "1, 2" {
+		t.Fatalf("DAV = %q, want 1, 2", got)
+	}
+}
+
+// multiStatusXML is a DAV:multistatus answer as a client reads it.
+type multiStatusXML struct {
+	XMLName   xml.Name `xml:"DAV: multistatus"`
+	Responses []struct {
+		Href     string `xml:"DAV: href"`
+		Propstat []struct {
+			Prop struct {
+				LockDiscovery *struct {
+					Locks []activeLockXML `xml:"DAV: activelock"`
+				} `xml:"DAV: lockdiscovery"`
+				SupportedLock []struct {
+					Entries []struct {
+						Exclusive *struct{} `xml:"DAV: lockscope>exclusive"`
+						Shared    *struct{} `xml:"DAV: lockscope>shared"`
+					} `xml:"DAV: lockentry"`
+				} `xml:"DAV: supportedlock"`
+				DisplayName *string `xml:"DAV: displayname"`
+			} `xml:"DAV: prop"`
+			Status string `xml:"DAV: status"`
+		} `xml:"DAV: propstat"`
+	} `xml:"DAV: response"`
+}
+
+func propfind(t *testing.T, url, depth, body string) multiStatusXML {
+	t.Helper()
+	r := davMust(t, http.StatusMultiStatus, "PROPFIND", url, body, map[string]string{"Depth": depth, "Content-Type": "application/xml"})
+	var ms multiStatusXML
+	if err := xml.Unmarshal([]byte(r.body), &ms); err != nil {
+		t.Fatalf("PROPFIND answer %q: %v", r.body, err)
+	}
+	return ms
+}
+
+func TestDAVPropfind(t *testing.T) {
+	url, b := davSite(t, "")
+	b.mkdir(t, "/dir")
+	b.put(t, "/dir/locked", "x")
+	b.put(t, "/dir/free", "y")
+	tok, _ := davLock(t, url+"/dir/locked", "shared", "alice", map[string]string{"Depth": "0"}, http.StatusOK)
+
+	ms := propfind(t, url+"/dir", "1", `<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>`)
+	if len(ms.Responses) != 3 {
+		t.Fatalf("%d responses, want 3", len(ms.Responses))
+	}
+	for _, resp := range ms.Responses {
+		var ok, lds, sls int
+		for _, ps := range resp.Propstat {
+			if ps.Prop.LockDiscovery != nil {
+				lds++
+			}
+			sls += len(ps.Prop.SupportedLock)
+			if strings.Contains(ps.Status, " 200 ") {
+				ok++
+				if ps.Prop.LockDiscovery == nil || len(ps.Prop.SupportedLock) != 1 {
+					t.Fatalf("%s: lock properties missing from the 200 propstat", resp.Href)
+				}
+				if e := ps.Prop.SupportedLock[0].Entries; len(e) != 2 || e[0].Exclusive == nil || e[1].Shared == nil {
+					t.Fatalf("%s: supportedlock = %+v, want exclusive and shared", resp.Href, e)
+				}
+				locks := ps.Prop.LockDiscovery.Locks
+				if strings.HasSuffix(resp.Href, "/locked") {
+					if len(locks) != 1 || locks[0].Token != tok || locks[0].Owner != "http://example.org/~alice" ||
+						locks[0].Root != "/dir/locked" || locks[0].Scope.Shared == nil || locks[0].Depth != "0" {
+						t.Fatalf("lockdiscovery of %s = %+v", resp.Href, locks)
+					}
+				} else if len(locks) != 0 {
+					t.Fatalf("lockdiscovery of unlocked %s = %+v", resp.Href, locks)
+				}
+				if ps.Prop.DisplayName == nil {
+					t.Fatalf("%s: the backend's properties were lost", resp.Href)
+				}
+			}
+		}
+		if ok != 1 || lds != 1 || sls != 1 {
+			t.Fatalf("%s: %d ok propstats, %d lockdiscovery, %d supportedlock; want 1 each", resp.Href, ok, lds, sls)
+		}
+	}
+
+	// Asked by name, the backend reports lockdiscovery as missing (404);
+	// the answer has it once, in the 200 propstat.
+	ms = propfind(t, url+"/dir/locked", "0", `<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:lockdiscovery/><D:displayname/></D:prop></D:propfind>`)
+	if len(ms.Responses) != 1 {
+		t.Fatalf("%d responses", len(ms.Responses))
+	}
+	found := 0
+	for _, ps := range ms.Responses[0].Propstat {
+		if ps.Prop.LockDiscovery != nil {
+			found++
+			if !strings.Contains(ps.Status, " 200 ") || len(ps.Prop.LockDiscovery.Locks) != 1 {
+				t.Fatalf("lockdiscovery in propstat %q: %+v", ps.Status, ps.Prop.LockDiscovery)
+			}
+		}
+		if len(ps.Prop.SupportedLock) != 0 {
+			t.Fatal("supportedlock added though not asked for")
+		}
+	}
+	if found != 1 {
+		t.Fatalf("lockdiscovery appears %d times", found)
+	}
+	// Not asked for: the answer is the backend's.
+	ms = propfind(t, url+"/dir/locked", "0", `<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:displayname/></D:prop></D:propfind>`)
+	for _, ps := range ms.Responses[0].Propstat {
+		if ps.Prop.LockDiscovery != nil {
+			t.Fatal("lockdiscovery added though not asked for")
+		}
+	}
+}
+
+func TestDAVFullStoreGives503(t *testing.T) {
+	url, b := davSite(t, "max_locks 2")
+	for _, p := range []string{"/1", "/2", "/3"} {
+		b.put(t, p, "x")
+	}
+	t1, _ := davLock(t, url+"/1", "exclusive", "a", nil, http.StatusOK)
+	davLock(t, url+"/2", "exclusive", "a", nil, http.StatusOK)
+	r := davDo(t, "LOCK", url+"/3", fmt.Sprintf(lockBody, "exclusive", "a"), nil)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(r.body, "explicit locks") {
+		t.Fatalf("LOCK past max_locks: %d %s", r.status, r.body)
+	}
+	// Nothing was evicted: /1 is still locked.
+	assertDAVError(t, davDo(t, "PUT", url+"/1", "x", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/1")
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/1", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
+	davLock(t, url+"/3", "exclusive", "a", nil, http.StatusOK)
+}
+
+func TestDAVPlaceholders(t *testing.T) {
+	// A deferred header shows the result.
+	url, b := davSiteAfter(t, "header >X-Lock {http.lock.result}", "")
+	b.put(t, "/ph", "x")
+	if r := davMust(t, http.StatusOK, "GET", url+"/ph", "", nil); r.header.Get("X-Lock") != "none" {
+		t.Fatalf("GET: X-Lock = %q, want none", r.header.Get("X-Lock"))
+	}
+	tok, _ := davLock(t, url+"/ph", "exclusive", "a", nil, http.StatusOK)
+	if r := davMust(t, http.StatusCreated, "PUT", url+"/ph", "y", ifToken(tok)); r.header.Get("X-Lock") != "acquired" {
+		t.Fatalf("PUT with the token: X-Lock = %q, want acquired", r.header.Get("X-Lock"))
+	}
+	if r := davDo(t, "PUT", url+"/ph", "y", nil); r.status != http.StatusLocked || r.header.Get("X-Lock") != "conflict" {
+		t.Fatalf("PUT without the token: %d, X-Lock = %q, want 423 conflict", r.status, r.header.Get("X-Lock"))
+	}
+}
+
+func TestCoalesce(t *testing.T) {
+	for _, c := range []struct {
+		in, want []Request
+	}{
+		{[]Request{{Key: "/a/b", Kind: Shared}, {Key: "/a", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
+		{[]Request{{Key: "/a", Kind: Shared}, {Key: "/a/b", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
+		{[]Request{{Key: "/a", Kind: Exclusive}, {Key: "/a", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
+		{[]Request{{Key: "/a-b", Kind: Exclusive}, {Key: "/a", Kind: Shared}, {Key: "/a/b", Kind: Exclusive}},
+			[]Request{{Key: "/a", Kind: Exclusive}, {Key: "/a-b", Kind: Exclusive}}},
+		{[]Request{{Key: "/z", Kind: Exclusive}, {Key: "/", Kind: Shared}}, []Request{{Key: "/", Kind: Exclusive}}},
+	} {
+		if got := coalesce(slices.Clone(c.in)); !slices.Equal(got, c.want) {
+			t.Errorf("coalesce(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestDAVLocksSurviveReload(t *testing.T) {
+	url, b := davSite(t, "")
+	b.put(t, "/kept", "x")
+	tok, _ := davLock(t, url+"/kept", "exclusive", "a", nil, http.StatusOK)
+	port := 0
+	fmt.Sscan(strings.TrimPrefix(url, "http://127.0.0.1:"), &port)
+	// The same zone under a changed config: the lock is still there.
+	loadCaddy(t, port, "", davSiteConfig(t, b, "header X-Config two", "max_timeout 2h"), nil)
+	// The old server closes its connections; wait until the new one
+	// answers.
+	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
+		http.DefaultClient.CloseIdleConnections()
+		r := do(http.DefaultClient, "GET", url+"/kept", nil)
+		return r.err == nil && r.header.Get("X-Config") == "two"
+	})
+	assertDAVError(t, davDo(t, "PUT", url+"/kept", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/kept")
+	davMust(t, http.StatusCreated, "PUT", url+"/kept", "y", ifToken(tok))
+}
+
+// A move into the moved collection's own subtree takes one in-flight
+// lock, not two that conflict with each other.
+func TestDAVMoveIntoItself(t *testing.T) {
+	url, b := davSite(t, "")
+	b.mkdir(t, "/c")
+	r := davDo(t, "MOVE", url+"/c", "", map[string]string{"Destination": url + "/c/sub"})
+	if r.status == http.StatusLocked {
+		t.Fatalf("MOVE into its own subtree refused by its own lock: %s", r.body)
+	}
+	if b.saw("MOVE /c") != 1 {
+		t.Fatal("MOVE did not reach the backend")
+	}
+}
+
+// manyTags is an If header naming n resources, each with an ETag
+// condition.
+func manyTags(n int) string {
+	var sb strings.Builder
+	for i := range n {
+		fmt.Fprintf(&sb, `</r%d> (["e"]) `, i)
+	}
+	return sb.String()
+}
+
+func TestSameHost(t *testing.T) {
+	for _, c := range []struct {
+		uri, host string
+		want      bool
+	}{
+		{"http://Example.com/x", "example.com", true},
+		{"http://example.com:80/x", "example.com", true},
+		{"https://example.com:443/x", "example.com", true},
+		{"https://example.com/x", "example.com:443", true},
+		{"http://example.com:8080/x", "example.com", false},
+		{"https://example.com:80/x", "example.com", false},
+		{"http://other.com/x", "example.com", false},
+	} {
+		u, err := url.Parse(c.uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sameHost(u, c.host); got != c.want {
+			t.Errorf("sameHost(%s, %s) = %v", c.uri, c.host, got)
+		}
+	}
+}
