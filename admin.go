@@ -323,19 +323,21 @@ type HeldLock struct {
 // each shard's mutex in turn, so the list is consistent per shard only.
 func (l *MemLocker) Held() []HeldLock {
 	var out []HeldLock
+	now, wall := monotonicNow(), time.Now()
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
-		for _, n := range s.nodes {
+		s.nodes.each(func(n *node) {
 			if !n.held() {
-				continue
+				return
 			}
-			h := HeldLock{Key: n.key, Kind: Shared, Holders: int(n.shared), Since: n.since, Waiting: len(n.queue)}
+			since := wall.Add(-time.Duration(now - n.since))
+			h := HeldLock{Key: n.key, Kind: Shared, Holders: int(n.shared), Since: since, Waiting: len(n.queue())}
 			if n.excl {
 				h.Kind, h.Holders = Exclusive, 1
 			}
 			out = append(out, h)
-		}
+		})
 		s.mu.Unlock()
 	}
 	return out

@@ -59,7 +59,7 @@ func BenchmarkExplicit(b *testing.B) {
 	b.Run("create-remove/caddylock", func(b *testing.B) {
 		s := heldStore(b)
 		benchParallel(b, func(ctx context.Context, i int) {
-			l, err := s.Create(ctx, ExplicitLock{Token: NewLockToken(), Root: distinct(i), Scope: Exclusive, Timeout: time.Minute})
+			l, err := s.Create(ctx, ExplicitLock{Token: NewLockToken(), Root: benchPath(i), Scope: Exclusive, Timeout: time.Minute})
 			if err == nil {
 				_, _ = s.Remove(ctx, l.Token)
 			}
@@ -69,7 +69,7 @@ func BenchmarkExplicit(b *testing.B) {
 		ls := heldLS(b)
 		benchParallel(b, func(_ context.Context, i int) {
 			now := time.Now()
-			tok, err := ls.Create(now, webdav.LockDetails{Root: distinct(i), Duration: time.Minute, ZeroDepth: true})
+			tok, err := ls.Create(now, webdav.LockDetails{Root: benchPath(i), Duration: time.Minute, ZeroDepth: true})
 			if err == nil {
 				_ = ls.Unlock(now, tok)
 			}
@@ -77,12 +77,12 @@ func BenchmarkExplicit(b *testing.B) {
 	})
 	b.Run("check/caddylock", func(b *testing.B) {
 		s := heldStore(b)
-		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, distinct(i)+"/file", false) })
+		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, benchPath(i)+"/file", false) })
 	})
 	b.Run("check/webdav", func(b *testing.B) {
 		ls := heldLS(b)
 		benchParallel(b, func(_ context.Context, i int) {
-			if release, err := ls.Confirm(time.Now(), distinct(i)+"/file", ""); err == nil {
+			if release, err := ls.Confirm(time.Now(), benchPath(i)+"/file", ""); err == nil {
 				release()
 			}
 		})
@@ -90,6 +90,9 @@ func BenchmarkExplicit(b *testing.B) {
 	b.Run("check-empty/caddylock", func(b *testing.B) {
 		s := NewMemLockStore(0)
 		b.Cleanup(s.Close)
-		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, distinct(i), false) })
+		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, benchPath(i), false) })
 	})
 }
+
+// benchPath is the i-th of 4096 distinct paths.
+func benchPath(i int) string { return "/docs/" + strconv.Itoa(i&4095) + ".odt" }
