@@ -100,6 +100,19 @@ type Handler struct {
 	// Retry-After is set either way.
 	UseHandleErrors bool `json:"use_handle_errors,omitempty"`
 
+	// Store is where the zone's lock tables live: a module of the
+	// http.handlers.lock.stores namespace, such as redis, which shares
+	// them between Caddy instances. Default: this instance's memory.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.lock.stores inline_key=type"`
+
+	// FenceHeader names a request header that carries the lock's
+	// fencing number to the backend (the same value as
+	// {http.lock.fence}); a client's own header of that name is always
+	// removed. Needs a store that issues fencing numbers (redis).
+	FenceHeader string `json:"fence_header,omitempty"`
+
+	store   Store
+	trouble *troubleLog
 	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
 	defExcl bool            // methods not listed take an exclusive lock
 	zone    *zone
@@ -132,13 +145,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, m := range h.Shared {
 		h.kinds[strings.ToUpper(m)] = Shared
 	}
-	z, err := loadZone(h.Zone, h.Hierarchy)
+	h.trouble = new(troubleLog)
+	if h.StoreRaw != nil {
+		mod, err := ctx.LoadModule(h, "StoreRaw")
+		if err != nil {
+			return fmt.Errorf("lock zone %q: loading store: %w", h.Zone, err)
+		}
+		h.store = mod.(Store)
+	}
+	if h.FenceHeader != "" && h.store == nil {
+		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
+	}
+	z, err := loadZone(h.Zone, h.Hierarchy, h.store)
 	if err != nil {
 		h.logger.Error("provisioning lock zone", zap.String("zone", h.Zone), zap.Error(err))
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
 	}
 	h.zone = z
-	z.locker.SetLimits(h.MaxLocks, h.MaxWaiters)
+	if ls, ok := z.locker.(limitSetter); ok {
+		ls.SetLimits(h.MaxLocks, h.MaxWaiters)
+	}
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	return nil
 }
@@ -165,6 +191,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxLocks < 0 || h.MaxWaiters < 0 {
 		return fmt.Errorf("lock: max_locks and max_waiters must not be negative")
+	}
+	if h.FenceHeader != "" && !validMethod(h.FenceHeader) { // header names are RFC 9110 tokens too
+		return fmt.Errorf("lock: fence_header: %q is not a valid header name", h.FenceHeader)
 	}
 	return nil
 }
@@ -216,6 +245,10 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("http.lock.fence", "")
+	if h.FenceHeader != "" {
+		r.Header.Del(h.FenceHeader) // only the lock sets it
+	}
 	kind, ok := h.kindOf(r.Method)
 	if !ok {
 		repl.Set("http.lock.key", "")
@@ -234,8 +267,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.metrics.wait.Observe(waited.Seconds())
 	}
 	if err != nil {
+		if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
+			return h.failOpen(w, r, repl, key, err, next)
+		}
 		return h.refuse(w, r, repl, key, err)
 	}
+	h.granted(r, repl, lease)
 	result := resultAcquired
 	if waited > time.Millisecond && h.Wait > 0 {
 		result = resultWaited
@@ -258,12 +295,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// even if a later handler ignores the cancellation.
 	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Duration(h.MaxHold))
 	stop := context.AfterFunc(holdCtx, release)
+	guard, holdCtx := h.guardLease(holdCtx, cancel, lease, key)
 	defer func() {
+		guard.stop()
 		stop()
 		cancel()
 		release()
 	}()
-	return next.ServeHTTP(w, r.WithContext(holdCtx))
+	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(holdCtx)))
 }
 
 // keyOf computes the lock key of a request.
@@ -329,6 +368,11 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		repl.Set("http.lock.result", resultConflict)
 		h.metrics.count(resultConflict)
 		return caddyhttp.Error(499, fmt.Errorf("lock %s: client went away while waiting: %w", key, err))
+	case errors.Is(err, ErrStoreUnavailable):
+		result = resultUnavailable
+		p.Title = "Lock store unavailable"
+		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)
+		h.storeTrouble(key, err)
 	default:
 		p.Title = "Lock unavailable"
 		p.Detail = "the lock store could not be reached"
@@ -362,22 +406,40 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 var zones = caddy.NewUsagePool()
 
 type zone struct {
-	poolKey string
-	locker  *MemLocker
+	poolKey  string
+	locker   Locker
+	explicit LockStore
+	close    func() error // lets go of a store's connections; nil in memory
 }
 
-// Destruct implements caddy.Destructor; an in-memory table needs nothing.
-func (*zone) Destruct() error { return nil }
+// Destruct implements caddy.Destructor.
+func (z *zone) Destruct() error {
+	if z.close != nil {
+		return z.close()
+	}
+	return nil
+}
 
-func loadZone(name string, hierarchy bool) (*zone, error) {
+func loadZone(name string, hierarchy bool, store Store) (*zone, error) {
 	// The hierarchy flag is part of the table's structure, so a zone
-	// whose hierarchy setting changes starts a new table.
+	// whose hierarchy setting changes starts a new table; so does one
+	// whose store configuration changes.
 	poolKey := name
 	if hierarchy {
 		poolKey += "\x00hierarchy"
 	}
+	if store != nil {
+		poolKey += "\x00" + store.TableKey()
+	}
 	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return &zone{poolKey: poolKey, locker: NewMemLocker(hierarchy, 0, 0)}, nil
+		if store == nil {
+			return &zone{poolKey: poolKey, locker: NewMemLocker(hierarchy, 0, 0)}, nil
+		}
+		t, err := store.OpenZone(name, hierarchy)
+		if err != nil {
+			return nil, err
+		}
+		return &zone{poolKey: poolKey, locker: t.Locker, explicit: t.Explicit, close: t.Close}, nil
 	})
 	if err != nil {
 		return nil, err

@@ -129,6 +129,8 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("X-Backend", "yes")
+	// What the lock told the backend, for the fencing tests.
+	w.Header().Set("X-Got-Fence", r.Header.Get("X-Lock-Fence"))
 	fmt.Fprintf(w, "ok %s %s", r.Method, r.URL.EscapedPath())
 }
 
@@ -271,7 +273,7 @@ func zoneTable(t *testing.T, name string) *MemLocker {
 	var l *MemLocker
 	zones.Range(func(k, v any) bool {
 		if z := v.(*zone); k == name || k == name+"\x00hierarchy" {
-			l = z.locker
+			l, _ = z.locker.(*MemLocker)
 		}
 		return true
 	})

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,9 +62,11 @@ type RedisConfig struct {
 	// PoolSize is the number of connections per Redis node; default 10.
 	PoolSize int `json:"pool_size,omitempty"`
 	// TLS enables TLS to Redis (with TLSConfig if set, else defaults).
-	TLS bool `json:"tls,omitempty"`
+	// In JSON and the Caddyfile, the store module's tls option sets it.
+	TLS bool `json:"-"`
 	// TLSConfig is the TLS client configuration used when TLS is set;
-	// nil means Go's defaults with the server name from the address.
+	// nil means Go's defaults. Without a ServerName, the host of the
+	// first address is verified.
 	TLSConfig *tls.Config `json:"-"`
 }
 
@@ -114,10 +117,18 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if cfg.TLS {
-		opts.TLSConfig = cfg.TLSConfig
-		if opts.TLSConfig == nil {
-			opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.TLSConfig != nil {
+			tc = cfg.TLSConfig.Clone()
 		}
+		if tc.ServerName == "" && !tc.InsecureSkipVerify {
+			host, _, err := net.SplitHostPort(cfg.Addresses[0])
+			if err != nil {
+				return nil, fmt.Errorf("redis lock store: address %q: %w", cfg.Addresses[0], err)
+			}
+			tc.ServerName = host
+		}
+		opts.TLSConfig = tc
 	}
 	return redis.NewUniversalClient(opts), nil
 }
@@ -173,8 +184,8 @@ const (
 type RedisLocker struct {
 	client     redis.UniversalClient
 	hierarchy  bool
-	maxLocks   int
-	maxWaiters int
+	maxLocks   atomic.Int64 // limits, changeable with SetLimits
+	maxWaiters atomic.Int64
 	lease      time.Duration
 	timeout    time.Duration
 	waiterTTL  time.Duration
@@ -231,21 +242,13 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 	if lease < 2*timeout {
 		return nil, fmt.Errorf("redis lock store: lease %s must be at least twice the timeout %s", lease, timeout)
 	}
-	if maxLocks <= 0 {
-		maxLocks = DefaultMaxLocks
-	}
-	if maxWaiters <= 0 {
-		maxWaiters = DefaultMaxWaiters
-	}
 	base := "{" + cfg.KeyPrefix + ":" + zone + "}:"
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &RedisLocker{
-		client:     client,
-		hierarchy:  hierarchy,
-		maxLocks:   maxLocks,
-		maxWaiters: maxWaiters,
-		lease:      lease,
-		timeout:    timeout,
+		client:    client,
+		hierarchy: hierarchy,
+		lease:     lease,
+		timeout:   timeout,
 		// A waiter refreshes its entry on every attempt (at most a poll
 		// interval plus a call apart); entries of a dead node vanish
 		// after this long.
@@ -266,9 +269,24 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 		leases:    make(map[string]*RedisLease),
 		waiters:   make(map[*redisWaiter]struct{}),
 	}
+	l.SetLimits(maxLocks, maxWaiters)
 	l.wg.Add(1)
 	go l.renewLoop()
 	return l, nil
+}
+
+// SetLimits changes the zone's limits for the next acquisitions, as
+// MemLocker.SetLimits does; values <= 0 mean the defaults. Every node of a
+// zone should use the same limits, since each acquisition checks its own.
+func (l *RedisLocker) SetLimits(maxLocks, maxWaiters int) {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	if maxWaiters <= 0 {
+		maxWaiters = DefaultMaxWaiters
+	}
+	l.maxLocks.Store(int64(maxLocks))
+	l.maxWaiters.Store(int64(maxWaiters))
 }
 
 // Hierarchy reports whether a lock covers the keys below it.
@@ -609,8 +627,8 @@ func descRange(key string) (lo, hi string) {
 
 func (l *RedisLocker) acquireArgs(req Request, tok, wtok string) []any {
 	args := []any{
-		req.Key, tok, l.lease.Milliseconds(), l.maxLocks,
-		wtok, l.waiterTTL.Milliseconds(), l.maxWaiters, l.channel,
+		req.Key, tok, l.lease.Milliseconds(), l.maxLocks.Load(),
+		wtok, l.waiterTTL.Milliseconds(), l.maxWaiters.Load(), l.channel,
 	}
 	if !l.hierarchy {
 		return append(args, "", "")
