@@ -17,6 +17,7 @@ type testRedis struct {
 	bin  string
 	dir  string
 	port int
+	args []string // extra redis-server arguments
 	cmd  *exec.Cmd
 	exit chan struct{}
 	// Addr is host:port of the server; it stays the same across restarts.
@@ -24,9 +25,10 @@ type testRedis struct {
 }
 
 // startRedis starts redis-server from PATH on a free local port, with no
-// persistence, and stops it when the test ends. Without redis-server the
-// test is skipped, unless CI is set, where that is a failure.
-func startRedis(t testing.TB) *testRedis {
+// persistence and with the extra arguments given, and stops it when the
+// test ends. Without redis-server the test is skipped, unless CI is set,
+// where that is a failure.
+func startRedis(t testing.TB, args ...string) *testRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -42,7 +44,7 @@ func startRedis(t testing.TB) *testRedis {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port}
+	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
 	r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	r.Start()
 	t.Cleanup(r.Stop)
@@ -56,9 +58,9 @@ func (r *testRedis) Start() {
 	if r.cmd != nil {
 		r.t.Fatal("redis-server already running")
 	}
-	cmd := exec.Command(r.bin,
+	cmd := exec.Command(r.bin, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
-		"--save", "", "--appendonly", "no", "--dir", r.dir)
+		"--save", "", "--appendonly", "no", "--dir", r.dir}, r.args...)...)
 	out, err := os.Create(r.dir + "/redis.log")
 	if err != nil {
 		r.t.Fatal(err)
@@ -114,5 +116,6 @@ func (r *testRedis) ping() bool {
 		return false
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
+	// A server with a password answers, but refuses PING.
+	return err == nil && (strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH"))
 }
