@@ -86,7 +86,9 @@ func assertLockingResumes(t *testing.T, url string, b *backend) {
 		return do(http.DefaultClient, http.MethodPut, url+"/doc", nil).header.Get("X-Result") == resultAcquired
 	})
 	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "resume"}) }()
+	go func() {
+		done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "resume"})
+	}()
 	b.waitStarted(t, "resume")
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
 	b.open("resume")

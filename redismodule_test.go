@@ -109,20 +109,7 @@ func TestRedisStoreCaddyfileErrors(t *testing.T) {
 		{"lock {\n\tfence_header\n}", "fence_header: expected a header name"},
 		{"lock {\n\tfence_header X:Fence\n}", `fence_header: "X:Fence" is not a valid header name`},
 	} {
-		t.Run(tc.want, func(t *testing.T) {
-			input := "example.com {\n" + tc.block + "\n\treverse_proxy localhost:9000\n}\n"
-			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": "Caddyfile.test"})
-			if err == nil {
-				t.Fatalf("adapted without error:\n%s", input)
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.want) {
-				t.Fatalf("error %q does not say %q", msg, tc.want)
-			}
-			if !strings.Contains(msg, "Caddyfile.test:") {
-				t.Fatalf("error %q does not name the file and line", msg)
-			}
-		})
+		t.Run(tc.want, func(t *testing.T) { assertAdaptError(t, tc.block, tc.want) })
 	}
 }
 
