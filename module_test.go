@@ -39,8 +39,9 @@ func TestMain(m *testing.M) {
 // backend is a real HTTP server that records what reaches it: writes and
 // reads per resource, and writes that overlapped on one resource (what
 // the lock exists to prevent). A request with X-Hold: <id> is held at the
-// backend until the test opens that gate; X-Resource names the resource
-// when a test sends several spellings of one path.
+// backend until the test opens that gate, one with X-Delay: <duration>
+// for that long; X-Resource names the resource when a test sends several
+// spellings of one path.
 type backend struct {
 	*httptest.Server
 	mu        sync.Mutex
@@ -110,6 +111,9 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	// Read the body first: Go's server only notices a dropped
 	// connection (and cancels the request) once the body is read.
 	_, _ = io.Copy(io.Discard, r.Body)
+	if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
+		time.Sleep(d) // a write that takes a while, so overlaps can show
+	}
 	if id := r.Header.Get("X-Hold"); id != "" {
 		g := b.gate(id)
 		b.started <- id
