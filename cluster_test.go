@@ -252,7 +252,9 @@ func TestClusterKilledHolder(t *testing.T) {
 		holder, rival := pair[0], pair[1]
 		done := make(chan result, 1)
 		id := "held-by-" + holder.name
-		go func() { done <- do(http.DefaultClient, http.MethodPost, holder.URL+"/doc", map[string]string{"X-Hold": id}) }()
+		go func() {
+			done <- do(http.DefaultClient, http.MethodPost, holder.URL+"/doc", map[string]string{"X-Hold": id})
+		}()
 		b.waitStarted(t, id)
 		assertLocked(t, do(http.DefaultClient, http.MethodPut, rival.URL+"/doc", nil), "/doc")
 		b.open(id)
