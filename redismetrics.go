@@ -74,6 +74,12 @@ var scriptOps = map[string]string{
 	releaseScript.Hash(): "release",
 	leaveScript.Hash():   "leave",
 	renewScript.Hash():   "renew",
+	// explicit locks
+	xCreateScript.Hash():      "explicit_create",
+	xRefreshScript.Hash():     "explicit_refresh",
+	xRemoveScript.Hash():      "explicit_remove",
+	xRemoveUnderScript.Hash(): "explicit_remove_under",
+	xAffectingScript.Hash():   "explicit_affecting",
 }
 
 // redisOp names the operation a command performs.

@@ -156,8 +156,13 @@ func (s *RedisStore) OpenZone(zone string, hierarchy bool) (ZoneTables, error) {
 		client.Close()
 		return ZoneTables{}, err
 	}
+	explicit, err := NewRedisLockStore(client, zone, s.RedisConfig)
+	if err != nil {
+		return ZoneTables{}, errors.Join(err, locker.Close(), client.Close())
+	}
 	return ZoneTables{
-		Locker: locker,
+		Locker:   locker,
+		Explicit: explicit,
 		Close: func() error {
 			return errors.Join(locker.Close(), client.Close())
 		},
