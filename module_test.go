@@ -55,7 +55,7 @@ type backend struct {
 	closed    chan struct{}
 }
 
-func newBackend(t *testing.T) *backend {
+func newBackend(t testing.TB) *backend {
 	b := &backend{
 		inflight:  map[string]int{},
 		gates:     map[string]chan struct{}{},
@@ -157,7 +157,7 @@ func (b *backend) waitStarted(t *testing.T, id string) {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -171,7 +171,7 @@ func freePort(t *testing.T) int {
 // fragment; {backend} is replaced with the backend's address) and returns
 // the site's base URL. Each call replaces the running config, as a reload
 // does.
-func loadCaddy(t *testing.T, port int, global, site string, b *backend) string {
+func loadCaddy(t testing.TB, port int, global, site string, b *backend) string {
 	t.Helper()
 	if b != nil {
 		site = strings.ReplaceAll(site, "{backend}", strings.TrimPrefix(b.URL, "http://"))
@@ -224,7 +224,7 @@ func do(client *http.Client, method, url string, header map[string]string) resul
 	return result{status: resp.StatusCode, header: resp.Header, body: string(body), err: err}
 }
 
-func mustDo(t *testing.T, method, url string, header map[string]string, want int) result {
+func mustDo(t testing.TB, method, url string, header map[string]string, want int) result {
 	t.Helper()
 	r := do(http.DefaultClient, method, url, header)
 	if r.err != nil {
