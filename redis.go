@@ -171,7 +171,7 @@ const (
 //
 //	…:exp   sorted set, holder member → lease expiry (ms, server clock)
 //	…:held  sorted set, holder members, score 0, for prefix range queries
-//	…:info  hash, holder member → "grant-time-ms fence"
+//	…:info  hash, holder member → "grant-time-µs fence"
 //	…:meta  hash: fence (grant counter), wseq (waiter counter), avg (hold ms)
 //	…:q     sorted set, score 0, waiter "key\0seq\0wtoken", FIFO per key
 //	…:wexp  sorted set, "key\0wtoken" → waiter expiry (ms)
@@ -367,11 +367,13 @@ func newToken(kind Kind) string {
 	return c + hex.EncodeToString(b[:])
 }
 
-// scriptTime sets `now` to the server clock in ms; every script uses it so
+// scriptTime sets `now` to the server clock in ms, and `nowus` in µs (for
+// hold times, which may be shorter than a ms); every script uses it so
 // that the clocks of Caddy nodes never matter.
 const scriptTime = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
 `
 
 // acquireScript grants a lock, queues a waiter or reports the conflict.
@@ -385,7 +387,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // of descendants ("" = none), 11.. ancestors.
 //
 // Returns {1, fence} when granted, {2} when full, or {0, key, kind,
-// held ms, below, avg hold ms, queued} on conflict, where queued is 1 for
+// held µs, below, avg hold ms, queued} on conflict, where queued is 1 for
 // the head of the queue, 2 behind it and 0 when not queued.
 //
 // Messages on the channel are either a key whose locks changed, for the
@@ -433,7 +435,7 @@ local function live(m)
 end
 local function since(m)
   local v = redis.call('HGET', info, m)
-  return tonumber(v and string.match(v, '^(%d+)')) or now
+  return tonumber(v and string.match(v, '^(%d+)')) or nowus
 end
 -- holders of k that conflict with kind want: their kind and earliest grant
 local function onKey(k, want)
@@ -499,14 +501,14 @@ local bk, bkind, bs, bbelow
 if head and head ~= W then
   -- Never overtake a queue: report what blocks its head.
   bk, bkind, bs, bbelow = blocker(string.sub(head, -33, -33))
-  if not bk then bk, bkind, bs, bbelow = key, 'S', now, 0 end
+  if not bk then bk, bkind, bs, bbelow = key, 'S', nowus, 0 end
 else
   bk, bkind, bs, bbelow = blocker(want)
   if not bk then
     local fence = redis.call('HINCRBY', meta, 'fence', 1)
     redis.call('ZADD', exp, now + ttl, M)
     redis.call('ZADD', held, 0, M)
-    redis.call('HSET', info, M, string.format('%d %d', now, fence))
+    redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
     if W then
       redis.call('ZREM', q, W)
       redis.call('HDEL', wseq, wm)
@@ -535,7 +537,7 @@ end
 local avg = tonumber(redis.call('HGET', meta, 'avg') or '0') or 0
 local kind = 1
 if bkind == 'X' then kind = 2 end
-return {0, bk, kind, now - bs, bbelow, math.floor(avg), queued}
+return {0, bk, kind, nowus - bs, bbelow, math.floor(avg), queued}
 `)
 
 // releaseScript deletes a holder if the token still matches, updates the
@@ -552,7 +554,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 local s = tonumber(v and string.match(v, '^(%d+)'))
 if s then
   local avg = tonumber(redis.call('HGET', KEYS[4], 'avg') or '0') or 0
-  redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg + (now - s - avg) / 8)))
+  redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg + ((nowus - s) / 1000 - avg) / 8)))
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
@@ -663,11 +665,11 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 	case status == 0 && len(v) == 7:
 		key, _ := v[1].(string)
 		kind, _ := v[2].(int64)
-		heldMs, _ := v[3].(int64)
+		heldUs, _ := v[3].(int64)
 		below, _ := v[4].(int64)
 		avgMs, _ := v[5].(int64)
 		queued, _ := v[6].(int64)
-		held := time.Duration(max(heldMs, 0)) * time.Millisecond
+		held := time.Duration(max(heldUs, 0)) * time.Microsecond
 		avg := time.Duration(max(avgMs, 0)) * time.Millisecond
 		remaining := avg - held
 		if remaining <= 0 {

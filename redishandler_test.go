@@ -78,6 +78,8 @@ func metricValue(t *testing.T, metricsURL, sample string) float64 {
 	return v
 }
 
+var resumeGates atomic.Int64
+
 // assertLockingResumes waits until writes to url are locked again (after
 // Redis came back), then checks that a write in flight refuses another.
 func assertLockingResumes(t *testing.T, url string, b *backend) {
@@ -86,12 +88,11 @@ func assertLockingResumes(t *testing.T, url string, b *backend) {
 		return do(http.DefaultClient, http.MethodPut, url+"/doc", nil).header.Get("X-Result") == resultAcquired
 	})
 	done := make(chan result, 1)
-	go func() {
-		done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "resume"})
-	}()
-	b.waitStarted(t, "resume")
+	id := fmt.Sprintf("resume-%d", resumeGates.Add(1)) // a gate opens once
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": id}) }()
+	b.waitStarted(t, id)
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
-	b.open("resume")
+	b.open(id)
 	if r := <-done; r.status != http.StatusOK {
 		t.Fatalf("the held write: %d %s", r.status, r.body)
 	}

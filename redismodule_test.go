@@ -159,3 +159,28 @@ func TestRedisStorePasswordPlaceholder(t *testing.T) {
 	url = startCaddy(t, redisSite(srv, "rpass", "password {env.CADDY_LOCK_TEST_REDIS_PASSWORD}", ""), b)
 	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusServiceUnavailable)
 }
+
+// TLS to Redis with the Caddyfile's tls options: the CA from a file, the
+// server's name from the address or from server_name; an unknown CA makes
+// the store unreachable, not the lock optional.
+func TestRedisStoreTLS(t *testing.T) {
+	srv, ca := startRedisTLS(t)
+	b := newBackend(t)
+	for _, tc := range []struct {
+		name, tls string
+		want      int
+	}{
+		{"address", "tls {\n ca " + ca + "\n }", http.StatusOK},
+		{"server_name", "tls {\n ca " + ca + "\n server_name redis.test\n }", http.StatusOK},
+		{"system roots", "tls", http.StatusServiceUnavailable},
+		{"wrong name", "tls {\n ca " + ca + "\n server_name other.test\n }", http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := startCaddy(t, redisSite(srv, "rtls", tc.tls, ""), b)
+			mustDo(t, http.MethodPut, url+"/doc", nil, tc.want)
+			if tc.want == http.StatusOK {
+				assertLockingResumes(t, url, b)
+			}
+		})
+	}
+}

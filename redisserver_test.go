@@ -2,9 +2,18 @@ package caddylock
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,7 +26,8 @@ type testRedis struct {
 	bin  string
 	dir  string
 	port int
-	args []string // extra redis-server arguments
+	args []string    // extra redis-server arguments
+	tls  *tls.Config // set when the server speaks only TLS
 	cmd  *exec.Cmd
 	exit chan struct{}
 	// Addr is host:port of the server; it stays the same across restarts.
@@ -29,6 +39,15 @@ type testRedis struct {
 // test ends. Without redis-server the test is skipped, unless CI is set,
 // where that is a failure.
 func startRedis(t testing.TB, args ...string) *testRedis {
+	t.Helper()
+	r := newTestRedis(t, args...)
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// newTestRedis finds redis-server (or skips the test) and picks a port.
+func newTestRedis(t testing.TB, args ...string) *testRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -46,9 +65,68 @@ func startRedis(t testing.TB, args ...string) *testRedis {
 	ln.Close()
 	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
 	r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return r
+}
+
+// startRedisTLS starts a redis-server that speaks only TLS, with a
+// certificate for 127.0.0.1 and redis.test from a throwaway CA, and
+// returns it with the CA's PEM file.
+func startRedisTLS(t *testing.T) (*testRedis, string) {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "caddy-lock test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{"redis.test"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, b []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	caFile := write("ca.pem", "CERTIFICATE", caDER)
+	certFile, keyFile := write("redis.pem", "CERTIFICATE", der), write("redis.key", "PRIVATE KEY", keyDER)
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	r := newTestRedis(t)
+	r.tls = &tls.Config{RootCAs: pool, ServerName: "redis.test"}
+	r.args = []string{"--port", "0", "--tls-port", strconv.Itoa(r.port), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", caFile, "--tls-auth-clients", "no"}
 	r.Start()
 	t.Cleanup(r.Stop)
-	return r
+	return r, caFile
 }
 
 // Start starts the server (again) on its port and waits until it answers
@@ -106,7 +184,13 @@ func (r *testRedis) Stop() {
 }
 
 func (r *testRedis) ping() bool {
-	c, err := net.DialTimeout("tcp", r.Addr, 200*time.Millisecond)
+	var c net.Conn
+	var err error
+	if r.tls != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: 200 * time.Millisecond}, "tcp", r.Addr, r.tls)
+	} else {
+		c, err = net.DialTimeout("tcp", r.Addr, 200*time.Millisecond)
+	}
 	if err != nil {
 		return false
 	}
