@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -357,6 +358,15 @@ func TestClusterRedisOutage(t *testing.T) {
 	}
 	if n := seenDown["open"]; n[http.StatusOK] == 0 || len(n) != 1 {
 		t.Fatalf("fail_open with Redis down answered %v; want only 200", n)
+	}
+	// Hundreds of requests, one warning each: the log is rate-limited.
+	for p, msg := range map[*caddyProc]string{
+		closed: "lock store unavailable: refusing requests with 503",
+		open:   "lock store unavailable: passing requests WITHOUT locks",
+	} {
+		if n := strings.Count(p.output(), msg); n != 1 {
+			t.Errorf("caddy %s logged %q %d times, want once", p.name, msg, n)
+		}
 	}
 
 	srv.Start()

@@ -323,6 +323,18 @@ func (l *RedisLocker) Close() error {
 	return err
 }
 
+// Idle reports whether the locker holds no leases and no Acquire call of
+// it is waiting in a queue: closing it then cuts no request short.
+func (l *RedisLocker) Idle() bool {
+	l.mu.Lock()
+	held := len(l.leases)
+	l.mu.Unlock()
+	l.waitMu.Lock()
+	waiting := len(l.waiters)
+	l.waitMu.Unlock()
+	return held == 0 && waiting == 0
+}
+
 // RedisStats is a snapshot of a zone's lock table in Redis.
 type RedisStats struct {
 	// Held counts held locks in the zone (all nodes), including expired

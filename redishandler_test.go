@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -358,4 +359,71 @@ func TestRedisHandlerRoundTrips(t *testing.T) {
 	if len(cmds) != 2*n || slices.ContainsFunc(cmds, func(c string) bool { return c != "evalsha" }) {
 		t.Fatalf("%d locked writes sent %v; want %d evalsha and nothing else", n, cmds, 2*n)
 	}
+}
+
+// zoneKeys lists the pool keys of a zone's tables.
+func zoneKeys(name string) []string {
+	var keys []string
+	zones.Range(func(k, _ any) bool {
+		if s := k.(string); s == name || strings.HasPrefix(s, name+"\x00") {
+			keys = append(keys, s)
+		}
+		return true
+	})
+	slices.Sort(keys)
+	return keys
+}
+
+// A reload keeps the zone's Redis tables (and client) when the store's
+// settings stay, and opens new ones when they change; either way a write
+// in flight under the old config keeps its lock, and its lease is renewed
+// until it is done.
+func TestRedisHandlerReload(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	port, admin := freePort(t), freePort(t)
+	global := fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", admin)
+	site := strings.Replace(redisSite(srv, "rreload", "", ""), "lease 1s", "lease 600ms", 1)
+	url := loadCaddy(t, port, global, site, b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	first := zoneKeys("rreload")
+	if len(first) != 1 {
+		t.Fatalf("zone tables %q", first)
+	}
+	done := make(chan result, 1)
+	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "reload"}) }()
+	b.waitStarted(t, "reload")
+
+	loadCaddy(t, port, global, site+"\nheader X-Config two", b)
+	if got := zoneKeys("rreload"); !slices.Equal(got, first) {
+		t.Fatalf("same store settings: tables %q, before %q", got, first)
+	}
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+
+	loadCaddy(t, port, global, strings.Replace(site, "timeout 200ms", "timeout 250ms", 1)+"\nheader X-Config three", b)
+	if got := zoneKeys("rreload"); len(got) != 1 || got[0] == first[0] {
+		t.Fatalf("changed store settings: tables %q, before %q", got, first)
+	}
+	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+	if r.header.Get("X-Config") != "three" {
+		t.Fatal("the new config is not serving")
+	}
+	assertLocked(t, r, "/doc")
+	// Several leases long: the write under the first config still holds.
+	time.Sleep(1500 * time.Millisecond)
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	if v := metricValue(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", admin), `caddy_lock_leases_lost_total{zone="rreload"}`); v > 0 {
+		t.Fatalf("%v leases lost across the reloads", v)
+	}
+	b.open("reload")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the write under the first config: %d", r.status)
+	}
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+	// Now that its last lease is released, the old tables close: one
+	// renewal loop is left, the current zone's.
+	waitFor(t, 5*time.Second, "the old zone's locker to close", func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*RedisLocker).renewLoop") == 1
+	})
 }

@@ -51,7 +51,12 @@ type RedisStore struct {
 	OnError string `json:"on_error,omitempty"`
 
 	tableKey string
+	logger   *zap.Logger
 }
+
+// redisIdlePoll is how often a zone being closed checks whether its last
+// lease was released.
+const redisIdlePoll = 100 * time.Millisecond
 
 // CaddyModule returns the Caddy module information.
 func (RedisStore) CaddyModule() caddy.ModuleInfo {
@@ -63,6 +68,7 @@ func (RedisStore) CaddyModule() caddy.ModuleInfo {
 
 // Provision resolves placeholders, fixes the table key and prepares TLS.
 func (s *RedisStore) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
 	for i, a := range s.Addresses {
 		s.Addresses[i] = repl.ReplaceKnown(a, "")
@@ -164,7 +170,18 @@ func (s *RedisStore) OpenZone(zone string, hierarchy bool) (ZoneTables, error) {
 		Locker:   locker,
 		Explicit: explicit,
 		Close: func() error {
-			return errors.Join(locker.Close(), client.Close())
+			// Requests of the config being unloaded may still be
+			// writing: their leases are renewed until they let go.
+			// Each is bounded by its handler's max_hold.
+			go func() {
+				for !locker.Idle() {
+					time.Sleep(redisIdlePoll)
+				}
+				if err := errors.Join(locker.Close(), client.Close()); err != nil {
+					s.logger.Warn("closing redis lock store", zap.String("zone", zone), zap.Error(err))
+				}
+			}()
+			return nil
 		},
 	}, nil
 }

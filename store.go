@@ -46,7 +46,9 @@ type ZoneTables struct {
 	Locker Locker
 	// Explicit holds the explicit (LOCK and admin) locks.
 	Explicit LockStore
-	// Close lets go of the tables' connections; locks stay in the store.
+	// Close lets go of the tables' connections, once the locks taken
+	// through them are released (without blocking); locks stay in the
+	// store.
 	Close func() error
 }
 
