@@ -391,7 +391,9 @@ func TestRedisHandlerReload(t *testing.T) {
 		t.Fatalf("zone tables %q", first)
 	}
 	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "reload"}) }()
+	go func() {
+		done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "reload"})
+	}()
 	b.waitStarted(t, "reload")
 
 	loadCaddy(t, port, global, site+"\nheader X-Config two", b)
