@@ -412,3 +412,29 @@ func TestRedisStoreUnavailable(t *testing.T) {
 		t.Errorf("get with an ended context: %v", err)
 	}
 }
+
+// A zone with store redis keeps its explicit locks in Redis: a lock made
+// through the zone of a running Caddy is seen by another node's store.
+func TestRedisStoreZoneTables(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	startCaddy(t, redisSite(srv, "rzone", "", ""), b)
+	var z *zone
+	zones.Range(func(k, v any) bool {
+		if strings.HasPrefix(k.(string), "rzone\x00") {
+			z = v.(*zone)
+		}
+		return true
+	})
+	if z == nil || z.explicit == nil {
+		t.Fatalf("zone rzone: %+v", z)
+	}
+	if _, ok := z.locker.(*RedisLocker); !ok {
+		t.Fatalf("zone rzone's locker is a %T", z.locker)
+	}
+	l := mustCreate(t, z.explicit, xlock("/doc", Exclusive, DepthInfinity))
+	other := newRedisLockStore(t, srv, "rzone")
+	if got, err := other.Affecting(context.Background(), "/doc/page", false); err != nil || len(got) != 1 || got[0].Token != l.Token {
+		t.Fatalf("the other node sees %v, %v", roots(got), err)
+	}
+}
