@@ -23,8 +23,8 @@ func init() {
 
 // Values of RedisStore.OnError.
 const (
-	FailClosed = "fail_closed"
-	FailOpen   = "fail_open"
+	OnErrorFailClosed = "fail_closed"
+	OnErrorFailOpen   = "fail_open"
 )
 
 // RedisStore keeps the lock tables of zones in Redis, so that every Caddy
@@ -123,9 +123,9 @@ func (s *RedisStore) Validate() error {
 		}
 	}
 	switch s.OnError {
-	case "", FailClosed, FailOpen:
+	case "", OnErrorFailClosed, OnErrorFailOpen:
 	default:
-		return fmt.Errorf("redis lock store: on_error must be %s or %s, got %q", FailClosed, FailOpen, s.OnError)
+		return fmt.Errorf("redis lock store: on_error must be %s or %s, got %q", OnErrorFailClosed, OnErrorFailOpen, s.OnError)
 	}
 	if strings.ContainsAny(s.KeyPrefix, "{}") {
 		return fmt.Errorf("redis lock store: key_prefix %q must not contain '{' or '}'", s.KeyPrefix)
@@ -147,7 +147,7 @@ func (s *RedisStore) Validate() error {
 func (s *RedisStore) TableKey() string { return s.tableKey }
 
 // FailOpen implements Store.
-func (s *RedisStore) FailOpen() bool { return s.OnError == FailOpen }
+func (s *RedisStore) FailOpen() bool { return s.OnError == OnErrorFailOpen }
 
 // OpenZone implements Store: one client per zone, whose commands are
 // timed for the metrics, a RedisLocker and a RedisLockStore over it.
@@ -273,12 +273,12 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				s.Timeout = dur
 			}
 		case "on_error":
-			v, err := oneArg(d, "store redis: on_error", FailClosed+" or "+FailOpen, "value")
+			v, err := oneArg(d, "store redis: on_error", OnErrorFailClosed+" or "+OnErrorFailOpen, "value")
 			if err != nil {
 				return err
 			}
-			if v != FailClosed && v != FailOpen {
-				return d.Errf("lock: store redis: on_error: expected %s or %s, got %q", FailClosed, FailOpen, v)
+			if v != OnErrorFailClosed && v != OnErrorFailOpen {
+				return d.Errf("lock: store redis: on_error: expected %s or %s, got %q", OnErrorFailClosed, OnErrorFailOpen, v)
 			}
 			s.OnError = v
 		case "tls":

@@ -74,7 +74,7 @@ func TestRedisStoreCaddyfile(t *testing.T) {
 			Timeout:   caddy.Duration(250 * time.Millisecond),
 			PoolSize:  4,
 		},
-		OnError: FailOpen,
+		OnError: OnErrorFailOpen,
 		TLS: &reverseproxy.TLSConfig{
 			CARaw:                    json.RawMessage(`{"pem_files":["/etc/redis/ca.pem"],"provider":"file"}`),
 			ClientCertificateFile:    "/etc/redis/c.pem",
