@@ -631,12 +631,13 @@ func descRange(key string) (lo, hi string) {
 	if len(key) == 0 || key[0] != '/' {
 		return "", ""
 	}
-	p := key + "/"
 	if key == "/" {
-		p = "/"
+		// Every other "/"-rooted key, but not the members of "/"
+		// itself, which continue with the NUL separator.
+		return "[/\x01", "(0"
 	}
-	// Every prefix ends in '/', so bumping that byte bounds the range.
-	return "[" + p, "(" + p[:len(p)-1] + "0"
+	// The prefix ends in '/', so bumping that byte bounds the range.
+	return "[" + key + "/", "(" + key + "0"
 }
 
 func (l *RedisLocker) acquireArgs(req Request, tok, wtok string) []any {

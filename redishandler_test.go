@@ -396,24 +396,27 @@ func TestRedisHandlerReload(t *testing.T) {
 	}()
 	b.waitStarted(t, "reload")
 
+	// A connection kept alive from before a reload may still reach the
+	// old server: each request here gets a new one.
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	loadCaddy(t, port, global, site+"\nheader X-Config two", b)
 	if got := zoneKeys("rreload"); !slices.Equal(got, first) {
 		t.Fatalf("same store settings: tables %q, before %q", got, first)
 	}
-	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	assertLocked(t, do(fresh, http.MethodPut, url+"/doc", nil), "/doc")
 
 	loadCaddy(t, port, global, strings.Replace(site, "timeout 200ms", "timeout 250ms", 1)+"\nheader X-Config three", b)
 	if got := zoneKeys("rreload"); len(got) != 1 || got[0] == first[0] {
 		t.Fatalf("changed store settings: tables %q, before %q", got, first)
 	}
-	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+	r := do(fresh, http.MethodPut, url+"/doc", nil)
 	if r.header.Get("X-Config") != "three" {
 		t.Fatal("the new config is not serving")
 	}
 	assertLocked(t, r, "/doc")
 	// Several leases long: the write under the first config still holds.
 	time.Sleep(1500 * time.Millisecond)
-	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	assertLocked(t, do(fresh, http.MethodPut, url+"/doc", nil), "/doc")
 	if v := metricValue(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", admin), `caddy_lock_leases_lost_total{zone="rreload"}`); v > 0 {
 		t.Fatalf("%v leases lost across the reloads", v)
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,7 +42,8 @@ import (
 type RedisLockStore struct {
 	client  redis.UniversalClient
 	timeout time.Duration
-	base    string // "{prefix:zone}:"
+	max     atomic.Int64 // most live locks in the zone, changeable with SetMax
+	base    string       // "{prefix:zone}:"
 	kIdx    string
 	kExp    string
 }
@@ -57,13 +59,25 @@ func NewRedisLockStore(client redis.UniversalClient, zone string, cfg RedisConfi
 		return nil, fmt.Errorf("redis explicit lock store: key prefix %q and zone %q must not contain '{' or '}'", cfg.KeyPrefix, zone)
 	}
 	base := "{" + cfg.KeyPrefix + ":" + zone + "}:"
-	return &RedisLockStore{
+	s := &RedisLockStore{
 		client:  client,
 		timeout: time.Duration(cfg.Timeout),
 		base:    base,
 		kIdx:    base + "xidx",
 		kExp:    base + "xexp",
-	}, nil
+	}
+	s.SetMax(0)
+	return s, nil
+}
+
+// SetMax changes the most live locks the zone holds (<= 0 means
+// DefaultMaxLocks); past it Create fails with ErrFull. Locks already held
+// are never dropped. Every node of a zone should use the same limit.
+func (s *RedisLockStore) SetMax(maxLocks int) {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	s.max.Store(int64(maxLocks))
 }
 
 // Tuning that is not configuration.
@@ -111,13 +125,17 @@ end
 //
 // KEYS: xidx xexp hash; ARGV: 1 root, 2 token, 3 scope, 4 depth, 5 href,
 // 6 owner, 7 creator, 8 timeout ms, 9-10 BYLEX range below root ("" =
-// none), 11 hash key prefix, 12.. ancestors. Returns {1, hash fields}
-// when created, or {0, {hash fields of each conflicting lock}}.
+// none), 11 hash key prefix, 12 most live locks, 13.. ancestors. Returns
+// {1, hash fields} when created, {0, {hash fields of each conflicting
+// lock}}, or {2} when the zone is full.
 var xCreateScript = redis.NewScript(xPurge + `
 local h = KEYS[3]
 local root, tok, scope, depth = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', h) == 1 then
   return {1, redis.call('HGETALL', h)}
+end
+if redis.call('ZCARD', xexp) - redis.call('ZCOUNT', xexp, '-inf', now) >= tonumber(ARGV[12]) then
+  return {2}
 end
 local conflicts = {}
 local function check(ms, onlyInfinite)
@@ -130,11 +148,11 @@ local function check(ms, onlyInfinite)
   end
   return false
 end
--- ARGV[11] is the hash key prefix; ancestors follow it
+-- ARGV[11] is the hash key prefix; ancestors start at 13
 -- locks on the root itself
 if check(inRange('[' .. root .. '\0', '(' .. root .. '\1', 0, {}), false) then return {0, conflicts} end
 -- infinite locks on ancestors cover the root
-for i = 12, #ARGV do
+for i = 13, #ARGV do
   if check(inRange('[' .. ARGV[i] .. '\0', '(' .. ARGV[i] .. '\1', 0, {}), true) then return {0, conflicts} end
 end
 -- an infinite lock covers the locks below its root
@@ -281,7 +299,8 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 		depth = "I"
 		lo, hi = descRange(l.Root)
 	}
-	args := []any{l.Root, l.Token, scope, depth, l.Href, l.Owner, l.Creator, l.Timeout.Milliseconds(), lo, hi, s.base + "x:"}
+	args := []any{l.Root, l.Token, scope, depth, l.Href, l.Owner, l.Creator, l.Timeout.Milliseconds(), lo, hi,
+		s.base + "x:", s.max.Load()}
 	ancestors(l.Root, func(a string) bool {
 		args = append(args, a)
 		return true
@@ -291,6 +310,9 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 		return ExplicitLock{}, err
 	}
 	reply, _ := v.([]any)
+	if len(reply) == 1 {
+		return ExplicitLock{}, ErrFull
+	}
 	if len(reply) != 2 {
 		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: unexpected reply %v", v)
 	}

@@ -211,7 +211,7 @@ func TestRedisStoreAffectingRemoveUnderList(t *testing.T) {
 	for _, sp := range []struct {
 		root  string
 		depth Depth
-	}{{"/a", DepthInfinity}, {"/a/b", DepthZero}, {"/a/b", DepthZero}, {"/a/b/c", DepthZero}, {"/a/bc", DepthZero}, {"/x", DepthInfinity}, {"/a/b/d", DepthInfinity}} {
+	}{{"/", DepthZero}, {"/a", DepthInfinity}, {"/a/b", DepthZero}, {"/a/b", DepthZero}, {"/a/b/c", DepthZero}, {"/a/bc", DepthZero}, {"/x", DepthInfinity}, {"/a/b/d", DepthInfinity}} {
 		mustCreate(t, s, xlock(sp.root, Shared, sp.depth))
 	}
 	check := func(key string, below bool, want ...string) {
@@ -234,24 +234,28 @@ func TestRedisStoreAffectingRemoveUnderList(t *testing.T) {
 	check("/a/b/d/e", false, "/a", "/a/b/d") // depth-0 /a/b does not cover it
 	check("/a/bc", false, "/a", "/a/bc")
 	check("/y", true)
-	check("/", true, "/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d", "/a/bc", "/x")
+	check("/", false, "/")
+	check("/", true, "/", "/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d", "/a/bc", "/x")
 
 	all, err := s.List(ctx)
-	if err != nil || !slices.Equal(roots(all), []string{"/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d", "/a/bc", "/x"}) {
+	if err != nil || !slices.Equal(roots(all), []string{"/", "/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d", "/a/bc", "/x"}) {
 		t.Fatalf("list: %v %v", roots(all), err)
 	}
-	if all[1].Token > all[2].Token {
+	if all[2].Token > all[3].Token {
 		t.Fatal("list: same root not ordered by token")
 	}
 	n, err := s.RemoveUnder(ctx, "/a/b")
 	if err != nil || n != 4 {
 		t.Fatalf("remove under /a/b: %d %v, want 4", n, err)
 	}
-	if all, _ = s.List(ctx); !slices.Equal(roots(all), []string{"/a", "/a/bc", "/x"}) {
+	if all, _ = s.List(ctx); !slices.Equal(roots(all), []string{"/", "/a", "/a/bc", "/x"}) {
 		t.Fatalf("after remove under: %v", roots(all))
 	}
 	if n, err = s.RemoveUnder(ctx, "/a/b"); err != nil || n != 0 {
 		t.Fatalf("second remove under: %d %v", n, err)
+	}
+	if n, err = s.RemoveUnder(ctx, "/"); err != nil || n != 4 {
+		t.Fatalf("remove under /: %d %v, want 4", n, err)
 	}
 }
 
@@ -437,4 +441,27 @@ func TestRedisStoreZoneTables(t *testing.T) {
 	if got, err := other.Affecting(context.Background(), "/doc/page", false); err != nil || len(got) != 1 || got[0].Token != l.Token {
 		t.Fatalf("the other node sees %v, %v", roots(got), err)
 	}
+}
+
+// Past the zone's limit, Create fails with ErrFull and evicts nothing;
+// expired locks do not count.
+func TestRedisStoreFull(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	s.SetMax(2)
+	ctx := context.Background()
+	short := xlock("/short", Exclusive, DepthZero)
+	short.Timeout = 100 * time.Millisecond
+	mustCreate(t, s, short)
+	kept := mustCreate(t, s, xlock("/kept", Exclusive, DepthZero))
+	if _, err := s.Create(ctx, xlock("/x", Exclusive, DepthZero)); !errors.Is(err, ErrFull) {
+		t.Fatalf("past the limit: %v, want ErrFull", err)
+	}
+	if _, err := s.Get(ctx, kept.Token); err != nil {
+		t.Fatalf("a held lock was evicted: %v", err)
+	}
+	waitFor(t, 3*time.Second, "room after the short lock expires", func() bool {
+		_, err := s.Create(ctx, xlock("/x", Exclusive, DepthZero))
+		return err == nil
+	})
 }
