@@ -281,9 +281,10 @@ func TestClusterKilledHolder(t *testing.T) {
 		granted = time.Since(killed)
 		return true
 	})
-	// The lease is 1s and was renewed at most a third of it before the
-	// kill: the lock cannot have been free much earlier than 2/3s.
-	if granted < 600*time.Millisecond {
+	// The lease is 1s and renewed every third of it: the lock stays
+	// about 2/3s or more after the kill (less when the machine is so
+	// loaded that a renewal came late), never a moment.
+	if granted < 200*time.Millisecond {
 		t.Fatalf("granted %s after the kill, before the lease could run out", granted)
 	}
 	other.alive()
