@@ -63,14 +63,15 @@ func heldInRedis(t *testing.T, c redis.UniversalClient, zone string) int64 {
 	return n
 }
 
-// metricValue reads one sample from a Prometheus text exposition; -1 when
-// it is absent.
+// metricValue reads one sample from a Prometheus text exposition; 0 when
+// it is absent. The collectors live as long as the process, so tests
+// compare values before and after.
 func metricValue(t *testing.T, metricsURL, sample string) float64 {
 	t.Helper()
 	body := mustDo(t, http.MethodGet, metricsURL, nil, http.StatusOK).body
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindStringSubmatch(body)
 	if m == nil {
-		return -1
+		return 0
 	}
 	v, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
@@ -188,6 +189,9 @@ func TestRedisHandlerFailOpen(t *testing.T) {
 		t.Fatalf("acquire round trips not timed: %v", v)
 	}
 
+	failOpen := `caddy_lock_requests_total{result="fail_open",zone="ropen"}`
+	acquireErrors := `caddy_lock_redis_errors_total{op="acquire",zone="ropen"}`
+	failOpen0, acquireErrors0 := metricValue(t, metrics, failOpen), metricValue(t, metrics, acquireErrors)
 	srv.Stop()
 	for range 3 {
 		r := mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
@@ -198,10 +202,10 @@ func TestRedisHandlerFailOpen(t *testing.T) {
 	if writes, _, _ := b.counts(); writes != 4 {
 		t.Fatalf("backend saw %d writes, want 4", writes)
 	}
-	if v := metricValue(t, metrics, `caddy_lock_requests_total{result="fail_open",zone="ropen"}`); v != 3 {
+	if v := metricValue(t, metrics, failOpen) - failOpen0; v != 3 {
 		t.Fatalf("fail_open passes counted: %v, want 3", v)
 	}
-	if v := metricValue(t, metrics, `caddy_lock_redis_errors_total{op="acquire",zone="ropen"}`); v < 3 {
+	if v := metricValue(t, metrics, acquireErrors) - acquireErrors0; v < 3 {
 		t.Fatalf("acquire errors counted: %v, want at least 3", v)
 	}
 
@@ -237,6 +241,9 @@ reverse_proxy %s {
 	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", admin), site, nil)
 	t.Cleanup(func() { _ = caddy.Stop() })
 
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", admin)
+	lost := `caddy_lock_leases_lost_total{zone="rlost"}`
+	lost0 := metricValue(t, metrics, lost)
 	done := make(chan result, 1)
 	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", nil) }()
 	waitFor(t, 5*time.Second, "the lock to be held", func() bool { return heldInRedis(t, c, "rlost") == 1 })
@@ -245,9 +252,8 @@ reverse_proxy %s {
 	if err := c.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", admin)
 	waitFor(t, 3*time.Second, "the loss to be noticed", func() bool {
-		return metricValue(t, metrics, `caddy_lock_leases_lost_total{zone="rlost"}`) == 1
+		return metricValue(t, metrics, lost) == lost0+1
 	})
 	// Now the upstream comes up; the cancelled request must not reach it.
 	var reached atomic.Int32
@@ -277,15 +283,17 @@ func TestRedisHandlerLeaseLostAfterSent(t *testing.T) {
 	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", admin),
 		strings.Replace(redisSite(srv, "rlost2", "", ""), "lease 1s", "lease 900ms", 1), b)
 	t.Cleanup(func() { _ = caddy.Stop() })
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", admin)
+	lost := `caddy_lock_leases_lost_total{zone="rlost2"}`
+	lost0 := metricValue(t, metrics, lost)
 	done := make(chan result, 1)
 	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
 	b.waitStarted(t, "w")
 	if err := c.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", admin)
 	waitFor(t, 3*time.Second, "the loss to be noticed", func() bool {
-		return metricValue(t, metrics, `caddy_lock_leases_lost_total{zone="rlost2"}`) == 1
+		return metricValue(t, metrics, lost) == lost0+1
 	})
 	b.open("w")
 	if r := <-done; r.status != http.StatusOK {
@@ -386,6 +394,9 @@ func TestRedisHandlerReload(t *testing.T) {
 	site := strings.Replace(redisSite(srv, "rreload", "", ""), "lease 1s", "lease 600ms", 1)
 	url := loadCaddy(t, port, global, site, b)
 	t.Cleanup(func() { _ = caddy.Stop() })
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", admin)
+	lost := `caddy_lock_leases_lost_total{zone="rreload"}`
+	lost0 := metricValue(t, metrics, lost)
 	first := zoneKeys("rreload")
 	if len(first) != 1 {
 		t.Fatalf("zone tables %q", first)
@@ -417,7 +428,7 @@ func TestRedisHandlerReload(t *testing.T) {
 	// Several leases long: the write under the first config still holds.
 	time.Sleep(1500 * time.Millisecond)
 	assertLocked(t, do(fresh, http.MethodPut, url+"/doc", nil), "/doc")
-	if v := metricValue(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", admin), `caddy_lock_leases_lost_total{zone="rreload"}`); v > 0 {
+	if v := metricValue(t, metrics, lost) - lost0; v > 0 {
 		t.Fatalf("%v leases lost across the reloads", v)
 	}
 	b.open("reload")
