@@ -363,16 +363,16 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
 		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
+	case errors.Is(err, ErrStoreUnavailable): // before the context cases: it may wrap a timeout
+		result = resultUnavailable
+		p.Title = "Lock store unavailable"
+		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)
+		h.storeTrouble(key, err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The client left while queued; nobody reads the answer.
 		repl.Set("http.lock.result", resultConflict)
 		h.metrics.count(resultConflict)
 		return caddyhttp.Error(499, fmt.Errorf("lock %s: client went away while waiting: %w", key, err))
-	case errors.Is(err, ErrStoreUnavailable):
-		result = resultUnavailable
-		p.Title = "Lock store unavailable"
-		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)
-		h.storeTrouble(key, err)
 	default:
 		p.Title = "Lock unavailable"
 		p.Detail = "the lock store could not be reached"

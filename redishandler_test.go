@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -442,4 +443,40 @@ func TestRedisHandlerReload(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*RedisLocker).renewLoop") == 1
 	})
+}
+
+// A Redis that accepts connections but does not answer (stopped with
+// SIGSTOP) costs a request at most about the timeout, not go-redis'
+// seconds-long defaults; when it answers again, locking resumes.
+func TestRedisHandlerRedisHangs(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	url := startCaddy(t, redisSite(srv, "rhang", "", ""), b)
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			_ = srv.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	})
+	for range 3 {
+		start := time.Now()
+		r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+		// timeout is 200ms; a pooled connection and a new dial each
+		// count against it, with room for a loaded machine.
+		if d := time.Since(start); d > 1500*time.Millisecond {
+			t.Errorf("a write took %s while Redis hung", d)
+		}
+		if r.status != http.StatusServiceUnavailable {
+			t.Fatalf("write while Redis hung: %d %s", r.status, r.body)
+		}
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	assertLockingResumes(t, url, b)
 }
