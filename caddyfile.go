@@ -44,6 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_timeout       <duration>
 //		default_timeout   <duration>
 //		max_lock_body     <size>
+//		store             <type> { ... }
+//		fence_header      <header name>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -144,10 +146,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Zone = zone
+		case "store":
+			raw, err := unmarshalStore(d)
+			if err != nil {
+				return err
+			}
+			h.StoreRaw = raw
+		case "fence_header":
+			name, err := oneArg(d, sub, "a header name such as X-Lock-Fence", "header name")
+			if err != nil {
+				return err
+			}
+			if !validMethod(name) { // header names are RFC 9110 tokens too
+				return d.Errf("lock: fence_header: %q is not a valid header name", name)
+			}
+			h.FenceHeader = name
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
 				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors, "+
-				"webdav, max_timeout, default_timeout, max_lock_body", sub)
+				"webdav, max_timeout, default_timeout, max_lock_body, store, fence_header", sub)
 		}
 	}
 	return nil

@@ -103,6 +103,8 @@ type davRequest struct {
 	ifh  IfHeader // parsed If header; no lists when there was none
 	xml  bool     // the client speaks WebDAV: refusals are DAV:error XML
 	done func()   // releases the in-flight locks; nil when none are held
+	// guards watch the in-flight leases that a store can lose.
+	guards []*leaseGuard
 	// result is {http.lock.result} unless the request is refused;
 	// counted tells that the request was counted in the metrics.
 	result  string
@@ -142,13 +144,19 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 			d.done()
 		}
 	}()
+	var err error
 	switch r.Method {
 	case "LOCK":
-		return d.lock()
+		err = d.lock()
 	case "UNLOCK":
-		return d.unlock()
+		err = d.unlock()
+	default:
+		err = d.forward(kind, locks)
 	}
-	return d.forward(kind, locks)
+	for _, g := range d.guards {
+		err = g.settle(d.w, d.key, err)
+	}
+	return err
 }
 
 // isDAVClient reports whether a refusal should be a DAV:error document:
@@ -190,10 +198,19 @@ func (d *davRequest) hold(reqs []Request) error {
 			for _, l := range leases {
 				l.Release()
 			}
+			if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
+				// fail_open: the request goes on without in-flight locks.
+				h.storeTrouble(d.key, err)
+				d.result = resultFailOpen
+				return nil
+			}
 			return err
 		}
 		leases = append(leases, l)
 	}
+	// The lease of the first key carries the fencing number the backend
+	// sees; with MOVE and COPY that is the lower of the two keys.
+	h.granted(d.r, d.repl, leases[0])
 	waited := time.Since(start)
 	d.repl.Set("http.lock.wait", waited)
 	result := resultAcquired
@@ -216,8 +233,23 @@ func (d *davRequest) hold(reqs []Request) error {
 	}
 	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(d.r.Context()), time.Duration(h.MaxHold))
 	stop := context.AfterFunc(holdCtx, release)
+	// A lease that can be lost (Redis) cancels the request when it is
+	// lost before the upstream request was sent, as in ServeHTTP.
+	guards := make([]*leaseGuard, 0, len(leases))
+	for _, l := range leases {
+		var g *leaseGuard
+		g, holdCtx = h.guardLease(holdCtx, cancel, l, d.key)
+		if g != nil {
+			guards = append(guards, g)
+			d.w = g.writer(d.w)
+		}
+	}
+	d.guards = guards
 	d.r = d.r.WithContext(holdCtx)
 	d.done = func() {
+		for _, g := range guards {
+			g.stop()
+		}
 		stop()
 		cancel()
 		release()
@@ -280,7 +312,10 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 	if (locks && kind == Exclusive) || slices.Contains(davWrites, r.Method) {
 		touched, err := d.touched(destKey)
 		if err != nil {
-			return d.storeFailed(err)
+			if !d.failOpen(err) {
+				return d.storeFailed(err)
+			}
+			touched = nil
 		}
 		if missing := d.missing(touched); len(missing) > 0 {
 			return d.refuseExplicit(missing, CondLockTokenSubmitted)
@@ -883,6 +918,25 @@ func (d *davRequest) davError(status int, condition string, hrefs ...string) err
 }
 
 // storeFailed answers 503 when the lock store failed.
+// failOpen reports whether a write whose explicit locks could not be
+// read goes on regardless (the store's on_error fail_open); it logs and
+// counts the pass.
+func (d *davRequest) failOpen(err error) bool {
+	h := d.h
+	if !errors.Is(err, ErrStoreUnavailable) || h.store == nil || !h.store.FailOpen() {
+		return false
+	}
+	h.storeTrouble(d.key, err)
+	if d.result != resultFailOpen {
+		d.result = resultFailOpen
+		if d.counted {
+			// ServeHTTP counted the request as acquired; it passes as fail_open.
+			d.repl.Set("http.lock.result", resultFailOpen)
+		}
+	}
+	return true
+}
+
 func (d *davRequest) storeFailed(err error) error {
 	if errors.Is(err, ErrFull) {
 		return d.h.writeRefusal(d.w, problem{
@@ -890,6 +944,12 @@ func (d *davRequest) storeFailed(err error) error {
 			Detail:   fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone),
 			Instance: d.r.URL.RequestURI(),
 		}, time.Second, err)
+	}
+	if errors.Is(err, ErrStoreUnavailable) {
+		// fail_closed: 503 with Retry-After and a problem body, as for
+		// an in-flight lock the store could not grant.
+		d.counted = true // refuse counts it
+		return d.h.refuse(d.w, d.r, d.repl, d.key, err)
 	}
 	d.h.logger.Error("explicit lock store", zap.String("key", d.key), zap.String("method", d.r.Method), zap.Error(err))
 	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("lock store: %w", err))
@@ -959,11 +1019,20 @@ func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) erro
 // refuseMaintenance refuses a write that an explicit lock covers in a
 // zone without webdav, where no client can hold a token: such locks are
 // the admin API's maintenance windows. It reports whether it answered.
-func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) (bool, error) {
+func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, lease Lease) (bool, error) {
+	if hint, ok := lease.(explicitHint); ok && !hint.ExplicitLocksInZone() {
+		// The grant saw no explicit lock in the zone; one made since
+		// then is no different from one made while this write was
+		// already in flight.
+		return false, nil
+	}
 	// ServeHTTP has counted the request already.
 	d := &davRequest{h: h, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
 	ls, err := h.zone.explicit.Affecting(r.Context(), key, false)
 	if err != nil {
+		if d.failOpen(err) {
+			return false, nil
+		}
 		return true, d.storeFailed(err)
 	}
 	if len(ls) == 0 {

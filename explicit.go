@@ -511,3 +511,10 @@ func (h *expiryHeap) Pop() any {
 
 // Interface guard
 var _ LockStore = (*MemLockStore)(nil)
+
+// explicitHint is implemented by leases whose grant also told whether the
+// zone held any explicit lock at that moment (the Redis store), so that a
+// write in a zone without explicit locks makes no second round trip.
+type explicitHint interface {
+	ExplicitLocksInZone() bool
+}

@@ -119,6 +119,19 @@ type Handler struct {
 	// a larger one gets 413. Default: 65536.
 	MaxLockBody int64 `json:"max_lock_body,omitempty"`
 
+	// Store is where the zone's lock tables live: a module of the
+	// http.handlers.lock.stores namespace, such as redis, which shares
+	// them between Caddy instances. Default: this instance's memory.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.lock.stores inline_key=type"`
+
+	// FenceHeader names a request header that carries the lock's
+	// fencing number to the backend (the same value as
+	// {http.lock.fence}); a client's own header of that name is always
+	// removed. Needs a store that issues fencing numbers (redis).
+	FenceHeader string `json:"fence_header,omitempty"`
+
+	store   Store
+	trouble *troubleLog
 	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
 	defExcl bool            // methods not listed take an exclusive lock
 	zone    *zone
@@ -154,13 +167,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, m := range h.Shared {
 		h.kinds[strings.ToUpper(m)] = Shared
 	}
-	z, err := loadZone(h.Zone, h.Hierarchy)
+	h.trouble = new(troubleLog)
+	if h.StoreRaw != nil {
+		mod, err := ctx.LoadModule(h, "StoreRaw")
+		if err != nil {
+			return fmt.Errorf("lock zone %q: loading store: %w", h.Zone, err)
+		}
+		h.store = mod.(Store)
+	}
+	if h.FenceHeader != "" && h.store == nil {
+		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
+	}
+	z, err := loadZone(h.Zone, h.Hierarchy, h.store)
 	if err != nil {
 		h.logger.Error("provisioning lock zone", zap.String("zone", h.Zone), zap.Error(err))
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
 	}
 	h.zone = z
-	z.locker.SetLimits(h.MaxLocks, h.MaxWaiters)
+	if ls, ok := z.locker.(limitSetter); ok {
+		ls.SetLimits(h.MaxLocks, h.MaxWaiters)
+	}
 	z.caseInsensitive.Store(h.CaseInsensitive)
 	if s, ok := z.explicit.(interface{ SetMax(int) }); ok {
 		s.SetMax(h.MaxLocks)
@@ -191,6 +217,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxLocks < 0 || h.MaxWaiters < 0 {
 		return fmt.Errorf("lock: max_locks and max_waiters must not be negative")
+	}
+	if h.FenceHeader != "" && !validMethod(h.FenceHeader) { // header names are RFC 9110 tokens too
+		return fmt.Errorf("lock: fence_header: %q is not a valid header name", h.FenceHeader)
 	}
 	return h.validateDAV()
 }
@@ -242,6 +271,10 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("http.lock.fence", "")
+	if h.FenceHeader != "" {
+		r.Header.Del(h.FenceHeader) // only the lock sets it
+	}
 	kind, ok := h.kindOf(r.Method)
 	if !ok && !h.WebDAV {
 		repl.Set("http.lock.key", "")
@@ -263,8 +296,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.metrics.wait.Observe(waited.Seconds())
 	}
 	if err != nil {
+		if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
+			return h.failOpen(w, r, repl, key, err, next)
+		}
 		return h.refuse(w, r, repl, key, err)
 	}
+	h.granted(r, repl, lease)
 	result := resultAcquired
 	if waited > time.Millisecond && h.Wait > 0 {
 		result = resultWaited
@@ -287,17 +324,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// even if a later handler ignores the cancellation.
 	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Duration(h.MaxHold))
 	stop := context.AfterFunc(holdCtx, release)
+	guard, holdCtx := h.guardLease(holdCtx, cancel, lease, key)
 	defer func() {
+		guard.stop()
 		stop()
 		cancel()
 		release()
 	}()
 	if kind == Exclusive {
-		if refused, err := h.refuseMaintenance(w, r, repl, key); refused {
+		if refused, err := h.refuseMaintenance(w, r, repl, key, lease); refused {
 			return err
 		}
 	}
-	return next.ServeHTTP(w, r.WithContext(holdCtx))
+	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(holdCtx)))
 }
 
 // keyOf computes the lock key of a request.
@@ -362,6 +401,11 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
 		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
+	case errors.Is(err, ErrStoreUnavailable): // before the context cases: it may wrap a timeout
+		result = resultUnavailable
+		p.Title = "Lock store unavailable"
+		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)
+		h.storeTrouble(key, err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// The client left while queued; nobody reads the answer.
 		repl.Set("http.lock.result", resultConflict)
@@ -409,32 +453,48 @@ var zones = caddy.NewUsagePool()
 type zone struct {
 	poolKey string
 	name    string
-	locker  *MemLocker
+	locker  Locker
 	// explicit holds the zone's WebDAV and admin locks.
 	explicit LockStore
+	// close lets go of a store's connections; nil in memory.
+	close func() error
 	// caseInsensitive is the setting of the handler provisioned last,
 	// for paths given to the admin API.
 	caseInsensitive atomic.Bool
 }
 
 // Destruct implements caddy.Destructor: it stops the explicit store's
-// expiry timer.
+// expiry timer and lets go of the store's connections.
 func (z *zone) Destruct() error {
 	if c, ok := z.explicit.(interface{ Close() }); ok {
 		c.Close()
 	}
+	if z.close != nil {
+		return z.close()
+	}
 	return nil
 }
 
-func loadZone(name string, hierarchy bool) (*zone, error) {
+func loadZone(name string, hierarchy bool, store Store) (*zone, error) {
 	// The hierarchy flag is part of the table's structure, so a zone
-	// whose hierarchy setting changes starts a new table.
+	// whose hierarchy setting changes starts a new table; so does one
+	// whose store configuration changes.
 	poolKey := name
 	if hierarchy {
 		poolKey += "\x00hierarchy"
 	}
+	if store != nil {
+		poolKey += "\x00" + store.TableKey()
+	}
 	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: NewMemLockStore(0)}, nil
+		if store == nil {
+			return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: NewMemLockStore(0)}, nil
+		}
+		t, err := store.OpenZone(name, hierarchy)
+		if err != nil {
+			return nil, err
+		}
+		return &zone{poolKey: poolKey, name: name, locker: t.Locker, explicit: t.Explicit, close: t.Close}, nil
 	})
 	if err != nil {
 		return nil, err

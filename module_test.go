@@ -39,8 +39,9 @@ func TestMain(m *testing.M) {
 // backend is a real HTTP server that records what reaches it: writes and
 // reads per resource, and writes that overlapped on one resource (what
 // the lock exists to prevent). A request with X-Hold: <id> is held at the
-// backend until the test opens that gate; X-Resource names the resource
-// when a test sends several spellings of one path.
+// backend until the test opens that gate, one with X-Delay: <duration>
+// for that long; X-Resource names the resource when a test sends several
+// spellings of one path.
 type backend struct {
 	*httptest.Server
 	mu        sync.Mutex
@@ -54,7 +55,7 @@ type backend struct {
 	closed    chan struct{}
 }
 
-func newBackend(t *testing.T) *backend {
+func newBackend(t testing.TB) *backend {
 	b := &backend{
 		inflight:  map[string]int{},
 		gates:     map[string]chan struct{}{},
@@ -110,6 +111,9 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	// Read the body first: Go's server only notices a dropped
 	// connection (and cancels the request) once the body is read.
 	_, _ = io.Copy(io.Discard, r.Body)
+	if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
+		time.Sleep(d) // a write that takes a while, so overlaps can show
+	}
 	if id := r.Header.Get("X-Hold"); id != "" {
 		g := b.gate(id)
 		b.started <- id
@@ -129,6 +133,8 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("X-Backend", "yes")
+	// What the lock told the backend, for the fencing tests.
+	w.Header().Set("X-Got-Fence", r.Header.Get("X-Lock-Fence"))
 	fmt.Fprintf(w, "ok %s %s", r.Method, r.URL.EscapedPath())
 }
 
@@ -151,7 +157,7 @@ func (b *backend) waitStarted(t *testing.T, id string) {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -165,7 +171,7 @@ func freePort(t *testing.T) int {
 // fragment; {backend} is replaced with the backend's address) and returns
 // the site's base URL. Each call replaces the running config, as a reload
 // does.
-func loadCaddy(t *testing.T, port int, global, site string, b *backend) string {
+func loadCaddy(t testing.TB, port int, global, site string, b *backend) string {
 	t.Helper()
 	if b != nil {
 		site = strings.ReplaceAll(site, "{backend}", strings.TrimPrefix(b.URL, "http://"))
@@ -218,7 +224,7 @@ func do(client *http.Client, method, url string, header map[string]string) resul
 	return result{status: resp.StatusCode, header: resp.Header, body: string(body), err: err}
 }
 
-func mustDo(t *testing.T, method, url string, header map[string]string, want int) result {
+func mustDo(t testing.TB, method, url string, header map[string]string, want int) result {
 	t.Helper()
 	r := do(http.DefaultClient, method, url, header)
 	if r.err != nil {
@@ -271,7 +277,7 @@ func zoneTable(t *testing.T, name string) *MemLocker {
 	var l *MemLocker
 	zones.Range(func(k, v any) bool {
 		if z := v.(*zone); k == name || k == name+"\x00hierarchy" {
-			l = z.locker
+			l, _ = z.locker.(*MemLocker)
 		}
 		return true
 	})

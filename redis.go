@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,9 +62,11 @@ type RedisConfig struct {
 	// PoolSize is the number of connections per Redis node; default 10.
 	PoolSize int `json:"pool_size,omitempty"`
 	// TLS enables TLS to Redis (with TLSConfig if set, else defaults).
-	TLS bool `json:"tls,omitempty"`
+	// In JSON and the Caddyfile, the store module's tls option sets it.
+	TLS bool `json:"-"`
 	// TLSConfig is the TLS client configuration used when TLS is set;
-	// nil means Go's defaults with the server name from the address.
+	// nil means Go's defaults. Without a ServerName, the host of the
+	// first address is verified.
 	TLSConfig *tls.Config `json:"-"`
 }
 
@@ -114,10 +117,18 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if cfg.TLS {
-		opts.TLSConfig = cfg.TLSConfig
-		if opts.TLSConfig == nil {
-			opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.TLSConfig != nil {
+			tc = cfg.TLSConfig.Clone()
 		}
+		if tc.ServerName == "" && !tc.InsecureSkipVerify {
+			host, _, err := net.SplitHostPort(cfg.Addresses[0])
+			if err != nil {
+				return nil, fmt.Errorf("redis lock store: address %q: %w", cfg.Addresses[0], err)
+			}
+			tc.ServerName = host
+		}
+		opts.TLSConfig = tc
 	}
 	return redis.NewUniversalClient(opts), nil
 }
@@ -160,7 +171,7 @@ const (
 //
 //	…:exp   sorted set, holder member → lease expiry (ms, server clock)
 //	…:held  sorted set, holder members, score 0, for prefix range queries
-//	…:info  hash, holder member → "grant-time-ms fence"
+//	…:info  hash, holder member → "grant-time-µs fence"
 //	…:meta  hash: fence (grant counter), wseq (waiter counter), avg (hold ms)
 //	…:q     sorted set, score 0, waiter "key\0seq\0wtoken", FIFO per key
 //	…:wexp  sorted set, "key\0wtoken" → waiter expiry (ms)
@@ -173,15 +184,18 @@ const (
 type RedisLocker struct {
 	client     redis.UniversalClient
 	hierarchy  bool
-	maxLocks   int
-	maxWaiters int
+	maxLocks   atomic.Int64 // limits, changeable with SetLimits
+	maxWaiters atomic.Int64
 	lease      time.Duration
 	timeout    time.Duration
 	waiterTTL  time.Duration
 	poll       time.Duration // fallback poll, changeable by tests
 
 	kExp, kHeld, kInfo, kMeta, kQueue, kWexp, kWseq string
-	channel                                         string
+	// kXidx is the explicit lock store's index of the zone (see
+	// RedisLockStore): a grant reports whether it is empty.
+	kXidx   string
+	channel string
 
 	epoch  time.Time
 	ctx    context.Context // canceled by Close
@@ -231,21 +245,13 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 	if lease < 2*timeout {
 		return nil, fmt.Errorf("redis lock store: lease %s must be at least twice the timeout %s", lease, timeout)
 	}
-	if maxLocks <= 0 {
-		maxLocks = DefaultMaxLocks
-	}
-	if maxWaiters <= 0 {
-		maxWaiters = DefaultMaxWaiters
-	}
 	base := "{" + cfg.KeyPrefix + ":" + zone + "}:"
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &RedisLocker{
-		client:     client,
-		hierarchy:  hierarchy,
-		maxLocks:   maxLocks,
-		maxWaiters: maxWaiters,
-		lease:      lease,
-		timeout:    timeout,
+		client:    client,
+		hierarchy: hierarchy,
+		lease:     lease,
+		timeout:   timeout,
 		// A waiter refreshes its entry on every attempt (at most a poll
 		// interval plus a call apart); entries of a dead node vanish
 		// after this long.
@@ -258,6 +264,7 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 		kQueue:    base + "q",
 		kWexp:     base + "wexp",
 		kWseq:     base + "wseq",
+		kXidx:     base + "xidx",
 		channel:   base + "released",
 		epoch:     time.Now(),
 		ctx:       ctx,
@@ -266,9 +273,24 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 		leases:    make(map[string]*RedisLease),
 		waiters:   make(map[*redisWaiter]struct{}),
 	}
+	l.SetLimits(maxLocks, maxWaiters)
 	l.wg.Add(1)
 	go l.renewLoop()
 	return l, nil
+}
+
+// SetLimits changes the zone's limits for the next acquisitions, as
+// MemLocker.SetLimits does; values <= 0 mean the defaults. Every node of a
+// zone should use the same limits, since each acquisition checks its own.
+func (l *RedisLocker) SetLimits(maxLocks, maxWaiters int) {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	if maxWaiters <= 0 {
+		maxWaiters = DefaultMaxWaiters
+	}
+	l.maxLocks.Store(int64(maxLocks))
+	l.maxWaiters.Store(int64(maxWaiters))
 }
 
 // Hierarchy reports whether a lock covers the keys below it.
@@ -303,6 +325,18 @@ func (l *RedisLocker) Close() error {
 		ls.markLost()
 	}
 	return err
+}
+
+// Idle reports whether the locker holds no leases and no Acquire call of
+// it is waiting in a queue: closing it then cuts no request short.
+func (l *RedisLocker) Idle() bool {
+	l.mu.Lock()
+	held := len(l.leases)
+	l.mu.Unlock()
+	l.waitMu.Lock()
+	waiting := len(l.waiters)
+	l.waitMu.Unlock()
+	return held == 0 && waiting == 0
 }
 
 // RedisStats is a snapshot of a zone's lock table in Redis.
@@ -349,11 +383,13 @@ func newToken(kind Kind) string {
 	return c + hex.EncodeToString(b[:])
 }
 
-// scriptTime sets `now` to the server clock in ms; every script uses it so
+// scriptTime sets `now` to the server clock in ms, and `nowus` in µs (for
+// hold times, which may be shorter than a ms); every script uses it so
 // that the clocks of Caddy nodes never matter.
 const scriptTime = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
 `
 
 // acquireScript grants a lock, queues a waiter or reports the conflict.
@@ -361,20 +397,22 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // already granted returns its grant, a waiter token already queued keeps
 // its place.
 //
-// KEYS: exp held info meta q wexp wseq
+// KEYS: exp held info meta q wexp wseq xidx (the explicit locks' index)
 // ARGV: 1 key, 2 token, 3 lease ms, 4 max locks, 5 waiter token ("" = do
 // not queue), 6 waiter ttl ms, 7 max waiters, 8 channel, 9-10 BYLEX range
 // of descendants ("" = none), 11.. ancestors.
 //
-// Returns {1, fence} when granted, {2} when full, or {0, key, kind,
-// held ms, below, avg hold ms, queued} on conflict, where queued is 1 for
+// Returns {1, fence, explicit} when granted, explicit being the number of
+// explicit locks in the zone (so that a write skips asking the explicit
+// store when there are none), {2} when full, or {0, key, kind,
+// held µs, below, avg hold ms, queued} on conflict, where queued is 1 for
 // the head of the queue, 2 behind it and 0 when not queued.
 //
 // Messages on the channel are either a key whose locks changed, for the
 // heads of queues that key may block, or "key\0waiter token" for a waiter
 // that just became the head of its queue.
 var acquireScript = redis.NewScript(scriptTime + `
-local exp, held, info, meta, q, wexp, wseq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local exp, held, info, meta, q, wexp, wseq, xidx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local key, tok = ARGV[1], ARGV[2]
 local ttl, maxLocks = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wtok, wttl, maxWaiters, chan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
@@ -415,7 +453,7 @@ local function live(m)
 end
 local function since(m)
   local v = redis.call('HGET', info, m)
-  return tonumber(v and string.match(v, '^(%d+)')) or now
+  return tonumber(v and string.match(v, '^(%d+)')) or nowus
 end
 -- holders of k that conflict with kind want: their kind and earliest grant
 local function onKey(k, want)
@@ -462,7 +500,7 @@ local M = key .. '\0' .. tok
 local e = redis.call('ZSCORE', exp, M)
 if e and tonumber(e) > now then
   local v = redis.call('HGET', info, M) or ''
-  return {1, tonumber(string.match(v, ' (%d+)$')) or 0}
+  return {1, tonumber(string.match(v, ' (%d+)$')) or 0, redis.call('ZCARD', xidx)}
 end
 
 local wm, W = nil, false
@@ -481,21 +519,21 @@ local bk, bkind, bs, bbelow
 if head and head ~= W then
   -- Never overtake a queue: report what blocks its head.
   bk, bkind, bs, bbelow = blocker(string.sub(head, -33, -33))
-  if not bk then bk, bkind, bs, bbelow = key, 'S', now, 0 end
+  if not bk then bk, bkind, bs, bbelow = key, 'S', nowus, 0 end
 else
   bk, bkind, bs, bbelow = blocker(want)
   if not bk then
     local fence = redis.call('HINCRBY', meta, 'fence', 1)
     redis.call('ZADD', exp, now + ttl, M)
     redis.call('ZADD', held, 0, M)
-    redis.call('HSET', info, M, string.format('%d %d', now, fence))
+    redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
     if W then
       redis.call('ZREM', q, W)
       redis.call('HDEL', wseq, wm)
       redis.call('ZREM', wexp, wm)
       newHead(key)
     end
-    return {1, fence}
+    return {1, fence, redis.call('ZCARD', xidx)}
   end
 end
 
@@ -517,7 +555,7 @@ end
 local avg = tonumber(redis.call('HGET', meta, 'avg') or '0') or 0
 local kind = 1
 if bkind == 'X' then kind = 2 end
-return {0, bk, kind, now - bs, bbelow, math.floor(avg), queued}
+return {0, bk, kind, nowus - bs, bbelow, math.floor(avg), queued}
 `)
 
 // releaseScript deletes a holder if the token still matches, updates the
@@ -534,7 +572,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 local s = tonumber(v and string.match(v, '^(%d+)'))
 if s then
   local avg = tonumber(redis.call('HGET', KEYS[4], 'avg') or '0') or 0
-  redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg + (now - s - avg) / 8)))
+  redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg + ((nowus - s) / 1000 - avg) / 8)))
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
@@ -587,6 +625,7 @@ type acquireResult struct {
 	granted  bool
 	full     bool
 	fence    int64
+	explicit bool // the zone held explicit locks at the grant
 	conflict *ConflictError
 	queued   bool
 	head     bool // first in the key's queue
@@ -599,18 +638,19 @@ func descRange(key string) (lo, hi string) {
 	if len(key) == 0 || key[0] != '/' {
 		return "", ""
 	}
-	p := key + "/"
 	if key == "/" {
-		p = "/"
+		// Every other "/"-rooted key, but not the members of "/"
+		// itself, which continue with the NUL separator.
+		return "[/\x01", "(0"
 	}
-	// Every prefix ends in '/', so bumping that byte bounds the range.
-	return "[" + p, "(" + p[:len(p)-1] + "0"
+	// The prefix ends in '/', so bumping that byte bounds the range.
+	return "[" + key + "/", "(" + key + "0"
 }
 
 func (l *RedisLocker) acquireArgs(req Request, tok, wtok string) []any {
 	args := []any{
-		req.Key, tok, l.lease.Milliseconds(), l.maxLocks,
-		wtok, l.waiterTTL.Milliseconds(), l.maxWaiters, l.channel,
+		req.Key, tok, l.lease.Milliseconds(), l.maxLocks.Load(),
+		wtok, l.waiterTTL.Milliseconds(), l.maxWaiters.Load(), l.channel,
 	}
 	if !l.hierarchy {
 		return append(args, "", "")
@@ -627,7 +667,7 @@ func (l *RedisLocker) acquireArgs(req Request, tok, wtok string) []any {
 func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
-	keys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq}
+	keys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq, l.kXidx}
 	v, err := acquireScript.Run(ctx, l.client, keys, args...).Slice()
 	if err != nil {
 		return acquireResult{}, err
@@ -637,19 +677,20 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 		status, _ = v[0].(int64)
 	}
 	switch {
-	case status == 1 && len(v) == 2:
+	case status == 1 && len(v) == 3:
 		fence, _ := v[1].(int64)
-		return acquireResult{granted: true, fence: fence}, nil
+		explicit, _ := v[2].(int64)
+		return acquireResult{granted: true, fence: fence, explicit: explicit > 0}, nil
 	case status == 2:
 		return acquireResult{full: true}, nil
 	case status == 0 && len(v) == 7:
 		key, _ := v[1].(string)
 		kind, _ := v[2].(int64)
-		heldMs, _ := v[3].(int64)
+		heldUs, _ := v[3].(int64)
 		below, _ := v[4].(int64)
 		avgMs, _ := v[5].(int64)
 		queued, _ := v[6].(int64)
-		held := time.Duration(max(heldMs, 0)) * time.Millisecond
+		held := time.Duration(max(heldUs, 0)) * time.Microsecond
 		avg := time.Duration(max(avgMs, 0)) * time.Millisecond
 		remaining := avg - held
 		if remaining <= 0 {
@@ -711,7 +752,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		}
 		switch {
 		case res.granted:
-			ls := &RedisLease{l: l, key: req.Key, member: req.Key + "\x00" + tok, fence: res.fence, lost: make(chan struct{})}
+			ls := &RedisLease{l: l, key: req.Key, member: req.Key + "\x00" + tok, fence: res.fence, explicit: res.explicit, lost: make(chan struct{})}
 			ls.confirmed.Store(sent)
 			if !l.track(ls) {
 				ls.Release()
@@ -984,6 +1025,7 @@ type RedisLease struct {
 	key       string
 	member    string
 	fence     int64
+	explicit  bool
 	confirmed atomic.Int64 // l.now() when the last successful renewal was sent
 	released  atomic.Bool
 	lostOnce  sync.Once
@@ -992,6 +1034,10 @@ type RedisLease struct {
 
 // Key returns the locked key.
 func (ls *RedisLease) Key() string { return ls.key }
+
+// ExplicitLocksInZone reports whether the zone held explicit locks when
+// the lease was granted; see explicitHint.
+func (ls *RedisLease) ExplicitLocksInZone() bool { return ls.explicit }
 
 // Fence returns the lease's fencing number, unique and strictly greater
 // than that of every earlier grant in the zone.

@@ -25,7 +25,7 @@ type redisOpts struct {
 
 // newRedisLocker returns a locker on zone with its own client, as one
 // Caddy node would have; both are closed when the test ends.
-func newRedisLocker(t *testing.T, srv *testRedis, zone string, o redisOpts) *RedisLocker {
+func newRedisLocker(t testing.TB, srv *testRedis, zone string, o redisOpts) *RedisLocker {
 	t.Helper()
 	if o.lease == 0 {
 		o.lease = 15 * time.Second

@@ -2,9 +2,18 @@ package caddylock
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +26,8 @@ type testRedis struct {
 	bin  string
 	dir  string
 	port int
+	args []string    // extra redis-server arguments
+	tls  *tls.Config // set when the server speaks only TLS
 	cmd  *exec.Cmd
 	exit chan struct{}
 	// Addr is host:port of the server; it stays the same across restarts.
@@ -24,9 +35,19 @@ type testRedis struct {
 }
 
 // startRedis starts redis-server from PATH on a free local port, with no
-// persistence, and stops it when the test ends. Without redis-server the
-// test is skipped, unless CI is set, where that is a failure.
-func startRedis(t testing.TB) *testRedis {
+// persistence and with the extra arguments given, and stops it when the
+// test ends. Without redis-server the test is skipped, unless CI is set,
+// where that is a failure.
+func startRedis(t testing.TB, args ...string) *testRedis {
+	t.Helper()
+	r := newTestRedis(t, args...)
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// newTestRedis finds redis-server (or skips the test) and picks a port.
+func newTestRedis(t testing.TB, args ...string) *testRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -42,11 +63,70 @@ func startRedis(t testing.TB) *testRedis {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port}
+	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
 	r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return r
+}
+
+// startRedisTLS starts a redis-server that speaks only TLS, with a
+// certificate for 127.0.0.1 and redis.test from a throwaway CA, and
+// returns it with the CA's PEM file.
+func startRedisTLS(t *testing.T) (*testRedis, string) {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "caddy-lock test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{"redis.test"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, b []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	caFile := write("ca.pem", "CERTIFICATE", caDER)
+	certFile, keyFile := write("redis.pem", "CERTIFICATE", der), write("redis.key", "PRIVATE KEY", keyDER)
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	r := newTestRedis(t)
+	r.tls = &tls.Config{RootCAs: pool, ServerName: "redis.test"}
+	r.args = []string{"--port", "0", "--tls-port", strconv.Itoa(r.port), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", caFile, "--tls-auth-clients", "no"}
 	r.Start()
 	t.Cleanup(r.Stop)
-	return r
+	return r, caFile
 }
 
 // Start starts the server (again) on its port and waits until it answers
@@ -56,9 +136,9 @@ func (r *testRedis) Start() {
 	if r.cmd != nil {
 		r.t.Fatal("redis-server already running")
 	}
-	cmd := exec.Command(r.bin,
+	cmd := exec.Command(r.bin, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
-		"--save", "", "--appendonly", "no", "--dir", r.dir)
+		"--save", "", "--appendonly", "no", "--dir", r.dir}, r.args...)...)
 	out, err := os.Create(r.dir + "/redis.log")
 	if err != nil {
 		r.t.Fatal(err)
@@ -104,7 +184,13 @@ func (r *testRedis) Stop() {
 }
 
 func (r *testRedis) ping() bool {
-	c, err := net.DialTimeout("tcp", r.Addr, 200*time.Millisecond)
+	var c net.Conn
+	var err error
+	if r.tls != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: 200 * time.Millisecond}, "tcp", r.Addr, r.tls)
+	} else {
+		c, err = net.DialTimeout("tcp", r.Addr, 200*time.Millisecond)
+	}
 	if err != nil {
 		return false
 	}
@@ -114,5 +200,6 @@ func (r *testRedis) ping() bool {
 		return false
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
+	// A server with a password answers, but refuses PING.
+	return err == nil && (strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH"))
 }

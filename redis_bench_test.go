@@ -1,0 +1,72 @@
+//go:build unix
+
+package caddylock
+
+// The memory store against the Redis store on the same workloads, side by
+// side in one run: compare each redis/... line with its memory/... twin.
+//
+//	go test -run '^$' -bench 'Stores' .
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// BenchmarkStores: Acquire+Release through the Locker, from parallel
+// goroutines (GOMAXPROCS of them), on distinct keys, one hot key, and
+// distinct keys with hierarchy.
+func BenchmarkStores(b *testing.B) {
+	srv := startRedis(b)
+	for _, wl := range []struct {
+		name      string
+		hierarchy bool
+		kind      Kind
+		key       workload
+	}{
+		{"distinct", false, Exclusive, distinct},
+		{"hot", false, Exclusive, hot},
+		{"distinct-hierarchy", true, Exclusive, distinct},
+	} {
+		b.Run(wl.name+"/memory", func(b *testing.B) {
+			benchLocker(b, NewMemLocker(wl.hierarchy, 0, 0), wl.kind, wl.key)
+		})
+		b.Run(wl.name+"/redis", func(b *testing.B) {
+			l := newRedisLocker(b, srv, "bench-"+wl.name, redisOpts{hierarchy: wl.hierarchy})
+			benchLocker(b, l, wl.kind, wl.key)
+		})
+	}
+}
+
+// BenchmarkStoresThroughCaddy: locked PUTs through a real Caddy to a real
+// backend, each on its own key, with the zone in memory or in Redis. This
+// is what a client sees: the Redis round trips next to the proxying.
+func BenchmarkStoresThroughCaddy(b *testing.B) {
+	srv := startRedis(b)
+	bk := newBackend(b)
+	for _, store := range []struct{ name, block string }{
+		{"memory", ""},
+		{"redis", fmt.Sprintf("store redis {\n address %s\n }", srv.Addr)},
+	} {
+		b.Run(store.name, func(b *testing.B) {
+			url := loadCaddy(b, freePort(b), "", fmt.Sprintf("lock {\n zone bench-http-%s\n %s\n}\nreverse_proxy {backend}", store.name, store.block), bk)
+			b.Cleanup(func() { _ = caddy.Stop() })
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := int(next.Add(1))
+					if r := do(client, http.MethodPut, url+benchPath(i), nil); r.status != http.StatusOK {
+						b.Errorf("PUT: %d %v %s", r.status, r.err, r.body)
+						return
+					}
+				}
+			})
+		})
+	}
+}

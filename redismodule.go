@@ -1,0 +1,346 @@
+package caddylock
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(RedisStore{})
+}
+
+// Values of RedisStore.OnError.
+const (
+	OnErrorFailClosed = "fail_closed"
+	OnErrorFailOpen   = "fail_open"
+)
+
+// RedisStore keeps the lock tables of zones in Redis, so that every Caddy
+// instance configured with the same Redis, key prefix and zone shares
+// them: a write through one instance is refused by the others while it
+// runs. Module ID http.handlers.lock.stores.redis.
+type RedisStore struct {
+	// The connection, key prefix, lease and timeout. Addresses,
+	// master_name, username, password and key_prefix may use global
+	// placeholders such as {env.REDIS_PASSWORD}.
+	RedisConfig
+
+	// TLS enables TLS to Redis with these options (the same as
+	// reverse_proxy's transport); an empty object means TLS with the
+	// system's roots, verifying the host of the first address.
+	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
+
+	// OnError says what happens to a request that needs a lock while
+	// Redis cannot be reached within timeout: "fail_closed" (default)
+	// refuses it with 503, Retry-After and a problem+json body;
+	// "fail_open" lets it through without a lock. Both are counted in
+	// caddy_lock_requests_total (results "unavailable" and "fail_open")
+	// and logged at most every 10s.
+	OnError string `json:"on_error,omitempty"`
+
+	tableKey string
+	logger   *zap.Logger
+}
+
+// redisIdlePoll is how often a zone being closed checks whether its last
+// lease was released.
+const redisIdlePoll = 100 * time.Millisecond
+
+// CaddyModule returns the Caddy module information.
+func (RedisStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.lock.stores.redis",
+		New: func() caddy.Module { return new(RedisStore) },
+	}
+}
+
+// Provision resolves placeholders, fixes the table key and prepares TLS.
+func (s *RedisStore) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	for i, a := range s.Addresses {
+		s.Addresses[i] = repl.ReplaceKnown(a, "")
+	}
+	for _, f := range []*string{&s.MasterName, &s.Username, &s.Password, &s.KeyPrefix} {
+		if strings.Contains(*f, "{") {
+			// A placeholder that resolves to nothing is a setup
+			// mistake (an unset variable), not an empty password.
+			v := repl.ReplaceKnown(*f, "")
+			if v == "" {
+				return fmt.Errorf("redis lock store: %q resolves to an empty value", *f)
+			}
+			*f = v
+		}
+	}
+	s.RedisConfig = s.RedisConfig.withDefaults()
+	// The key covers everything that decides which tables are reached
+	// and how leases behave, but not on_error, which is each handler's
+	// own. It is hashed so that the password appears nowhere.
+	tk := struct {
+		RedisConfig
+		TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
+	}{s.RedisConfig, s.TLS}
+	b, err := json.Marshal(tk)
+	if err != nil {
+		return fmt.Errorf("redis lock store: encoding table key: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	s.tableKey = "redis:" + hex.EncodeToString(sum[:12])
+	if s.TLS != nil {
+		tc, err := s.TLS.MakeTLSClientConfig(ctx)
+		if err != nil {
+			return fmt.Errorf("redis lock store: tls: %w", err)
+		}
+		s.RedisConfig.TLS, s.RedisConfig.TLSConfig = true, tc
+	}
+	registerRedisMetrics(ctx, ctx.Logger())
+	ctx.Logger().Debug("lock store in redis", zap.Strings("addresses", s.Addresses),
+		zap.String("key_prefix", s.KeyPrefix), zap.Duration("lease", time.Duration(s.Lease)),
+		zap.Duration("timeout", time.Duration(s.Timeout)), zap.String("on_error", s.OnError))
+	return nil
+}
+
+// Validate checks the configuration.
+func (s *RedisStore) Validate() error {
+	if len(s.Addresses) == 0 {
+		return errors.New("redis lock store: at least one address is required")
+	}
+	for _, a := range s.Addresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("redis lock store: address %q: %w", a, err)
+		}
+	}
+	switch s.OnError {
+	case "", OnErrorFailClosed, OnErrorFailOpen:
+	default:
+		return fmt.Errorf("redis lock store: on_error must be %s or %s, got %q", OnErrorFailClosed, OnErrorFailOpen, s.OnError)
+	}
+	if strings.ContainsAny(s.KeyPrefix, "{}") {
+		return fmt.Errorf("redis lock store: key_prefix %q must not contain '{' or '}'", s.KeyPrefix)
+	}
+	if s.Lease < 2*s.Timeout {
+		return fmt.Errorf("redis lock store: lease %s must be at least twice the timeout %s",
+			time.Duration(s.Lease), time.Duration(s.Timeout))
+	}
+	if s.DB < 0 || s.PoolSize < 0 {
+		return errors.New("redis lock store: db and pool_size must not be negative")
+	}
+	if s.DB != 0 && len(s.Addresses) > 1 && s.MasterName == "" {
+		return errors.New("redis lock store: db must be 0 with several addresses (Redis Cluster has only database 0)")
+	}
+	return nil
+}
+
+// TableKey implements Store.
+func (s *RedisStore) TableKey() string { return s.tableKey }
+
+// FailOpen implements Store.
+func (s *RedisStore) FailOpen() bool { return s.OnError == OnErrorFailOpen }
+
+// OpenZone implements Store: one client per zone, whose commands are
+// timed for the metrics, a RedisLocker and a RedisLockStore over it.
+func (s *RedisStore) OpenZone(zone string, hierarchy bool) (ZoneTables, error) {
+	client, err := NewRedisClient(s.RedisConfig)
+	if err != nil {
+		return ZoneTables{}, err
+	}
+	client.AddHook(redisMetricsHook{zone: zone})
+	locker, err := NewRedisLocker(client, zone, s.RedisConfig, hierarchy, 0, 0)
+	if err != nil {
+		client.Close()
+		return ZoneTables{}, err
+	}
+	explicit, err := NewRedisLockStore(client, zone, s.RedisConfig)
+	if err != nil {
+		return ZoneTables{}, errors.Join(err, locker.Close(), client.Close())
+	}
+	return ZoneTables{
+		Locker:   locker,
+		Explicit: explicit,
+		Close: func() error {
+			// Requests of the config being unloaded may still be
+			// writing: their leases are renewed until they let go.
+			// Each is bounded by its handler's max_hold.
+			go func() {
+				for !locker.Idle() {
+					time.Sleep(redisIdlePoll)
+				}
+				if err := errors.Join(locker.Close(), client.Close()); err != nil {
+					s.logger.Warn("closing redis lock store", zap.String("zone", zone), zap.Error(err))
+				}
+			}()
+			return nil
+		},
+	}, nil
+}
+
+// UnmarshalCaddyfile reads the store block. Syntax:
+//
+//	store redis {
+//		address      <host:port...>
+//		master_name  <name>
+//		username     <user>
+//		password     <password>
+//		db           <n>
+//		tls [{
+//			ca                   <pem files...>
+//			client_cert          <cert file> <key file>
+//			server_name          <name>
+//			insecure_skip_verify
+//		}]
+//		key_prefix   <prefix>
+//		lease        <duration>
+//		timeout      <duration>
+//		pool_size    <n>
+//		on_error     fail_closed|fail_open
+//	}
+func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the store type
+	if d.NextArg() {
+		return d.Errf("lock: store redis: unexpected argument %q; settings go in a block", d.Val())
+	}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		switch sub {
+		case "address", "addresses":
+			addrs := d.RemainingArgs()
+			if len(addrs) == 0 {
+				return d.Errf("lock: store redis: %s: expected host:port (several for Redis Cluster or Sentinel)", sub)
+			}
+			for _, a := range addrs {
+				if _, _, err := net.SplitHostPort(a); err != nil && !strings.Contains(a, "{") {
+					return d.Errf("lock: store redis: %s: expected host:port, got %q", sub, a)
+				}
+			}
+			s.Addresses = append(s.Addresses, addrs...)
+		case "master_name", "username", "password", "key_prefix":
+			v, err := oneArg(d, "store redis: "+sub, "a value", "value (quote one with spaces)")
+			if err != nil {
+				return err
+			}
+			switch sub {
+			case "master_name":
+				s.MasterName = v
+			case "username":
+				s.Username = v
+			case "password":
+				s.Password = v
+			default:
+				if strings.ContainsAny(v, "{}") && !strings.HasPrefix(v, "{env.") {
+					return d.Errf("lock: store redis: key_prefix: %q must not contain '{' or '}'", v)
+				}
+				s.KeyPrefix = v
+			}
+		case "db":
+			v, err := oneArg(d, "store redis: db", "a database number", "number")
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return d.Errf("lock: store redis: db: expected a database number (0 or more), got %q", v)
+			}
+			s.DB = n
+		case "pool_size":
+			n, err := countArg(d, "store redis: pool_size")
+			if err != nil {
+				return err
+			}
+			s.PoolSize = n
+		case "lease", "timeout":
+			dur, err := durationArg(d, "store redis: "+sub)
+			if err != nil {
+				return err
+			}
+			if dur == 0 {
+				return d.Errf("lock: store redis: %s: expected a positive duration, got 0", sub)
+			}
+			if sub == "lease" {
+				s.Lease = dur
+			} else {
+				s.Timeout = dur
+			}
+		case "on_error":
+			v, err := oneArg(d, "store redis: on_error", OnErrorFailClosed+" or "+OnErrorFailOpen, "value")
+			if err != nil {
+				return err
+			}
+			if v != OnErrorFailClosed && v != OnErrorFailOpen {
+				return d.Errf("lock: store redis: on_error: expected %s or %s, got %q", OnErrorFailClosed, OnErrorFailOpen, v)
+			}
+			s.OnError = v
+		case "tls":
+			if err := s.unmarshalTLS(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("lock: store redis: unknown option %q; expected one of address, master_name, username, "+
+				"password, db, tls, key_prefix, lease, timeout, pool_size, on_error", sub)
+		}
+	}
+	return nil
+}
+
+// unmarshalTLS reads `tls` and its optional block.
+func (s *RedisStore) unmarshalTLS(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.Errf("lock: store redis: tls: unexpected argument %q; options go in a block", d.Val())
+	}
+	s.TLS = new(reverseproxy.TLSConfig)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		switch sub {
+		case "ca":
+			files := d.RemainingArgs()
+			if len(files) == 0 {
+				return d.Errf("lock: store redis: tls: ca: expected PEM files of trusted CA certificates")
+			}
+			raw, err := json.Marshal(map[string]any{"provider": "file", "pem_files": files})
+			if err != nil {
+				return d.Errf("lock: store redis: tls: ca: %v", err)
+			}
+			s.TLS.CARaw = raw
+		case "client_cert":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("lock: store redis: tls: client_cert: expected a certificate file and a key file")
+			}
+			s.TLS.ClientCertificateFile, s.TLS.ClientCertificateKeyFile = args[0], args[1]
+		case "server_name":
+			v, err := oneArg(d, "store redis: tls: server_name", "a host name", "name")
+			if err != nil {
+				return err
+			}
+			s.TLS.ServerName = v
+		case "insecure_skip_verify":
+			if d.NextArg() {
+				return d.Errf("lock: store redis: tls: insecure_skip_verify takes no arguments")
+			}
+			s.TLS.InsecureSkipVerify = true
+		default:
+			return d.Errf("lock: store redis: tls: unknown option %q; expected ca, client_cert, server_name "+
+				"or insecure_skip_verify", sub)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ Store                 = (*RedisStore)(nil)
+	_ caddy.Provisioner     = (*RedisStore)(nil)
+	_ caddy.Validator       = (*RedisStore)(nil)
+	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
+)

@@ -1,0 +1,467 @@
+package caddylock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// newRedisLockStore returns the explicit lock store of zone with its own
+// client, as one Caddy node would have it.
+func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *RedisLockStore {
+	t.Helper()
+	cfg := RedisConfig{Addresses: []string{srv.Addr}, Timeout: caddy.Duration(300 * time.Millisecond)}
+	client, err := NewRedisClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	s, err := NewRedisLockStore(client, zone, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// xlock is an explicit lock to create in a test.
+func xlock(root string, scope Kind, depth Depth) ExplicitLock {
+	return ExplicitLock{
+		Token:   "urn:uuid:" + NewLockToken(),
+		Root:    root,
+		Href:    root,
+		Scope:   scope,
+		Depth:   depth,
+		Owner:   []byte("<D:href>mailto:test@example.com</D:href>"),
+		Timeout: time.Minute,
+	}
+}
+
+func mustCreate(t *testing.T, s LockStore, l ExplicitLock) ExplicitLock {
+	t.Helper()
+	got, err := s.Create(context.Background(), l)
+	if err != nil {
+		t.Fatalf("create %s %v depth %v: %v", l.Root, l.Scope, l.Depth, err)
+	}
+	return got
+}
+
+func roots(locks []ExplicitLock) []string {
+	var r []string
+	for _, l := range locks {
+		r = append(r, l.Root)
+	}
+	return r
+}
+
+func TestRedisStoreCreateGet(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	want := xlock("/docs/a.txt", Exclusive, DepthInfinity)
+	want.Href = "/docs/a%2Etxt"
+	want.Creator = "alice"
+	before := time.Now()
+	got := mustCreate(t, s, want)
+	if got.Token != want.Token || got.Root != want.Root || got.Href != want.Href || got.Scope != Exclusive ||
+		got.Depth != DepthInfinity || string(got.Owner) != string(want.Owner) || got.Creator != "alice" || got.Timeout != time.Minute {
+		t.Fatalf("created %+v\nfrom %+v", got, want)
+	}
+	// Times come from the Redis server's clock, here the same machine's.
+	if d := got.Created.Sub(before); d < -time.Second || d > 5*time.Second {
+		t.Fatalf("created at %s, test started at %s", got.Created, before)
+	}
+	if got.Expires.Sub(got.Created) != time.Minute {
+		t.Fatalf("expires %s after creation, want 1m", got.Expires.Sub(got.Created))
+	}
+	again, err := s.Get(context.Background(), want.Token)
+	if err != nil || !again.Created.Equal(got.Created) || again.Root != got.Root || string(again.Owner) != string(got.Owner) {
+		t.Fatalf("get: %+v %v", again, err)
+	}
+	if _, err := s.Get(context.Background(), "urn:uuid:"+NewLockToken()); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("get of an unknown token: %v", err)
+	}
+	for _, bad := range []ExplicitLock{
+		{Token: "t", Root: "/a", Scope: Exclusive, Depth: DepthOne, Timeout: time.Second},
+		{Token: "t", Root: "/a", Scope: 0, Depth: DepthZero, Timeout: time.Second},
+		{Token: "", Root: "/a", Scope: Shared, Depth: DepthZero, Timeout: time.Second},
+		{Token: "t", Root: "/a", Scope: Shared, Depth: DepthZero},
+	} {
+		if _, err := s.Create(context.Background(), bad); err == nil {
+			t.Errorf("created %+v", bad)
+		}
+	}
+}
+
+func TestRedisStoreConflicts(t *testing.T) {
+	srv := startRedis(t)
+	type spec struct {
+		root  string
+		scope Kind
+		depth Depth
+	}
+	X, S, Z, I := Exclusive, Shared, DepthZero, DepthInfinity
+	for i, tc := range []struct {
+		held, want spec
+		conflict   bool
+	}{
+		{spec{"/a", X, Z}, spec{"/a", X, Z}, true},
+		{spec{"/a", S, Z}, spec{"/a", S, Z}, false},
+		{spec{"/a", S, Z}, spec{"/a", X, Z}, true},
+		{spec{"/a", X, Z}, spec{"/a", S, I}, true},
+		{spec{"/a", X, I}, spec{"/a/b", X, Z}, true},   // an infinite ancestor covers the root
+		{spec{"/a", X, I}, spec{"/a/b/c", S, Z}, true}, // at any depth
+		{spec{"/a", X, Z}, spec{"/a/b", X, Z}, false},  // a depth-0 ancestor does not
+		{spec{"/a/b", X, Z}, spec{"/a", X, I}, true},   // an infinite lock covers what is below
+		{spec{"/a/b/c", S, Z}, spec{"/a", X, I}, true},
+		{spec{"/a/b", X, Z}, spec{"/a", X, Z}, false},
+		{spec{"/a", S, I}, spec{"/a/b", S, I}, false}, // shared with shared
+		{spec{"/a", S, I}, spec{"/a/b", X, Z}, true},
+		{spec{"/", X, I}, spec{"/x", X, Z}, true},
+		{spec{"/x", X, Z}, spec{"/", S, I}, true},
+		{spec{"/ab", X, I}, spec{"/a", X, I}, false}, // a name prefix is not a path prefix
+		{spec{"/a", X, I}, spec{"/ab", X, I}, false},
+		{spec{"report", X, Z}, spec{"report", X, Z}, true}, // keys that are not paths
+	} {
+		name := fmt.Sprintf("%d %v", i, tc)
+		s := newRedisLockStore(t, srv, fmt.Sprintf("conflicts%d", i))
+		held := mustCreate(t, s, xlock(tc.held.root, tc.held.scope, tc.held.depth))
+		l := xlock(tc.want.root, tc.want.scope, tc.want.depth)
+		_, err := s.Create(context.Background(), l)
+		var ce *LockConflictError
+		switch {
+		case tc.conflict && !errors.As(err, &ce):
+			t.Errorf("%s: want a conflict, got %v", name, err)
+		case tc.conflict && (len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token):
+			t.Errorf("%s: conflicts %+v, want the held lock", name, ce.Conflicts)
+		case tc.conflict:
+			if _, err := s.Get(context.Background(), l.Token); !errors.Is(err, ErrNoSuchLock) {
+				t.Errorf("%s: a refused lock was added: %v", name, err)
+			}
+		case err != nil:
+			t.Errorf("%s: want no conflict, got %v", name, err)
+		}
+	}
+}
+
+// Several conflicting locks are all reported, ordered by Root then Token.
+func TestRedisStoreConflictList(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	var want []string
+	for _, r := range []string{"/d/z", "/d/b", "/d/b", "/d"} {
+		want = append(want, mustCreate(t, s, xlock(r, Shared, DepthZero)).Root)
+	}
+	mustCreate(t, s, xlock("/e", Exclusive, DepthZero)) // not in the way
+	_, err := s.Create(context.Background(), xlock("/d", Exclusive, DepthInfinity))
+	var ce *LockConflictError
+	if !errors.As(err, &ce) {
+		t.Fatalf("want a conflict, got %v", err)
+	}
+	slices.Sort(want)
+	if got := roots(ce.Conflicts); !slices.Equal(got, want) {
+		t.Fatalf("conflicts on %v, want %v", got, want)
+	}
+	if !slices.IsSortedFunc(ce.Conflicts, func(a, b ExplicitLock) int {
+		return strings.Compare(a.Root+"\x00"+a.Token, b.Root+"\x00"+b.Token)
+	}) {
+		t.Fatal("conflicts are not ordered by Root, then Token")
+	}
+}
+
+func TestRedisStoreRefreshRemove(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	l := mustCreate(t, s, xlock("/r", Exclusive, DepthZero))
+	r, err := s.Refresh(ctx, l.Token, time.Hour)
+	if err != nil || r.Timeout != time.Hour || !r.Expires.After(l.Expires) || !r.Created.Equal(l.Created) {
+		t.Fatalf("refresh: %+v %v", r, err)
+	}
+	if g, _ := s.Get(ctx, l.Token); !g.Expires.Equal(r.Expires) {
+		t.Fatalf("get after refresh: expires %s, want %s", g.Expires, r.Expires)
+	}
+	if _, err := s.Refresh(ctx, "urn:uuid:"+NewLockToken(), time.Hour); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("refresh of an unknown token: %v", err)
+	}
+	gone, err := s.Remove(ctx, l.Token)
+	if err != nil || gone.Token != l.Token || gone.Root != "/r" {
+		t.Fatalf("remove: %+v %v", gone, err)
+	}
+	if _, err := s.Remove(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("second remove: %v", err)
+	}
+	if _, err := s.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("get after remove: %v", err)
+	}
+	if _, err := s.Refresh(ctx, l.Token, time.Hour); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("refresh after remove: %v", err)
+	}
+	mustCreate(t, s, xlock("/r", Exclusive, DepthZero)) // the root is free again
+}
+
+func TestRedisStoreAffectingRemoveUnderList(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	for _, sp := range []struct {
+		root  string
+		depth Depth
+	}{{"/", DepthZero}, {"/a", DepthInfinity}, {"/a/b", DepthZero}, {"/a/b", DepthZero}, {"/a/b/c", DepthZero}, {"/a/bc", DepthZero}, {"/x", DepthInfinity}, {"/a/b/d", DepthInfinity}} {
+		mustCreate(t, s, xlock(sp.root, Shared, sp.depth))
+	}
+	check := func(key string, below bool, want ...string) {
+		t.Helper()
+		got, err := s.Affecting(ctx, key, below)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(roots(got), want) {
+			t.Fatalf("affecting %s below=%v: %v, want %v", key, below, roots(got), want)
+		}
+		if !slices.IsSortedFunc(got, func(a, b ExplicitLock) int {
+			return strings.Compare(a.Root+"\x00"+a.Token, b.Root+"\x00"+b.Token)
+		}) {
+			t.Fatal("not ordered by Root, then Token")
+		}
+	}
+	check("/a/b", false, "/a", "/a/b", "/a/b")
+	check("/a/b", true, "/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d")
+	check("/a/b/d/e", false, "/a", "/a/b/d") // depth-0 /a/b does not cover it
+	check("/a/bc", false, "/a", "/a/bc")
+	check("/y", true)
+	check("/", false, "/")
+	check("/", true, "/", "/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d", "/a/bc", "/x")
+
+	all, err := s.List(ctx)
+	if err != nil || !slices.Equal(roots(all), []string{"/", "/a", "/a/b", "/a/b", "/a/b/c", "/a/b/d", "/a/bc", "/x"}) {
+		t.Fatalf("list: %v %v", roots(all), err)
+	}
+	if all[2].Token > all[3].Token {
+		t.Fatal("list: same root not ordered by token")
+	}
+	n, err := s.RemoveUnder(ctx, "/a/b")
+	if err != nil || n != 4 {
+		t.Fatalf("remove under /a/b: %d %v, want 4", n, err)
+	}
+	if all, _ = s.List(ctx); !slices.Equal(roots(all), []string{"/", "/a", "/a/bc", "/x"}) {
+		t.Fatalf("after remove under: %v", roots(all))
+	}
+	if n, err = s.RemoveUnder(ctx, "/a/b"); err != nil || n != 0 {
+		t.Fatalf("second remove under: %d %v", n, err)
+	}
+	if n, err = s.RemoveUnder(ctx, "/"); err != nil || n != 4 {
+		t.Fatalf("remove under /: %d %v, want 4", n, err)
+	}
+}
+
+// More locks than one script call removes or one ZSCAN page returns.
+func TestRedisStoreManyLocks(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	const n = 1200
+	for i := range n {
+		mustCreate(t, s, xlock(fmt.Sprintf("/big/%04d", i), Exclusive, DepthZero))
+	}
+	mustCreate(t, s, xlock("/other", Exclusive, DepthZero))
+	all, err := s.List(ctx)
+	if err != nil || len(all) != n+1 {
+		t.Fatalf("list: %d locks, %v; want %d", len(all), err, n+1)
+	}
+	for i := range n {
+		if all[i].Root != fmt.Sprintf("/big/%04d", i) {
+			t.Fatalf("list[%d] = %s", i, all[i].Root)
+		}
+	}
+	_, err = s.Create(ctx, xlock("/big", Exclusive, DepthInfinity))
+	var ce *LockConflictError
+	if !errors.As(err, &ce) || len(ce.Conflicts) == 0 {
+		t.Fatalf("an infinite lock over %d locks: %v", n, err)
+	}
+	removed, err := s.RemoveUnder(ctx, "/big")
+	if err != nil || removed != n {
+		t.Fatalf("remove under: %d %v, want %d", removed, err, n)
+	}
+	if all, _ = s.List(ctx); !slices.Equal(roots(all), []string{"/other"}) {
+		t.Fatalf("after remove under: %d locks", len(all))
+	}
+}
+
+func TestRedisStoreExpiry(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	short := xlock("/e", Exclusive, DepthInfinity)
+	short.Timeout = 150 * time.Millisecond
+	l := mustCreate(t, s, short)
+	keep := mustCreate(t, s, xlock("/k", Exclusive, DepthZero))
+	if _, err := s.Create(ctx, xlock("/e/x", Exclusive, DepthZero)); err == nil {
+		t.Fatal("created under a live exclusive lock")
+	}
+	waitFor(t, 3*time.Second, "the lock to expire", func() bool {
+		_, err := s.Get(ctx, l.Token)
+		return errors.Is(err, ErrNoSuchLock)
+	})
+	if got, _ := s.Affecting(ctx, "/e/x", true); len(got) != 0 {
+		t.Fatalf("affecting after expiry: %v", roots(got))
+	}
+	if all, _ := s.List(ctx); len(all) != 1 || all[0].Token != keep.Token {
+		t.Fatalf("list after expiry: %v", roots(all))
+	}
+	if _, err := s.Refresh(ctx, l.Token, time.Minute); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("refresh after expiry: %v", err)
+	}
+	mustCreate(t, s, xlock("/e/x", Exclusive, DepthZero))
+	// The expired entry is purged from the index, not only ignored.
+	c := redisClient(t, srv)
+	if n, _ := c.ZCard(ctx, s.kExp).Result(); n != 2 {
+		t.Fatalf("%d index entries, want 2", n)
+	}
+}
+
+// Scripts retried after a lost reply (go-redis retries) change nothing
+// and answer the same.
+func TestRedisStoreScriptsIdempotent(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	l := xlock("/i", Exclusive, DepthZero)
+	first := mustCreate(t, s, l)
+	time.Sleep(5 * time.Millisecond)
+	second := mustCreate(t, s, l) // the same token again: a retry
+	if !second.Created.Equal(first.Created) || !second.Expires.Equal(first.Expires) {
+		t.Fatalf("retried create changed the lock: %+v / %+v", first, second)
+	}
+	if all, _ := s.List(ctx); len(all) != 1 {
+		t.Fatalf("%d locks after a retried create", len(all))
+	}
+	keys := []string{s.kIdx, s.kExp, s.hashKey(l.Token), s.base + "xgone:" + l.Token}
+	for i := range 2 {
+		v, err := s.call(ctx, "remove", xRemoveScript, keys, "nonce-1", 10000)
+		if got, derr := decodeLock(l.Token, v); err != nil || derr != nil || got.Root != "/i" {
+			t.Fatalf("remove run %d: %+v %v %v", i, got, err, derr)
+		}
+	}
+	v, err := s.call(ctx, "remove", xRemoveScript, keys, "nonce-2", 10000)
+	if _, derr := decodeLock(l.Token, v); err != nil || !errors.Is(derr, ErrNoSuchLock) {
+		t.Fatalf("another call's remove: %v %v", err, derr)
+	}
+	if _, err := s.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("the tombstone is visible: %v", err)
+	}
+}
+
+// Two nodes (two clients) see one set of locks, and every key lives under
+// the zone's hash tag.
+func TestRedisStoreTwoNodes(t *testing.T) {
+	srv := startRedis(t)
+	a, b := newRedisLockStore(t, srv, "shared"), newRedisLockStore(t, srv, "shared")
+	ctx := context.Background()
+	l := mustCreate(t, a, xlock("/doc", Exclusive, DepthZero))
+	if _, err := b.Create(ctx, xlock("/doc", Shared, DepthZero)); !errors.As(err, new(*LockConflictError)) {
+		t.Fatalf("second node: %v", err)
+	}
+	if g, err := b.Get(ctx, l.Token); err != nil || g.Root != "/doc" {
+		t.Fatalf("second node get: %+v %v", g, err)
+	}
+	if _, err := b.Remove(ctx, l.Token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+		t.Fatalf("first node after removal by the second: %v", err)
+	}
+	mustCreate(t, a, xlock("/doc2", Exclusive, DepthZero))
+	keys, err := redisClient(t, srv).Keys(ctx, "*").Result() // a test may use KEYS
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "{"+DefaultRedisKeyPrefix+":shared}:") {
+			t.Errorf("key %q is outside the zone's hash tag", k)
+		}
+	}
+}
+
+func TestRedisStoreUnavailable(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	l := mustCreate(t, s, xlock("/u", Exclusive, DepthZero))
+	srv.Stop()
+	start := time.Now()
+	for name, call := range map[string]func() error{
+		"create":       func() error { _, err := s.Create(ctx, xlock("/v", Exclusive, DepthZero)); return err },
+		"refresh":      func() error { _, err := s.Refresh(ctx, l.Token, time.Minute); return err },
+		"get":          func() error { _, err := s.Get(ctx, l.Token); return err },
+		"remove":       func() error { _, err := s.Remove(ctx, l.Token); return err },
+		"affecting":    func() error { _, err := s.Affecting(ctx, "/u", true); return err },
+		"remove under": func() error { _, err := s.RemoveUnder(ctx, "/u"); return err },
+		"list":         func() error { _, err := s.List(ctx); return err },
+	} {
+		if err := call(); !errors.Is(err, ErrStoreUnavailable) {
+			t.Errorf("%s with Redis down: %v", name, err)
+		}
+	}
+	if d := time.Since(start); d > 7*2*300*time.Millisecond {
+		t.Errorf("seven calls took %s with a 300ms timeout", d)
+	}
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Get(ended, l.Token); !errors.Is(err, context.Canceled) {
+		t.Errorf("get with an ended context: %v", err)
+	}
+}
+
+// A zone with store redis keeps its explicit locks in Redis: a lock made
+// through the zone of a running Caddy is seen by another node's store.
+func TestRedisStoreZoneTables(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	startCaddy(t, redisSite(srv, "rzone", "", ""), b)
+	var z *zone
+	zones.Range(func(k, v any) bool {
+		if strings.HasPrefix(k.(string), "rzone\x00") {
+			z = v.(*zone)
+		}
+		return true
+	})
+	if z == nil || z.explicit == nil {
+		t.Fatalf("zone rzone: %+v", z)
+	}
+	if _, ok := z.locker.(*RedisLocker); !ok {
+		t.Fatalf("zone rzone's locker is a %T", z.locker)
+	}
+	l := mustCreate(t, z.explicit, xlock("/doc", Exclusive, DepthInfinity))
+	other := newRedisLockStore(t, srv, "rzone")
+	if got, err := other.Affecting(context.Background(), "/doc/page", false); err != nil || len(got) != 1 || got[0].Token != l.Token {
+		t.Fatalf("the other node sees %v, %v", roots(got), err)
+	}
+}
+
+// Past the zone's limit, Create fails with ErrFull and evicts nothing;
+// expired locks do not count.
+func TestRedisStoreFull(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	s.SetMax(2)
+	ctx := context.Background()
+	short := xlock("/short", Exclusive, DepthZero)
+	short.Timeout = 100 * time.Millisecond
+	mustCreate(t, s, short)
+	kept := mustCreate(t, s, xlock("/kept", Exclusive, DepthZero))
+	if _, err := s.Create(ctx, xlock("/x", Exclusive, DepthZero)); !errors.Is(err, ErrFull) {
+		t.Fatalf("past the limit: %v, want ErrFull", err)
+	}
+	if _, err := s.Get(ctx, kept.Token); err != nil {
+		t.Fatalf("a held lock was evicted: %v", err)
+	}
+	waitFor(t, 3*time.Second, "room after the short lock expires", func() bool {
+		_, err := s.Create(ctx, xlock("/x", Exclusive, DepthZero))
+		return err == nil
+	})
+}
