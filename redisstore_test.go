@@ -465,3 +465,13 @@ func TestRedisStoreFull(t *testing.T) {
 		return err == nil
 	})
 }
+
+// The Redis store keeps the LockStore contract that MemLockStore keeps.
+func TestRedisLockStoreContract(t *testing.T) {
+	srv := startRedis(t)
+	n := 0
+	testLockStoreContract(t, func(t *testing.T) LockStore {
+		n++
+		return newRedisLockStore(t, srv, fmt.Sprintf("contract-%d", n))
+	})
+}
