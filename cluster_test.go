@@ -402,30 +402,6 @@ func TestClusterRedisOutage(t *testing.T) {
 	}
 }
 
-// send makes a request with a body of its own and fails the test unless
-// the answer has status want.
-func send(t *testing.T, method, url, body string, header map[string]string, want int) result {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	_, _ = buf.ReadFrom(resp.Body)
-	if resp.StatusCode != want {
-		t.Fatalf("%s %s: status %d, want %d; body: %s", method, url, resp.StatusCode, want, buf.String())
-	}
-	return result{status: resp.StatusCode, header: resp.Header, body: buf.String()}
-}
-
 // A WebDAV LOCK taken through one node is enforced by the other, the
 // admin API of either lists it, and an UNLOCK through the other ends it.
 func TestClusterWebDAVLock(t *testing.T) {
@@ -436,7 +412,7 @@ func TestClusterWebDAVLock(t *testing.T) {
 
 	const lockinfo = `<?xml version="1.0" encoding="utf-8"?>
 <D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>cluster test</D:owner></D:lockinfo>`
-	r := send(t, "LOCK", a.URL+"/doc", lockinfo, map[string]string{"Timeout": "Second-60", "Depth": "0"}, http.StatusOK)
+	r := davMust(t, http.StatusOK, "LOCK", a.URL+"/doc", lockinfo, map[string]string{"Timeout": "Second-60", "Depth": "0"})
 	token := strings.TrimSuffix(strings.TrimPrefix(r.header.Get("Lock-Token"), "<"), ">")
 	if !strings.HasPrefix(token, "urn:uuid:") {
 		t.Fatalf("LOCK answered Lock-Token %q", r.header.Get("Lock-Token"))
@@ -444,12 +420,12 @@ func TestClusterWebDAVLock(t *testing.T) {
 	writes, _, _ := b.counts()
 
 	// The other node refuses a write without the token, before the backend.
-	send(t, http.MethodPut, c.URL+"/doc", "x", nil, http.StatusLocked)
+	davMust(t, http.StatusLocked, http.MethodPut, c.URL+"/doc", "x", nil)
 	if w, _, _ := b.counts(); w != writes {
 		t.Fatalf("a refused write reached the backend (%d writes, want %d)", w, writes)
 	}
 	// ... and lets the token's holder write.
-	send(t, http.MethodPut, c.URL+"/doc", "x", map[string]string{"If": "(<" + token + ">)"}, http.StatusOK)
+	davMust(t, http.StatusOK, http.MethodPut, c.URL+"/doc", "x", map[string]string{"If": "(<" + token + ">)"})
 
 	for _, n := range []*caddyProc{a, c} {
 		r := mustDo(t, http.MethodGet, n.Admin+"/lock/", nil, http.StatusOK)
@@ -461,8 +437,8 @@ func TestClusterWebDAVLock(t *testing.T) {
 		}
 	}
 
-	send(t, "UNLOCK", c.URL+"/doc", "", map[string]string{"Lock-Token": "<" + token + ">"}, http.StatusNoContent)
-	send(t, http.MethodPut, a.URL+"/doc", "x", nil, http.StatusOK)
+	davMust(t, http.StatusNoContent, "UNLOCK", c.URL+"/doc", "", map[string]string{"Lock-Token": "<" + token + ">"})
+	davMust(t, http.StatusOK, http.MethodPut, a.URL+"/doc", "x", nil)
 	if r := mustDo(t, http.MethodGet, a.Admin+"/lock/", nil, http.StatusOK); strings.Contains(r.body, `"/doc"`) {
 		t.Fatalf("the lock is still listed after UNLOCK: %s", r.body)
 	}
@@ -477,10 +453,10 @@ func TestClusterMaintenanceLock(t *testing.T) {
 	lock := clusterLock(srv, "", "")
 	a, c := startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)
 
-	send(t, http.MethodPut, c.URL+"/billing/1", "x", nil, http.StatusOK)
-	r := send(t, http.MethodPost, a.Admin+"/lock/cluster",
+	davMust(t, http.StatusOK, http.MethodPut, c.URL+"/billing/1", "x", nil)
+	r := davMust(t, http.StatusCreated, http.MethodPost, a.Admin+"/lock/cluster",
 		`{"path": "/billing", "depth": "infinity", "timeout": "10m", "owner": "maintenance"}`,
-		map[string]string{"Content-Type": "application/json"}, http.StatusCreated)
+		map[string]string{"Content-Type": "application/json"})
 	var created struct {
 		Token string `json:"token"`
 	}
@@ -488,14 +464,14 @@ func TestClusterMaintenanceLock(t *testing.T) {
 		t.Fatalf("POST /lock/cluster answered %s (%v)", r.body, err)
 	}
 	writes, _, _ := b.counts()
-	r = send(t, http.MethodPut, c.URL+"/billing/1", "x", nil, http.StatusLocked)
+	r = davMust(t, http.StatusLocked, http.MethodPut, c.URL+"/billing/1", "x", nil)
 	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 60 {
 		t.Fatalf("Retry-After %q during a 10m maintenance lock", r.header.Get("Retry-After"))
 	}
-	send(t, http.MethodPut, c.URL+"/other", "x", nil, http.StatusOK)
+	davMust(t, http.StatusOK, http.MethodPut, c.URL+"/other", "x", nil)
 	if w, _, _ := b.counts(); w != writes+1 {
 		t.Fatalf("backend saw %d writes, want %d: the refused one must not reach it", w, writes+1)
 	}
-	send(t, http.MethodDelete, c.Admin+"/lock/cluster/"+created.Token, "", nil, http.StatusOK)
-	send(t, http.MethodPut, a.URL+"/billing/1", "x", nil, http.StatusOK)
+	davMust(t, http.StatusOK, http.MethodDelete, c.Admin+"/lock/cluster/"+created.Token, "", nil)
+	davMust(t, http.StatusOK, http.MethodPut, a.URL+"/billing/1", "x", nil)
 }
