@@ -627,6 +627,8 @@ func (d *davRequest) lock() error {
 	})
 	var conflict *LockConflictError
 	switch {
+	case errors.As(err, &conflict) && allBelow(conflict.Conflicts, d.key):
+		return d.refuseBelow(conflict.Conflicts)
 	case errors.As(err, &conflict):
 		return d.refuseExplicit(conflict.Conflicts, CondNoConflictingLock)
 	case err != nil:
@@ -969,7 +971,7 @@ func (d *davRequest) refuseInflight(err error) error {
 	if d.h.RetryAfter > 0 {
 		retry = time.Duration(d.h.RetryAfter)
 	}
-	d.w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
+	d.setRetryAfter(retry)
 	cond := CondLockTokenSubmitted
 	if d.r.Method == "LOCK" {
 		cond = CondNoConflictingLock
@@ -977,26 +979,35 @@ func (d *davRequest) refuseInflight(err error) error {
 	return d.davError(http.StatusLocked, cond, conflict.Key)
 }
 
-// refuseExplicit answers 423 for explicit locks in the way: DAV:error
-// naming their roots for WebDAV clients, a problem document otherwise;
-// Retry-After says when the last of them ends unless refreshed.
-func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) error {
-	d.settle(resultConflict)
-	var (
-		retry time.Duration
-		hrefs []string
-	)
+// lockRoots returns the roots of locks as the clients named them
+// (without repeats, in the order of locks) and how long until the last
+// of the locks ends unless refreshed.
+func lockRoots(locks []ExplicitLock) (hrefs []string, retry time.Duration) {
 	for _, l := range locks {
 		retry = max(retry, time.Until(l.Expires))
 		if !slices.Contains(hrefs, l.Href) {
 			hrefs = append(hrefs, l.Href)
 		}
 	}
+	return hrefs, retry
+}
+
+// setRetryAfter sets Retry-After to retry in whole seconds, at least one.
+func (d *davRequest) setRetryAfter(retry time.Duration) {
+	d.w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
+}
+
+// refuseExplicit answers 423 for explicit locks in the way: DAV:error
+// naming their roots for WebDAV clients, a problem document otherwise;
+// Retry-After says when the last of them ends unless refreshed.
+func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) error {
+	d.settle(resultConflict)
+	hrefs, retry := lockRoots(locks)
 	first := locks[0]
 	d.h.logger.Debug("explicit lock conflict", zap.String("key", d.key), zap.String("method", d.r.Method),
 		zap.String("lock_root", first.Root), zap.String("token", tokenPrefix(first.Token)))
 	if d.xml {
-		d.w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
+		d.setRetryAfter(retry)
 		return d.davError(http.StatusLocked, condition, hrefs...)
 	}
 	expires := first.Expires
@@ -1014,6 +1025,45 @@ func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) erro
 			Expires:     &expires,
 		},
 	}, retry, fmt.Errorf("lock %s: held by an explicit lock on %s", d.key, first.Root))
+}
+
+// allBelow reports whether every lock of locks is rooted strictly below
+// key: only a depth-infinity LOCK on key meets such locks.
+func allBelow(locks []ExplicitLock, key string) bool {
+	return len(locks) > 0 && !slices.ContainsFunc(locks, func(l ExplicitLock) bool { return !isBelow(l.Root, key) })
+}
+
+// refuseBelow answers a depth-infinity LOCK that locks on resources below
+// the request URI keep from being granted, as RFC 4918 section 9.10.6
+// (and the example of 9.10.9) says: 207 Multi-Status with a response of
+// 423 Locked for each of their roots and one of 424 Failed Dependency for
+// the request URI. Retry-After says when the last of them ends unless
+// refreshed.
+func (d *davRequest) refuseBelow(locks []ExplicitLock) error {
+	d.settle(resultConflict)
+	hrefs, retry := lockRoots(locks)
+	d.h.logger.Debug("explicit lock conflict below", zap.String("key", d.key),
+		zap.String("lock_root", locks[0].Root), zap.String("token", tokenPrefix(locks[0].Token)), zap.Int("locks", len(locks)))
+	d.setRetryAfter(retry)
+	return d.writeXML(http.StatusMultiStatus, marshalLockFailure(hrefs, d.href()))
+}
+
+// marshalLockFailure returns the DAV:multistatus document of a LOCK
+// refused for locks below its request URI: a DAV:response with 423 for
+// each of blocked, then one with 424 for the request URI. Hrefs are
+// unescaped paths, URL-escaped here.
+func marshalLockFailure(blocked []string, requestURI string) []byte {
+	b := []byte(xmlDecl + `<D:multistatus xmlns:D="DAV:">`)
+	status := func(href, line string) {
+		b = append(b, "<D:response><D:href>"...)
+		b = appendEscaped(b, escapePath(href), false)
+		b = append(b, "</D:href><D:status>"+line+"</D:status></D:response>"...)
+	}
+	for _, h := range blocked {
+		status(h, "HTTP/1.1 423 Locked")
+	}
+	status(requestURI, "HTTP/1.1 424 Failed Dependency")
+	return append(b, "</D:multistatus>"...)
 }
 
 // refuseMaintenance refuses a write that an explicit lock covers in a

@@ -410,7 +410,7 @@ func TestDAVCollections(t *testing.T) {
 	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"Depth": "infinity"}), http.StatusLocked, CondLockTokenSubmitted, "/tree/g", "/tree/sub/f")
 	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/tree/sub/f")
 	// A depth-infinity lock above held locks is refused, naming them.
-	assertDAVError(t, davDo(t, "LOCK", url+"/tree", fmt.Sprintf(lockBody, "exclusive", "a"), nil), http.StatusLocked, CondNoConflictingLock, "/tree/g", "/tree/sub/f")
+	assertLockFailure(t, davDo(t, "LOCK", url+"/tree", fmt.Sprintf(lockBody, "exclusive", "a"), nil), "/tree", "/tree/g", "/tree/sub/f")
 	davMust(t, http.StatusNoContent, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">) </tree/sub/f> (<" + tf + ">)"})
 	if b.exists("/tree") {
 		t.Fatal("DELETE did not reach the backend")
@@ -423,6 +423,104 @@ func TestDAVCollections(t *testing.T) {
 		}
 	}
 	davMust(t, http.StatusCreated, "MKCOL", url+"/tree", "", nil)
+}
+
+// assertLockFailure checks the answer to a LOCK that locks below its
+// request URI keep from being granted (RFC 4918 sections 9.10.6 and
+// 9.10.9): 207 Multi-Status, a DAV:response of 423 for each blocking lock
+// root (in order), then one of 424 for the request URI, and no token.
+func assertLockFailure(t *testing.T, r result, requestURI string, blocked ...string) {
+	t.Helper()
+	if r.status != http.StatusMultiStatus {
+		t.Fatalf("status %d, want 207; body: %s", r.status, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/xml") {
+		t.Fatalf("Content-Type = %q, want application/xml", ct)
+	}
+	if tok := r.header.Get("Lock-Token"); tok != "" {
+		t.Fatalf("refused LOCK has Lock-Token %s", tok)
+	}
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("refused LOCK without Retry-After")
+	}
+	var ms struct {
+		XMLName   xml.Name `xml:"DAV: multistatus"`
+		Responses []struct {
+			Hrefs    []string   `xml:"DAV: href"`
+			Status   string     `xml:"DAV: status"`
+			Propstat []struct{} `xml:"DAV: propstat"`
+		} `xml:"DAV: response"`
+	}
+	if err := xml.Unmarshal([]byte(r.body), &ms); err != nil {
+		t.Fatalf("207 body %q: %v", r.body, err)
+	}
+	type response struct{ href, status string }
+	var got, want []response
+	for _, resp := range ms.Responses {
+		if len(resp.Hrefs) != 1 || len(resp.Propstat) != 0 {
+			t.Fatalf("response with %d hrefs and %d propstats, want one href and a status: %s", len(resp.Hrefs), len(resp.Propstat), r.body)
+		}
+		got = append(got, response{resp.Hrefs[0], resp.Status})
+	}
+	for _, h := range blocked {
+		want = append(want, response{h, "HTTP/1.1 423 Locked"})
+	}
+	want = append(want, response{requestURI, "HTTP/1.1 424 Failed Dependency"})
+	if !slices.Equal(got, want) {
+		t.Fatalf("responses %v, want %v; body: %s", got, want, r.body)
+	}
+}
+
+// TestDAVLockBelowMultiStatus drives RFC 4918 section 9.10.6: a
+// depth-infinity LOCK refused only for locks below its request URI gets
+// 207 naming them; a conflict on the URI or an ancestor stays 423. It
+// runs with the in-memory store and with the Redis store, whose conflict
+// lists the answer is made of.
+func TestDAVLockBelowMultiStatus(t *testing.T) {
+	t.Run("memory", func(t *testing.T) { testLockBelowMultiStatus(t, "") })
+	t.Run("redis", func(t *testing.T) {
+		srv := startRedis(t)
+		testLockBelowMultiStatus(t, "store redis {\n address "+srv.Addr+"\n }")
+	})
+}
+
+func testLockBelowMultiStatus(t *testing.T, store string) {
+	url, b := davSite(t, store)
+	b.mkdir(t, "/c")
+	b.mkdir(t, "/c/sub dir")
+	b.put(t, "/c/sub dir/f", "f")
+	b.put(t, "/c/g", "g")
+	b.put(t, "/c/h", "h")
+	davLock(t, url+"/c/sub%20dir/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	davLock(t, url+"/c/g", "shared", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	davLock(t, url+"/c/g", "shared", "b", map[string]string{"Depth": "0"}, http.StatusOK)
+
+	// Exclusive: every lock below is in the way; each root once, escaped
+	// as an href, and the request URI as the client spelled it.
+	assertLockFailure(t, davDo(t, "LOCK", url+"/c/", fmt.Sprintf(lockBody, "exclusive", "c"), nil),
+		"/c/", "/c/g", "/c/sub%20dir/f")
+	// Shared: only the exclusive lock below is.
+	assertLockFailure(t, davDo(t, "LOCK", url+"/c", fmt.Sprintf(lockBody, "shared", "c"), map[string]string{"Depth": "infinity"}),
+		"/c", "/c/sub%20dir/f")
+	// Nothing was locked: a write without a token passes.
+	davMust(t, http.StatusCreated, "PUT", url+"/c/h", "changed", nil)
+
+	// A lock on the request URI itself, or on an ancestor, is a plain
+	// conflict even with locks below as well.
+	b.mkdir(t, "/d")
+	b.put(t, "/d/f", "f")
+	davLock(t, url+"/d", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	davLock(t, url+"/d/f", "exclusive", "a", nil, http.StatusOK)
+	assertDAVError(t, davDo(t, "LOCK", url+"/d", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, CondNoConflictingLock, "/d", "/d/f")
+	b.mkdir(t, "/e")
+	b.mkdir(t, "/e/x")
+	b.put(t, "/e/x/f", "f")
+	davLock(t, url+"/e", "shared", "a", nil, http.StatusOK)
+	davLock(t, url+"/e/x/f", "shared", "a", nil, http.StatusOK)
+	assertDAVError(t, davDo(t, "LOCK", url+"/e/x", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, CondNoConflictingLock, "/e", "/e/x/f")
+
+	// Depth 0 does not cover the members: granted despite the locks below.
+	davLock(t, url+"/c", "exclusive", "c", map[string]string{"Depth": "0"}, http.StatusOK)
 }
 
 // zoneStore finds the explicit lock store of a zone that a running config

@@ -27,7 +27,8 @@ var (
 )
 
 // propfind forwards a PROPFIND and adds the lock properties to its answer
-// when the client asked for them by name or with allprop.
+// when the client asked for them by name or with allprop, and their names
+// when it asked with propname.
 func (d *davRequest) propfind() error {
 	limit := max(d.h.MaxLockBody, DefaultMaxLockInfoBytes)
 	body, err := io.ReadAll(io.LimitReader(d.r.Body, limit+1))
@@ -38,8 +39,8 @@ func (d *davRequest) propfind() error {
 	if int64(len(body)) > limit {
 		return d.next.ServeHTTP(d.w, d.r) // too large to look into
 	}
-	wantLD, wantSL := propfindWants(body)
-	if !wantLD && !wantSL {
+	want := propfindWants(body)
+	if !want.discovery && !want.supported {
 		return d.next.ServeHTTP(d.w, d.r)
 	}
 	// The answer is edited as XML: ask for it uncompressed.
@@ -49,7 +50,7 @@ func (d *davRequest) propfind() error {
 	if buf.passed || buf.status == 0 {
 		return err
 	}
-	out, rerr := d.addLockProps(buf.body.Bytes(), wantLD, wantSL)
+	out, rerr := d.addLockProps(buf.body.Bytes(), want)
 	if rerr != nil {
 		d.h.logger.Debug("PROPFIND answer left as it is", zap.String("key", d.key), zap.Error(rerr))
 		out = buf.body.Bytes()
@@ -60,13 +61,23 @@ func (d *davRequest) propfind() error {
 	return err
 }
 
+// lockPropsWanted is what a PROPFIND asks of the lock properties. names
+// (DAV:propname: every property, by name only) implies the other two.
+type lockPropsWanted struct {
+	discovery bool // DAV:lockdiscovery
+	supported bool // DAV:supportedlock
+	names     bool // empty elements instead of values
+}
+
 // propfindWants reports which lock properties a PROPFIND body asks for.
 // An empty body means allprop. A body that does not parse asks for
 // nothing here; the backend will say what is wrong with it.
-func propfindWants(body []byte) (lockDiscovery, supportedLock bool) {
+func propfindWants(body []byte) lockPropsWanted {
+	all := lockPropsWanted{discovery: true, supported: true}
 	if len(bytes.TrimSpace(body)) == 0 {
-		return true, true
+		return all
 	}
+	var want lockPropsWanted
 	dec := xml.NewDecoder(bytes.NewReader(body))
 	dec.Strict = true
 	inProp := 0
@@ -74,23 +85,26 @@ func propfindWants(body []byte) (lockDiscovery, supportedLock bool) {
 		tok, err := dec.Token()
 		if err != nil {
 			if err == io.EOF {
-				return lockDiscovery, supportedLock
+				return want
 			}
-			return false, false
+			return lockPropsWanted{}
 		}
 		switch t := tok.(type) {
 		case xml.Directive:
-			return false, false
+			return lockPropsWanted{}
 		case xml.StartElement:
 			switch {
-			case t.Name.Space == davNS && t.Name.Local == "allprop":
-				return true, true
+			case inProp == 0 && t.Name.Space == davNS && t.Name.Local == "allprop":
+				return all
+			case inProp == 0 && t.Name.Space == davNS && t.Name.Local == "propname":
+				all.names = true
+				return all
 			case t.Name.Space == davNS && t.Name.Local == "prop":
 				inProp++
 			case inProp > 0 && t.Name == nameLockDiscovery:
-				lockDiscovery = true
+				want.discovery = true
 			case inProp > 0 && t.Name == nameSupportedLock:
-				supportedLock = true
+				want.supported = true
 			}
 		case xml.EndElement:
 			if t.Name.Space == davNS && t.Name.Local == "prop" {
@@ -272,8 +286,9 @@ func (e *xmlElem) text() string {
 
 // addLockProps edits a DAV:multistatus document: for every DAV:response,
 // lock properties the backend reported are dropped, and the handler's own
-// go into the propstat with status 200 (added when there is none).
-func (d *davRequest) addLockProps(doc []byte, wantLD, wantSL bool) ([]byte, error) {
+// (empty elements for propname) go into the propstat with status 200
+// (added when there is none).
+func (d *davRequest) addLockProps(doc []byte, want lockPropsWanted) ([]byte, error) {
 	root, err := parseXMLTree(doc)
 	if err != nil {
 		return nil, err
@@ -291,7 +306,11 @@ func (d *davRequest) addLockProps(doc []byte, wantLD, wantSL bool) ([]byte, erro
 			continue
 		}
 		var props []any
-		if wantLD {
+		if want.names {
+			setLockProps(resp, []any{rawXML(lockPropNames)})
+			continue
+		}
+		if want.discovery {
 			ls, err := d.store().Affecting(d.ctx(), d.h.keyOfPath(u.Path), false)
 			if err != nil {
 				return nil, err
@@ -302,7 +321,7 @@ func (d *davRequest) addLockProps(doc []byte, wantLD, wantSL bool) ([]byte, erro
 			}
 			props = append(props, rawXML(LockDiscoveryElement(active...)))
 		}
-		if wantSL {
+		if want.supported {
 			props = append(props, rawXML(SupportedLockElement()))
 		}
 		setLockProps(resp, props)
@@ -310,6 +329,9 @@ func (d *davRequest) addLockProps(doc []byte, wantLD, wantSL bool) ([]byte, erro
 	b := []byte(xmlDecl)
 	return appendXMLElem(b, root, "")
 }
+
+// lockPropNames lists the lock properties by name, for propname.
+const lockPropNames = `<D:lockdiscovery xmlns:D="DAV:"/><D:supportedlock xmlns:D="DAV:"/>`
 
 // setLockProps replaces the lock properties of one DAV:response.
 func setLockProps(resp *xmlElem, props []any) {
