@@ -6,6 +6,7 @@ package caddylock
 // instances.
 
 import (
+	"context"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -135,12 +136,12 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 		for _, l := range ls {
 			out = append(out, explicitEntry(z.name, l))
 		}
-		// Tables that can list their in-flight locks (the in-memory one).
-		if hl, ok := any(z.locker).(interface {
-			Held() []HeldLock
-			Hierarchy() bool
-		}); ok {
-			for _, h := range hl.Held() {
+		if hl, ok := z.locker.(heldLister); ok {
+			held, err := hl.HeldLocks(r.Context())
+			if err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the in-flight locks of zone %q: %w", z.name, err)}
+			}
+			for _, h := range held {
 				out = append(out, adminLock{
 					Zone: z.name, Root: h.Key, Scope: h.Kind.String(), Depth: depthOf(hl.Hierarchy()),
 					Created: h.Since, InFlight: true, Holders: h.Holders, Waiting: h.Waiting,
@@ -310,6 +311,16 @@ func xmlText(b []byte) string {
 	return v.Text
 }
 
+// heldLister is a lock table that can list its in-flight locks (both the
+// in-memory and the Redis one can).
+type heldLister interface {
+	// HeldLocks lists the locks held in the table; it fails when the
+	// table cannot be reached.
+	HeldLocks(ctx context.Context) ([]HeldLock, error)
+	// Hierarchy reports whether a lock covers the keys below it.
+	Hierarchy() bool
+}
+
 // HeldLock is an in-flight lock: held by requests being proxied.
 type HeldLock struct {
 	Key     string
@@ -343,8 +354,13 @@ func (l *MemLocker) Held() []HeldLock {
 	return out
 }
 
+// HeldLocks is Held for the admin API; the in-memory table never fails.
+func (l *MemLocker) HeldLocks(context.Context) ([]HeldLock, error) { return l.Held(), nil }
+
 // Interface guards
 var (
+	_ heldLister        = (*MemLocker)(nil)
+	_ heldLister        = (*RedisLocker)(nil)
 	_ caddy.AdminRouter = (*AdminAPI)(nil)
 	_ caddy.Provisioner = (*AdminAPI)(nil)
 )

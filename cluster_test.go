@@ -475,3 +475,70 @@ func TestClusterMaintenanceLock(t *testing.T) {
 	davMust(t, http.StatusOK, http.MethodDelete, c.Admin+"/lock/cluster/"+created.Token, "", nil)
 	davMust(t, http.StatusOK, http.MethodPut, a.URL+"/billing/1", "x", nil)
 }
+
+// inFlight returns the in-flight locks that a node's admin API lists.
+func inFlight(t *testing.T, p *caddyProc) map[string]adminLock {
+	t.Helper()
+	r := mustDo(t, http.MethodGet, p.Admin+"/lock/", nil, http.StatusOK)
+	var list []adminLock
+	if err := json.Unmarshal([]byte(r.body), &list); err != nil {
+		t.Fatalf("admin API of node %s: %v in %s", p.name, err, r.body)
+	}
+	out := map[string]adminLock{}
+	for _, l := range list {
+		if l.InFlight {
+			out[l.Zone+" "+l.Root] = l
+		}
+	}
+	return out
+}
+
+// A write held at the backend through one node, with another queued
+// behind it through the other, is listed by the admin API of either node,
+// and is gone from it once both are done. With Redis down the listing
+// answers 503.
+func TestClusterAdminListsInFlight(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	lock := clusterLock(srv, "wait 20s", "")
+	a, c := startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)
+
+	first, queued := make(chan result, 1), make(chan result, 1)
+	go func() {
+		first <- do(http.DefaultClient, http.MethodPut, a.URL+"/doc", map[string]string{"X-Hold": "listed"})
+	}()
+	b.waitStarted(t, "listed")
+	granted := time.Now()
+	go func() { queued <- do(http.DefaultClient, http.MethodPut, c.URL+"/doc", nil) }()
+	waitFor(t, 5*time.Second, "the second write to queue", func() bool {
+		return inFlight(t, c)["cluster /doc"].Waiting == 1
+	})
+	for _, n := range []*caddyProc{a, c} {
+		got := inFlight(t, n)
+		l, ok := got["cluster /doc"]
+		if len(got) != 1 || !ok || l.Scope != "exclusive" || l.Depth != "0" || l.Holders != 1 || l.Waiting != 1 {
+			t.Fatalf("admin API of node %s lists in flight: %+v; want /doc, exclusive, depth 0, 1 holder, 1 waiting", n.name, got)
+		}
+		if d := l.Created.Sub(granted); d < -5*time.Second || d > 5*time.Second {
+			t.Fatalf("admin API of node %s: /doc held since %s, granted about %s", n.name, l.Created, granted)
+		}
+	}
+
+	b.open("listed")
+	for _, ch := range []chan result{first, queued} {
+		if r := <-ch; r.status != http.StatusOK {
+			t.Fatalf("a write: %d %s", r.status, r.body)
+		}
+	}
+	for _, n := range []*caddyProc{a, c} {
+		if got := inFlight(t, n); len(got) != 0 {
+			t.Fatalf("admin API of node %s lists after the writes: %+v", n.name, got)
+		}
+	}
+
+	srv.Stop()
+	r := mustDo(t, http.MethodGet, c.Admin+"/lock/", nil, http.StatusServiceUnavailable)
+	if !strings.Contains(r.body, "lock store unavailable") {
+		t.Fatalf("listing with Redis down: %s", r.body)
+	}
+}

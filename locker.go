@@ -92,6 +92,19 @@ const (
 	DefaultMaxWaiters = 64
 )
 
+// zoneLimits returns the limits a lock table enforces for the configured
+// max_locks and max_waiters, where values <= 0 mean the defaults. Every
+// table applies its defaults through it, so that all agree.
+func zoneLimits(maxLocks, maxWaiters int) (locks, waiters int64) {
+	if maxLocks <= 0 {
+		maxLocks = DefaultMaxLocks
+	}
+	if maxWaiters <= 0 {
+		maxWaiters = DefaultMaxWaiters
+	}
+	return int64(maxLocks), int64(maxWaiters)
+}
+
 // numShards is 64 so that a set of shards fits in one uint64 mask, which
 // lets hierarchical acquisitions lock several shards in ascending order
 // without allocating. A key's shard is the top shardBits bits of its hash;
@@ -238,16 +251,11 @@ func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
 // SetLimits changes max_locks and max_waiters (per key); values <= 0 mean
 // the defaults. Locks already held are never affected.
 func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
-	if maxLocks <= 0 {
-		maxLocks = DefaultMaxLocks
-	}
-	if maxWaiters <= 0 {
-		maxWaiters = DefaultMaxWaiters
-	}
-	old := l.maxLocks.Swap(int64(maxLocks))
-	l.free.Add(int64(maxLocks) - old)
-	l.maxWaiters.Store(int64(maxWaiters))
-	if int64(maxLocks) < old {
+	locks, waiters := zoneLimits(maxLocks, maxWaiters)
+	old := l.maxLocks.Swap(locks)
+	l.free.Add(locks - old)
+	l.maxWaiters.Store(waiters)
+	if locks < old {
 		// Credit taken under the old limit must not grant locks
 		// past the new one.
 		l.reclaim()

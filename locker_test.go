@@ -628,3 +628,39 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 	}
 	assertEmpty(t, l)
 }
+
+// Both lock tables read max_locks and max_waiters <= 0 as the same
+// defaults, and take positive values as given.
+func TestLimitsDefaults(t *testing.T) {
+	client, err := NewRedisClient(RedisConfig{Addresses: []string{"127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	rl, err := NewRedisLocker(client, t.Name(), RedisConfig{}, false, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	ml := NewMemLocker(false, 0, -1)
+	for _, tbl := range []struct {
+		name   string
+		set    func(maxLocks, maxWaiters int)
+		limits func() (int64, int64)
+	}{
+		{"memory", ml.SetLimits, func() (int64, int64) { return ml.maxLocks.Load(), ml.maxWaiters.Load() }},
+		{"redis", rl.SetLimits, func() (int64, int64) { return rl.maxLocks.Load(), rl.maxWaiters.Load() }},
+	} {
+		if locks, waiters := tbl.limits(); locks != DefaultMaxLocks || waiters != DefaultMaxWaiters {
+			t.Errorf("%s table created with 0, -1: limits %d, %d; want the defaults", tbl.name, locks, waiters)
+		}
+		tbl.set(7, 3)
+		if locks, waiters := tbl.limits(); locks != 7 || waiters != 3 {
+			t.Errorf("%s table after SetLimits(7, 3): limits %d, %d", tbl.name, locks, waiters)
+		}
+		tbl.set(-5, 0)
+		if locks, waiters := tbl.limits(); locks != DefaultMaxLocks || waiters != DefaultMaxWaiters {
+			t.Errorf("%s table after SetLimits(-5, 0): limits %d, %d; want the defaults", tbl.name, locks, waiters)
+		}
+	}
+}

@@ -283,14 +283,9 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 // MemLocker.SetLimits does; values <= 0 mean the defaults. Every node of a
 // zone should use the same limits, since each acquisition checks its own.
 func (l *RedisLocker) SetLimits(maxLocks, maxWaiters int) {
-	if maxLocks <= 0 {
-		maxLocks = DefaultMaxLocks
-	}
-	if maxWaiters <= 0 {
-		maxWaiters = DefaultMaxWaiters
-	}
-	l.maxLocks.Store(int64(maxLocks))
-	l.maxWaiters.Store(int64(maxWaiters))
+	locks, waiters := zoneLimits(maxLocks, maxWaiters)
+	l.maxLocks.Store(locks)
+	l.maxWaiters.Store(waiters)
 }
 
 // Hierarchy reports whether a lock covers the keys below it.

@@ -8,6 +8,7 @@ package caddylock
 //	go test -run '^$' -bench 'Stores' .
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -68,5 +69,39 @@ func BenchmarkStoresThroughCaddy(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkHeldLocks: the admin API's in-flight listing of a zone holding
+// n exclusive locks, the memory store beside the Redis one.
+//
+//	go test -run '^$' -bench 'HeldLocks' .
+func BenchmarkHeldLocks(b *testing.B) {
+	srv := startRedis(b)
+	for _, n := range []int{100, 10000} {
+		mem := NewMemLocker(false, 0, 0)
+		red := newRedisLocker(b, srv, fmt.Sprintf("bench-held-%d", n), redisOpts{})
+		for _, l := range []Locker{mem, red} {
+			for i := range n {
+				ls, err := l.Acquire(context.Background(), Request{Key: fmt.Sprintf("/docs/%d", i), Kind: Exclusive})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(ls.Release)
+			}
+		}
+		for _, t := range []struct {
+			name string
+			l    heldLister
+		}{{"memory", mem}, {"redis", red}} {
+			l := t.l
+			b.Run(fmt.Sprintf("%d/%s", n, t.name), func(b *testing.B) {
+				for b.Loop() {
+					if hs, err := l.HeldLocks(context.Background()); err != nil || len(hs) != n {
+						b.Fatalf("listed %d locks (%v), want %d", len(hs), err, n)
+					}
+				}
+			})
+		}
 	}
 }

@@ -483,3 +483,52 @@ func TestRedisHandlerRedisHangs(t *testing.T) {
 	resumed = true
 	assertLockingResumes(t, url, b)
 }
+
+// Sentinel mode: the store asks a real Sentinel for the master named
+// master_name and locks there; a name the Sentinel does not know leaves
+// the store unavailable.
+func TestRedisHandlerSentinel(t *testing.T) {
+	srv := startRedis(t)
+	sentinel := startSentinel(t, srv, "mymaster")
+	b := newBackend(t)
+	zone := func(name, master string) string {
+		return fmt.Sprintf(`lock {
+		zone %s
+		store redis {
+			address %s
+			master_name %s
+			lease 1s
+			timeout 200ms
+		}
+	}
+	reverse_proxy {backend}`, name, sentinel.Addr, master)
+	}
+	url := startCaddy(t, fmt.Sprintf("handle /unknown/* {\n\t%s\n}\nhandle {\n\t%s\n}",
+		zone("rsentinelx", "nosuchmaster"), zone("rsentinel", "mymaster")), b)
+
+	first := make(chan result, 1)
+	go func() { first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "s"}) }()
+	b.waitStarted(t, "s")
+	// The lock is in the master that the Sentinel named.
+	c := redisClient(t, srv)
+	if n := heldInRedis(t, c, "rsentinel"); n != 1 {
+		t.Fatalf("the master holds %d locks of the zone, want 1", n)
+	}
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	mustDo(t, http.MethodPut, url+"/free", nil, http.StatusOK)
+	b.open("s")
+	if r := <-first; r.status != http.StatusOK {
+		t.Fatalf("the held write: %d %s", r.status, r.body)
+	}
+	if n := heldInRedis(t, c, "rsentinel"); n != 0 {
+		t.Fatalf("%d locks left in the master", n)
+	}
+	if writes, _, overlaps := b.counts(); writes != 2 || overlaps != 0 {
+		t.Fatalf("backend: %d writes, %d overlapping; want 2, 0", writes, overlaps)
+	}
+
+	mustDo(t, http.MethodPut, url+"/unknown/doc", nil, http.StatusServiceUnavailable)
+	if writes, _, _ := b.counts(); writes != 2 {
+		t.Fatalf("a write refused for an unknown master reached the backend")
+	}
+}

@@ -74,6 +74,8 @@ var scriptOps = map[string]string{
 	releaseScript.Hash(): "release",
 	leaveScript.Hash():   "leave",
 	renewScript.Hash():   "renew",
+	// the admin API's listing
+	livePageScript.Hash(): "list_held",
 	// explicit locks
 	xCreateScript.Hash():      "explicit_create",
 	xRefreshScript.Hash():     "explicit_refresh",

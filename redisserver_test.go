@@ -26,6 +26,7 @@ type testRedis struct {
 	bin  string
 	dir  string
 	port int
+	conf string      // config file given first, for a sentinel; "" for none
 	args []string    // extra redis-server arguments
 	tls  *tls.Config // set when the server speaks only TLS
 	cmd  *exec.Cmd
@@ -66,6 +67,26 @@ func newTestRedis(t testing.TB, args ...string) *testRedis {
 	r := &testRedis{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
 	r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	return r
+}
+
+// startSentinel starts a Redis Sentinel (redis-server --sentinel) on a
+// free local port, monitoring master under name with a quorum of one, and
+// stops it when the test ends.
+func startSentinel(t testing.TB, master *testRedis, name string) *testRedis {
+	t.Helper()
+	host, port, err := net.SplitHostPort(master.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestRedis(t, "--sentinel", "--sentinel", "monitor", name, host, port, "1")
+	// A sentinel needs a config file of its own, which it rewrites.
+	s.conf = filepath.Join(s.dir, "sentinel.conf")
+	if err := os.WriteFile(s.conf, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Stop)
+	return s
 }
 
 // startRedisTLS starts a redis-server that speaks only TLS, with a
@@ -136,9 +157,13 @@ func (r *testRedis) Start() {
 	if r.cmd != nil {
 		r.t.Fatal("redis-server already running")
 	}
-	cmd := exec.Command(r.bin, append([]string{
-		"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
-		"--save", "", "--appendonly", "no", "--dir", r.dir}, r.args...)...)
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args, "--bind", "127.0.0.1", "--port", strconv.Itoa(r.port),
+		"--save", "", "--appendonly", "no", "--dir", r.dir)
+	cmd := exec.Command(r.bin, append(args, r.args...)...)
 	out, err := os.Create(r.dir + "/redis.log")
 	if err != nil {
 		r.t.Fatal(err)
