@@ -97,6 +97,20 @@ func run(cfg config) error {
 		{name: "lock-mix", backend: fast, paths: distinctPaths, getEvery: 9, site: "\tlock {\n\t\tshared GET HEAD\n\t}\n"},
 		{name: "hot-423", backend: slow, paths: 1, site: "\tlock\n", refusals: true},
 	}
+	// Scenario 2 with the lock table in Redis, measured right after
+	// scenario 2 in every round.
+	redis, err := startRedis(cfg.out)
+	switch {
+	case errors.Is(err, errNoRedis):
+		fmt.Printf("lock-redis: skipped: %v\n", err)
+	case err != nil:
+		return fmt.Errorf("lock-redis: %w", err)
+	default:
+		defer redis.stop()
+		fmt.Printf("lock-redis: redis-server on %s (pid %d)\n", redis.addr, redis.cmd.Process.Pid)
+		rd := &runDef{name: "lock-redis", backend: fast, paths: distinctPaths, site: redisSite(redis.addr), redis: redis}
+		runs = slices.Insert(runs, 2, rd)
+	}
 	for _, rd := range runs {
 		if err := start(cfg, rd); err != nil {
 			return fmt.Errorf("%s: %w", rd.name, err)
@@ -110,7 +124,11 @@ func run(cfg config) error {
 				return fmt.Errorf("pair %d, %s: %w", pair, rd.name, err)
 			}
 			rd.results = append(rd.results, m)
-			fmt.Printf("pair %d/%d %-8s %s\n", pair, cfg.pairs, rd.name, m)
+			extra := ""
+			if rd.redis != nil {
+				extra = fmt.Sprintf("  redis-server %s CPU/req", fmtDur(m.redisPer))
+			}
+			fmt.Printf("pair %d/%d %-10s %s%s\n", pair, cfg.pairs, rd.name, m, extra)
 		}
 	}
 
@@ -142,7 +160,8 @@ type runDef struct {
 	paths    int  // distinct paths (1: one hot path)
 	getEvery int  // GETs out of every 10 requests
 	refusals bool // the interesting answers are 423s (scenario 4)
-	proc     *caddyProc
+	proc     *proc
+	redis    *proc  // the redis-server its lock table is in, nil for none
 	admin    string // Caddy's admin address, "off" unless profiling
 	results  []measurement
 }
@@ -153,6 +172,7 @@ type measurement struct {
 	p50, p99 time.Duration
 	peakRSS  float64       // bytes, Caddy's VmHWM so far
 	cpuPer   time.Duration // Caddy's CPU time per answered request
+	redisPer time.Duration // the redis-server's CPU time per answered request, 0 without Redis
 	answered int
 	statuses statuses
 }
@@ -212,6 +232,12 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 	if err != nil {
 		return m, err
 	}
+	var redisBefore usage
+	if rd.redis != nil {
+		if redisBefore, err = rd.redis.usage(); err != nil {
+			return m, err
+		}
+	}
 	profiled := make(chan error, 1)
 	if cfg.profile > 0 {
 		path := filepath.Join(cfg.out, fmt.Sprintf("%s-%d.pprof", rd.name, pair))
@@ -227,6 +253,12 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 	if err != nil {
 		return m, err
 	}
+	var redisAfter usage
+	if rd.redis != nil {
+		if redisAfter, err = rd.redis.usage(); err != nil {
+			return m, err
+		}
+	}
 	if res.errors > 0 {
 		return m, fmt.Errorf("%d requests failed, the first: %w (Caddy log %s)", res.errors, res.firstErr, p.log)
 	}
@@ -238,6 +270,7 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 	m.answered = len(res.samples)
 	m.peakRSS = float64(after.peakRSS)
 	m.cpuPer = (after.cpu - before.cpu) / time.Duration(max(1, m.answered))
+	m.redisPer = (redisAfter.cpu - redisBefore.cpu) / time.Duration(max(1, m.answered))
 	var lat []time.Duration
 	for _, s := range res.samples {
 		if !rd.refusals || s.status == 423 {

@@ -47,6 +47,7 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem 
 	rows := []scenario{
 		{"1", "baseline: `reverse_proxy`, PUT over 10 000 paths", byName["base-put"], nil},
 		{"2", "`lock` (defaults), PUT over 10 000 paths — vs 1", byName["lock-put"], base},
+		{"2r", "`lock { store redis {…} }` (defaults, redis-server on the same machine), PUT over 10 000 paths — vs 2", byName["lock-redis"], byName["lock-put"]},
 		{"3a", "baseline for 3: `reverse_proxy`, 90% GET 10% PUT", byName["base-mix"], nil},
 		{"3", "`lock { shared GET HEAD }`, 90% GET 10% PUT — vs 3a", byName["lock-mix"], byName["base-mix"]},
 		{"4", "423 answers: PUT to one path, backend holds writes 50 ms — vs 1", byName["hot-423"], base},
@@ -63,6 +64,9 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem 
 	b.WriteString("| # | scenario | req/s | p50 | p99 | req/s ratio | p50 ratio | p99 ratio | Caddy CPU/req | CPU/req ratio | Caddy peak RSS |\n")
 	b.WriteString("|---|---|---:|---:|---:|---|---|---|---:|---|---:|\n")
 	for _, s := range rows {
+		if s.b == nil {
+			continue // a scenario that was skipped
+		}
 		r, l50, l99, rss, c := medianRun(s.b.results)
 		rr, r50, r99, rc := "—", "—", "—", "—"
 		if s.a != nil {
@@ -75,7 +79,8 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem 
 			fmtRate(r.med), fmtDur(time.Duration(l50.med)), fmtDur(time.Duration(l99.med)), rr, r50, r99,
 			fmtDur(time.Duration(c.med)), rc, fmtBytes(rss.max))
 	}
-	fmt.Fprintf(&b, "\nScenario 4 counts only the 423 answers (rate and latency); %s.\n", hotSummary(byName["hot-423"]))
+	fmt.Fprintf(&b, "\n%s\n", redisSummary(byName["lock-redis"], byName["lock-put"]))
+	fmt.Fprintf(&b, "Scenario 4 counts only the 423 answers (rate and latency); %s.\n", hotSummary(byName["hot-423"]))
 	memVerdict := "meets"
 	if !mem.passed {
 		memVerdict = "fails"
@@ -134,6 +139,22 @@ func verdict(s spread, bound float64, higherIsBetter bool) string {
 	default:
 		return "MISSED by the median, though not by every pair (noise or a small margin; more pairs or a quieter machine settle it)"
 	}
+}
+
+// redisSummary says what the redis-server of scenario 2r cost besides
+// Caddy, or that the scenario was skipped (r is nil).
+func redisSummary(r, mem *runDef) string {
+	if r == nil {
+		return fmt.Sprintf("Scenario 2r (`lock` with `store redis`) was skipped: %v.", errNoRedis)
+	}
+	var per []float64
+	for _, m := range r.results {
+		per = append(per, float64(m.redisPer))
+	}
+	both := pairRatios(r, mem, func(m measurement) float64 { return float64(m.cpuPer + m.redisPer) })
+	return fmt.Sprintf("Scenario 2r keeps the lock table in a redis-server that the run starts on 127.0.0.1: "+
+		"its own CPU per request was %s; Caddy's and Redis's together were %s of scenario 2's Caddy CPU per request.",
+		spreadOf(per).durations(), both.ratio())
 }
 
 // hotSummary says how the writes of scenario 4 fared.

@@ -49,6 +49,18 @@ func (s spread) ratio() string {
 	return fmt.Sprintf("%.2f (%.2f–%.2f)", s.med, s.min, s.max)
 }
 
+// durations formats a spread of durations as "167µs (150µs–180µs)".
+func (s spread) durations() string {
+	if s.n == 0 {
+		return "—"
+	}
+	med := fmtDur(time.Duration(s.med))
+	if s.n == 1 {
+		return med
+	}
+	return fmt.Sprintf("%s (%s–%s)", med, fmtDur(time.Duration(s.min)), fmtDur(time.Duration(s.max)))
+}
+
 // fmtDur prints a latency with three significant digits.
 func fmtDur(d time.Duration) string {
 	switch {

@@ -57,3 +57,24 @@ func TestVerdictAgainstSpread(t *testing.T) {
 		}
 	}
 }
+
+func TestSpreadDurations(t *testing.T) {
+	ms := func(xs ...float64) []float64 {
+		for i := range xs {
+			xs[i] *= float64(time.Millisecond)
+		}
+		return xs
+	}
+	for _, c := range []struct {
+		xs   []float64
+		want string
+	}{
+		{nil, "—"},
+		{ms(0.167), "167µs"},
+		{ms(2, 1, 3), "2ms (1ms–3ms)"},
+	} {
+		if got := spreadOf(c.xs).durations(); got != c.want {
+			t.Errorf("durations of %v = %q, want %q", c.xs, got, c.want)
+		}
+	}
+}
