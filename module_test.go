@@ -569,9 +569,17 @@ func TestReloadKeepsLocks(t *testing.T) {
 	// A new config (changed, so Caddy really reloads) while the write is
 	// in flight under the old one.
 	loadCaddy(t, port, "", site+"\nheader X-Config two", b)
-	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+	// A fresh connection each time: an idle keep-alive connection to the
+	// old server would still be answered by the old config while it
+	// shuts down.
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	r := do(fresh, http.MethodPut, url+"/doc", nil)
+	for deadline := time.Now().Add(5 * time.Second); r.header.Get("X-Config") != "two" && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		r = do(fresh, http.MethodPut, url+"/doc", nil)
+	}
 	if r.header.Get("X-Config") != "two" {
-		t.Fatal("the new config is not serving")
+		t.Fatalf("the new config is not serving: %d %v", r.status, r.header)
 	}
 	assertLocked(t, r, "/doc")
 	b.open("w")
