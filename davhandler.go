@@ -945,7 +945,7 @@ func (d *davRequest) storeFailed(err error) error {
 			Type: problemType, Title: "Lock table is full", Status: http.StatusServiceUnavailable,
 			Detail:   fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone),
 			Instance: d.r.URL.RequestURI(),
-		}, time.Second, err)
+		}, time.Second, d.key, err)
 	}
 	if errors.Is(err, ErrStoreUnavailable) {
 		// fail_closed: 503 with Retry-After and a problem body, as for
@@ -1024,7 +1024,7 @@ func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) erro
 			Explicit:    true,
 			Expires:     &expires,
 		},
-	}, retry, fmt.Errorf("lock %s: held by an explicit lock on %s", d.key, first.Root))
+	}, retry, d.key, fmt.Errorf("held by an explicit lock on %s", first.Root))
 }
 
 // allBelow reports whether every lock of locks is rooted strictly below

@@ -79,11 +79,12 @@ type ConflictError struct {
 }
 
 func (e *ConflictError) Error() string {
-	where := "on"
+	where := " lock on "
 	if e.Below {
-		where = "below"
+		where = " lock below "
 	}
-	return fmt.Sprintf("conflicts with the %s lock %s %s, held for %s", e.Kind, where, e.Key, e.HeldFor.Round(time.Millisecond))
+	// Concatenated, not formatted: every 423 describes its conflict.
+	return "conflicts with the " + e.Kind.String() + where + e.Key + ", held for " + e.HeldFor.Round(time.Millisecond).String()
 }
 
 // Defaults for a zone.

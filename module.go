@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -352,97 +351,6 @@ func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) string {
 		k = strings.ToLower(k)
 	}
 	return k
-}
-
-// problemType identifies caddy-lock's problem documents (RFC 9457).
-const problemType = "https://github.com/caddy-lock/caddy-lock#refusals"
-
-// problem is an RFC 9457 problem document.
-type problem struct {
-	Type     string       `json:"type"`
-	Title    string       `json:"title"`
-	Status   int          `json:"status"`
-	Detail   string       `json:"detail"`
-	Instance string       `json:"instance"`
-	Lock     *problemLock `json:"lock,omitempty"`
-}
-
-type problemLock struct {
-	Key         string  `json:"key"`
-	Kind        string  `json:"kind"`
-	Below       bool    `json:"below,omitempty"`
-	HeldSeconds float64 `json:"held_seconds"`
-	// Explicit marks a lock taken with LOCK or the admin API, which
-	// ends at Expires unless refreshed.
-	Explicit bool       `json:"explicit,omitempty"`
-	Expires  *time.Time `json:"expires,omitempty"`
-}
-
-// refuse answers a request whose lock was not granted: 423 for a
-// conflict, 503 for a full table, always with Retry-After.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
-	var conflict *ConflictError
-	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
-	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
-	switch {
-	case errors.As(err, &conflict):
-		status, retry, result = http.StatusLocked, conflict.RetryAfter, resultConflict
-		p.Title = "Resource is locked"
-		p.Detail = fmt.Sprintf("%s %s %s", r.Method, key, conflict.Error())
-		p.Lock = &problemLock{
-			Key:         conflict.Key,
-			Kind:        conflict.Kind.String(),
-			Below:       conflict.Below,
-			HeldSeconds: conflict.HeldFor.Seconds(),
-		}
-		h.logger.Debug("lock conflict", zap.String("key", key), zap.String("method", r.Method),
-			zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
-	case errors.Is(err, ErrFull):
-		p.Title = "Lock table is full"
-		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
-		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
-	case errors.Is(err, ErrStoreUnavailable): // before the context cases: it may wrap a timeout
-		result = resultUnavailable
-		p.Title = "Lock store unavailable"
-		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)
-		h.storeTrouble(key, err)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		// The client left while queued; nobody reads the answer.
-		repl.Set("http.lock.result", resultConflict)
-		h.metrics.count(resultConflict)
-		return caddyhttp.Error(499, fmt.Errorf("lock %s: client went away while waiting: %w", key, err))
-	default:
-		p.Title = "Lock unavailable"
-		p.Detail = "the lock store could not be reached"
-		h.logger.Error("acquiring lock", zap.String("key", key), zap.String("method", r.Method), zap.Error(err))
-	}
-	p.Status = status
-	repl.Set("http.lock.result", result)
-	h.metrics.count(result)
-	if h.RetryAfter > 0 {
-		retry = time.Duration(h.RetryAfter)
-	}
-	return h.writeRefusal(w, p, retry, fmt.Errorf("lock %s: %w", key, err))
-}
-
-// writeRefusal writes a refusal with Retry-After (whole seconds, at
-// least 1) and problem p as its body, or hands it to handle_errors.
-func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Duration, err error) error {
-	status := p.Status
-	secs := max(1, int64((retry+time.Second-1)/time.Second))
-	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-	if h.UseHandleErrors {
-		return caddyhttp.Error(status, err)
-	}
-	body, merr := json.Marshal(p)
-	if merr != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("encoding problem document: %w", merr))
-	}
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	_, _ = w.Write(body)
-	return nil
 }
 
 // zones holds the lock tables by zone, outside of handler instances, so

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // BenchmarkServeHTTP is the handler's own cost per request: requests are
@@ -68,3 +69,52 @@ func BenchmarkServeHTTP(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRefusal is the handler's cost of a 423: the key is held, so
+// every request is refused with a problem document and never reaches the
+// next handler. bench/run's scenario 4 measures the same through Caddy.
+func BenchmarkRefusal(b *testing.B) {
+	h := &Handler{Zone: "bench-refusal"}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = h.Cleanup() }()
+	// As in a Caddy that logs at INFO or above: debug lines are not written.
+	h.logger = zap.NewNop()
+	held, err := h.zone.locker.Acquire(context.Background(), Request{Key: "/hot", Kind: Exclusive})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer held.Release()
+	rec := httptest.NewRecorder()
+	r := caddyhttp.PrepareRequest(httptest.NewRequest(http.MethodPut, "/hot", nil), caddy.NewReplacer(), rec, nil)
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		b.Fatal("a refused request reached the next handler")
+		return nil
+	})
+	w := &discardWriter{header: http.Header{}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		clear(w.header)
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			b.Fatal(err)
+		}
+		if w.status != http.StatusLocked {
+			b.Fatalf("status %d, want 423", w.status)
+		}
+	}
+}
+
+// discardWriter is a ResponseWriter that keeps the status and drops the
+// body, so that BenchmarkRefusal measures the handler, not a recorder.
+type discardWriter struct {
+	header http.Header
+	status int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.header }
+func (w *discardWriter) WriteHeader(status int)      { w.status = status }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }

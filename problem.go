@@ -1,0 +1,234 @@
+package caddylock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Refusals: the 423 and 503 answers that the handler gives instead of
+// passing a request on. A client hammering a locked resource gets one of
+// these per request, so they are built without reflection and with as few
+// allocations as the answer needs (BenchmarkRefusal).
+
+// problemType identifies caddy-lock's problem documents (RFC 9457).
+const problemType = "https://github.com/caddy-lock/caddy-lock#refusals"
+
+// problem is an RFC 9457 problem document. Its JSON form is written by
+// appendJSON, byte for byte what encoding/json would write (tested).
+type problem struct {
+	Type     string       `json:"type"`
+	Title    string       `json:"title"`
+	Status   int          `json:"status"`
+	Detail   string       `json:"detail"`
+	Instance string       `json:"instance"`
+	Lock     *problemLock `json:"lock,omitempty"`
+}
+
+type problemLock struct {
+	Key         string  `json:"key"`
+	Kind        string  `json:"kind"`
+	Below       bool    `json:"below,omitempty"`
+	HeldSeconds float64 `json:"held_seconds"`
+	// Explicit marks a lock taken with LOCK or the admin API, which
+	// ends at Expires unless refreshed.
+	Explicit bool       `json:"explicit,omitempty"`
+	Expires  *time.Time `json:"expires,omitempty"`
+}
+
+// refuse answers a request whose lock was not granted: 423 for a
+// conflict, 503 for a full table, always with Retry-After.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
+	var conflict *ConflictError
+	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
+	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
+	switch {
+	case errors.As(err, &conflict):
+		status, retry, result = http.StatusLocked, conflict.RetryAfter, resultConflict
+		p.Title = "Resource is locked"
+		p.Detail = r.Method + " " + key + " " + conflict.Error()
+		p.Lock = &problemLock{
+			Key:         conflict.Key,
+			Kind:        conflict.Kind.String(),
+			Below:       conflict.Below,
+			HeldSeconds: conflict.HeldFor.Seconds(),
+		}
+		// Check first: a client hammering a locked path must not pay for
+		// log fields that nobody writes.
+		if ce := h.logger.Check(zapcore.DebugLevel, "lock conflict"); ce != nil {
+			ce.Write(zap.String("key", key), zap.String("method", r.Method),
+				zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
+		}
+	case errors.Is(err, ErrFull):
+		p.Title = "Lock table is full"
+		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
+		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
+	case errors.Is(err, ErrStoreUnavailable): // before the context cases: it may wrap a timeout
+		result = resultUnavailable
+		p.Title = "Lock store unavailable"
+		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)
+		h.storeTrouble(key, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// The client left while queued; nobody reads the answer.
+		repl.Set("http.lock.result", resultConflict)
+		h.metrics.count(resultConflict)
+		return caddyhttp.Error(499, fmt.Errorf("lock %s: client went away while waiting: %w", key, err))
+	default:
+		p.Title = "Lock unavailable"
+		p.Detail = "the lock store could not be reached"
+		h.logger.Error("acquiring lock", zap.String("key", key), zap.String("method", r.Method), zap.Error(err))
+	}
+	p.Status = status
+	repl.Set("http.lock.result", result)
+	h.metrics.count(result)
+	if h.RetryAfter > 0 {
+		retry = time.Duration(h.RetryAfter)
+	}
+	return h.writeRefusal(w, p, retry, key, err)
+}
+
+// writeRefusal writes a refusal with Retry-After (whole seconds, at
+// least 1) and problem p as its body, or, with use_handle_errors, hands
+// "lock <key>: <err>" to handle_errors. The error is formatted only
+// then: a plain refusal does not format an error nobody reads.
+func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Duration, key string, err error) error {
+	status := p.Status
+	secs := max(1, int64((retry+time.Second-1)/time.Second))
+	hdr := w.Header()
+	if h.UseHandleErrors {
+		hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
+		return caddyhttp.Error(status, fmt.Errorf("lock %s: %w", key, err))
+	}
+	body := p.appendJSON(make([]byte, 0, 512))
+	// The three header values share one backing array (one allocation,
+	// not three); each has a capacity of one, so an append by a later
+	// handler copies it rather than writing into its neighbour.
+	vals := [...]string{strconv.FormatInt(secs, 10), "application/problem+json", strconv.Itoa(len(body))}
+	hdr["Retry-After"] = vals[0:1:1]
+	hdr["Content-Type"] = vals[1:2:2]
+	hdr["Content-Length"] = vals[2:3:3]
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// appendJSON appends p's JSON form to b, as encoding/json would write
+// it (HTML-safe escapes, invalid UTF-8 as U+FFFD, fields in order).
+func (p *problem) appendJSON(b []byte) []byte {
+	b = append(b, `{"type":`...)
+	b = appendJSONString(b, p.Type)
+	b = append(b, `,"title":`...)
+	b = appendJSONString(b, p.Title)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(p.Status), 10)
+	b = append(b, `,"detail":`...)
+	b = appendJSONString(b, p.Detail)
+	b = append(b, `,"instance":`...)
+	b = appendJSONString(b, p.Instance)
+	if l := p.Lock; l != nil {
+		b = append(b, `,"lock":{"key":`...)
+		b = appendJSONString(b, l.Key)
+		b = append(b, `,"kind":`...)
+		b = appendJSONString(b, l.Kind)
+		if l.Below {
+			b = append(b, `,"below":true`...)
+		}
+		b = append(b, `,"held_seconds":`...)
+		b = appendJSONFloat(b, l.HeldSeconds)
+		if l.Explicit {
+			b = append(b, `,"explicit":true`...)
+		}
+		if l.Expires != nil {
+			b = append(b, `,"expires":"`...)
+			b = l.Expires.AppendFormat(b, time.RFC3339Nano)
+			b = append(b, '"')
+		}
+		b = append(b, '}')
+	}
+	return append(b, '}')
+}
+
+// appendJSONFloat formats f as encoding/json does; a value JSON cannot
+// hold (NaN, an infinity) is written as 0, never as invalid JSON.
+func appendJSONFloat(b []byte, f float64) []byte {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return append(b, '0')
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// 1e-07 as 1e-7, as encoding/json writes it.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a quoted JSON string, with encoding/json's
+// escapes: control characters, quote and backslash, the HTML-sensitive
+// < > &, and U+2028/U+2029; bytes that are not UTF-8 become U+FFFD.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
