@@ -178,7 +178,18 @@ type adminLockRequest struct {
 	Owner string `json:"owner"`
 	// Scope is "exclusive" (the default) or "shared".
 	Scope string `json:"scope"`
+	// Drain is how long the answer waits, at most, for writes that were
+	// already in flight under the lock when it was taken, as a Go
+	// duration; "0" answers at once. Default 30s.
+	Drain string `json:"drain"`
 }
+
+// defaultDrain bounds how long POST /lock/<zone> waits for writes in
+// flight under the new lock.
+const defaultDrain = 30 * time.Second
+
+// drainPoll is how often a drain looks at the in-flight locks again.
+const drainPoll = 20 * time.Millisecond
 
 func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName string) error {
 	zs := zonesNamed(zoneName)
@@ -215,6 +226,14 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	if err != nil || timeout <= 0 {
 		return badAdminRequest(`timeout: expected a positive duration such as "30m", got %q`, req.Timeout)
 	}
+	drain := defaultDrain
+	if req.Drain != "" {
+		d, err := caddy.ParseDuration(req.Drain)
+		if err != nil || d < 0 {
+			return badAdminRequest(`drain: expected a duration such as "30s" or "0", got %q`, req.Drain)
+		}
+		drain = d
+	}
 	key := normalizePath(req.Path)
 	if z.caseInsensitive.Load() {
 		key = strings.ToLower(key)
@@ -244,11 +263,77 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	}
 	a.logger.Info("maintenance lock taken", zap.String("zone", z.name), zap.String("root", l.Root),
 		zap.String("depth", l.Depth.String()), zap.Duration("timeout", timeout), zap.String("token", tokenPrefix(l.Token)))
+	// From here on every new write under the lock is refused, but writes
+	// that were granted before it may still be running: a maintenance
+	// window has begun when they are done.
+	running, err := drainWrites(r.Context(), zs, l, drain)
+	if err != nil {
+		a.logger.Warn("maintenance lock: cannot see the writes in flight", zap.String("zone", z.name), zap.Error(err))
+	}
+	if running > 0 {
+		a.logger.Warn("maintenance lock taken while writes are still in flight under it", zap.String("zone", z.name),
+			zap.String("root", l.Root), zap.Int("in_flight", running), zap.Duration("drain", drain))
+	}
 	resp := struct {
 		Token string `json:"token"`
 		adminLock
-	}{l.Token, explicitEntry(z.name, l)}
+		// Running counts the writes under the lock still in flight when
+		// the answer was written (-1: they could not be listed).
+		Running int `json:"writes_in_flight"`
+	}{l.Token, explicitEntry(z.name, l), running}
+	if err != nil {
+		resp.Running = -1
+	}
 	return writeJSON(w, http.StatusCreated, resp)
+}
+
+// drainWrites waits, up to bound, until no write (in-flight exclusive
+// lock) under the explicit lock l is held in the tables of zs (the
+// handlers of one zone name), and returns how many still are. A write
+// is under l when its key is l's root, below it for depth infinity, or
+// a member of it for depth 0 (members are what a depth-0 lock protects).
+func drainWrites(ctx context.Context, zs []*zone, l ExplicitLock, bound time.Duration) (int, error) {
+	deadline := time.Now().Add(bound)
+	for {
+		running := 0
+		for _, z := range zs {
+			hl, ok := z.locker.(heldLister)
+			if !ok {
+				continue
+			}
+			held, err := hl.HeldLocks(ctx)
+			if err != nil {
+				return 0, fmt.Errorf("listing the in-flight locks of zone %q: %w", z.name, err)
+			}
+			for _, h := range held {
+				if h.Kind == Exclusive && writesUnder(l, h.Key) {
+					running++
+				}
+			}
+		}
+		if running == 0 || !time.Now().Before(deadline) {
+			return running, nil
+		}
+		t := time.NewTimer(min(drainPoll, time.Until(deadline)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return running, nil
+		case <-t.C:
+		}
+	}
+}
+
+// writesUnder reports whether a write to key falls under explicit lock l.
+func writesUnder(l ExplicitLock, key string) bool {
+	if key == l.Root {
+		return true
+	}
+	prefix := strings.TrimSuffix(l.Root, "/") + "/"
+	if !strings.HasPrefix(key, prefix) {
+		return false
+	}
+	return l.Depth == DepthInfinity || !strings.Contains(key[len(prefix):], "/")
 }
 
 func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, token string) error {

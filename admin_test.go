@@ -171,3 +171,119 @@ handle {
 	}
 	mustDo(t, "PUT", url+"/plain/doc", nil, http.StatusOK)
 }
+
+// A maintenance lock refuses new writes at once, and its POST answers
+// when the writes already in flight under it are done (or its drain
+// bound passes), so that an operator knows nothing is writing.
+func TestAdminMaintenanceDrain(t *testing.T) {
+	bk := newBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), `lock {
+	zone AdminDrain
+}
+reverse_proxy {backend}`, bk)
+	t.Cleanup(func() { _ = caddy.Stop() })
+
+	type created struct {
+		Token   string `json:"token"`
+		Running int    `json:"writes_in_flight"`
+	}
+	post := func(body string) (int, created) {
+		status, resp := adminDo(t, admin, "POST", "/lock/AdminDrain", body)
+		var c created
+		if status == http.StatusCreated {
+			if err := json.Unmarshal([]byte(resp), &c); err != nil {
+				t.Fatalf("POST answer %s: %v", resp, err)
+			}
+		}
+		return status, c
+	}
+
+	// A write under /billing is in flight, one elsewhere too.
+	under := make(chan result, 1)
+	go func() {
+		under <- do(http.DefaultClient, "PUT", url+"/billing/run", map[string]string{"X-Hold": "under"})
+	}()
+	bk.waitStarted(t, "under")
+	other := make(chan result, 1)
+	go func() { other <- do(http.DefaultClient, "PUT", url+"/elsewhere", map[string]string{"X-Hold": "other"}) }()
+	bk.waitStarted(t, "other")
+
+	type answer struct {
+		status int
+		c      created
+		at     time.Time
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		s, c := post(`{"path": "/billing", "timeout": "1m", "drain": "20s"}`)
+		answered <- answer{s, c, time.Now()}
+	}()
+	// While the POST waits, the lock already refuses new writes under it
+	// (the lock exists before the drain starts; poll until it does).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := do(http.DefaultClient, "PUT", url+"/billing/new", nil)
+		if r.status == http.StatusLocked {
+			break
+		}
+		if r.status != http.StatusOK || time.Now().After(deadline) {
+			t.Fatalf("PUT under the new maintenance lock: %d", r.status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case a := <-answered:
+		t.Fatalf("POST answered %d (%+v) while a write under /billing was in flight", a.status, a.c)
+	case <-time.After(300 * time.Millisecond):
+	}
+	released := time.Now()
+	bk.open("under")
+	if r := <-under; r.status != http.StatusOK {
+		t.Fatalf("the write in flight: %d, want 200", r.status)
+	}
+	a := <-answered
+	if a.status != http.StatusCreated || a.c.Running != 0 || a.at.Before(released) {
+		t.Fatalf("POST: %d %+v, answered before the write ended: %v", a.status, a.c, a.at.Before(released))
+	}
+	// The write elsewhere was not waited for and is still running.
+	select {
+	case r := <-other:
+		t.Fatalf("the write elsewhere ended early: %d", r.status)
+	default:
+	}
+
+	// With "drain": "0" the answer comes at once and counts the writes
+	// still running under the lock.
+	status, c := post(`{"path": "/elsewhere", "depth": "0", "timeout": "1m", "drain": "0"}`)
+	if status != http.StatusCreated || c.Running != 1 {
+		t.Fatalf(`POST with "drain": "0": %d %+v, want 201 with 1 write in flight`, status, c)
+	}
+	bk.open("other")
+	if r := <-other; r.status != http.StatusOK {
+		t.Fatalf("the write elsewhere: %d", r.status)
+	}
+	if status, body := adminDo(t, admin, "POST", "/lock/AdminDrain", `{"path": "/x", "timeout": "1m", "drain": "-1s"}`); status != http.StatusBadRequest {
+		t.Fatalf("negative drain: %d %s", status, body)
+	}
+}
+
+func TestWritesUnder(t *testing.T) {
+	inf := ExplicitLock{Root: "/a", Depth: DepthInfinity}
+	zero := ExplicitLock{Root: "/a", Depth: DepthZero}
+	root := ExplicitLock{Root: "/", Depth: DepthZero}
+	for _, c := range []struct {
+		l    ExplicitLock
+		key  string
+		want bool
+	}{
+		{inf, "/a", true}, {inf, "/a/b/c", true}, {inf, "/ab", false}, {inf, "/", false},
+		{zero, "/a", true}, {zero, "/a/b", true}, {zero, "/a/b/c", false}, {zero, "/ab", false},
+		{root, "/x", true}, {root, "/x/y", false}, {root, "/", true},
+	} {
+		if got := writesUnder(c.l, c.key); got != c.want {
+			t.Errorf("writesUnder(%s depth %s, %q) = %v, want %v", c.l.Root, c.l.Depth, c.key, got, c.want)
+		}
+	}
+}

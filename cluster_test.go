@@ -454,14 +454,33 @@ func TestClusterMaintenanceLock(t *testing.T) {
 	a, c := startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)
 
 	davMust(t, http.StatusOK, http.MethodPut, c.URL+"/billing/1", "x", nil)
+	// A write under /billing is in flight through node b when node a
+	// takes the maintenance lock: a's answer waits for it to end.
+	held := make(chan result, 1)
+	go func() {
+		held <- do(http.DefaultClient, http.MethodPut, c.URL+"/billing/2", map[string]string{"X-Hold": "drain"})
+	}()
+	b.waitStarted(t, "drain")
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		b.open("drain")
+	}()
+	start := time.Now()
 	r := davMust(t, http.StatusCreated, http.MethodPost, a.Admin+"/lock/cluster",
 		`{"path": "/billing", "depth": "infinity", "timeout": "10m", "owner": "maintenance"}`,
 		map[string]string{"Content-Type": "application/json"})
 	var created struct {
-		Token string `json:"token"`
+		Token   string `json:"token"`
+		Running int    `json:"writes_in_flight"`
 	}
 	if err := json.Unmarshal([]byte(r.body), &created); err != nil || created.Token == "" {
 		t.Fatalf("POST /lock/cluster answered %s (%v)", r.body, err)
+	}
+	if waited := time.Since(start); created.Running != 0 || waited < 250*time.Millisecond {
+		t.Fatalf("POST answered after %s with %d writes in flight; want it to wait for node b's write", waited, created.Running)
+	}
+	if hr := <-held; hr.status != http.StatusOK {
+		t.Fatalf("the write in flight through node b: %d", hr.status)
 	}
 	writes, _, _ := b.counts()
 	r = davMust(t, http.StatusLocked, http.MethodPut, c.URL+"/billing/1", "x", nil)
