@@ -767,11 +767,7 @@ func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
 	bk := newBackend(t)
 	url := startCaddy(t, "lock {\n webdav\n zone TestDAVTokenHolderWritesDoNotOverlap\n}\nreverse_proxy {backend}", bk)
 	tok, _ := davLock(t, url+"/h", "exclusive", "a", nil, http.StatusOK)
-	done := make(chan result)
-	go func() {
-		done <- do(http.DefaultClient, "PUT", url+"/h", map[string]string{"If": "(<" + tok + ">)", "X-Hold": "1"})
-	}()
-	bk.waitStarted(t, "1")
+	done := holdWrite(t, bk, "PUT", url+"/h", "1", "If", "(<"+tok+">)")
 	r := davDo(t, "PUT", url+"/h", "second", ifToken(tok))
 	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/h")
 	bk.open("1")
