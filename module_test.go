@@ -45,8 +45,7 @@ func TestMain(m *testing.M) {
 type backend struct {
 	*httptest.Server
 	mu        sync.Mutex
-	inflight  map[string]int
-	overlaps  int
+	writing   overlapRecorder
 	writes    int
 	reads     int
 	gates     map[string]chan struct{}
@@ -57,7 +56,6 @@ type backend struct {
 
 func newBackend(t testing.TB) *backend {
 	b := &backend{
-		inflight:  map[string]int{},
 		gates:     map[string]chan struct{}{},
 		started:   make(chan string, 1000),
 		cancelled: map[string]bool{},
@@ -69,6 +67,42 @@ func newBackend(t testing.TB) *backend {
 		b.Close()
 	})
 	return b
+}
+
+// overlapRecorder counts the writes in flight per resource at a backend,
+// and how many began while another write to the same resource was in
+// flight: what the lock exists to prevent. The zero value is ready.
+type overlapRecorder struct {
+	mu       sync.Mutex
+	inflight map[string]int // resource -> writes begun and not yet ended; never < 0
+	overlaps int
+}
+
+// begin records a write to res; the returned func records its end and
+// must be called once.
+func (o *overlapRecorder) begin(res string) (end func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.inflight == nil {
+		o.inflight = map[string]int{}
+	}
+	o.inflight[res]++
+	if o.inflight[res] > 1 {
+		o.overlaps++
+	}
+	return func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.inflight[res]--
+	}
+}
+
+// count is how many writes began while another to their resource was in
+// flight.
+func (o *overlapRecorder) count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.overlaps
 }
 
 func (b *backend) gate(id string) chan struct{} {
@@ -93,21 +127,11 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	if write {
 		b.writes++
-		b.inflight[res]++
-		if b.inflight[res] > 1 {
-			b.overlaps++
-		}
+		defer b.writing.begin(res)()
 	} else {
 		b.reads++
 	}
 	b.mu.Unlock()
-	defer func() {
-		if write {
-			b.mu.Lock()
-			b.inflight[res]--
-			b.mu.Unlock()
-		}
-	}()
 	// Read the body first: Go's server only notices a dropped
 	// connection (and cancels the request) once the body is read.
 	_, _ = io.Copy(io.Discard, r.Body)
@@ -141,7 +165,7 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 func (b *backend) counts() (writes, reads, overlaps int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.writes, b.reads, b.overlaps
+	return b.writes, b.reads, b.writing.count()
 }
 
 // waitStarted waits until a held request with id has reached the backend.
