@@ -185,8 +185,10 @@ func (b *backend) waitStarted(t *testing.T, id string) {
 // value pairs) through the default client, and returns once the backend
 // holds the request. From then on, whatever lock the request took has been
 // granted and stays held until b.open(id); the returned channel yields the
-// request's result once it has been let through. For a request that may be
-// refused or queued before it reaches the backend, send it with do instead.
+// request's result once it has been let through. It fails the test if
+// another held request reaches the backend first, or none in 10 seconds.
+// For a request that may be refused or queued before it reaches the
+// backend, send it with do instead.
 func holdWrite(t *testing.T, b *backend, method, url, id string, header ...string) <-chan result {
 	t.Helper()
 	return holdWriteVia(t, http.DefaultClient, b, method, url, id, header...)
