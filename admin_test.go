@@ -102,9 +102,7 @@ handle {
 
 	// The listing shows both windows and an in-flight write, never a
 	// whole token.
-	done := make(chan result)
-	go func() { done <- do(http.DefaultClient, "PUT", url+"/busy", map[string]string{"X-Hold": "busy"}) }()
-	bk.waitStarted(t, "busy")
+	done := holdWrite(t, bk, "PUT", url+"/busy", "busy")
 	status, body = adminDo(t, admin, "GET", "/lock/", "")
 	bk.open("busy")
 	if r := <-done; r.status != http.StatusOK {
@@ -201,14 +199,8 @@ reverse_proxy {backend}`, bk)
 	}
 
 	// A write under /billing is in flight, one elsewhere too.
-	under := make(chan result, 1)
-	go func() {
-		under <- do(http.DefaultClient, "PUT", url+"/billing/run", map[string]string{"X-Hold": "under"})
-	}()
-	bk.waitStarted(t, "under")
-	other := make(chan result, 1)
-	go func() { other <- do(http.DefaultClient, "PUT", url+"/elsewhere", map[string]string{"X-Hold": "other"}) }()
-	bk.waitStarted(t, "other")
+	under := holdWrite(t, bk, "PUT", url+"/billing/run", "under")
+	other := holdWrite(t, bk, "PUT", url+"/elsewhere", "other")
 
 	type answer struct {
 		status int

@@ -252,12 +252,8 @@ func TestClusterKilledHolder(t *testing.T) {
 	// Each node refuses the other's conflicting write at once.
 	for _, pair := range [][2]*caddyProc{{a, other}, {other, a}} {
 		holder, rival := pair[0], pair[1]
-		done := make(chan result, 1)
 		id := "held-by-" + holder.name
-		go func() {
-			done <- do(http.DefaultClient, http.MethodPost, holder.URL+"/doc", map[string]string{"X-Hold": id})
-		}()
-		b.waitStarted(t, id)
+		done := holdWrite(t, b, http.MethodPost, holder.URL+"/doc", id)
 		assertLocked(t, do(http.DefaultClient, http.MethodPut, rival.URL+"/doc", nil), "/doc")
 		b.open(id)
 		if r := <-done; r.status != http.StatusOK {
@@ -265,8 +261,7 @@ func TestClusterKilledHolder(t *testing.T) {
 		}
 	}
 
-	go do(http.DefaultClient, http.MethodPut, a.URL+"/doc", map[string]string{"X-Hold": "dies"})
-	b.waitStarted(t, "dies")
+	holdWrite(t, b, http.MethodPut, a.URL+"/doc", "dies")
 	a.Kill()
 	killed := time.Now()
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, other.URL+"/doc", nil), "/doc")
@@ -381,10 +376,8 @@ func TestClusterRedisOutage(t *testing.T) {
 	}
 	for _, pair := range [][2]*caddyProc{{closed, open}, {open, closed}} {
 		holder, rival := pair[0], pair[1]
-		done := make(chan result, 1)
 		id := "after-" + holder.name
-		go func() { done <- do(client, http.MethodPut, holder.URL+"/after", map[string]string{"X-Hold": id}) }()
-		b.waitStarted(t, id)
+		done := holdWriteVia(t, client, b, http.MethodPut, holder.URL+"/after", id)
 		assertLocked(t, do(client, http.MethodPut, rival.URL+"/after", nil), "/after")
 		b.open(id)
 		<-done
@@ -456,11 +449,7 @@ func TestClusterMaintenanceLock(t *testing.T) {
 	davMust(t, http.StatusOK, http.MethodPut, c.URL+"/billing/1", "x", nil)
 	// A write under /billing is in flight through node b when node a
 	// takes the maintenance lock: a's answer waits for it to end.
-	held := make(chan result, 1)
-	go func() {
-		held <- do(http.DefaultClient, http.MethodPut, c.URL+"/billing/2", map[string]string{"X-Hold": "drain"})
-	}()
-	b.waitStarted(t, "drain")
+	held := holdWrite(t, b, http.MethodPut, c.URL+"/billing/2", "drain")
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		b.open("drain")
@@ -522,12 +511,9 @@ func TestClusterAdminListsInFlight(t *testing.T) {
 	lock := clusterLock(srv, "wait 20s", "")
 	a, c := startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)
 
-	first, queued := make(chan result, 1), make(chan result, 1)
-	go func() {
-		first <- do(http.DefaultClient, http.MethodPut, a.URL+"/doc", map[string]string{"X-Hold": "listed"})
-	}()
-	b.waitStarted(t, "listed")
+	first := holdWrite(t, b, http.MethodPut, a.URL+"/doc", "listed")
 	granted := time.Now()
+	queued := make(chan result, 1)
 	go func() { queued <- do(http.DefaultClient, http.MethodPut, c.URL+"/doc", nil) }()
 	waitFor(t, 5*time.Second, "the second write to queue", func() bool {
 		return inFlight(t, c)["cluster /doc"].Waiting == 1
@@ -544,7 +530,7 @@ func TestClusterAdminListsInFlight(t *testing.T) {
 	}
 
 	b.open("listed")
-	for _, ch := range []chan result{first, queued} {
+	for _, ch := range []<-chan result{first, queued} {
 		if r := <-ch; r.status != http.StatusOK {
 			t.Fatalf("a write: %d %s", r.status, r.body)
 		}

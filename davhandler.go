@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -221,38 +220,28 @@ func (d *davRequest) hold(reqs []Request) error {
 		}
 	}
 	d.result = result
-	h.metrics.held.Inc()
-	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			for _, l := range leases {
-				l.Release()
-			}
-			h.metrics.held.Dec()
-		})
-	}
-	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(d.r.Context()), time.Duration(h.MaxHold))
-	stop := context.AfterFunc(holdCtx, release)
+	// As in ServeHTTP: a context that a departing client does not
+	// cancel, ended by max_hold (see hold.go).
+	hc := h.reaper.holdAll(d.r.Context(), start.Add(waited), leases)
 	// A lease that can be lost (Redis) cancels the request when it is
 	// lost before the upstream request was sent, as in ServeHTTP.
+	var ctx context.Context = hc
 	guards := make([]*leaseGuard, 0, len(leases))
 	for _, l := range leases {
 		var g *leaseGuard
-		g, holdCtx = h.guardLease(holdCtx, cancel, l, d.key)
+		g, ctx = h.guardLease(ctx, hc, l, d.key)
 		if g != nil {
 			guards = append(guards, g)
 			d.w = g.writer(d.w)
 		}
 	}
 	d.guards = guards
-	d.r = d.r.WithContext(holdCtx)
+	d.r = d.r.WithContext(ctx)
 	d.done = func() {
 		for _, g := range guards {
 			g.stop()
 		}
-		stop()
-		cancel()
-		release()
+		hc.finish()
 	}
 	return nil
 }

@@ -28,13 +28,12 @@ import (
 // conditional headers it was sent.
 type davBackend struct {
 	*httptest.Server
-	fs       webdav.FileSystem
-	mu       sync.Mutex
-	seen     []string // "METHOD /path"
-	inflight map[string]int
-	overlaps int
-	ifSeen   []string // If headers that reached the backend
-	ifMatch  []string // If-Match headers that reached the backend
+	fs      webdav.FileSystem
+	writing overlapRecorder
+	mu      sync.Mutex
+	seen    []string // "METHOD /path"
+	ifSeen  []string // If headers that reached the backend
+	ifMatch []string // If-Match headers that reached the backend
 }
 
 // grantAll is a webdav.LockSystem that grants every lock and confirms
@@ -51,10 +50,7 @@ func (grantAll) Refresh(time.Time, string, time.Duration) (webdav.LockDetails, e
 func (grantAll) Unlock(time.Time, string) error { return nil }
 
 func newDAVBackend(t *testing.T) *davBackend {
-	b := &davBackend{
-		fs:       webdav.NewMemFS(),
-		inflight: map[string]int{},
-	}
+	b := &davBackend{fs: webdav.NewMemFS()}
 	dav := &webdav.Handler{FileSystem: b.fs, LockSystem: grantAll{}}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := normalizePath(r.URL.Path)
@@ -67,20 +63,10 @@ func newDAVBackend(t *testing.T) *davBackend {
 		if v := r.Header.Get("If-Match"); v != "" {
 			b.ifMatch = append(b.ifMatch, v)
 		}
-		if write {
-			b.inflight[res]++
-			if b.inflight[res] > 1 {
-				b.overlaps++
-			}
-		}
 		b.mu.Unlock()
-		defer func() {
-			if write {
-				b.mu.Lock()
-				b.inflight[res]--
-				b.mu.Unlock()
-			}
-		}()
+		if write {
+			defer b.writing.begin(res)()
+		}
 		dav.ServeHTTP(w, r)
 	}))
 	t.Cleanup(b.Close)
@@ -767,11 +753,7 @@ func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
 	bk := newBackend(t)
 	url := startCaddy(t, "lock {\n webdav\n zone TestDAVTokenHolderWritesDoNotOverlap\n}\nreverse_proxy {backend}", bk)
 	tok, _ := davLock(t, url+"/h", "exclusive", "a", nil, http.StatusOK)
-	done := make(chan result)
-	go func() {
-		done <- do(http.DefaultClient, "PUT", url+"/h", map[string]string{"If": "(<" + tok + ">)", "X-Hold": "1"})
-	}()
-	bk.waitStarted(t, "1")
+	done := holdWrite(t, bk, "PUT", url+"/h", "1", "If", "(<"+tok+">)")
 	r := davDo(t, "PUT", url+"/h", "second", ifToken(tok))
 	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/h")
 	bk.open("1")

@@ -91,11 +91,7 @@ func TestRedisHandlerSentinelFailover(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // for the server's side to close
 	goroutinesBefore := runtime.NumGoroutine()
 	// A write in flight across the failover.
-	across := make(chan result, 1)
-	go func() {
-		across <- do(http.DefaultClient, http.MethodPut, url+"/held", map[string]string{"X-Hold": "across"})
-	}()
-	b.waitStarted(t, "across")
+	across := holdWrite(t, b, http.MethodPut, url+"/held", "across")
 	// Everything the master granted has reached the replica, so the new
 	// master continues the fencing counter rather than restarting it.
 	if n, err := mc.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n != 1 {

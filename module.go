@@ -5,14 +5,12 @@
 package caddylock
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -135,6 +133,7 @@ type Handler struct {
 	defExcl bool            // methods not listed take an exclusive lock
 	zone    *zone
 	metrics zoneMetrics
+	reaper  *holdReaper // ends granted requests at max_hold
 	logger  *zap.Logger
 }
 
@@ -191,6 +190,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		s.SetMax(h.MaxLocks)
 	}
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
+	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
 	return nil
 }
 
@@ -301,41 +301,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, r, repl, key, err)
 	}
 	h.granted(r, repl, lease)
-	result := resultAcquired
+	// Constant strings: a placeholder set from a variable would allocate.
 	if waited > time.Millisecond && h.Wait > 0 {
-		result = resultWaited
-	}
-	repl.Set("http.lock.result", result)
-	h.metrics.count(result)
-	h.metrics.held.Inc()
-	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			lease.Release()
-			h.metrics.held.Dec()
-		})
+		repl.Set("http.lock.result", resultWaited)
+		h.metrics.count(resultWaited)
+	} else {
+		repl.Set("http.lock.result", resultAcquired)
+		h.metrics.count(resultAcquired)
 	}
 
 	// The rest of the route runs on a context that a departing client
-	// does not cancel: a legacy backend half-way through a write keeps
-	// writing, and the lock is held until it has answered. max_hold
-	// bounds that: it cancels the upstream request and releases the lock,
-	// even if a later handler ignores the cancellation.
-	holdCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Duration(h.MaxHold))
-	stop := context.AfterFunc(holdCtx, release)
-	guard, holdCtx := h.guardLease(holdCtx, cancel, lease, key)
+	// does not cancel, and that max_hold ends (see hold.go).
+	hc := h.reaper.hold(r.Context(), start.Add(waited), lease)
+	guard, ctx := h.guardLease(hc, hc, lease, key)
 	defer func() {
 		guard.stop()
-		stop()
-		cancel()
-		release()
+		hc.finish()
 	}()
 	if kind == Exclusive {
 		if refused, err := h.refuseMaintenance(w, r, repl, key, lease); refused {
 			return err
 		}
 	}
-	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(holdCtx)))
+	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
 }
 
 // keyOf computes the lock key of a request.

@@ -45,8 +45,7 @@ func TestMain(m *testing.M) {
 type backend struct {
 	*httptest.Server
 	mu        sync.Mutex
-	inflight  map[string]int
-	overlaps  int
+	writing   overlapRecorder
 	writes    int
 	reads     int
 	gates     map[string]chan struct{}
@@ -57,7 +56,6 @@ type backend struct {
 
 func newBackend(t testing.TB) *backend {
 	b := &backend{
-		inflight:  map[string]int{},
 		gates:     map[string]chan struct{}{},
 		started:   make(chan string, 1000),
 		cancelled: map[string]bool{},
@@ -69,6 +67,42 @@ func newBackend(t testing.TB) *backend {
 		b.Close()
 	})
 	return b
+}
+
+// overlapRecorder counts the writes in flight per resource at a backend,
+// and how many began while another write to the same resource was in
+// flight: what the lock exists to prevent. The zero value is ready.
+type overlapRecorder struct {
+	mu       sync.Mutex
+	inflight map[string]int // resource -> writes begun and not yet ended; never < 0
+	overlaps int
+}
+
+// begin records a write to res; the returned func records its end and
+// must be called once.
+func (o *overlapRecorder) begin(res string) (end func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.inflight == nil {
+		o.inflight = map[string]int{}
+	}
+	o.inflight[res]++
+	if o.inflight[res] > 1 {
+		o.overlaps++
+	}
+	return func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.inflight[res]--
+	}
+}
+
+// count is how many writes began while another to their resource was in
+// flight.
+func (o *overlapRecorder) count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.overlaps
 }
 
 func (b *backend) gate(id string) chan struct{} {
@@ -93,21 +127,11 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	if write {
 		b.writes++
-		b.inflight[res]++
-		if b.inflight[res] > 1 {
-			b.overlaps++
-		}
+		defer b.writing.begin(res)()
 	} else {
 		b.reads++
 	}
 	b.mu.Unlock()
-	defer func() {
-		if write {
-			b.mu.Lock()
-			b.inflight[res]--
-			b.mu.Unlock()
-		}
-	}()
 	// Read the body first: Go's server only notices a dropped
 	// connection (and cancels the request) once the body is read.
 	_, _ = io.Copy(io.Discard, r.Body)
@@ -141,7 +165,7 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 func (b *backend) counts() (writes, reads, overlaps int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.writes, b.reads, b.overlaps
+	return b.writes, b.reads, b.writing.count()
 }
 
 // waitStarted waits until a held request with id has reached the backend.
@@ -155,6 +179,35 @@ func (b *backend) waitStarted(t *testing.T, id string) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("request %q never reached the backend", id)
 	}
+}
+
+// holdWrite sends method url with X-Hold: id and the given header (name,
+// value pairs) through the default client, and returns once the backend
+// holds the request. From then on, whatever lock the request took has been
+// granted and stays held until b.open(id); the returned channel yields the
+// request's result once it has been let through. It fails the test if
+// another held request reaches the backend first, or none in 10 seconds.
+// For a request that may be refused or queued before it reaches the
+// backend, send it with do instead.
+func holdWrite(t *testing.T, b *backend, method, url, id string, header ...string) <-chan result {
+	t.Helper()
+	return holdWriteVia(t, http.DefaultClient, b, method, url, id, header...)
+}
+
+// holdWriteVia is holdWrite through the given client.
+func holdWriteVia(t *testing.T, client *http.Client, b *backend, method, url, id string, header ...string) <-chan result {
+	t.Helper()
+	if len(header)%2 != 0 {
+		t.Fatalf("holdWrite %s %s: header %q is not name, value pairs", method, url, header)
+	}
+	h := map[string]string{"X-Hold": id}
+	for i := 0; i < len(header); i += 2 {
+		h[header[i]] = header[i+1]
+	}
+	done := make(chan result, 1) // buffered: the sender never blocks on a test that stopped reading
+	go func() { done <- do(client, method, url, h) }()
+	b.waitStarted(t, id)
+	return done
 }
 
 func freePort(t testing.TB) int {
@@ -371,9 +424,7 @@ func TestReadsDuringWrite(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newBackend(t)
 			url := startCaddy(t, tc.config+"\nreverse_proxy {backend}", b)
-			done := make(chan result, 1)
-			go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
-			b.waitStarted(t, "w")
+			done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 			r := do(http.DefaultClient, http.MethodGet, url+"/doc", nil)
 			if tc.readStatus == http.StatusLocked {
 				assertLocked(t, r, "/doc")
@@ -385,9 +436,7 @@ func TestReadsDuringWrite(t *testing.T) {
 			<-done
 			if tc.readStatus == http.StatusLocked {
 				// Shared readers coexist, and exclude a writer.
-				r1 := make(chan result, 1)
-				go func() { r1 <- do(http.DefaultClient, http.MethodGet, url+"/doc", map[string]string{"X-Hold": "r1"}) }()
-				b.waitStarted(t, "r1")
+				r1 := holdWrite(t, b, http.MethodGet, url+"/doc", "r1")
 				mustDo(t, http.MethodGet, url+"/doc", nil, http.StatusOK)
 				assertLocked(t, do(http.DefaultClient, http.MethodDelete, url+"/doc", nil), "/doc")
 				b.open("r1")
@@ -402,11 +451,7 @@ func TestReadsDuringWrite(t *testing.T) {
 func TestAliasesConflict(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone alias\n case_insensitive\n}\nreverse_proxy {backend}", b)
-	done := make(chan result, 1)
-	go func() {
-		done <- do(http.DefaultClient, http.MethodPut, url+"/files/report.txt", map[string]string{"X-Hold": "w", "X-Resource": "r"})
-	}()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/files/report.txt", "w", "X-Resource", "r")
 	for _, alias := range []string{
 		"/files//report.txt",
 		"//files/report.txt",
@@ -519,9 +564,7 @@ func TestMaxHold(t *testing.T) {
 func TestWait(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone wait\n wait 10s\n max_waiters 1\n}\nreverse_proxy {backend}", b)
-	first := make(chan result, 1)
-	go func() { first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w1"}) }()
-	b.waitStarted(t, "w1")
+	first := holdWrite(t, b, http.MethodPut, url+"/doc", "w1")
 	second := make(chan result, 1)
 	go func() {
 		second <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w2"})
@@ -546,8 +589,7 @@ func TestWait(t *testing.T) {
 
 	// A waiter that waits too long gets 423.
 	url = startCaddy(t, "lock {\n zone wait2\n wait 200ms\n}\nreverse_proxy {backend}", b)
-	go func() { first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w3"}) }()
-	b.waitStarted(t, "w3")
+	first = holdWrite(t, b, http.MethodPut, url+"/doc", "w3")
 	start := time.Now()
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
 	if waited := time.Since(start); waited < 200*time.Millisecond {
@@ -563,9 +605,7 @@ func TestReloadKeepsLocks(t *testing.T) {
 	site := "lock {\n zone reload\n}\nreverse_proxy {backend}"
 	url := loadCaddy(t, port, "", site, b)
 	t.Cleanup(func() { _ = caddy.Stop() })
-	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 	// A new config (changed, so Caddy really reloads) while the write is
 	// in flight under the old one.
 	loadCaddy(t, port, "", site+"\nheader X-Config two", b)
@@ -593,12 +633,9 @@ func TestReloadKeepsLocks(t *testing.T) {
 func TestMaxLocksGives503(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone full\n max_locks 2\n}\nreverse_proxy {backend}", b)
-	done := make(chan result, 2)
-	for i := range 2 {
-		go func() {
-			done <- do(http.DefaultClient, http.MethodPut, fmt.Sprintf("%s/d%d", url, i), map[string]string{"X-Hold": "h"})
-		}()
-		b.waitStarted(t, "h")
+	var held [2]<-chan result
+	for i := range held {
+		held[i] = holdWrite(t, b, http.MethodPut, fmt.Sprintf("%s/d%d", url, i), "h")
 	}
 	r := do(http.DefaultClient, http.MethodPut, url+"/d3", nil)
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" ||
@@ -608,17 +645,15 @@ func TestMaxLocksGives503(t *testing.T) {
 	// The held locks were not evicted.
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/d0", nil), "/d0")
 	b.open("h")
-	<-done
-	<-done
+	<-held[0]
+	<-held[1]
 	mustDo(t, http.MethodPut, url+"/d3", nil, http.StatusOK)
 }
 
 func TestHierarchyEndToEnd(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone tree\n hierarchy\n}\nreverse_proxy {backend}", b)
-	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/a/b", map[string]string{"X-Hold": "w"}) }()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/a/b", "w")
 	assertLocked(t, do(http.DefaultClient, http.MethodDelete, url+"/a", nil), "/a")
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/a/b/c", nil), "/a/b")
 	mustDo(t, http.MethodPut, url+"/a/c", nil, http.StatusOK)
@@ -666,9 +701,7 @@ handle /h/* {
 func TestUseHandleErrors(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone errs\n use_handle_errors\n}\nreverse_proxy {backend}\nhandle_errors {\n respond \"custom {err.status_code}\"\n}", b)
-	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 	r := mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusLocked)
 	if r.body != "custom 423" || r.header.Get("Retry-After") == "" {
 		t.Fatalf("handle_errors page: %q, Retry-After %q", r.body, r.header.Get("Retry-After"))
@@ -680,9 +713,7 @@ func TestUseHandleErrors(t *testing.T) {
 func TestRetryAfterConfigured(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone ra\n retry_after 1m30s\n}\nreverse_proxy {backend}", b)
-	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
 	assertLocked(t, r, "/doc")
 	if r.header.Get("Retry-After") != "90" {
@@ -697,9 +728,7 @@ func TestMetricsExposed(t *testing.T) {
 	admin := freePort(t)
 	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", admin), "lock {\n zone metered\n wait 100ms\n}\nreverse_proxy {backend}", b)
 	t.Cleanup(func() { _ = caddy.Stop() })
-	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
 	m := mustDo(t, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/metrics", admin), nil, 200).body
 	for _, want := range []string{

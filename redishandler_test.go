@@ -90,10 +90,8 @@ func assertLockingResumes(t *testing.T, url string, b *backend) {
 	waitFor(t, 5*time.Second, "locking to resume", func() bool {
 		return do(http.DefaultClient, http.MethodPut, url+"/doc", nil).header.Get("X-Result") == resultAcquired
 	})
-	done := make(chan result, 1)
 	id := fmt.Sprintf("resume-%d", resumeGates.Add(1)) // a gate opens once
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": id}) }()
-	b.waitStarted(t, id)
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", id)
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
 	b.open(id)
 	if r := <-done; r.status != http.StatusOK {
@@ -107,9 +105,7 @@ func assertLockingResumes(t *testing.T, url string, b *backend) {
 // lets the held write finish and returns its result.
 func assertHeldIn(t *testing.T, url string, b *backend, c redis.UniversalClient, zone, id string) result {
 	t.Helper()
-	held := make(chan result, 1)
-	go func() { held <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": id}) }()
-	b.waitStarted(t, id)
+	held := holdWrite(t, b, http.MethodPut, url+"/doc", id)
 	if n := heldInRedis(t, c, zone); n != 1 {
 		t.Fatalf("Redis holds %d locks of zone %s, want 1 (hold %s)", n, zone, id)
 	}
@@ -131,11 +127,7 @@ func TestRedisHandlerConflictAndFence(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, redisSite(srv, "rfence", "", "fence_header X-Lock-Fence"), b)
 
-	first := make(chan result, 1)
-	go func() {
-		first <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w", "X-Lock-Fence": "999999"})
-	}()
-	b.waitStarted(t, "w")
+	first := holdWrite(t, b, http.MethodPut, url+"/doc", "w", "X-Lock-Fence", "999999")
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
 	assertLocked(t, do(http.DefaultClient, http.MethodDelete, url+"/./doc/", nil), "/doc")
 	b.open("w")
@@ -309,9 +301,7 @@ func TestRedisHandlerLeaseLostAfterSent(t *testing.T) {
 	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", admin)
 	lost := `caddy_lock_leases_lost_total{zone="rlost2"}`
 	lost0 := metricValue(t, metrics, lost)
-	done := make(chan result, 1)
-	go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
-	b.waitStarted(t, "w")
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 	if err := c.FlushAll(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -424,11 +414,7 @@ func TestRedisHandlerReload(t *testing.T) {
 	if len(first) != 1 {
 		t.Fatalf("zone tables %q", first)
 	}
-	done := make(chan result, 1)
-	go func() {
-		done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "reload"})
-	}()
-	b.waitStarted(t, "reload")
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "reload")
 
 	// A connection kept alive from before a reload may still reach the
 	// old server: each request here gets a new one.

@@ -162,9 +162,9 @@ type leaseGuard struct {
 	done  chan struct{} // closed when the route is done
 }
 
-// guardLease starts watching lease and returns the guard and the context
-// for the rest of the route, which cancel cancels.
-func (h *Handler) guardLease(ctx context.Context, cancel context.CancelFunc, lease Lease, key string) (*leaseGuard, context.Context) {
+// guardLease starts watching lease, held with hc, and returns the guard
+// and ctx (hc or a context derived from it) with the guard's trace.
+func (h *Handler) guardLease(ctx context.Context, hc *holdContext, lease Lease, key string) (*leaseGuard, context.Context) {
 	rv, ok := lease.(Revocable)
 	if !ok {
 		return nil, ctx
@@ -187,7 +187,7 @@ func (h *Handler) guardLease(ctx context.Context, cancel context.CancelFunc, lea
 		if g.state.CompareAndSwap(leasePending, leaseLost) {
 			h.logger.Error("lock lease lost before the request was sent upstream; cancelling it",
 				zap.String("zone", h.Zone), zap.String("key", key), zap.String("fence", fence))
-			cancel()
+			hc.end(context.Canceled)
 			return
 		}
 		h.logger.Error("lock lease lost while the upstream request was in flight; it goes on unlocked, "+
