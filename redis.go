@@ -90,6 +90,15 @@ func (c RedisConfig) withDefaults() RedisConfig {
 // suited to lock calls: dial, read, write and pool waits are all bounded by
 // cfg.Timeout, and context deadlines are honoured. The caller owns the
 // client and closes it after every RedisLocker using it is closed.
+//
+// With cfg.MasterName, the same timeouts and retry bound the queries to
+// the Sentinels, and a failover needs nothing more: every new connection
+// asks a Sentinel for the current master, so dials reach the promoted
+// replica as soon as a Sentinel names it, and the Sentinel's
+// +switch-master message closes pooled connections to the old master.
+// After pool_size failed dials in a row, go-redis stops dialing and probes
+// once a second, so locking resumes up to a second after Redis (or the new
+// master) can be reached.
 func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 	cfg = cfg.withDefaults()
 	if len(cfg.Addresses) == 0 {

@@ -99,6 +99,26 @@ func assertLockingResumes(t *testing.T, url string, b *backend) {
 	}
 }
 
+// assertHeldIn checks that a write to url's /doc, held at the backend
+// under the hold id, has its lock in the Redis that c talks to, refuses
+// a conflicting write with 423 and lets a write elsewhere pass; it then
+// lets the held write finish and returns its result.
+func assertHeldIn(t *testing.T, url string, b *backend, c redis.UniversalClient, zone, id string) result {
+	t.Helper()
+	held := holdWrite(t, b, http.MethodPut, url+"/doc", id)
+	if n := heldInRedis(t, c, zone); n != 1 {
+		t.Fatalf("Redis holds %d locks of zone %s, want 1 (hold %s)", n, zone, id)
+	}
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	mustDo(t, http.MethodPut, url+"/other", nil, http.StatusOK)
+	b.open(id)
+	r := <-held
+	if r.status != http.StatusOK {
+		t.Fatalf("the held write: %d %s", r.status, r.body)
+	}
+	return r
+}
+
 // Writes through a Caddy whose zone is in Redis: a conflicting write is
 // refused while the first is in flight, and each grant carries a fresh
 // fencing number to the backend, which a client cannot forge.
@@ -494,18 +514,9 @@ func TestRedisHandlerSentinel(t *testing.T) {
 	url := startCaddy(t, fmt.Sprintf("handle /unknown/* {\n\t%s\n}\nhandle {\n\t%s\n}",
 		zone("rsentinelx", "nosuchmaster"), zone("rsentinel", "mymaster")), b)
 
-	first := holdWrite(t, b, http.MethodPut, url+"/doc", "s")
 	// The lock is in the master that the Sentinel named.
 	c := redisClient(t, srv)
-	if n := heldInRedis(t, c, "rsentinel"); n != 1 {
-		t.Fatalf("the master holds %d locks of the zone, want 1", n)
-	}
-	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
-	mustDo(t, http.MethodPut, url+"/free", nil, http.StatusOK)
-	b.open("s")
-	if r := <-first; r.status != http.StatusOK {
-		t.Fatalf("the held write: %d %s", r.status, r.body)
-	}
+	assertHeldIn(t, url, b, c, "rsentinel", "s")
 	if n := heldInRedis(t, c, "rsentinel"); n != 0 {
 		t.Fatalf("%d locks left in the master", n)
 	}

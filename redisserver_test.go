@@ -71,14 +71,24 @@ func newTestRedis(t testing.TB, args ...string) *testRedis {
 
 // startSentinel starts a Redis Sentinel (redis-server --sentinel) on a
 // free local port, monitoring master under name with a quorum of one, and
-// stops it when the test ends.
-func startSentinel(t testing.TB, master *testRedis, name string) *testRedis {
+// stops it when the test ends. settings are pairs of a per-master sentinel
+// directive and its value, such as "down-after-milliseconds", "500".
+func startSentinel(t testing.TB, master *testRedis, name string, settings ...string) *testRedis {
 	t.Helper()
 	host, port, err := net.SplitHostPort(master.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newTestRedis(t, "--sentinel", "--sentinel", "monitor", name, host, port, "1")
+	if len(settings)%2 != 0 {
+		t.Fatalf("sentinel settings %q: want directive, value pairs", settings)
+	}
+	args := []string{"--sentinel", "--sentinel", "monitor", name, host, port, "1"}
+	// Each becomes the config line "sentinel <directive> <name> <value>",
+	// which must follow the monitor line.
+	for i := 0; i < len(settings); i += 2 {
+		args = append(args, "--sentinel", settings[i], name, settings[i+1])
+	}
+	s := newTestRedis(t, args...)
 	// A sentinel needs a config file of its own, which it rewrites.
 	s.conf = filepath.Join(s.dir, "sentinel.conf")
 	if err := os.WriteFile(s.conf, nil, 0o600); err != nil {
