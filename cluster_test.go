@@ -399,7 +399,7 @@ func TestClusterRedisOutage(t *testing.T) {
 // admin API of either lists it, and an UNLOCK through the other ends it.
 func TestClusterWebDAVLock(t *testing.T) {
 	srv := startRedis(t)
-	b := newBackend(t)
+	b := newStrictBackend(t)
 	lock := clusterLock(srv, "webdav", "")
 	a, c := startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)
 
@@ -442,7 +442,7 @@ func TestClusterWebDAVLock(t *testing.T) {
 // the other node's admin API lets them through again.
 func TestClusterMaintenanceLock(t *testing.T) {
 	srv := startRedis(t)
-	b := newBackend(t)
+	b := newStrictBackend(t)
 	lock := clusterLock(srv, "", "")
 	a, c := startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)
 

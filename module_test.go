@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,7 +78,10 @@ func newBackend(t testing.TB) *backend {
 type overlapRecorder struct {
 	mu       sync.Mutex
 	inflight map[string]int // resource -> writes begun and not yet ended; never < 0
-	overlaps int
+	overlaps int            // the sum of overlapped's values
+	// overlapped: resource -> writes that began while another write to
+	// it was in flight; only resources with at least one.
+	overlapped map[string]int
 }
 
 // begin records a write to res; the returned func records its end and
@@ -90,6 +95,10 @@ func (o *overlapRecorder) begin(res string) (end func()) {
 	o.inflight[res]++
 	if o.inflight[res] > 1 {
 		o.overlaps++
+		if o.overlapped == nil {
+			o.overlapped = map[string]int{}
+		}
+		o.overlapped[res]++
 	}
 	return func() {
 		o.mu.Lock()
@@ -104,6 +113,37 @@ func (o *overlapRecorder) count() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.overlaps
+}
+
+// assertNone fails t if any write overlapped another on its resource,
+// naming each such resource with its count of overlapping writes. Run
+// it once the backend has finished every request: from a cleanup
+// registered before the backend is started, since cleanups run
+// last-registered first, it runs after the backend's Close (which waits
+// for every request at it) and after Caddy, started later still, stopped.
+func (o *overlapRecorder) assertNone(t testing.TB, backend string) {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.overlaps == 0 {
+		return
+	}
+	var list []string
+	for _, res := range slices.Sorted(maps.Keys(o.overlapped)) {
+		list = append(list, fmt.Sprintf("%s (%d)", res, o.overlapped[res]))
+	}
+	t.Errorf("%d writes at %s began while another write to their resource was in flight: %s",
+		o.overlaps, backend, strings.Join(list, ", "))
+}
+
+// newStrictBackend is newBackend for a test in which no two writes to one
+// resource may ever be in flight at once: it fails the test at its end if
+// some were.
+func newStrictBackend(t testing.TB) *backend {
+	var b *backend
+	t.Cleanup(func() { b.writing.assertNone(t, "the backend "+b.URL) }) // after b.Close: see assertNone
+	b = newBackend(t)
+	return b
 }
 
 func (b *backend) gate(id string) chan struct{} {
