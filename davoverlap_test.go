@@ -14,9 +14,19 @@ import (
 // (wait), so they reach the backend one resource at a time, and the check
 // of newDAVBackend fails the test if they did not. A COPY or MOVE also
 // writes its destination, and a LOCK on an unmapped URL creates the
-// resource with a PUT of its own.
+// resource with a PUT of its own. Some writes spell their path, or their
+// destination, with escapes. It runs with the in-memory and the
+// Redis lock table.
 func TestDAVConcurrentWritesDoNotOverlap(t *testing.T) {
-	url, b := davSite(t, "wait 30s")
+	t.Run("memory", func(t *testing.T) { testConcurrentDAVWrites(t, "") })
+	t.Run("redis", func(t *testing.T) {
+		srv := startRedis(t)
+		testConcurrentDAVWrites(t, "store redis {\n address "+srv.Addr+"\n }")
+	})
+}
+
+func testConcurrentDAVWrites(t *testing.T, store string) {
+	url, b := davSite(t, "wait 30s\n"+store)
 	b.mkdir(t, "/c")
 	b.put(t, "/c/f", "original")
 
@@ -33,9 +43,9 @@ func TestDAVConcurrentWritesDoNotOverlap(t *testing.T) {
 	// what matters is where they overlap.
 	workers := [][]write{
 		{{"PUT", "/c/f", "from one", nil}},
-		{{"PUT", "/c/f", "from two", nil}},
+		{{"PUT", "/c/%66", "from two", nil}}, // /c/f spelled otherwise
 		{{"PROPPATCH", "/c/f", proppatch, nil}},
-		{{"COPY", "/c/f", "", dest("/c/g")}},
+		{{"COPY", "/c/f", "", dest("/c/%67")}}, // to /c/g
 		{{"PUT", "/c/g", "g", nil}, {"MOVE", "/c/g", "", dest("/c/h")}},
 		{{"DELETE", "/c/h", "", nil}, {"PUT", "/c/h", "h", nil}},
 		{{"MKCOL", "/c/d", "", nil}, {"DELETE", "/c/d", "", nil}},
