@@ -24,8 +24,8 @@ import (
 // davBackend is a real WebDAV server without locks: golang.org/x/net/webdav
 // on an in-memory file system with a lock system that grants everything,
 // as many legacy servers do. It records what reaches it: requests per
-// method and path, writes that overlapped on one resource (a MOVE or COPY
-// writes its Destination too), and the conditional headers it was sent.
+// method and path, writes that overlapped on one resource (see
+// recordWrite), and the conditional headers it was sent.
 // Every test that uses one fails at its end if writes overlapped: that is
 // what the lock handler in front of it exists to prevent. A write with
 // X-Delay: <duration> takes that long, so that overlaps can show.
@@ -69,9 +69,7 @@ func newDAVBackend(t *testing.T) *davBackend {
 		}
 		b.mu.Unlock()
 		if write {
-			for _, res := range writtenResources(r) {
-				defer b.writing.begin(res)()
-			}
+			defer recordWrite(&b.writing, r)()
 			if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
 				time.Sleep(d)
 			}
@@ -82,19 +80,18 @@ func newDAVBackend(t *testing.T) *davBackend {
 	return b
 }
 
-// writtenResources are the resources a write request changes: its path,
-// and for MOVE and COPY the path of its Destination when that differs.
-func writtenResources(r *http.Request) []string {
-	res := []string{normalizePath(r.URL.Path)}
-	if r.Method != "MOVE" && r.Method != "COPY" {
-		return res
-	}
-	if u, err := url.Parse(r.Header.Get("Destination")); err == nil && u.Path != "" {
-		if dest := normalizePath(u.Path); dest != res[0] {
-			res = append(res, dest)
+// recordWrite records at o the resources a write request changes: its
+// path, everything below it for DELETE and MOVE, and for MOVE and COPY
+// the Destination and everything below it. The returned func records
+// their end.
+func recordWrite(o *overlapRecorder, r *http.Request) (end func()) {
+	ws := []write{{res: normalizePath(r.URL.Path), tree: r.Method == "DELETE" || r.Method == "MOVE"}}
+	if r.Method == "MOVE" || r.Method == "COPY" {
+		if u, err := url.Parse(r.Header.Get("Destination")); err == nil && u.Path != "" {
+			ws = append(ws, write{res: normalizePath(u.Path), tree: true})
 		}
 	}
-	return res
+	return o.record(ws...)
 }
 
 // saw counts the requests "METHOD /path" that reached the backend.

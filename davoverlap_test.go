@@ -13,8 +13,9 @@ import (
 // let through together would overlap there. The handler queues them
 // (wait), so they reach the backend one resource at a time, and the check
 // of newDAVBackend fails the test if they did not. A COPY or MOVE also
-// writes its destination, and a LOCK on an unmapped URL creates the
-// resource with a PUT of its own. Some writes spell their path, or their
+// writes its destination, a DELETE, MOVE or COPY of a collection every
+// member, and a LOCK on an unmapped URL creates the resource with a PUT of
+// its own. Some writes spell their path, or their
 // destination, with escapes. It runs with the in-memory and the
 // Redis lock table.
 func TestDAVConcurrentWritesDoNotOverlap(t *testing.T) {
@@ -32,7 +33,7 @@ func testConcurrentDAVWrites(t *testing.T, store string) {
 
 	const proppatch = `<?xml version="1.0" encoding="utf-8"?>
 <D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:x-test"><D:set><D:prop><Z:n>%d</Z:n></D:prop></D:set></D:propertyupdate>`
-	type write struct {
+	type step struct {
 		method, path, body string
 		header             map[string]string
 	}
@@ -41,7 +42,7 @@ func testConcurrentDAVWrites(t *testing.T, store string) {
 	// at once. Statuses vary with the order the writes happen to take (a
 	// MOVE whose source is gone gets 404, a PUT on a LOCKed file 423);
 	// what matters is where they overlap.
-	workers := [][]write{
+	workers := [][]step{
 		{{"PUT", "/c/f", "from one", nil}},
 		{{"PUT", "/c/%66", "from two", nil}}, // /c/f spelled otherwise
 		{{"PROPPATCH", "/c/f", proppatch, nil}},
@@ -50,6 +51,8 @@ func testConcurrentDAVWrites(t *testing.T, store string) {
 		{{"DELETE", "/c/h", "", nil}, {"PUT", "/c/h", "h", nil}},
 		{{"MKCOL", "/c/d", "", nil}, {"DELETE", "/c/d", "", nil}},
 		{{"MKCOL", "/c/d", "", nil}, {"PROPPATCH", "/c/d", proppatch, nil}},
+		{{"PUT", "/c/d/x", "x", nil}},
+		{{"COPY", "/c/d", "", dest("/c/e")}, {"PUT", "/c/e/y", "y", nil}},
 		{{"LOCK", "/c/n", fmt.Sprintf(lockBody, "exclusive", "n"), nil}},
 		{{"PUT", "/c/n", "n", nil}, {"DELETE", "/c/n", "", nil}},
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,10 +75,14 @@ func newBackend(t testing.TB) *backend {
 
 // overlapRecorder counts the writes in flight per resource at a backend,
 // and how many began while another write to the same resource was in
-// flight: what the lock exists to prevent. The zero value is ready.
+// flight: what the lock exists to prevent. A write may also change
+// everything below its resource (a collection's DELETE, MOVE or COPY):
+// it then overlaps every write in flight below it, and every write that
+// begins below it while it is in flight. The zero value is ready.
 type overlapRecorder struct {
 	mu       sync.Mutex
 	inflight map[string]int // resource -> writes begun and not yet ended; never < 0
+	trees    map[string]int // resource -> those of inflight's that change everything below it too
 	overlaps int            // the sum of overlapped's values
 	// overlapped: resource -> writes that began while another write to
 	// it was in flight; only resources with at least one.
@@ -86,25 +91,68 @@ type overlapRecorder struct {
 
 // begin records a write to res; the returned func records its end and
 // must be called once.
-func (o *overlapRecorder) begin(res string) (end func()) {
+func (o *overlapRecorder) begin(res string) (end func()) { return o.record(write{res: res}) }
+
+// write is what one request changes: res, and everything below it if tree.
+type write struct {
+	res  string
+	tree bool
+}
+
+// record records the writes of one request, as begin: each is checked
+// against the writes of other requests in flight, not against its own.
+func (o *overlapRecorder) record(ws ...write) (end func()) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.inflight == nil {
-		o.inflight = map[string]int{}
+		o.inflight, o.trees, o.overlapped = map[string]int{}, map[string]int{}, map[string]int{}
 	}
-	o.inflight[res]++
-	if o.inflight[res] > 1 {
-		o.overlaps++
-		if o.overlapped == nil {
-			o.overlapped = map[string]int{}
+	for _, w := range ws {
+		if o.clashes(w.res, w.tree) {
+			o.overlaps++
+			o.overlapped[w.res]++
 		}
-		o.overlapped[res]++
+	}
+	for _, w := range ws {
+		o.inflight[w.res]++
+		if w.tree {
+			o.trees[w.res]++
+		}
 	}
 	return func() {
 		o.mu.Lock()
 		defer o.mu.Unlock()
-		o.inflight[res]--
+		for _, w := range ws {
+			o.inflight[w.res]--
+			if w.tree {
+				o.trees[w.res]--
+			}
+		}
 	}
+}
+
+// clashes reports whether a write to res (and below it, if tree) beginning
+// now overlaps one in flight: one to res, one to an ancestor of res that
+// changes everything below it, or, for a tree write, one below res.
+func (o *overlapRecorder) clashes(res string, tree bool) bool {
+	if o.inflight[res] > 0 {
+		return true
+	}
+	for a := res; a != "/"; {
+		a = path.Dir(a)
+		if o.trees[a] > 0 {
+			return true
+		}
+	}
+	if tree {
+		prefix := strings.TrimSuffix(res, "/") + "/"
+		for r, n := range o.inflight {
+			if n > 0 && strings.HasPrefix(r, prefix) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // count is how many writes began while another to their resource was in
@@ -132,7 +180,7 @@ func (o *overlapRecorder) assertNone(t testing.TB, backend string) {
 	for _, res := range slices.Sorted(maps.Keys(o.overlapped)) {
 		list = append(list, fmt.Sprintf("%s (%d)", res, o.overlapped[res]))
 	}
-	t.Errorf("%d writes at %s began while another write to their resource was in flight: %s",
+	t.Errorf("%d writes at %s began while another write to their resource (or to a collection above it, or below it) was in flight: %s",
 		o.overlaps, backend, strings.Join(list, ", "))
 }
 
