@@ -138,9 +138,9 @@ func (o *overlapRecorder) clashes(res string, tree bool) bool {
 	if o.inflight[res] > 0 {
 		return true
 	}
-	for a := res; a != "/"; {
-		a = path.Dir(a)
-		if o.trees[a] > 0 {
+	// Resources need not be paths (X-Resource): path.Dir ends at "/" or ".".
+	for a, up := res, path.Dir(res); up != a; a, up = up, path.Dir(up) {
+		if o.trees[up] > 0 {
 			return true
 		}
 	}
