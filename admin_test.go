@@ -33,7 +33,7 @@ func adminDo(t *testing.T, admin, method, path, body string) (int, string) {
 }
 
 func TestAdminAPI(t *testing.T) {
-	bk := newStrictBackend(t)
+	bk := newBackend(t)
 	adminPort := freePort(t)
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	site := `handle /plain/* {

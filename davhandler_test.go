@@ -771,7 +771,7 @@ func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
 
 func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
 	// The in-flight lock still applies to the holder of the token.
-	bk := newStrictBackend(t)
+	bk := newBackend(t)
 	url := startCaddy(t, "lock {\n webdav\n zone TestDAVTokenHolderWritesDoNotOverlap\n}\nreverse_proxy {backend}", bk)
 	tok, _ := davLock(t, url+"/h", "exclusive", "a", nil, http.StatusOK)
 	done := holdWrite(t, bk, "PUT", url+"/h", "1", "If", "(<"+tok+">)")
@@ -781,7 +781,7 @@ func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
 	if r := <-done; r.status != http.StatusOK {
 		t.Fatalf("first write: %d %s", r.status, r.body)
 	}
-	// newStrictBackend fails the test if the two writes overlapped.
+	// newBackend fails the test if the two writes overlapped.
 }
 
 func TestDAVOptions(t *testing.T) {
@@ -802,7 +802,7 @@ func TestDAVOptions(t *testing.T) {
 		t.Fatalf("Allow = %q", got)
 	}
 	// A backend that knows nothing of WebDAV.
-	bk := newStrictBackend(t)
+	bk := newBackend(t)
 	url = startCaddy(t, "lock {\n webdav\n zone TestDAVOptionsPlain\n}\nreverse_proxy {backend}", bk)
 	if got := davMust(t, http.StatusOK, "OPTIONS", url+"/", "", nil).header.Get("DAV"); got != "1, 2" {
 		t.Fatalf("DAV = %q, want 1, 2", got)
