@@ -423,15 +423,19 @@ func TestRedisHandlerReload(t *testing.T) {
 	if got := zoneKeys("rreload"); !slices.Equal(got, first) {
 		t.Fatalf("same store settings: tables %q, before %q", got, first)
 	}
-	assertLocked(t, do(fresh, http.MethodPut, url+"/doc", nil), "/doc")
+	// The old server may accept a connection or two while it shuts
+	// down in the background.
+	var r result
+	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
+		r = do(fresh, http.MethodPut, url+"/doc", nil)
+		return r.header.Get("X-Config") == "two"
+	})
+	assertLocked(t, r, "/doc")
 
 	loadCaddy(t, port, global, strings.Replace(site, "timeout 200ms", "timeout 250ms", 1)+"\nheader X-Config three", b)
 	if got := zoneKeys("rreload"); len(got) != 1 || got[0] == first[0] {
 		t.Fatalf("changed store settings: tables %q, before %q", got, first)
 	}
-	// The old server may accept a connection or two while it shuts
-	// down in the background.
-	var r result
 	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
 		r = do(fresh, http.MethodPut, url+"/doc", nil)
 		return r.header.Get("X-Config") == "three"
