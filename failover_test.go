@@ -37,24 +37,32 @@ func settledGoroutines(limit int) int {
 	return n
 }
 
+// startReplicated starts a master and a replica of it, and returns once
+// the replica is in sync.
+func startReplicated(t *testing.T) (master, replica *testRedis) {
+	t.Helper()
+	// No delay before a full sync (5s by default, waiting for more replicas).
+	master = startRedis(t, "--repl-diskless-sync-delay", "0")
+	host, port, err := net.SplitHostPort(master.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica = startRedis(t, "--replicaof", host, port)
+	rc := redisClient(t, replica)
+	waitFor(t, 10*time.Second, "the replica to sync", func() bool {
+		info, err := rc.Info(context.Background(), "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up")
+	})
+	return master, replica
+}
+
 // A Sentinel failover under a running Caddy, which is neither reloaded
 // nor restarted: while the master is gone no write passes (fail_closed
 // answers 503), and once the Sentinel has promoted the replica, locking
 // resumes there.
 func TestRedisHandlerSentinelFailover(t *testing.T) {
 	ctx := context.Background()
-	// No delay before a full sync (5s by default, waiting for more replicas).
-	master := startRedis(t, "--repl-diskless-sync-delay", "0")
-	host, port, err := net.SplitHostPort(master.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica := startRedis(t, "--replicaof", host, port)
-	rc := redisClient(t, replica)
-	waitFor(t, 10*time.Second, "the replica to sync", func() bool {
-		info, err := rc.Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up")
-	})
+	master, replica := startReplicated(t)
 	// Started after the sync, the Sentinel learns of the replica from its
 	// first INFO of the master.
 	sentinel := startSentinel(t, master, "mymaster", "down-after-milliseconds", "500", "failover-timeout", "3000")
@@ -79,7 +87,7 @@ func TestRedisHandlerSentinelFailover(t *testing.T) {
 
 	b := newBackend(t)
 	url := startCaddy(t, redisSite(sentinel, "rfailover", "master_name mymaster", ""), b)
-	mc := redisClient(t, master)
+	mc, rc := redisClient(t, master), redisClient(t, replica)
 
 	// Before: locking works, in the master.
 	r := assertHeldIn(t, url, b, mc, "rfailover", "before")
@@ -178,5 +186,35 @@ func TestRedisHandlerSentinelFailover(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines before the failover, %d after %d refused writes:\n%s",
 			goroutinesBefore, n, refused, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// A failover that loses a grant must not hand out its fencing number
+// again: the replica promoted here never heard of the last grant of the
+// old master, so it grants the same lock a second time, and the backend
+// can tell the stale holder only by its lower fence.
+func TestRedisFenceAfterLostGrant(t *testing.T) {
+	ctx := context.Background()
+	master, replica := startReplicated(t)
+	rc, mc := redisClient(t, replica), redisClient(t, master)
+	old := newRedisLocker(t, master, t.Name(), redisOpts{})
+	for range 3 {
+		redisAcquire(t, old, "/doc", Exclusive).Release()
+	}
+	if n, err := mc.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n != 1 {
+		t.Fatalf("WAIT for the replica: %d %v", n, err)
+	}
+	// The failover: the replica becomes a primary of its own, and the old
+	// master's next grant never reaches it.
+	if err := rc.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	lost := redisAcquire(t, old, "/doc", Exclusive)
+	defer lost.Release()
+	promoted := newRedisLocker(t, replica, t.Name(), redisOpts{})
+	again := redisAcquire(t, promoted, "/doc", Exclusive) // granted twice: what no setting prevents
+	defer again.Release()
+	if again.Fence() <= lost.Fence() {
+		t.Fatalf("fence %d from the promoted replica, %d from the lost grant: want a greater one", again.Fence(), lost.Fence())
 	}
 }

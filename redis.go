@@ -181,7 +181,7 @@ const (
 //	…:exp   sorted set, holder member → lease expiry (ms, server clock)
 //	…:held  sorted set, holder members, score 0, for prefix range queries
 //	…:info  hash, holder member → "grant-time-µs fence"
-//	…:meta  hash: fence (grant counter), wseq (waiter counter), avg (hold ms)
+//	…:meta  hash: fence (last fencing number), wseq (waiter counter), avg (hold ms)
 //	…:q     sorted set, score 0, waiter "key\0seq\0wtoken", FIFO per key
 //	…:wexp  sorted set, "key\0wtoken" → waiter expiry (ms)
 //	…:wseq  hash, "key\0wtoken" → its …:q member
@@ -527,7 +527,12 @@ if head and head ~= W then
 else
   bk, bkind, bs, bbelow = blocker(want)
   if not bk then
-    local fence = redis.call('HINCRBY', meta, 'fence', 1)
+    -- The fence is the counter's next value or the server clock in µs,
+    -- whichever is greater: a failover that loses grants also loses their
+    -- increments, and the clock still puts the new primary's numbers
+    -- above them (see the README on fencing).
+    local fence = math.max((tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1, nowus)
+    redis.call('HSET', meta, 'fence', string.format('%d', fence))
     redis.call('ZADD', exp, now + ttl, M)
     redis.call('ZADD', held, 0, M)
     redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
@@ -1043,8 +1048,10 @@ func (ls *RedisLease) Key() string { return ls.key }
 // the lease was granted; see explicitHint.
 func (ls *RedisLease) ExplicitLocksInZone() bool { return ls.explicit }
 
-// Fence returns the lease's fencing number, unique and strictly greater
-// than that of every earlier grant in the zone.
+// Fence returns the lease's fencing number: strictly greater than that of
+// every earlier grant in the zone that Redis still knows of, and, after a
+// failover that lost grants, greater than theirs too as long as the Redis
+// servers' clocks differ by less than the failover took.
 func (ls *RedisLease) Fence() int64 { return ls.fence }
 
 // Lost returns a channel that is closed when the lock is lost while held:
