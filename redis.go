@@ -913,11 +913,15 @@ func (l *RedisLocker) renewBatch(batch []*RedisLease) {
 	lost, err := renewScript.Run(ctx, l.client, []string{l.kExp}, args...).Int64Slice()
 	cancel()
 	if err != nil {
-		// Redis did not answer: a lease is surely gone once a full lease
-		// has passed since its last confirmed renewal was sent.
-		now := l.now()
+		// Redis did not answer. It lets a lease go no earlier than a
+		// full lease after its last confirmed renewal was sent; the next
+		// try comes a tick from now and may take the whole timeout. A
+		// lease that try could not save is given up now, before Redis
+		// can grant it to anybody else, while a request not yet sent
+		// upstream can still be stopped.
+		late := l.now() + int64(l.lease/3+l.timeout)
 		for _, ls := range batch {
-			if now-ls.confirmed.Load() >= int64(l.lease) {
+			if late-ls.confirmed.Load() >= int64(l.lease) {
 				l.lose(ls)
 			}
 		}

@@ -690,6 +690,27 @@ func TestRedisOneRoundTrip(t *testing.T) {
 	}
 }
 
+// With Redis gone right after a grant, the lease is marked lost before
+// Redis could let it go (a full lease after the grant was sent), not
+// after: in between, another instance may already hold the lock.
+func TestRedisLostBeforeExpiry(t *testing.T) {
+	srv := startRedis(t)
+	const lease = 3 * time.Second
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease, timeout: 300 * time.Millisecond})
+	sent := time.Now()
+	ls := redisAcquire(t, l, "/doc", Exclusive)
+	srv.Stop()
+	select {
+	case <-ls.Lost():
+		if d := time.Since(sent); d >= lease {
+			t.Fatalf("lease marked lost %s after the grant; Redis may let it go after %s", d, lease)
+		}
+	case <-time.After(2 * lease):
+		t.Fatal("lease not marked lost while Redis was down")
+	}
+	ls.Release()
+}
+
 func TestRedisUnavailable(t *testing.T) {
 	srv := startRedis(t)
 	const timeout = 300 * time.Millisecond
