@@ -568,6 +568,36 @@ func TestRedisRenewal(t *testing.T) {
 	redisAcquire(t, l2, "/r", Exclusive).Release()
 }
 
+// All of a locker's leases are renewed in one script call per tick, not
+// one per lease: six held locks cost Redis a call every lease/3.
+func TestRedisRenewalBatched(t *testing.T) {
+	srv := startRedis(t)
+	const lease = 600 * time.Millisecond
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease, timeout: 100 * time.Millisecond})
+	var held []*RedisLease
+	for i := range 6 {
+		held = append(held, redisAcquire(t, l, "/b"+strconv.Itoa(i), Exclusive))
+	}
+	if err := l.client.ConfigResetStat(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	time.Sleep(3 * lease)
+	calls := commandCalls(t, l.client)["evalsha"]
+	ticks := int(time.Since(start)/(lease/3)) + 1
+	if calls < 3 || calls > ticks {
+		t.Fatalf("%d script calls in %d renewal ticks for %d leases; want one a tick", calls, ticks, len(held))
+	}
+	for _, ls := range held {
+		select {
+		case <-ls.Lost():
+			t.Fatal("lease lost although renewed")
+		default:
+		}
+		ls.Release()
+	}
+}
+
 func TestRedisLost(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})

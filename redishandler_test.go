@@ -119,6 +119,30 @@ func assertHeldIn(t *testing.T, url string, b *backend, c redis.UniversalClient,
 	return r
 }
 
+// A Redis with ACL users only and the store's username, password and db
+// from the Caddyfile: the locks are taken as that user, in that database.
+func TestRedisHandlerACLUserAndDB(t *testing.T) {
+	srv := startRedis(t, "--user", "default", "off", "--user", "caddy", "on", ">s3cret", "~*", "&*", "+@all")
+	b := newBackend(t)
+	url := startCaddy(t, redisSite(srv, "racl", "username caddy\n\t\tpassword s3cret\n\t\tdb 3", ""), b)
+	conf := RedisConfig{Addresses: []string{srv.Addr}, Username: "caddy", Password: "s3cret", Timeout: caddy.Duration(time.Second)}
+	db0, err := NewRedisClient(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db0.Close() })
+	conf.DB = 3
+	db3, err := NewRedisClient(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db3.Close() })
+	assertHeldIn(t, url, b, db3, "racl", "acl")
+	if keys, err := db0.Keys(context.Background(), "*racl*").Result(); err != nil || len(keys) != 0 {
+		t.Fatalf("database 0 holds %q (%v)", keys, err)
+	}
+}
+
 // Writes through a Caddy whose zone is in Redis: a conflicting write is
 // refused while the first is in flight, and each grant carries a fresh
 // fencing number to the backend, which a client cannot forge.
