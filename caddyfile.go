@@ -2,6 +2,7 @@ package caddylock
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -66,11 +67,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(methods) == 0 {
 				return d.Errf("lock: %s: expected at least one HTTP method", sub)
 			}
+			other := h.Shared
+			if sub == "shared" {
+				other = h.Exclusive
+			}
 			for i, m := range methods {
 				if !validMethod(m) {
 					return d.Errf("lock: %s: %q is not an HTTP method", sub, m)
 				}
 				methods[i] = strings.ToUpper(m)
+				if slices.Contains(other, methods[i]) {
+					return d.Errf("lock: %s: method %s is already listed as %s; a method takes one kind of lock",
+						sub, methods[i], map[string]string{"exclusive": "shared", "shared": "exclusive"}[sub])
+				}
 			}
 			if sub == "exclusive" {
 				h.Exclusive = append(h.Exclusive, methods...)

@@ -89,6 +89,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"lock {\n\tzone\n}", `zone: expected a zone name`},
 		{"lock {\n\texclusive\n}", `exclusive: expected at least one HTTP method`},
 		{"lock {\n\tshared GET/HEAD\n}", `shared: "GET/HEAD" is not an HTTP method`},
+		{"lock {\n\texclusive PUT\n\tshared get put\n}", `shared: method PUT is already listed as exclusive`},
 		{"lock {\n\thierarchy yes\n}", `hierarchy takes no arguments, got "yes"`},
 		{"lock {\n\twait 1s 2s\n}", `wait: expected one duration, got also "2s"`},
 		{"lock extra", `unexpected argument "extra"`},

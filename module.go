@@ -247,8 +247,12 @@ func validMethod(m string) bool {
 	return true
 }
 
-// kindOf returns the lock a method takes, and false for none.
+// kindOf returns the lock a method takes, and false for none. Methods are
+// compared upper-cased, as the lists are kept: HTTP methods are
+// case-sensitive, but frameworks that upper-case them would take "put"
+// for a PUT, so it must not pass a lock that PUT takes.
 func (h *Handler) kindOf(method string) (Kind, bool) {
+	method = strings.ToUpper(method) // no copy when already upper-case
 	if k, ok := h.kinds[method]; ok {
 		return k, true
 	}
@@ -336,7 +340,9 @@ func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) string {
 		k = normalizePath(k)
 	}
 	if h.CaseInsensitive {
-		k = strings.ToLower(k)
+		// Upper- then lower-casing folds the letters that have several
+		// lower-case forms (ſ and s, ς and σ, ı and i) to one.
+		k = strings.ToLower(strings.ToUpper(k))
 	}
 	return k
 }

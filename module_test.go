@@ -562,6 +562,8 @@ func TestAliasesConflict(t *testing.T) {
 		"/FILES/Report.TXT",
 		"/files/%2e/report.txt",
 		"/files/%2e%2e/files/report.txt",
+		"/file%C5%BF/report.txt", // ſ, a lower-case s
+		"/f%C4%B1les/report.txt", // ı, a lower-case i
 	} {
 		r := do(http.DefaultClient, http.MethodPut, url+alias, map[string]string{"X-Resource": "r"})
 		if r.status != http.StatusLocked {
@@ -575,6 +577,22 @@ func TestAliasesConflict(t *testing.T) {
 	if writes, _, overlaps := b.counts(); writes != 1 || overlaps != 0 {
 		t.Fatalf("backend saw %d writes, %d overlapping", writes, overlaps)
 	}
+}
+
+// A method spelled in lower case takes the lock its upper-case spelling
+// takes: a backend that upper-cases methods writes on "put" too.
+func TestMethodCaseDoesNotEscape(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone mcase\n exclusive PUT DELETE\n}\nreverse_proxy {backend}", b)
+	done := holdWrite(t, b, "put", url+"/doc", "w")
+	for _, m := range []string{"PUT", "put", "Put", "delete"} {
+		assertLocked(t, do(http.DefaultClient, m, url+"/doc", nil), "/doc")
+	}
+	b.open("w")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the held write: %d", r.status)
+	}
+	mustDo(t, "get", url+"/doc", nil, http.StatusOK)
 }
 
 // TestClientAbortDuringWrite: a client that goes away does not cut the
