@@ -430,6 +430,25 @@ func TestDAVCollections(t *testing.T) {
 		}
 	}
 	davMust(t, http.StatusCreated, "MKCOL", url+"/tree", "", nil)
+
+	// So does MOVE of a collection: the source's subtree goes away.
+	b.mkdir(t, "/mtree")
+	b.mkdir(t, "/mtree/sub")
+	b.put(t, "/mtree/sub/f", "f")
+	tm, _ := davLock(t, url+"/mtree/sub/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	move := map[string]string{"Destination": url + "/moved-tree"}
+	assertDAVError(t, davDo(t, "MOVE", url+"/mtree", "", move), http.StatusLocked, CondLockTokenSubmitted, "/mtree/sub/f")
+	if b.saw("MOVE /mtree") != 0 || !b.exists("/mtree/sub/f") || b.exists("/moved-tree") {
+		t.Fatal("a MOVE without the token of a lock inside the collection reached the backend")
+	}
+	move["If"] = "</mtree/sub/f> (<" + tm + ">)"
+	davMust(t, http.StatusCreated, "MOVE", url+"/mtree", "", move)
+	if b.exists("/mtree") || !b.exists("/moved-tree/sub/f") {
+		t.Fatal("MOVE with the token did not happen at the backend")
+	}
+	if _, err := st.Get(context.Background(), tm); err == nil {
+		t.Fatal("the lock of a member survived the MOVE of its collection")
+	}
 }
 
 // assertLockFailure checks the answer to a LOCK that locks below its
