@@ -627,13 +627,20 @@ func TestDAVUnmappedURL(t *testing.T) {
 	}
 }
 
+// headETag returns the ETag the backend sends for url.
+func headETag(t *testing.T, url string) string {
+	t.Helper()
+	etag := davMust(t, http.StatusOK, "HEAD", url, "", nil).header.Get("ETag")
+	if etag == "" {
+		t.Fatal("the backend sends no ETag for " + url)
+	}
+	return etag
+}
+
 func TestDAVIfETags(t *testing.T) {
 	url, b := davSite(t, "")
 	b.put(t, "/e.txt", "one")
-	etag := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
-	if etag == "" {
-		t.Fatal("the backend sends no ETag")
-	}
+	etag := headETag(t, url+"/e.txt")
 	// A stale ETag: 412, the write never reaches the backend.
 	r := davDo(t, "PUT", url+"/e.txt", "two", map[string]string{"If": `(["stale"])`})
 	if r.status != http.StatusPreconditionFailed {
@@ -652,7 +659,7 @@ func TestDAVIfETags(t *testing.T) {
 	if len(ifMatch) != 0 {
 		t.Fatalf("If-Match sent for a two-list If header: %q", ifMatch)
 	}
-	etag2 := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	etag2 := headETag(t, url+"/e.txt")
 	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "three", map[string]string{"If": `([` + etag2 + `])`})
 	b.mu.Lock()
 	ifMatch = slices.Clone(b.ifMatch)
@@ -662,7 +669,7 @@ func TestDAVIfETags(t *testing.T) {
 	}
 	// Lock token and ETag together; Not <DAV:no-lock> always holds.
 	tok, _ := davLock(t, url+"/e.txt", "exclusive", "a", nil, http.StatusOK)
-	etag3 := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	etag3 := headETag(t, url+"/e.txt")
 	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag2 + `])`})
 	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag3 + `])`})
 	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "five", map[string]string{"If": `(<` + tok + `>) (Not <DAV:no-lock>)`})
@@ -670,6 +677,40 @@ func TestDAVIfETags(t *testing.T) {
 	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "six", map[string]string{"If": `<http://other.example/e.txt> (<` + tok + `>)`})
 	if len(b.ifSeen) != 0 {
 		t.Fatalf("If headers reached the backend: %q", b.ifSeen)
+	}
+}
+
+// The If header's ETag is checked while the in-flight lock is held, so
+// that no write can come between the check and the write it guards. Two
+// PUTs with the same current ETag: the first is slow at the backend, the
+// second queues (wait) and, once let through, finds the ETag changed.
+// Had it been checked before the queue, both writes would pass and the
+// second would overwrite the first unseen.
+func TestDAVIfETagCheckedUnderInflightLock(t *testing.T) {
+	url, b := davSite(t, "wait 10s")
+	b.put(t, "/e.txt", "one")
+	etag := headETag(t, url+"/e.txt")
+	cond := `([` + etag + `])`
+	first := make(chan result, 1)
+	go func() {
+		first <- do(http.DefaultClient, "PUT", url+"/e.txt", map[string]string{"If": cond, "X-Delay": "1s"})
+	}()
+	waitFor(t, 5*time.Second, "the first PUT to reach the backend", func() bool { return b.saw("PUT /e.txt") == 1 })
+	second := make(chan result, 1)
+	go func() { second <- do(http.DefaultClient, "PUT", url+"/e.txt", map[string]string{"If": cond}) }()
+	// The second PUT waits for the first's in-flight lock.
+	waitForQueue(t, zoneTable(t, t.Name()), 1)
+	if r := <-first; r.err != nil || r.status != http.StatusCreated {
+		t.Fatalf("first PUT: %d %v %s", r.status, r.err, r.body)
+	}
+	if r := <-second; r.err != nil || r.status != http.StatusPreconditionFailed {
+		t.Fatalf("second PUT with the ETag the first changed: %d %v %s, want 412", r.status, r.err, r.body)
+	}
+	if n := b.saw("PUT /e.txt"); n != 1 {
+		t.Fatalf("backend saw %d PUTs, want 1", n)
+	}
+	if n := b.writing.count(); n != 0 {
+		t.Fatalf("%d writes overlapped at the backend", n)
 	}
 }
 
