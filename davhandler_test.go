@@ -827,6 +827,56 @@ func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
 	}
 	// Asking for XML gets DAV:error.
 	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/p")
+	// A browser's Accept lists XML below HTML: it gets the problem document.
+	r = davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": browserAccept})
+	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("browser: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
+	}
+	if b.saw("PUT /p") != 0 {
+		t.Fatal("a refused PUT reached the backend")
+	}
+}
+
+// browserAccept is the Accept header of a browser navigating to a page.
+const browserAccept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+func TestIsDAVClient(t *testing.T) {
+	for _, c := range []struct {
+		method string
+		header map[string]string
+		want   bool
+	}{
+		{"PUT", nil, false},
+		{"GET", nil, false},
+		{"PUT", map[string]string{"Accept": "application/xml"}, true},
+		{"PUT", map[string]string{"Accept": "text/xml"}, true},
+		{"PUT", map[string]string{"Accept": "Text/XML; charset=utf-8"}, true},
+		{"PUT", map[string]string{"Accept": "application/xml;q=0"}, false},
+		{"PUT", map[string]string{"Accept": "application/xml;q=bad"}, false},
+		{"PUT", map[string]string{"Accept": browserAccept}, false},
+		{"GET", map[string]string{"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"}, false},
+		{"PUT", map[string]string{"Accept": "application/xhtml+xml"}, false},
+		{"PUT", map[string]string{"Accept": "*/*"}, false},
+		{"PUT", map[string]string{"Accept": "application/json, application/xml"}, false},
+		{"PUT", map[string]string{"Accept": "application/xml, application/json;q=0.5"}, true},
+		{"PUT", map[string]string{"Accept": "application/xml;q=0.5, application/problem+json"}, false},
+		{"PUT", map[string]string{"Accept": "application/problem+json;q=0.9, text/xml"}, true},
+		{"PUT", map[string]string{"Accept": "text/html;q=0.1, text/xml"}, true},
+		// WebDAV headers and methods count whatever Accept says.
+		{"PUT", map[string]string{"Accept": browserAccept, "If": "(<urn:x>)"}, true},
+		{"DELETE", map[string]string{"Depth": "infinity"}, true},
+		{"PUT", map[string]string{"Lock-Token": "<urn:x>"}, true},
+		{"COPY", map[string]string{"Accept": "application/json"}, true},
+		{"PROPFIND", nil, true},
+	} {
+		r := httptest.NewRequest(c.method, "/x", nil)
+		for k, v := range c.header {
+			r.Header.Set(k, v)
+		}
+		if got := isDAVClient(r); got != c.want {
+			t.Errorf("%s with %v: isDAVClient = %v, want %v", c.method, c.header, got, c.want)
+		}
+	}
 }
 
 func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
