@@ -135,6 +135,12 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 		}
 		d.ifh = ifh
 	}
+	// Depth is 0, 1 or infinity for every method that takes one; which of
+	// them a method allows is for LOCK to say (ParseLockDepth) and for
+	// the backend otherwise. More than one Depth header is malformed too.
+	if _, err := ParseDepth(strings.Join(r.Header.Values("Depth"), ", "), DepthInfinity); err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
 	defer func() {
 		if !d.counted {
 			d.settle(d.result)

@@ -730,6 +730,10 @@ func TestDAVBadInput(t *testing.T) {
 		{"Timeout", "LOCK", body, map[string]string{"Timeout": "Second-x"}, 400, "Timeout"},
 		{"Depth 1", "LOCK", body, map[string]string{"Depth": "1"}, 400, "Depth"},
 		{"Depth junk", "LOCK", body, map[string]string{"Depth": "deep"}, 400, "Depth"},
+		{"Depth 2 PROPFIND", "PROPFIND", "", map[string]string{"Depth": "2"}, 400, "Depth"},
+		{"Depth 2 DELETE", "DELETE", "", map[string]string{"Depth": "2"}, 400, "Depth"},
+		{"Depth junk PUT", "PUT", "x", map[string]string{"Depth": "infinite"}, 400, "Depth"},
+		{"Depth junk GET", "GET", "", map[string]string{"Depth": "-1"}, 400, "Depth"},
 		{"Lock-Token", "UNLOCK", "", map[string]string{"Lock-Token": "<not a uri>"}, 400, "Lock-Token"},
 		{"XML", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:lockscope>", nil, 400, "lockinfo"},
 		{"no scope", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:locktype><D:write/></D:locktype></D:lockinfo>", nil, 400, "lockscope"},
@@ -745,9 +749,14 @@ func TestDAVBadInput(t *testing.T) {
 	if ls, _ := zoneStore(t, "TestDAVBadInput").List(context.Background()); len(ls) != 0 {
 		t.Fatalf("bad requests left %d locks", len(ls))
 	}
-	if n := b.saw("PUT /b"); n != 0 {
-		t.Fatal("a bad request reached the backend")
+	for _, req := range []string{"PUT /b", "PROPFIND /b", "DELETE /b", "GET /b"} {
+		if n := b.saw(req); n != 0 {
+			t.Fatalf("a bad request reached the backend: %s", req)
+		}
 	}
+	// Good Depth headers pass, infinity in any case.
+	propfind(t, url+"/b", "1", "")
+	davMust(t, http.StatusNoContent, "DELETE", url+"/b", "", map[string]string{"Depth": "Infinity"})
 }
 
 func TestDAVExpiry(t *testing.T) {
