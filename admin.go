@@ -44,9 +44,12 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the logger.
+// Provision sets up the logger. Caddy provisions admin routers outside
+// any module, so the module is named: otherwise the logger is Caddy's
+// default one, without this module's name, which logs' include and
+// exclude lists cannot select.
 func (a *AdminAPI) Provision(ctx caddy.Context) error {
-	a.logger = ctx.Logger()
+	a.logger = ctx.Logger(a)
 	return nil
 }
 

@@ -1,10 +1,13 @@
 package caddylock
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -258,6 +261,67 @@ reverse_proxy {backend}`, bk)
 	}
 	if status, body := adminDo(t, admin, "POST", "/lock/AdminDrain", `{"path": "/x", "timeout": "1m", "drain": "-1s"}`); status != http.StatusBadRequest {
 		t.Fatalf("negative drain: %d %s", status, body)
+	}
+}
+
+// Tokens are never logged in full: a LOCK, a refused write, an UNLOCK,
+// and a maintenance lock taken and force-unlocked by its whole token
+// through the admin API, with caddy-lock's loggers writing JSON at DEBUG
+// to a file. Each of those log lines names its lock by the token's
+// prefix, which shows that the lines were written.
+func TestTokensNotLoggedInFull(t *testing.T) {
+	b := newDAVBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	logFile := filepath.Join(t.TempDir(), "lock.log")
+	global := fmt.Sprintf("admin 127.0.0.1:%d\nlog locks {\n output file %s\n format json\n level DEBUG\n include http.handlers.lock admin.api.lock\n}",
+		adminPort, logFile)
+	url := loadCaddy(t, freePort(t), global, davSiteConfig(t, b, "", ""), nil)
+	t.Cleanup(func() { _ = caddy.Stop() })
+
+	b.put(t, "/doc", "x")
+	tok, _ := davLock(t, url+"/doc", "exclusive", "a", nil, http.StatusOK)
+	assertDAVError(t, davDo(t, "PUT", url+"/doc", "y", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/doc")
+	davMust(t, http.StatusNoContent, "UNLOCK", url+"/doc", "", map[string]string{"Lock-Token": "<" + tok + ">"})
+	status, body := adminDo(t, admin, "POST", "/lock/"+t.Name(), `{"path": "/maint", "timeout": "1m"}`)
+	var maint struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &maint); status != http.StatusCreated || err != nil || maint.Token == "" {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	if status, body := adminDo(t, admin, "DELETE", "/lock/"+t.Name()+"/"+maint.Token, ""); status != http.StatusOK {
+		t.Fatalf("DELETE by the whole token: %d %s", status, body)
+	}
+	_ = caddy.Stop() // closes the log file
+
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, full := range []string{tok, maint.Token} {
+		// Not the token, nor the part of it that its prefix leaves out.
+		if rest := full[len(tokenPrefix(full)):]; strings.Contains(string(data), full) || strings.Contains(string(data), rest) {
+			t.Fatalf("the log holds the token %s in full:\n%s", full, data)
+		}
+	}
+	want := map[string]string{
+		"locked":                             tokenPrefix(tok),
+		"explicit lock conflict":             tokenPrefix(tok),
+		"unlocked":                           tokenPrefix(tok),
+		"maintenance lock taken":             tokenPrefix(maint.Token),
+		"lock removed through the admin API": tokenPrefix(maint.Token),
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	for sc.Scan() {
+		var entry struct{ Msg, Token string }
+		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
+			t.Fatalf("log line %q: %v", sc.Text(), err)
+		}
+		if p, ok := want[entry.Msg]; ok && entry.Token == p {
+			delete(want, entry.Msg)
+		}
+	}
+	if len(want) > 0 {
+		t.Fatalf("log lines missing, or without the token prefix: %v\n%s", want, data)
 	}
 }
 

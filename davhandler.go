@@ -135,6 +135,12 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 		}
 		d.ifh = ifh
 	}
+	// Depth is 0, 1 or infinity for every method that takes one; which of
+	// them a method allows is for LOCK to say (ParseLockDepth) and for
+	// the backend otherwise. More than one Depth header is malformed too.
+	if _, err := ParseDepth(strings.Join(r.Header.Values("Depth"), ", "), DepthInfinity); err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
 	defer func() {
 		if !d.counted {
 			d.settle(d.result)
@@ -161,7 +167,7 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 // isDAVClient reports whether a refusal should be a DAV:error document:
 // the client asked for XML, sent a WebDAV header or used a WebDAV method.
 func isDAVClient(r *http.Request) bool {
-	if strings.Contains(r.Header.Get("Accept"), "xml") {
+	if asksForXML(strings.Join(r.Header.Values("Accept"), ",")) {
 		return true
 	}
 	for _, name := range []string{"If", "Depth", "Lock-Token", "Overwrite", "Destination", "Timeout"} {
@@ -174,6 +180,36 @@ func isDAVClient(r *http.Request) bool {
 		return true
 	}
 	return false
+}
+
+// asksForXML reports whether an Accept header asks for XML: it names
+// application/xml or text/xml with a quality above 0, and names neither
+// text/html nor a JSON type with a quality as high. A browser's Accept,
+// which lists application/xml below text/html, does not.
+func asksForXML(accept string) bool {
+	var xmlQ, otherQ float64
+	for r := range strings.SplitSeq(accept, ",") {
+		params := strings.Split(r, ";")
+		mt := strings.ToLower(strings.TrimSpace(params[0]))
+		q := 1.0
+		for _, p := range params[1:] {
+			name, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+			if strings.EqualFold(strings.TrimSpace(name), "q") {
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					f = 0 // a range with an unreadable quality counts for nothing
+				}
+				q = min(max(f, 0), 1)
+			}
+		}
+		switch {
+		case mt == "application/xml" || mt == "text/xml":
+			xmlQ = max(xmlQ, q)
+		case mt == "text/html" || strings.HasSuffix(mt, "/json") || strings.HasSuffix(mt, "+json"):
+			otherQ = max(otherQ, q)
+		}
+	}
+	return xmlQ > 0 && xmlQ > otherQ
 }
 
 func (d *davRequest) store() LockStore { return d.h.zone.explicit }

@@ -430,6 +430,25 @@ func TestDAVCollections(t *testing.T) {
 		}
 	}
 	davMust(t, http.StatusCreated, "MKCOL", url+"/tree", "", nil)
+
+	// So does MOVE of a collection: the source's subtree goes away.
+	b.mkdir(t, "/mtree")
+	b.mkdir(t, "/mtree/sub")
+	b.put(t, "/mtree/sub/f", "f")
+	tm, _ := davLock(t, url+"/mtree/sub/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	move := map[string]string{"Destination": url + "/moved-tree"}
+	assertDAVError(t, davDo(t, "MOVE", url+"/mtree", "", move), http.StatusLocked, CondLockTokenSubmitted, "/mtree/sub/f")
+	if b.saw("MOVE /mtree") != 0 || !b.exists("/mtree/sub/f") || b.exists("/moved-tree") {
+		t.Fatal("a MOVE without the token of a lock inside the collection reached the backend")
+	}
+	move["If"] = "</mtree/sub/f> (<" + tm + ">)"
+	davMust(t, http.StatusCreated, "MOVE", url+"/mtree", "", move)
+	if b.exists("/mtree") || !b.exists("/moved-tree/sub/f") {
+		t.Fatal("MOVE with the token did not happen at the backend")
+	}
+	if _, err := st.Get(context.Background(), tm); err == nil {
+		t.Fatal("the lock of a member survived the MOVE of its collection")
+	}
 }
 
 // assertLockFailure checks the answer to a LOCK that locks below its
@@ -608,13 +627,20 @@ func TestDAVUnmappedURL(t *testing.T) {
 	}
 }
 
+// headETag returns the ETag the backend sends for url.
+func headETag(t *testing.T, url string) string {
+	t.Helper()
+	etag := davMust(t, http.StatusOK, "HEAD", url, "", nil).header.Get("ETag")
+	if etag == "" {
+		t.Fatal("the backend sends no ETag for " + url)
+	}
+	return etag
+}
+
 func TestDAVIfETags(t *testing.T) {
 	url, b := davSite(t, "")
 	b.put(t, "/e.txt", "one")
-	etag := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
-	if etag == "" {
-		t.Fatal("the backend sends no ETag")
-	}
+	etag := headETag(t, url+"/e.txt")
 	// A stale ETag: 412, the write never reaches the backend.
 	r := davDo(t, "PUT", url+"/e.txt", "two", map[string]string{"If": `(["stale"])`})
 	if r.status != http.StatusPreconditionFailed {
@@ -633,7 +659,7 @@ func TestDAVIfETags(t *testing.T) {
 	if len(ifMatch) != 0 {
 		t.Fatalf("If-Match sent for a two-list If header: %q", ifMatch)
 	}
-	etag2 := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	etag2 := headETag(t, url+"/e.txt")
 	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "three", map[string]string{"If": `([` + etag2 + `])`})
 	b.mu.Lock()
 	ifMatch = slices.Clone(b.ifMatch)
@@ -643,7 +669,7 @@ func TestDAVIfETags(t *testing.T) {
 	}
 	// Lock token and ETag together; Not <DAV:no-lock> always holds.
 	tok, _ := davLock(t, url+"/e.txt", "exclusive", "a", nil, http.StatusOK)
-	etag3 := davMust(t, http.StatusOK, "HEAD", url+"/e.txt", "", nil).header.Get("ETag")
+	etag3 := headETag(t, url+"/e.txt")
 	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag2 + `])`})
 	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag3 + `])`})
 	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "five", map[string]string{"If": `(<` + tok + `>) (Not <DAV:no-lock>)`})
@@ -651,6 +677,40 @@ func TestDAVIfETags(t *testing.T) {
 	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "six", map[string]string{"If": `<http://other.example/e.txt> (<` + tok + `>)`})
 	if len(b.ifSeen) != 0 {
 		t.Fatalf("If headers reached the backend: %q", b.ifSeen)
+	}
+}
+
+// The If header's ETag is checked while the in-flight lock is held, so
+// that no write can come between the check and the write it guards. Two
+// PUTs with the same current ETag: the first is slow at the backend, the
+// second queues (wait) and, once let through, finds the ETag changed.
+// Had it been checked before the queue, both writes would pass and the
+// second would overwrite the first unseen.
+func TestDAVIfETagCheckedUnderInflightLock(t *testing.T) {
+	url, b := davSite(t, "wait 10s")
+	b.put(t, "/e.txt", "one")
+	etag := headETag(t, url+"/e.txt")
+	cond := `([` + etag + `])`
+	first := make(chan result, 1)
+	go func() {
+		first <- do(http.DefaultClient, "PUT", url+"/e.txt", map[string]string{"If": cond, "X-Delay": "1s"})
+	}()
+	waitFor(t, 5*time.Second, "the first PUT to reach the backend", func() bool { return b.saw("PUT /e.txt") == 1 })
+	second := make(chan result, 1)
+	go func() { second <- do(http.DefaultClient, "PUT", url+"/e.txt", map[string]string{"If": cond}) }()
+	// The second PUT waits for the first's in-flight lock.
+	waitForQueue(t, zoneTable(t, t.Name()), 1)
+	if r := <-first; r.err != nil || r.status != http.StatusCreated {
+		t.Fatalf("first PUT: %d %v %s", r.status, r.err, r.body)
+	}
+	if r := <-second; r.err != nil || r.status != http.StatusPreconditionFailed {
+		t.Fatalf("second PUT with the ETag the first changed: %d %v %s, want 412", r.status, r.err, r.body)
+	}
+	if n := b.saw("PUT /e.txt"); n != 1 {
+		t.Fatalf("backend saw %d PUTs, want 1", n)
+	}
+	if n := b.writing.count(); n != 0 {
+		t.Fatalf("%d writes overlapped at the backend", n)
 	}
 }
 
@@ -670,6 +730,10 @@ func TestDAVBadInput(t *testing.T) {
 		{"Timeout", "LOCK", body, map[string]string{"Timeout": "Second-x"}, 400, "Timeout"},
 		{"Depth 1", "LOCK", body, map[string]string{"Depth": "1"}, 400, "Depth"},
 		{"Depth junk", "LOCK", body, map[string]string{"Depth": "deep"}, 400, "Depth"},
+		{"Depth 2 PROPFIND", "PROPFIND", "", map[string]string{"Depth": "2"}, 400, "Depth"},
+		{"Depth 2 DELETE", "DELETE", "", map[string]string{"Depth": "2"}, 400, "Depth"},
+		{"Depth junk PUT", "PUT", "x", map[string]string{"Depth": "infinite"}, 400, "Depth"},
+		{"Depth junk GET", "GET", "", map[string]string{"Depth": "-1"}, 400, "Depth"},
 		{"Lock-Token", "UNLOCK", "", map[string]string{"Lock-Token": "<not a uri>"}, 400, "Lock-Token"},
 		{"XML", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:lockscope>", nil, 400, "lockinfo"},
 		{"no scope", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:locktype><D:write/></D:locktype></D:lockinfo>", nil, 400, "lockscope"},
@@ -685,9 +749,14 @@ func TestDAVBadInput(t *testing.T) {
 	if ls, _ := zoneStore(t, "TestDAVBadInput").List(context.Background()); len(ls) != 0 {
 		t.Fatalf("bad requests left %d locks", len(ls))
 	}
-	if n := b.saw("PUT /b"); n != 0 {
-		t.Fatal("a bad request reached the backend")
+	for _, req := range []string{"PUT /b", "PROPFIND /b", "DELETE /b", "GET /b"} {
+		if n := b.saw(req); n != 0 {
+			t.Fatalf("a bad request reached the backend: %s", req)
+		}
 	}
+	// Good Depth headers pass, infinity in any case.
+	propfind(t, url+"/b", "1", "")
+	davMust(t, http.StatusNoContent, "DELETE", url+"/b", "", map[string]string{"Depth": "Infinity"})
 }
 
 func TestDAVExpiry(t *testing.T) {
@@ -767,6 +836,56 @@ func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
 	}
 	// Asking for XML gets DAV:error.
 	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/p")
+	// A browser's Accept lists XML below HTML: it gets the problem document.
+	r = davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": browserAccept})
+	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("browser: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
+	}
+	if b.saw("PUT /p") != 0 {
+		t.Fatal("a refused PUT reached the backend")
+	}
+}
+
+// browserAccept is the Accept header of a browser navigating to a page.
+const browserAccept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+func TestIsDAVClient(t *testing.T) {
+	for _, c := range []struct {
+		method string
+		header map[string]string
+		want   bool
+	}{
+		{"PUT", nil, false},
+		{"GET", nil, false},
+		{"PUT", map[string]string{"Accept": "application/xml"}, true},
+		{"PUT", map[string]string{"Accept": "text/xml"}, true},
+		{"PUT", map[string]string{"Accept": "Text/XML; charset=utf-8"}, true},
+		{"PUT", map[string]string{"Accept": "application/xml;q=0"}, false},
+		{"PUT", map[string]string{"Accept": "application/xml;q=bad"}, false},
+		{"PUT", map[string]string{"Accept": browserAccept}, false},
+		{"GET", map[string]string{"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"}, false},
+		{"PUT", map[string]string{"Accept": "application/xhtml+xml"}, false},
+		{"PUT", map[string]string{"Accept": "*/*"}, false},
+		{"PUT", map[string]string{"Accept": "application/json, application/xml"}, false},
+		{"PUT", map[string]string{"Accept": "application/xml, application/json;q=0.5"}, true},
+		{"PUT", map[string]string{"Accept": "application/xml;q=0.5, application/problem+json"}, false},
+		{"PUT", map[string]string{"Accept": "application/problem+json;q=0.9, text/xml"}, true},
+		{"PUT", map[string]string{"Accept": "text/html;q=0.1, text/xml"}, true},
+		// WebDAV headers and methods count whatever Accept says.
+		{"PUT", map[string]string{"Accept": browserAccept, "If": "(<urn:x>)"}, true},
+		{"DELETE", map[string]string{"Depth": "infinity"}, true},
+		{"PUT", map[string]string{"Lock-Token": "<urn:x>"}, true},
+		{"COPY", map[string]string{"Accept": "application/json"}, true},
+		{"PROPFIND", nil, true},
+	} {
+		r := httptest.NewRequest(c.method, "/x", nil)
+		for k, v := range c.header {
+			r.Header.Set(k, v)
+		}
+		if got := isDAVClient(r); got != c.want {
+			t.Errorf("%s with %v: isDAVClient = %v, want %v", c.method, c.header, got, c.want)
+		}
+	}
 }
 
 func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
