@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -175,6 +176,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.FenceHeader != "" && h.store == nil {
 		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
+	}
+	if err := checkZoneTable(ctx, h.Zone, zoneTableKey(h.Zone, h.Hierarchy, h.store)); err != nil {
+		return err
 	}
 	z, err := loadZone(h.Zone, h.Hierarchy, h.store)
 	if err != nil {
@@ -377,10 +381,11 @@ func (z *zone) Destruct() error {
 	return nil
 }
 
-func loadZone(name string, hierarchy bool, store Store) (*zone, error) {
-	// The hierarchy flag is part of the table's structure, so a zone
-	// whose hierarchy setting changes starts a new table; so does one
-	// whose store configuration changes.
+// zoneTableKey is the pool key of a zone's table. The hierarchy flag is
+// part of the table's structure, so a zone whose hierarchy setting
+// changes starts a new table; so does one whose store configuration
+// changes.
+func zoneTableKey(name string, hierarchy bool, store Store) string {
 	poolKey := name
 	if hierarchy {
 		poolKey += "\x00hierarchy"
@@ -388,6 +393,34 @@ func loadZone(name string, hierarchy bool, store Store) (*zone, error) {
 	if store != nil {
 		poolKey += "\x00" + store.TableKey()
 	}
+	return poolKey
+}
+
+// configZones records, per config being loaded (by its context), the
+// table key of each zone name that its handlers use.
+var configZones sync.Map // context.Context → *sync.Map of zone name → table key
+
+// checkZoneTable makes two handlers of one config that name one zone but
+// would get different tables (one with hierarchy, as webdav implies, one
+// without; or different stores) a config error: they would not see each
+// other's locks, and nothing else would say so.
+func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
+	v, loaded := configZones.LoadOrStore(ctx.Context, new(sync.Map))
+	if !loaded {
+		key := ctx.Context
+		ctx.OnCancel(func() { configZones.Delete(key) })
+	}
+	prev, ok := v.(*sync.Map).LoadOrStore(name, poolKey)
+	if ok && prev != poolKey {
+		return fmt.Errorf("lock zone %q: its handlers differ in hierarchy (which webdav turns on) or in store settings, "+
+			"so they would keep separate lock tables and not see each other's locks; give them the same settings "+
+			"or different zone names", name)
+	}
+	return nil
+}
+
+func loadZone(name string, hierarchy bool, store Store) (*zone, error) {
+	poolKey := zoneTableKey(name, hierarchy, store)
 	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		if store == nil {
 			return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: NewMemLockStore(0)}, nil

@@ -739,6 +739,39 @@ func TestReloadKeepsLocks(t *testing.T) {
 	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
 }
 
+// Two handlers of one config that name one zone but would get separate
+// tables do not load: webdav turns hierarchy on, so a WebDAV route and a
+// plain one on the default zone would not see each other's locks. The
+// same zone under a new config with another setting does load (a reload
+// starts a new table, as README.md says).
+func TestZoneSettingsMustAgree(t *testing.T) {
+	b := newBackend(t)
+	for _, site := range []string{
+		"route /dav/* {\n lock {\n  webdav\n }\n reverse_proxy {backend}\n}\nroute {\n lock\n reverse_proxy {backend}\n}",
+		"@put method PUT\nlock @put {\n zone mixed\n}\nlock {\n zone mixed\n hierarchy\n}\nreverse_proxy {backend}",
+	} {
+		site = strings.ReplaceAll(site, "{backend}", strings.TrimPrefix(b.URL, "http://"))
+		caddyfile := fmt.Sprintf("{\nadmin off\npersist_config off\nauto_https off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", freePort(t), site)
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = caddy.Load(cfg, true)
+		if err == nil {
+			_ = caddy.Stop()
+			t.Fatalf("loaded a config whose handlers of one zone keep separate tables:\n%s", caddyfile)
+		}
+		if !strings.Contains(err.Error(), "would keep separate lock tables") {
+			t.Fatalf("error %q does not say why", err)
+		}
+	}
+	port := freePort(t)
+	url := loadCaddy(t, port, "", "lock {\n zone changing\n}\nreverse_proxy {backend}", b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	loadCaddy(t, port, "", "lock {\n zone changing\n hierarchy\n}\nreverse_proxy {backend}", b)
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+}
+
 func TestMaxLocksGives503(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone full\n max_locks 2\n}\nreverse_proxy {backend}", b)
