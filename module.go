@@ -286,6 +286,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok && !h.WebDAV {
 		repl.Set("http.lock.key", "")
 		repl.Set("http.lock.result", resultNone)
+		repl.Set("http.lock.wait", time.Duration(0))
 		h.metrics.count(resultNone)
 		return next.ServeHTTP(w, r)
 	}

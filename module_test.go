@@ -22,7 +22,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
@@ -672,7 +674,8 @@ func TestMaxHold(t *testing.T) {
 
 func TestWait(t *testing.T) {
 	b := newBackend(t)
-	url := startCaddy(t, "lock {\n zone wait\n wait 10s\n max_waiters 1\n}\nreverse_proxy {backend}", b)
+	url := startCaddy(t, "lock {\n zone wait\n wait 10s\n max_waiters 1\n}\n"+
+		"reverse_proxy {backend} {\n header_down X-Result {http.lock.result}\n header_down X-Wait {http.lock.wait}\n}", b)
 	first := holdWrite(t, b, http.MethodPut, url+"/doc", "w1")
 	second := make(chan result, 1)
 	go func() {
@@ -688,11 +691,18 @@ func TestWait(t *testing.T) {
 		t.Fatalf("%d overlapping writes", overlaps)
 	}
 	b.open("w2")
-	if r := <-first; r.status != 200 {
-		t.Fatalf("first: %d", r.status)
+	if r := <-first; r.status != 200 || r.header.Get("X-Result") != "acquired" {
+		t.Fatalf("first: %d, result %q", r.status, r.header.Get("X-Result"))
 	}
-	if r := <-second; r.status != 200 {
-		t.Fatalf("second: %d", r.status)
+	r := <-second
+	if r.status != 200 || r.header.Get("X-Result") != "waited" {
+		t.Fatalf("second: %d, result %q", r.status, r.header.Get("X-Result"))
+	}
+	if d, err := time.ParseDuration(r.header.Get("X-Wait")); err != nil || d <= 0 {
+		t.Fatalf("second: waited %q (%v), want the time it queued", r.header.Get("X-Wait"), err)
+	}
+	if r := do(http.DefaultClient, http.MethodGet, url+"/doc", nil); r.header.Get("X-Result") != "none" || r.header.Get("X-Wait") != "0s" {
+		t.Fatalf("a read: result %q, wait %q", r.header.Get("X-Result"), r.header.Get("X-Wait"))
 	}
 	waitEmpty(t, l)
 
@@ -890,4 +900,44 @@ func TestMetricsExposed(t *testing.T) {
 	}
 	b.open("w")
 	<-done
+}
+
+// panicHandler is a handler after lock that panics on requests carrying
+// X-Panic, as a buggy module might. Caddy does not recover it; net/http
+// does, and closes the connection.
+type panicHandler struct{}
+
+func (panicHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.lock_test_panic", New: func() caddy.Module { return new(panicHandler) }}
+}
+
+func (panicHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Header.Get("X-Panic") != "" {
+		panic("a later handler fails")
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func (*panicHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error { return nil }
+
+func init() {
+	caddy.RegisterModule(panicHandler{})
+	httpcaddyfile.RegisterHandlerDirective("lock_test_panic", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		return new(panicHandler), nil
+	})
+}
+
+// A panic in a handler after lock releases the lock: the next write to
+// the path goes through.
+func TestPanicInLaterHandlerReleases(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "route {\n lock {\n  zone panic\n }\n lock_test_panic\n reverse_proxy {backend}\n}", b)
+	if r := do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Panic": "1"}); r.err == nil {
+		t.Fatalf("the panicking request was answered: %d", r.status)
+	}
+	waitEmpty(t, zoneTable(t, "panic"))
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+	if writes, _, _ := b.counts(); writes != 1 {
+		t.Fatalf("backend saw %d writes, want the one after the panic", writes)
+	}
 }
