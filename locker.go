@@ -44,8 +44,9 @@ type Request struct {
 }
 
 // Locker is a lock table. Acquire either grants the lock and returns a
-// Lease, or returns a *ConflictError, ErrFull, or the context's error when
-// ctx ends while the request is queued. Implementations keep at most one
+// Lease, or returns a *ConflictError, ErrFull, an error wrapping ErrTooDeep
+// (with hierarchy), or the context's error when ctx ends while the request
+// is queued. Implementations keep at most one
 // grant per conflicting set: a lock is never granted twice.
 type Locker interface {
 	Acquire(ctx context.Context, req Request) (Lease, error)
@@ -60,6 +61,33 @@ type Lease interface {
 // ErrFull means the zone holds max_locks locks and waiters already; the
 // request is refused rather than evicting anybody's lock.
 var ErrFull = errors.New("lock table is full")
+
+// MaxHierarchyDepth is the most segments a key may have in a zone with
+// hierarchy. Every operation on a key visits each of its ancestors and
+// holds the shards they hash to meanwhile, so without a bound one long
+// path of short segments ("/a/a/a/…", thousands deep in a 16 KB URL)
+// holds every shard's mutex for as long as it takes to walk them all,
+// stalling unrelated writes: a cheap denial of service. No real tree is
+// this deep.
+const MaxHierarchyDepth = 255
+
+// ErrTooDeep means a key has more than MaxHierarchyDepth segments in a
+// zone with hierarchy. Retrying cannot help: the handler answers 400.
+var ErrTooDeep = errors.New("too deep for a hierarchical lock")
+
+// checkDepth returns an error wrapping ErrTooDeep when key has more than
+// MaxHierarchyDepth segments. Every hierarchical lock table calls it
+// before it walks key's ancestors, so that all refuse the same keys.
+func checkDepth(key string) error {
+	if len(key) < 2 || key[0] != '/' {
+		return nil // no ancestors (see ancestors)
+	}
+	// One ancestor per "/", which is also the number of segments.
+	if d := strings.Count(key, "/"); d > MaxHierarchyDepth {
+		return fmt.Errorf("key of %d segments (at most %d): %w", d, MaxHierarchyDepth, ErrTooDeep)
+	}
+	return nil
+}
 
 // ConflictError describes the lock that stood in the way.
 type ConflictError struct {
@@ -568,6 +596,12 @@ func (l *MemLocker) reclaim() {
 func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
+	}
+	if l.hierarchy {
+		if err := checkDepth(req.Key); err != nil {
+			// Not quoting the key, which may be many kilobytes.
+			return nil, fmt.Errorf("acquire: %w", err)
+		}
 	}
 	h := l.hashOf(req.Key)
 	m := l.mask(req.Key, h)

@@ -27,7 +27,7 @@ func initMetrics() {
 		Namespace: "caddy",
 		Subsystem: "lock",
 		Name:      "requests_total",
-		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none, unavailable, fail_open).",
+		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none, unavailable, fail_open, too_deep).",
 	}, []string{"zone", "result"})
 	lockMetrics.held = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy",
@@ -68,7 +68,7 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMet
 		held:     lockMetrics.held.WithLabelValues(zone),
 		wait:     lockMetrics.wait.WithLabelValues(zone),
 	}
-	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen} {
+	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultTooDeep} {
 		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
 	}
 	return m

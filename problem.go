@@ -46,8 +46,13 @@ type problemLock struct {
 	Expires  *time.Time `json:"expires,omitempty"`
 }
 
+// resultTooDeep is {http.lock.result} for a key refused with 400 for
+// having more than MaxHierarchyDepth segments.
+const resultTooDeep = "too_deep"
+
 // refuse answers a request whose lock was not granted: 423 for a
-// conflict, 503 for a full table, always with Retry-After.
+// conflict, 503 for a full table, both with Retry-After, and 400 without
+// it for a key too deep for hierarchy, which retrying cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
 	var conflict *ConflictError
 	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
@@ -69,6 +74,11 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 			ce.Write(zap.String("key", key), zap.String("method", r.Method),
 				zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
 		}
+	case errors.Is(err, ErrTooDeep):
+		status, retry, result = http.StatusBadRequest, 0, resultTooDeep
+		p.Title = "Path too deep to lock"
+		p.Detail = fmt.Sprintf("zone %q locks a path with all its ancestors (hierarchy), which takes at most %d segments; %v", h.Zone, MaxHierarchyDepth, err)
+		h.logger.Debug("lock key too deep", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.Error(err))
 	case errors.Is(err, ErrFull):
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
@@ -91,22 +101,24 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 	p.Status = status
 	repl.Set("http.lock.result", result)
 	h.metrics.count(result)
-	if h.RetryAfter > 0 {
+	if h.RetryAfter > 0 && retry > 0 {
 		retry = time.Duration(h.RetryAfter)
 	}
 	return h.writeRefusal(w, p, retry, key, err)
 }
 
 // writeRefusal writes a refusal with Retry-After (whole seconds, at
-// least 1) and problem p as its body, or, with use_handle_errors, hands
-// "lock <key>: <err>" to handle_errors. The error is formatted only
+// least 1; none when retry is 0) and problem p as its body, or, with
+// use_handle_errors, hands "lock <key>: <err>" to handle_errors. The error is formatted only
 // then: a plain refusal does not format an error nobody reads.
 func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Duration, key string, err error) error {
 	status := p.Status
 	secs := max(1, int64((retry+time.Second-1)/time.Second))
 	hdr := w.Header()
 	if h.UseHandleErrors {
-		hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
+		if retry > 0 {
+			hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
+		}
 		return caddyhttp.Error(status, fmt.Errorf("lock %s: %w", key, err))
 	}
 	body := p.appendJSON(make([]byte, 0, 512))
@@ -114,7 +126,9 @@ func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Dura
 	// not three); each has a capacity of one, so an append by a later
 	// handler copies it rather than writing into its neighbour.
 	vals := [...]string{strconv.FormatInt(secs, 10), "application/problem+json", strconv.Itoa(len(body))}
-	hdr["Retry-After"] = vals[0:1:1]
+	if retry > 0 {
+		hdr["Retry-After"] = vals[0:1:1]
+	}
 	hdr["Content-Type"] = vals[1:2:2]
 	hdr["Content-Length"] = vals[2:3:3]
 	w.WriteHeader(status)

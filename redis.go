@@ -731,6 +731,12 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if strings.IndexByte(req.Key, 0) >= 0 {
 		return nil, fmt.Errorf("redis lock acquire %q: key contains a NUL byte", req.Key)
 	}
+	if l.hierarchy {
+		// The script walks every ancestor too: refuse what MemLocker does.
+		if err := checkDepth(req.Key); err != nil {
+			return nil, fmt.Errorf("redis lock acquire: %w", err)
+		}
+	}
 	if l.closed.Load() {
 		return nil, fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, ErrStoreUnavailable)
 	}
