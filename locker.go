@@ -336,14 +336,53 @@ func ancestors(key string, fn func(string) bool) {
 	}
 }
 
-// mask is the set of shards an operation on key, with hash h, must hold.
-func (l *MemLocker) mask(key string, h uint64) uint64 {
+// anc is an ancestor of a key, with its hash.
+type anc struct {
+	key  string
+	hash uint64 // hashOf(key)
+}
+
+// lineageInline is how many ancestors the lineage of an operation holds
+// without allocating: keys that deep or less, nearly all of them.
+const lineageInline = 8
+
+// lineage appends to buf the proper ancestors of a "/"-rooted key with
+// their hashes, root first, so that the ancestors of lin[i] are lin[:i].
+// These are the keys ancestors() visits (but "/" once, for a key starting
+// with "//"). An operation computes its lineage once and hands it to
+// mask, blocker, grant and release, which used to hash every ancestor
+// again each: the prefixes are hashed in one pass over the key, by one
+// maphash.Hash that is written segment by segment and whose Sum64 after
+// each is that of maphash.String on the prefix (TestLineageHashes), so
+// the cost is linear in the key's length rather than in depth times
+// length.
+func (l *MemLocker) lineage(key string, buf []anc) []anc {
+	if len(key) < 2 || key[0] != '/' {
+		return buf
+	}
+	var h maphash.Hash
+	h.SetSeed(l.seed)
+	_, _ = h.WriteString(key[:1]) // never fails
+	lin := append(buf, anc{key: key[:1], hash: h.Sum64()})
+	done := 1
+	for {
+		i := strings.IndexByte(key[done+1:], '/')
+		if i < 0 {
+			return lin
+		}
+		i += done + 1
+		_, _ = h.WriteString(key[done:i])
+		lin = append(lin, anc{key: key[:i], hash: h.Sum64()})
+		done = i
+	}
+}
+
+// mask is the set of shards an operation on a key with hash h and
+// lineage lin must hold.
+func (l *MemLocker) mask(h uint64, lin []anc) uint64 {
 	m := uint64(1) << shardIndex(h)
-	if l.hierarchy {
-		ancestors(key, func(a string) bool {
-			m |= 1 << shardIndex(l.hashOf(a))
-			return true
-		})
+	for _, a := range lin {
+		m |= 1 << shardIndex(a.hash)
 	}
 	return m
 }
@@ -366,9 +405,8 @@ func (l *MemLocker) unlock(m uint64) {
 	}
 }
 
-func (l *MemLocker) lookup(key string) *node {
-	h := l.hashOf(key)
-	return l.shards[shardIndex(h)].nodes.get(h, key)
+func (l *MemLocker) lookup(a anc) *node {
+	return l.shards[shardIndex(a.hash)].nodes.get(a.hash, a.key)
 }
 
 func (l *MemLocker) getNode(key string, h uint64) *node {
@@ -411,9 +449,9 @@ func (l *MemLocker) maybeFree(n *node) {
 	}
 }
 
-// blocker returns the node whose locks conflict with taking kind on n, or
-// nil when the lock can be granted.
-func (l *MemLocker) blocker(n *node, kind Kind) *node {
+// blocker returns the node whose locks conflict with taking kind on n, of
+// lineage lin, or nil when the lock can be granted.
+func (l *MemLocker) blocker(n *node, kind Kind, lin []anc) *node {
 	if n.heldConflicts(kind) {
 		return n
 	}
@@ -423,18 +461,16 @@ func (l *MemLocker) blocker(n *node, kind Kind) *node {
 	if n.belowExcl > 0 || (kind == Exclusive && n.belowShared > 0) {
 		return n
 	}
-	var b *node
-	ancestors(n.key, func(a string) bool {
-		if an := l.lookup(a); an != nil && an.heldConflicts(kind) {
-			b = an
-			return false
+	// Nearest first: the conflict reported is the closest one.
+	for i := len(lin) - 1; i >= 0; i-- {
+		if an := l.lookup(lin[i]); an != nil && an.heldConflicts(kind) {
+			return an
 		}
-		return true
-	})
-	return b
+	}
+	return nil
 }
 
-func (l *MemLocker) grant(n *node, kind Kind) {
+func (l *MemLocker) grant(n *node, kind Kind, lin []anc) {
 	if !n.held() {
 		n.since = clock.read()
 	}
@@ -443,19 +479,16 @@ func (l *MemLocker) grant(n *node, kind Kind) {
 	} else {
 		n.shared++
 	}
-	if l.hierarchy {
-		ancestors(n.key, func(a string) bool {
-			an := l.getNode(a, l.hashOf(a))
-			if an.belowExcl == 0 && an.belowShared == 0 {
-				an.belowSince = n.since
-			}
-			if kind == Exclusive {
-				an.belowExcl++
-			} else {
-				an.belowShared++
-			}
-			return true
-		})
+	for _, a := range lin {
+		an := l.getNode(a.key, a.hash)
+		if an.belowExcl == 0 && an.belowShared == 0 {
+			an.belowSince = n.since
+		}
+		if kind == Exclusive {
+			an.belowExcl++
+		} else {
+			an.belowShared++
+		}
 	}
 }
 
@@ -515,20 +548,20 @@ func (l *MemLocker) unwatch(w *waiter) {
 }
 
 // advance grants the locks at the head of n's queue, in order, until the
-// head conflicts; that head then watches its blocker. The caller holds the
-// shard set of n.key.
-func (l *MemLocker) advance(n *node) {
+// head conflicts; that head then watches its blocker. lin is n's lineage;
+// the caller holds the shard set of n.key.
+func (l *MemLocker) advance(n *node, lin []anc) {
 	for len(n.queue()) > 0 {
 		q := n.waits.queue
 		w := q[0]
 		l.unwatch(w)
-		if b := l.blocker(n, w.kind); b != nil {
+		if b := l.blocker(n, w.kind, lin); b != nil {
 			l.watch(b, w)
 			return
 		}
 		q[0] = nil
 		n.waits.queue = q[1:]
-		l.grant(n, w.kind)
+		l.grant(n, w.kind, lin)
 		w.granted = true
 		signal(w)
 	}
@@ -597,14 +630,24 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
-	if l.hierarchy {
-		if err := checkDepth(req.Key); err != nil {
-			// Not quoting the key, which may be many kilobytes.
-			return nil, fmt.Errorf("acquire: %w", err)
-		}
+	if !l.hierarchy {
+		return l.acquire(ctx, req, nil)
 	}
+	if err := checkDepth(req.Key); err != nil {
+		// Not quoting the key, which may be many kilobytes.
+		return nil, fmt.Errorf("acquire: %w", err)
+	}
+	// Here, not in Acquire's frame, so that a table without hierarchy
+	// does not clear it on every call.
+	var buf [lineageInline]anc
+	return l.acquire(ctx, req, l.lineage(req.Key, buf[:0]))
+}
+
+// acquire is Acquire for a request whose key has lineage lin (nil without
+// hierarchy).
+func (l *MemLocker) acquire(ctx context.Context, req Request, lin []anc) (Lease, error) {
 	h := l.hashOf(req.Key)
-	m := l.mask(req.Key, h)
+	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
 	for reclaimed := false; ; reclaimed = true {
 		l.lock(m)
@@ -614,9 +657,9 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		q := n.queue()
 		var b *node
 		if len(q) == 0 {
-			b = l.blocker(n, req.Kind)
+			b = l.blocker(n, req.Kind, lin)
 		} else {
-			b = l.blocker(n, q[0].kind)
+			b = l.blocker(n, q[0].kind, lin)
 		}
 		free := len(q) == 0 && b == nil
 		// A conflict is reported as such even when the table is full:
@@ -637,7 +680,7 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 			return nil, ErrFull
 		}
 		if free {
-			l.grant(n, req.Kind)
+			l.grant(n, req.Kind, lin)
 			ls := newLease(n, req.Kind)
 			l.unlock(m)
 			return ls, nil
@@ -649,11 +692,11 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 			l.watch(b, w)
 		}
 		l.unlock(m)
-		return l.wait(ctx, req, m, w)
+		return l.wait(ctx, req, m, lin, w)
 	}
 }
 
-func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) (Lease, error) {
+func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, lin []anc, w *waiter) (Lease, error) {
 	n := w.node
 	timer := time.NewTimer(req.Wait)
 	defer timer.Stop()
@@ -664,7 +707,7 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 			l.lock(m)
 			if q := n.queue(); !w.granted && w.watching == nil && len(q) > 0 && q[0] == w {
 				// Our blocker went away: try again.
-				l.advance(n)
+				l.advance(n, lin)
 			}
 			granted := w.granted
 			var ls *memLease
@@ -704,7 +747,7 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 			b = w.watching
 			l.unwatch(w)
 			// The next in line may be grantable, or must watch instead.
-			l.advance(n)
+			l.advance(n, lin)
 		}
 		var err error = ctxErr
 		if err == nil {
@@ -717,8 +760,9 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, w *waiter) 
 	}
 }
 
-// release gives back a lock of kind on n; the caller holds n's shard set.
-func (l *MemLocker) release(n *node, kind Kind) {
+// release gives back a lock of kind on n, of lineage lin; the caller holds
+// n's shard set.
+func (l *MemLocker) release(n *node, kind Kind, lin []anc) {
 	if kind == Exclusive {
 		n.excl = false
 	} else {
@@ -733,37 +777,30 @@ func (l *MemLocker) release(n *node, kind Kind) {
 		s.avgHold += (hold - s.avgHold) / 8
 	}
 	l.unreserve(s)
-	l.wake(n)
-	if l.hierarchy {
-		ancestors(n.key, func(a string) bool {
-			an := l.lookup(a)
-			if kind == Exclusive {
-				an.belowExcl--
-			} else {
-				an.belowShared--
-			}
-			l.wake(an)
-			return true
-		})
+	l.wake(n, lin)
+	for i, a := range lin {
+		an := l.lookup(a)
+		if kind == Exclusive {
+			an.belowExcl--
+		} else {
+			an.belowShared--
+		}
+		l.wake(an, lin[:i])
 	}
-	key := n.key // n may be recycled below
-	l.advance(n)
+	l.advance(n, lin)
 	l.maybeFree(n)
-	if l.hierarchy {
-		ancestors(key, func(a string) bool {
-			if an := l.lookup(a); an != nil {
-				l.maybeFree(an)
-			}
-			return true
-		})
+	for _, a := range lin {
+		if an := l.lookup(a); an != nil {
+			l.maybeFree(an)
+		}
 	}
 }
 
-// wake tells the waiters watching n that n changed. Watchers sit at n or
+// wake tells the waiters watching n, of lineage lin, that n changed. Watchers sit at n or
 // below it (a blocker is the waiter's own key or an ancestor). Those at n
 // are advanced right here, since the caller holds n's shard set; those
 // below retry from their own goroutine under their own shard set.
-func (l *MemLocker) wake(n *node) {
+func (l *MemLocker) wake(n *node, lin []anc) {
 	if n.waits == nil || len(n.waits.watchers) == 0 {
 		return
 	}
@@ -779,7 +816,7 @@ func (l *MemLocker) wake(n *node) {
 		}
 	}
 	if own {
-		l.advance(n)
+		l.advance(n, lin)
 	}
 }
 
@@ -818,7 +855,27 @@ func (ls *memLease) Release() {
 		return
 	}
 	l := n.l
-	m := l.mask(n.key, n.hash)
+	if !l.hierarchy {
+		ls.done = true
+		l.release(n, ls.kind, nil)
+		s.mu.Unlock()
+		return
+	}
+	ls.releaseHierarchy()
+}
+
+// releaseHierarchy is Release in a table with hierarchy; the caller holds
+// the lease's shard. It is apart so that Release without hierarchy does
+// not clear the lineage buffer.
+func (ls *memLease) releaseHierarchy() {
+	n := ls.n
+	s := n.shard
+	l := n.l
+	// n.key is read under the shard's mutex: once the lease is done, n
+	// may be recycled for another key.
+	var buf [lineageInline]anc
+	lin := l.lineage(n.key, buf[:0])
+	m := l.mask(n.hash, lin)
 	if m != 1<<shardIndex(n.hash) {
 		// Ancestors' shards too: take the whole set in order, and look
 		// again, since another Release may have come in between.
@@ -830,7 +887,7 @@ func (ls *memLease) Release() {
 		}
 	}
 	ls.done = true
-	l.release(n, ls.kind)
+	l.release(n, ls.kind, lin)
 	l.unlock(m)
 }
 

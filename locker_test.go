@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -661,6 +664,31 @@ func TestLimitsDefaults(t *testing.T) {
 		tbl.set(-5, 0)
 		if locks, waiters := tbl.limits(); locks != DefaultMaxLocks || waiters != DefaultMaxWaiters {
 			t.Errorf("%s table after SetLimits(-5, 0): limits %d, %d; want the defaults", tbl.name, locks, waiters)
+		}
+	}
+}
+
+// A key's lineage is its ancestors as ancestors() visits them, root first
+// and each once, with the hashes that maphash.String gives them: the
+// incremental maphash.Hash must agree with it on every prefix, also those
+// that end exactly at, or span, its 128-byte buffer.
+func TestLineageHashes(t *testing.T) {
+	l := NewMemLocker(true, 0, 0)
+	for _, key := range []string{
+		"/", "", "x/y", "/a", "/a/b/c", "/a/", "/a//b", "//x",
+		"/" + strings.Repeat("y", 127) + "/z",                                    // a prefix of exactly 128 bytes
+		strings.Repeat("/"+strings.Repeat("s", 63), 9),                           // prefixes at every multiple of 64
+		"/" + strings.Repeat("w", 300) + "/b/" + strings.Repeat("v", 200) + "/c", // segments longer than the buffer
+	} {
+		var want []anc
+		ancestors(key, func(a string) bool {
+			want = append(want, anc{key: a, hash: maphash.String(l.seed, a)})
+			return true
+		})
+		slices.Reverse(want)
+		want = slices.Compact(want) // "//x" visits "/" twice
+		if got := l.lineage(key, nil); !slices.Equal(got, want) {
+			t.Errorf("lineage(%.40q…) = %v, want %v", key, got, want)
 		}
 	}
 }
