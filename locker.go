@@ -102,7 +102,7 @@ type ConflictError struct {
 	// Below is set when the conflict is with locks held under Key.
 	Below bool
 	// RetryAfter is the estimated time until the lock is free, from the
-	// recently observed hold times; at least one second.
+	// hold times recently observed in the zone; at least one second.
 	RetryAfter time.Duration
 }
 
@@ -187,10 +187,54 @@ type shard struct {
 	// credit is max_locks budget taken from MemLocker.free and not yet
 	// used by this shard's locks and waiters.
 	credit int64
-	// avgHold is an exponentially weighted average of the hold times of
-	// the locks released in this shard, for Retry-After.
-	avgHold time.Duration
-	_       [32]byte
+	// holdAvg is the average hold time, in nanoseconds, of the locks
+	// released in this shard, and holdN the number of releases it
+	// averages, up to holdWindow (see observeHold). They are written
+	// under mu and read without it, from every shard, by holdEstimate.
+	holdAvg atomic.Int64
+	holdN   atomic.Int64
+	_       [24]byte
+}
+
+// holdWindow is about how many of a shard's latest releases its average
+// hold time reflects.
+const holdWindow = 8
+
+// observeHold adds the hold time of a lock released in s to its average;
+// the caller holds s.mu. The first holdWindow releases are averaged
+// plainly, so that the first one seeds the average rather than moving it
+// an eighth of the way from zero; later ones weigh 1/holdWindow each.
+// holdN stops changing after that, so a release stores one word.
+func (s *shard) observeHold(hold time.Duration) {
+	n := s.holdN.Load()
+	if n < holdWindow {
+		n++
+		s.holdN.Store(n)
+	}
+	avg := s.holdAvg.Load()
+	s.holdAvg.Store(avg + (int64(hold)-avg)/n)
+}
+
+// holdEstimate is the zone's recent average hold time, 0 before any
+// release: the shards' averages weighted by the releases each averages,
+// so that a shard that saw one release counts less than one that saw
+// many. A shard holds 1/64 of the zone's keys, too few to estimate from
+// on its own: the first conflicts on a slow backend said Retry-After: 1.
+// Only refusals read all the shards; a release writes its own shard only,
+// sharing no counter with the releases on other shards.
+func (l *MemLocker) holdEstimate() time.Duration {
+	var sum, n int64
+	for i := range l.shards {
+		s := &l.shards[i]
+		if k := s.holdN.Load(); k > 0 {
+			sum += s.holdAvg.Load() * k
+			n += k
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return time.Duration(sum / n)
 }
 
 type node struct {
@@ -514,7 +558,7 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 			e.Kind = Exclusive
 		}
 	}
-	avg := b.shard.avgHold
+	avg := l.holdEstimate()
 	remaining := avg - e.HeldFor
 	if remaining <= 0 {
 		remaining = avg
@@ -773,8 +817,7 @@ func (l *MemLocker) release(n *node, kind Kind, lin []anc) {
 		// A lock taken while the clock was starting has a since from
 		// the system clock, which may be a little ahead of the coarse
 		// one.
-		hold := time.Duration(max(0, clock.read()-n.since))
-		s.avgHold += (hold - s.avgHold) / 8
+		s.observeHold(time.Duration(max(0, clock.read()-n.since)))
 	}
 	l.unreserve(s)
 	l.wake(n, lin)

@@ -490,20 +490,66 @@ func TestConflictHeldFor(t *testing.T) {
 	}
 }
 
+// keysInDistinctShards returns n keys of l that fall in n different shards.
+func keysInDistinctShards(l *MemLocker, n int) []string {
+	var keys []string
+	seen := map[uint]bool{}
+	for i := 0; len(keys) < n; i++ {
+		k := fmt.Sprintf("/k%d", i)
+		if sh := shardIndex(l.hashOf(k)); !seen[sh] {
+			seen[sh] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// Retry-After is estimated from the hold times seen in the whole zone,
+// not just in the shard of the key in conflict.
 func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
-	// Teach the shard of /slow that locks are held for about 3s.
-	s := &l.shards[shardIndex(l.hashOf("/slow"))]
-	s.avgHold = 2500 * time.Millisecond
-	h := mustAcquire(t, l, "/slow", Exclusive)
-	c := mustConflict(t, l, "/slow", Exclusive)
+	keys := keysInDistinctShards(l, 2)
+	// Teach the shard of another key that locks are held for 2.5s.
+	other := &l.shards[shardIndex(l.hashOf(keys[1]))]
+	other.mu.Lock()
+	other.observeHold(2500 * time.Millisecond)
+	other.mu.Unlock()
+	h := mustAcquire(t, l, keys[0], Exclusive)
+	c := mustConflict(t, l, keys[0], Exclusive)
 	if c.RetryAfter != 3*time.Second {
 		t.Fatalf("RetryAfter = %v, want 3s (2.5s rounded up)", c.RetryAfter)
 	}
 	h.Release()
-	mustAcquire(t, l, "/slow", Exclusive).Release()
-	if s.avgHold >= 2500*time.Millisecond {
-		t.Fatalf("average hold %v did not move towards the short hold just seen", s.avgHold)
+	mustAcquire(t, l, keys[0], Exclusive).Release()
+	if est := l.holdEstimate(); est >= 2500*time.Millisecond {
+		t.Fatalf("average hold %v did not move towards the short holds just seen", est)
+	}
+}
+
+// A shard's average starts at its first observed hold, and a conflict
+// in a shard that has seen no release yet is estimated from the others:
+// after three holds of about 300ms in three shards, a conflict in a
+// fourth estimates about 300ms, not 0 (nor an eighth of 300ms). The
+// bounds are wide: only the coarse clock's ticks and scheduling move it.
+func TestHoldEstimateZoneWide(t *testing.T) {
+	l := NewMemLocker(false, 0, 0)
+	keys := keysInDistinctShards(l, 4)
+	var leases []Lease
+	for _, k := range keys[:3] {
+		leases = append(leases, mustAcquire(t, l, k, Exclusive))
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, ls := range leases {
+		ls.Release()
+	}
+	h := mustAcquire(t, l, keys[3], Exclusive)
+	defer h.Release()
+	c := mustConflict(t, l, keys[3], Exclusive)
+	if est := l.holdEstimate(); est < 200*time.Millisecond || est > 2*time.Second {
+		t.Fatalf("zone's hold estimate = %v after three holds of 300ms, want about 300ms", est)
+	}
+	if c.RetryAfter != time.Second {
+		t.Fatalf("RetryAfter = %v, want 1s (300ms rounded up)", c.RetryAfter)
 	}
 }
 
