@@ -738,3 +738,48 @@ func TestLineageHashes(t *testing.T) {
 		}
 	}
 }
+
+// deepKey is a path of n one-letter segments, "/a/a/…/a".
+func deepKey(n int) string { return strings.Repeat("/a", n) }
+
+// Both lock tables refuse a hierarchical acquire of a key deeper than
+// MaxHierarchyDepth with ErrTooDeep, take one just at the bound, and do
+// not bound keys in a zone without hierarchy, which walks no ancestors.
+func TestHierarchyDepthBound(t *testing.T) {
+	stores := map[string]func(t *testing.T, hierarchy bool) Locker{
+		"memory": func(t *testing.T, hierarchy bool) Locker { return NewMemLocker(hierarchy, 0, 0) },
+		"redis": func(t *testing.T, hierarchy bool) Locker {
+			return newRedisLocker(t, startRedis(t), t.Name(), redisOpts{hierarchy: hierarchy})
+		},
+	}
+	for name, newLocker := range stores {
+		t.Run(name, func(t *testing.T) {
+			l := newLocker(t, true)
+			ls, err := l.Acquire(context.Background(), Request{Key: deepKey(MaxHierarchyDepth), Kind: Exclusive})
+			if err != nil {
+				t.Fatalf("acquire at %d segments: %v", MaxHierarchyDepth, err)
+			}
+			ls.Release()
+			ls, err = l.Acquire(context.Background(), Request{Key: deepKey(MaxHierarchyDepth + 1), Kind: Shared})
+			if !errors.Is(err, ErrTooDeep) {
+				if ls != nil {
+					ls.Release()
+				}
+				t.Fatalf("acquire at %d segments: %v, want ErrTooDeep", MaxHierarchyDepth+1, err)
+			}
+			if !strings.Contains(err.Error(), "256 segments") {
+				t.Fatalf("error %q does not say how deep the key is", err)
+			}
+			if m, ok := l.(*MemLocker); ok {
+				assertEmpty(t, m)
+			}
+
+			flat := newLocker(t, false)
+			ls, err = flat.Acquire(context.Background(), Request{Key: deepKey(8000), Kind: Exclusive})
+			if err != nil {
+				t.Fatalf("acquire without hierarchy at 8000 segments: %v", err)
+			}
+			ls.Release()
+		})
+	}
+}

@@ -941,3 +941,31 @@ func TestPanicInLaterHandlerReleases(t *testing.T) {
 		t.Fatalf("backend saw %d writes, want the one after the panic", writes)
 	}
 }
+
+// Through Caddy: a write on a path too deep for hierarchy gets 400 with a
+// problem document, no Retry-After (retrying cannot help), and never
+// reaches the backend; one just at the bound goes through.
+func TestHierarchyTooDeepEndToEnd(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone deep\n hierarchy\n}\nreverse_proxy {backend}", b)
+	r := mustDo(t, http.MethodPut, url+deepKey(300), nil, http.StatusBadRequest)
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type = %q; body %s", ct, r.body)
+	}
+	if ra := r.header.Get("Retry-After"); ra != "" {
+		t.Fatalf("Retry-After = %q on a refusal that retrying cannot help", ra)
+	}
+	var p problem
+	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
+		t.Fatalf("problem body %q: %v", r.body, err)
+	}
+	if p.Status != http.StatusBadRequest || p.Type != problemType || p.Title == "" || p.Lock != nil ||
+		!strings.Contains(p.Detail, "300 segments") || !strings.Contains(p.Detail, "255") {
+		t.Fatalf("problem document: %s", r.body)
+	}
+	if writes, _, _ := b.counts(); writes != 0 {
+		t.Fatalf("backend writes = %d: the refused write reached the backend", writes)
+	}
+	mustDo(t, http.MethodPut, url+deepKey(MaxHierarchyDepth), nil, http.StatusOK)
+	waitEmpty(t, zoneTable(t, "deep"))
+}
