@@ -128,6 +128,12 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if !strings.HasPrefix(key, "/") {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("lock: webdav needs a path key, got %q", key))
 	}
+	// Every method here looks up the explicit locks of each ancestor of
+	// the key, reads too: a key deeper than the lock tables accept is
+	// refused before that walk, as a write to it would be.
+	if err := checkDepth(key); err != nil {
+		return d.plain(http.StatusBadRequest, err.Error())
+	}
 	if vals := r.Header.Values("If"); len(vals) > 0 {
 		ifh, err := ParseIf(strings.Join(vals, " "))
 		if err != nil {

@@ -754,6 +754,17 @@ func TestDAVBadInput(t *testing.T) {
 			t.Fatalf("a bad request reached the backend: %s", req)
 		}
 	}
+	// A path deeper than the lock tables accept, read as well as written:
+	// every WebDAV request walks the explicit locks of its ancestors.
+	deep := deepKey(MaxHierarchyDepth + 1)
+	for _, m := range []string{"PROPFIND", "GET", "PUT"} {
+		if r := davDo(t, m, url+deep, "", nil); r.status != http.StatusBadRequest || !strings.Contains(r.body, "segments") {
+			t.Errorf("%s of a %d-segment path: %d %q, want 400", m, MaxHierarchyDepth+1, r.status, r.body)
+		}
+		if n := b.saw(m + " " + deep); n != 0 {
+			t.Fatalf("%s of a %d-segment path reached the backend", m, MaxHierarchyDepth+1)
+		}
+	}
 	// Good Depth headers pass, infinity in any case.
 	propfind(t, url+"/b", "1", "")
 	davMust(t, http.StatusNoContent, "DELETE", url+"/b", "", map[string]string{"Depth": "Infinity"})
