@@ -598,6 +598,22 @@ func TestRedisRenewalBatched(t *testing.T) {
 	}
 }
 
+// The Retry-After estimate starts from the first hold observed, not an
+// eighth of the way from zero: one 1.5s hold makes the next conflict say
+// 2s, where it used to say 1s for the first several.
+func TestRedisRetryAfterFromFirstHold(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	ls := redisAcquire(t, l, "/slow", Exclusive)
+	time.Sleep(1500 * time.Millisecond)
+	ls.Release()
+	h := redisAcquire(t, l, "/next", Exclusive)
+	defer h.Release()
+	if c := redisConflict(t, l, "/next", Exclusive); c.RetryAfter != 2*time.Second {
+		t.Fatalf("RetryAfter = %v after one hold of 1.5s, want 2s", c.RetryAfter)
+	}
+}
+
 func TestRedisLost(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
