@@ -257,9 +257,9 @@ func (d *davRequest) hold(reqs []Request) error {
 	result := resultAcquired
 	if h.Wait > 0 {
 		h.metrics.wait.Observe(waited.Seconds())
-		if waited > time.Millisecond {
-			result = resultWaited
-		}
+	}
+	if slices.ContainsFunc(leases, queued) {
+		result = resultWaited
 	}
 	d.result = result
 	// As in ServeHTTP: a context that a departing client does not

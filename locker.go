@@ -58,6 +58,14 @@ type Lease interface {
 	Release()
 }
 
+// QueuedLease is a Lease that tells whether its request waited in the
+// queue before the grant. How long Acquire took does not tell: a Redis
+// round trip can take longer than a short wait.
+type QueuedLease interface {
+	Lease
+	Queued() bool
+}
+
 // ErrFull means the zone holds max_locks locks and waiters already; the
 // request is refused rather than evicting anybody's lock.
 var ErrFull = errors.New("lock table is full")
@@ -757,6 +765,7 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, lin []anc, 
 			var ls *memLease
 			if granted {
 				ls = newLease(n, w.kind)
+				ls.queued = true
 			}
 			l.unlock(m)
 			if granted {
@@ -770,6 +779,7 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, lin []anc, 
 		l.lock(m)
 		if w.granted {
 			lease := newLease(n, w.kind)
+			lease.queued = true
 			l.unlock(m)
 			if ctxErr != nil {
 				// The caller left; do not hand it a lock it will not use.
@@ -872,8 +882,12 @@ type memLease struct {
 	// done is set by the first Release. It is guarded by n.shard's
 	// mutex; until it is set, n is held by this lease and is not
 	// recycled.
-	done bool
+	done   bool
+	queued bool // granted after waiting in the queue
 }
+
+// Queued implements QueuedLease.
+func (ls *memLease) Queued() bool { return ls.queued }
 
 const leaseBlock = 8
 
@@ -935,6 +949,7 @@ func (ls *memLease) releaseHierarchy() {
 }
 
 var (
-	_ Locker = (*MemLocker)(nil)
-	_ Lease  = (*memLease)(nil)
+	_ Locker      = (*MemLocker)(nil)
+	_ Lease       = (*memLease)(nil)
+	_ QueuedLease = (*memLease)(nil)
 )

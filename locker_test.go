@@ -783,3 +783,39 @@ func TestHierarchyDepthBound(t *testing.T) {
 		})
 	}
 }
+
+// assertQueuedLease checks that a lease granted at once says it did not
+// queue, and one granted after waiting says it did, on either store:
+// the handler's "waited" result rests on that, not on how long Acquire
+// took.
+func assertQueuedLease(t *testing.T, l Locker, queuedOne func()) {
+	t.Helper()
+	first := mustAcquire(t, l, "/q", Exclusive).(QueuedLease)
+	if first.Queued() {
+		t.Fatal("a lease granted at once says it queued")
+	}
+	got := make(chan Lease, 1)
+	go func() {
+		ls, err := l.Acquire(context.Background(), Request{Key: "/q", Kind: Exclusive, Wait: 10 * time.Second})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- ls
+	}()
+	queuedOne()
+	first.Release()
+	second := <-got
+	if second == nil {
+		t.FailNow()
+	}
+	defer second.Release()
+	if !second.(QueuedLease).Queued() {
+		t.Fatal("a lease granted after waiting says it did not queue")
+	}
+}
+
+func TestQueuedLease(t *testing.T) {
+	l := NewMemLocker(false, 0, 0)
+	assertQueuedLease(t, l, func() { waitForQueue(t, l, 1) })
+}
+

@@ -266,6 +266,13 @@ func (h *Handler) kindOf(method string) (Kind, bool) {
 	return 0, false
 }
 
+// queued reports whether lease was granted after its request waited in
+// the queue: that, not how long Acquire took, makes the result "waited".
+func queued(lease Lease) bool {
+	q, ok := lease.(QueuedLease)
+	return ok && q.Queued()
+}
+
 // Placeholder values of {http.lock.result}.
 const (
 	resultAcquired = "acquired"
@@ -311,7 +318,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.granted(r, repl, lease)
 	// Constant strings: a placeholder set from a variable would allocate.
-	if waited > time.Millisecond && h.Wait > 0 {
+	if queued(lease) {
 		repl.Set("http.lock.result", resultWaited)
 		h.metrics.count(resultWaited)
 	} else {

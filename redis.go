@@ -772,7 +772,8 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		}
 		switch {
 		case res.granted:
-			ls := &RedisLease{l: l, key: req.Key, member: req.Key + "\x00" + tok, fence: res.fence, explicit: res.explicit, lost: make(chan struct{})}
+			ls := &RedisLease{l: l, key: req.Key, member: req.Key + "\x00" + tok, fence: res.fence, explicit: res.explicit,
+				queued: deadline != nil, lost: make(chan struct{})}
 			ls.confirmed.Store(sent)
 			if !l.track(ls) {
 				ls.Release()
@@ -1050,6 +1051,7 @@ type RedisLease struct {
 	member    string
 	fence     int64
 	explicit  bool
+	queued    bool         // granted after waiting in the queue
 	confirmed atomic.Int64 // l.now() when the last successful renewal was sent
 	released  atomic.Bool
 	lostOnce  sync.Once
@@ -1058,6 +1060,9 @@ type RedisLease struct {
 
 // Key returns the locked key.
 func (ls *RedisLease) Key() string { return ls.key }
+
+// Queued implements QueuedLease.
+func (ls *RedisLease) Queued() bool { return ls.queued }
 
 // ExplicitLocksInZone reports whether the zone held explicit locks when
 // the lease was granted; see explicitHint.
@@ -1090,8 +1095,9 @@ func (ls *RedisLease) Release() {
 }
 
 var (
-	_ Locker    = (*RedisLocker)(nil)
-	_ Lease     = (*RedisLease)(nil)
-	_ Fenced    = (*RedisLease)(nil)
-	_ Revocable = (*RedisLease)(nil)
+	_ Locker      = (*RedisLocker)(nil)
+	_ Lease       = (*RedisLease)(nil)
+	_ QueuedLease = (*RedisLease)(nil)
+	_ Fenced      = (*RedisLease)(nil)
+	_ Revocable   = (*RedisLease)(nil)
 )

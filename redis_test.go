@@ -614,6 +614,13 @@ func TestRedisRetryAfterFromFirstHold(t *testing.T) {
 	}
 }
 
+func TestRedisQueuedLease(t *testing.T) {
+	l := newRedisLocker(t, startRedis(t), t.Name(), redisOpts{})
+	assertQueuedLease(t, l, func() {
+		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
+	})
+}
+
 func TestRedisLost(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
