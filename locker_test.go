@@ -222,14 +222,7 @@ func TestLockerNoOvertaking(t *testing.T) {
 
 	// While a writer waits behind readers, new readers queue behind it.
 	r1 := mustAcquire(t, l, "/doc", Shared)
-	writer := make(chan Lease, 1)
-	go func() {
-		ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Exclusive, Wait: 10 * time.Second})
-		if err != nil {
-			t.Error(err)
-		}
-		writer <- ls
-	}()
+	writer := acquireAsync(t, l, "/doc", Exclusive, 10*time.Second)
 	waitForQueue(t, l, 1)
 	mustConflict(t, l, "/doc", Shared)
 	r1.Release()
@@ -784,6 +777,21 @@ func TestHierarchyDepthBound(t *testing.T) {
 	}
 }
 
+// acquireAsync asks l for a lock that may wait, from a goroutine of its
+// own; the channel yields the lease (nil, with the test failed, on an
+// error).
+func acquireAsync(t *testing.T, l Locker, key string, kind Kind, wait time.Duration) <-chan Lease {
+	got := make(chan Lease, 1)
+	go func() {
+		ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind, Wait: wait})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- ls
+	}()
+	return got
+}
+
 // assertQueuedLease checks that a lease granted at once says it did not
 // queue, and one granted after waiting says it did, on either store:
 // the handler's "waited" result rests on that, not on how long Acquire
@@ -794,14 +802,7 @@ func assertQueuedLease(t *testing.T, l Locker, queuedOne func()) {
 	if first.Queued() {
 		t.Fatal("a lease granted at once says it queued")
 	}
-	got := make(chan Lease, 1)
-	go func() {
-		ls, err := l.Acquire(context.Background(), Request{Key: "/q", Kind: Exclusive, Wait: 10 * time.Second})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- ls
-	}()
+	got := acquireAsync(t, l, "/q", Exclusive, 10*time.Second)
 	queuedOne()
 	first.Release()
 	second := <-got
@@ -818,4 +819,3 @@ func TestQueuedLease(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	assertQueuedLease(t, l, func() { waitForQueue(t, l, 1) })
 }
-

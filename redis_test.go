@@ -382,14 +382,7 @@ func TestRedisCancelWhileWaiting(t *testing.T) {
 		first <- err
 	}()
 	waitFor(t, 2*time.Second, "first waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
-	second := make(chan Lease, 1)
-	go func() {
-		ls, err := l2.Acquire(context.Background(), Request{Key: "/c", Kind: Exclusive, Wait: 10 * time.Second})
-		if err != nil {
-			t.Error(err)
-		}
-		second <- ls
-	}()
+	second := acquireAsync(t, l2, "/c", Exclusive, 10*time.Second)
 	waitFor(t, 2*time.Second, "second waiter", func() bool { return redisStats(t, l1).Waiting == 2 })
 
 	start := time.Now()
