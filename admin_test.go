@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -171,6 +172,56 @@ handle {
 		t.Fatalf("DELETE by full token: %d %s", status, body)
 	}
 	mustDo(t, "PUT", url+"/plain/doc", nil, http.StatusOK)
+}
+
+// The admin API in front of the lock-less WebDAV backend: a maintenance
+// lock shows in PROPFIND's lockdiscovery, refuses a WebDAV client's write
+// below it before the backend, and a force-unlock lets the write through.
+func TestAdminAPIOnWebDAVBackend(t *testing.T) {
+	b := newDAVBackend(t)
+	b.mkdir(t, "/billing")
+	b.put(t, "/billing/invoice", "v1")
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), davSiteConfig(t, b, "", ""), nil)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	zone := "/lock/" + t.Name()
+
+	status, body := adminDo(t, admin, "POST", zone, `{"path": "/billing", "timeout": "10m", "owner": "maintenance"}`)
+	if status != http.StatusCreated {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	var created struct {
+		TokenPrefix string `json:"token_prefix"`
+	}
+	if err := json.Unmarshal([]byte(body), &created); err != nil {
+		t.Fatal(err)
+	}
+	ms := propfind(t, url+"/billing/invoice", "0", "")
+	var roots []string
+	for _, resp := range ms.Responses {
+		for _, ps := range resp.Propstat {
+			if ps.Prop.LockDiscovery != nil {
+				for _, l := range ps.Prop.LockDiscovery.Locks {
+					roots = append(roots, l.Root+" "+l.Depth)
+				}
+			}
+		}
+	}
+	if !slices.Equal(roots, []string{"/billing infinity"}) {
+		t.Fatalf("lockdiscovery of /billing/invoice: %q, want the maintenance lock on /billing", roots)
+	}
+	assertDAVError(t, davDo(t, "PUT", url+"/billing/invoice", "v2", map[string]string{"Accept": "text/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/billing")
+	if n := b.saw("PUT /billing/invoice"); n != 0 {
+		t.Fatalf("%d refused writes reached the backend", n)
+	}
+	if status, body := adminDo(t, admin, "DELETE", zone+"/"+created.TokenPrefix, ""); status != http.StatusOK {
+		t.Fatalf("DELETE: %d %s", status, body)
+	}
+	davMust(t, http.StatusCreated, "PUT", url+"/billing/invoice", "v2", nil)
+	if n := b.saw("PUT /billing/invoice"); n != 1 {
+		t.Fatalf("backend saw %d writes after the unlock, want 1", n)
+	}
 }
 
 // A maintenance lock refuses new writes at once, and its POST answers
