@@ -67,9 +67,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(methods) == 0 {
 				return d.Errf("lock: %s: expected at least one HTTP method", sub)
 			}
-			other := h.Shared
+			other, otherName := h.Shared, "shared"
 			if sub == "shared" {
-				other = h.Exclusive
+				other, otherName = h.Exclusive, "exclusive"
 			}
 			for i, m := range methods {
 				if !validMethod(m) {
@@ -78,7 +78,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				methods[i] = strings.ToUpper(m)
 				if slices.Contains(other, methods[i]) {
 					return d.Errf("lock: %s: method %s is already listed as %s; a method takes one kind of lock",
-						sub, methods[i], map[string]string{"exclusive": "shared", "shared": "exclusive"}[sub])
+						sub, methods[i], otherName)
 				}
 			}
 			if sub == "exclusive" {

@@ -177,10 +177,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.FenceHeader != "" && h.store == nil {
 		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
 	}
-	if err := checkZoneTable(ctx, h.Zone, zoneTableKey(h.Zone, h.Hierarchy, h.store)); err != nil {
+	poolKey := zoneTableKey(h.Zone, h.Hierarchy, h.store)
+	if err := checkZoneTable(ctx, h.Zone, poolKey); err != nil {
 		return err
 	}
-	z, err := loadZone(h.Zone, h.Hierarchy, h.store)
+	z, err := loadZone(poolKey, h.Zone, h.Hierarchy, h.store)
 	if err != nil {
 		h.logger.Error("provisioning lock zone", zap.String("zone", h.Zone), zap.Error(err))
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
@@ -427,8 +428,9 @@ func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
 	return nil
 }
 
-func loadZone(name string, hierarchy bool, store Store) (*zone, error) {
-	poolKey := zoneTableKey(name, hierarchy, store)
+// loadZone returns the zone's table under poolKey (from zoneTableKey),
+// opening it if no config uses it yet.
+func loadZone(poolKey, name string, hierarchy bool, store Store) (*zone, error) {
 	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		if store == nil {
 			return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: NewMemLockStore(0)}, nil
