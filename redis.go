@@ -9,6 +9,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -181,7 +182,7 @@ const (
 //	…:exp   sorted set, holder member → lease expiry (ms, server clock)
 //	…:held  sorted set, holder members, score 0, for prefix range queries
 //	…:info  hash, holder member → "grant-time-µs fence"
-//	…:meta  hash: fence (last fencing number), wseq (waiter counter), avg (hold ms), holds (releases averaged, at most 8)
+//	…:meta  hash: fence (last fencing number), wseq (waiter counter), avg (hold ms), holds (releases averaged, at most holdWindow)
 //	…:q     sorted set, score 0, waiter "key\0seq\0wtoken", FIFO per key
 //	…:wexp  sorted set, "key\0wtoken" → waiter expiry (ms)
 //	…:wseq  hash, "key\0wtoken" → its …:q member
@@ -580,11 +581,11 @@ local v = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 local s = tonumber(v and string.match(v, '^(%d+)'))
 if s then
-  -- The first eight holds are averaged plainly, so that the first one
-  -- sets the estimate instead of moving it an eighth of the way from
-  -- zero; after that each weighs an eighth (as in the memory store).
+  -- The first holdWindow holds are averaged plainly, so that the first
+  -- one sets the estimate instead of moving it part of the way from
+  -- zero; after that each weighs 1/holdWindow (as in the memory store).
   local avg = tonumber(redis.call('HGET', KEYS[4], 'avg') or '0') or 0
-  local n = math.min((tonumber(redis.call('HGET', KEYS[4], 'holds') or '0') or 0) + 1, 8)
+  local n = math.min((tonumber(redis.call('HGET', KEYS[4], 'holds') or '0') or 0) + 1, ` + strconv.Itoa(holdWindow) + `)
   avg = avg + ((nowus - s) / 1000 - avg) / n
   redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg)), 'holds', n)
 end
