@@ -216,6 +216,11 @@ type RedisLocker struct {
 
 	mu     sync.Mutex
 	leases map[string]*RedisLease // live leases by member, for renewal
+	// calls counts Acquire and Release calls under way. A lease leaves
+	// leases before its release script has run, and enters it only after
+	// its grant script has: Idle counts both kinds of call as busy so
+	// that closing the client never cuts one short.
+	calls atomic.Int64
 
 	subMu sync.Mutex
 	ps    *redis.PubSub
@@ -332,8 +337,8 @@ func (l *RedisLocker) Close() error {
 	return err
 }
 
-// Idle reports whether the locker holds no leases and no Acquire call of
-// it is waiting in a queue: closing it then cuts no request short.
+// Idle reports whether the locker holds no leases and no Acquire or
+// Release call of it is under way: closing it then cuts no request short.
 func (l *RedisLocker) Idle() bool {
 	l.mu.Lock()
 	held := len(l.leases)
@@ -341,7 +346,9 @@ func (l *RedisLocker) Idle() bool {
 	l.waitMu.Lock()
 	waiting := len(l.waiters)
 	l.waitMu.Unlock()
-	return held == 0 && waiting == 0
+	// Read after leases: a call that has just untracked its lease (or
+	// not yet tracked it) is still counted here.
+	return held == 0 && waiting == 0 && l.calls.Load() == 0
 }
 
 // RedisStats is a snapshot of a zone's lock table in Redis.
@@ -734,6 +741,8 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("redis lock acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
+	l.calls.Add(1)
+	defer l.calls.Add(-1)
 	if strings.IndexByte(req.Key, 0) >= 0 {
 		return nil, fmt.Errorf("redis lock acquire %q: key contains a NUL byte", req.Key)
 	}
@@ -1091,6 +1100,8 @@ func (ls *RedisLease) Release() {
 		return
 	}
 	l := ls.l
+	l.calls.Add(1)
+	defer l.calls.Add(-1)
 	l.untrack(ls)
 	l.release(ls.member, ls.key)
 }

@@ -1,15 +1,19 @@
 package caddylock
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 // adaptLock adapts a site with the given lock block and returns the lock
@@ -183,4 +187,72 @@ func TestRedisStoreTLS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// releaseGate is a go-redis hook that holds the next script call at the
+// door until opened, so a test can act while a release is under way.
+type releaseGate struct {
+	armed   atomic.Bool
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *releaseGate) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (g *releaseGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (g *releaseGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "evalsha" && g.armed.CompareAndSwap(true, false) {
+			close(g.entered)
+			<-g.open
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// Closing a zone's Redis tables (a reload that changed the store's
+// settings) waits for a release that is under way: the client must not
+// be closed under it, or the lock would stay in Redis until its lease ran
+// out and refuse the writes that follow.
+func TestRedisZoneCloseWaitsForRelease(t *testing.T) {
+	srv := startRedis(t)
+	store := &RedisStore{
+		// The timeout outlasts the release held at the gate.
+		RedisConfig: RedisConfig{Addresses: []string{srv.Addr}, Lease: caddy.Duration(time.Minute), Timeout: caddy.Duration(10 * time.Second)}.withDefaults(),
+		logger:      zap.NewNop(),
+	}
+	tables, err := store.OpenZone(t.Name(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := tables.Locker.(*RedisLocker)
+	gate := &releaseGate{entered: make(chan struct{}), open: make(chan struct{})}
+	l.client.AddHook(gate)
+	ls := redisAcquire(t, l, "/doc", Exclusive)
+
+	gate.armed.Store(true)
+	released := make(chan struct{})
+	go func() {
+		ls.Release()
+		close(released)
+	}()
+	<-gate.entered
+	if l.Idle() {
+		t.Error("the locker reports idle while a release is under way")
+	}
+	if err := tables.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Give the closer several polls to act, were it going to.
+	time.Sleep(5 * redisIdlePoll)
+	close(gate.open)
+	<-released
+
+	// The lock is gone from Redis: another node takes it at once.
+	other := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute})
+	redisAcquire(t, other, "/doc", Exclusive).Release()
+	waitFor(t, 5*time.Second, "the idle tables to close", l.closed.Load)
 }
