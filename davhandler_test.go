@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/net/webdav"
 )
@@ -70,9 +71,11 @@ func newDAVBackend(t *testing.T) *davBackend {
 		b.mu.Unlock()
 		if write {
 			defer recordWrite(&b.writing, r)()
-			if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
-				time.Sleep(d)
-			}
+		}
+		// A request that takes a while: a write, so that overlaps can
+		// show; a read, to be in flight across a reload.
+		if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
+			time.Sleep(d)
 		}
 		dav.ServeHTTP(w, r)
 	}))
@@ -1160,5 +1163,67 @@ func TestSameHost(t *testing.T) {
 		if got := sameHost(u, c.host); got != c.want {
 			t.Errorf("sameHost(%s, %s) = %v", c.uri, c.host, got)
 		}
+	}
+}
+
+// A WebDAV request under way across a reload is served to its end by
+// the config it started under, with the zone's locks: a PROPFIND's
+// lockdiscovery is read after the backend has answered, once the old
+// handler is cleaned up and, with Redis, once a reload that changed the
+// store's settings has unloaded the old tables (whose client must stay
+// open until the request is done).
+func TestDAVReloadDuringPropfind(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		testReloadDuringPropfind(t, func(n int) string { return fmt.Sprintf("retry_after %ds", n) })
+	})
+	t.Run("redis", func(t *testing.T) {
+		srv := startRedis(t)
+		testReloadDuringPropfind(t, func(n int) string {
+			return fmt.Sprintf("store redis {\n address %s\n timeout %dms\n }", srv.Addr, 200+n)
+		})
+	})
+}
+
+// testReloadDuringPropfind runs a PROPFIND across a reload from the
+// lock settings config(1) to config(2).
+func testReloadDuringPropfind(t *testing.T, config func(n int) string) {
+	b := newDAVBackend(t)
+	port := freePort(t)
+	url := loadCaddy(t, port, "", davSiteConfig(t, b, "", config(1)), nil)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	b.put(t, "/f", "f")
+	tok, _ := davLock(t, url+"/f", "exclusive", "a", nil, http.StatusOK)
+
+	type reply struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan reply, 1)
+	go func() {
+		req, _ := http.NewRequest("PROPFIND", url+"/f", strings.NewReader(
+			`<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:lockdiscovery/></D:prop></D:propfind>`))
+		req.Header.Set("Depth", "0")
+		req.Header.Set("X-Delay", "1s")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- reply{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		done <- reply{resp.StatusCode, string(body), err}
+	}()
+	waitFor(t, 5*time.Second, "the PROPFIND to reach the backend", func() bool { return b.saw("PROPFIND /f") == 1 })
+	loadCaddy(t, port, "", davSiteConfig(t, b, "", config(2)), nil)
+	r := <-done
+	if r.err != nil || r.status != http.StatusMultiStatus {
+		t.Fatalf("PROPFIND across the reload: %d %v %s", r.status, r.err, r.body)
+	}
+	var ms struct {
+		Tokens []string `xml:"DAV: response>propstat>prop>lockdiscovery>activelock>locktoken>href"`
+	}
+	if err := xml.Unmarshal([]byte(r.body), &ms); err != nil || !slices.Equal(ms.Tokens, []string{tok}) {
+		t.Fatalf("PROPFIND across the reload: lock tokens %q (%v), want %s\n%s", ms.Tokens, err, tok, r.body)
 	}
 }

@@ -230,13 +230,16 @@ func (h *Handler) Validate() error {
 
 // Cleanup lets go of the zone; its locks live on while another config
 // (the one replacing this one on a reload) still uses it.
+//
+// h.zone stays set: Caddy unloads a config while its requests may still
+// be running in this handler, and they go on using the zone (which
+// Destruct keeps usable until they are done).
 func (h *Handler) Cleanup() error {
-	if h.zone != nil {
-		_, err := zones.Delete(h.zone.poolKey)
-		h.zone = nil
-		return err
+	if h.zone == nil {
+		return nil
 	}
-	return nil
+	_, err := zones.Delete(h.zone.poolKey)
+	return err
 }
 
 func validMethod(m string) bool {
@@ -297,6 +300,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.lock.wait", time.Duration(0))
 		h.metrics.count(resultNone)
 		return next.ServeHTTP(w, r)
+	}
+	if h.zone.close != nil {
+		h.zone.active.Add(1)
+		defer h.zone.active.Add(-1)
 	}
 	key := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
@@ -373,6 +380,10 @@ type zone struct {
 	explicit LockStore
 	// close lets go of a store's connections; nil in memory.
 	close func() error
+	// active counts the requests under way in handlers of this zone, when
+	// it has a close: Destruct closes the store only once they are done,
+	// since Caddy unloads a config while its requests may still run.
+	active atomic.Int64
 	// caseInsensitive is the setting of the handler provisioned last,
 	// for paths given to the admin API.
 	caseInsensitive atomic.Bool
@@ -384,11 +395,28 @@ func (z *zone) Destruct() error {
 	if c, ok := z.explicit.(interface{ Close() }); ok {
 		c.Close()
 	}
-	if z.close != nil {
+	if z.close == nil {
+		return nil
+	}
+	if z.active.Load() == 0 {
 		return z.close()
 	}
+	// Each request still under way is bounded by its handler's max_hold
+	// and by the store's timeout per call.
+	go func() {
+		for z.active.Load() > 0 {
+			time.Sleep(zoneIdlePoll)
+		}
+		if err := z.close(); err != nil {
+			caddy.Log().Named("http.handlers.lock").Warn("closing a lock zone's store", zap.String("zone", z.name), zap.Error(err))
+		}
+	}()
 	return nil
 }
+
+// zoneIdlePoll is how often an unloaded zone looks whether its last
+// request is done.
+const zoneIdlePoll = 100 * time.Millisecond
 
 // zoneTableKey is the pool key of a zone's table. The hierarchy flag is
 // part of the table's structure, so a zone whose hierarchy setting
