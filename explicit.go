@@ -177,7 +177,9 @@ func (s *MemLockStore) SetMax(maxLocks int) {
 	s.mu.Unlock()
 }
 
-// Close stops the expiry timer; the store must not be used afterwards.
+// Close stops the expiry timer. Requests of an unloaded config that are
+// still under way may go on using the store: each call still drops the
+// expired locks it meets (see begin), but none are dropped on a timer.
 func (s *MemLockStore) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
