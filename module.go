@@ -133,6 +133,7 @@ type Handler struct {
 	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
 	defExcl bool            // methods not listed take an exclusive lock
 	zone    *zone
+	shared  *zoneSettings // this handler's part in the zone's settings
 	metrics zoneMetrics
 	reaper  *holdReaper // ends granted requests at max_hold
 	logger  *zap.Logger
@@ -187,13 +188,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
 	}
 	h.zone = z
-	if ls, ok := z.locker.(limitSetter); ok {
-		ls.SetLimits(h.MaxLocks, h.MaxWaiters)
-	}
-	z.caseInsensitive.Store(h.CaseInsensitive)
-	if s, ok := z.explicit.(interface{ SetMax(int) }); ok {
-		s.SetMax(h.MaxLocks)
-	}
+	h.shared = &zoneSettings{maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}
+	z.attach(h.shared)
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
 	return nil
@@ -238,6 +234,7 @@ func (h *Handler) Cleanup() error {
 	if h.zone == nil {
 		return nil
 	}
+	h.zone.detach(h.shared)
 	_, err := zones.Delete(h.zone.poolKey)
 	return err
 }
@@ -384,9 +381,58 @@ type zone struct {
 	// it has a close: Destruct closes the store only once they are done,
 	// since Caddy unloads a config while its requests may still run.
 	active atomic.Int64
-	// caseInsensitive is the setting of the handler provisioned last,
-	// for paths given to the admin API.
+	// caseInsensitive is that of the settings in force, for paths given
+	// to the admin API.
 	caseInsensitive atomic.Bool
+
+	settingsMu sync.Mutex
+	// settings are those of the zone's handlers in the order they were
+	// provisioned, each until it is cleaned up; the last one is in force.
+	settings []*zoneSettings
+}
+
+// zoneSettings are what each handler of a zone states but the zone has
+// only once: its limits, and case folding for the admin API.
+type zoneSettings struct {
+	maxLocks, maxWaiters int
+	caseInsensitive      bool
+}
+
+// attach puts s in force; the handler provisioned last sets the zone's
+// settings.
+func (z *zone) attach(s *zoneSettings) {
+	z.settingsMu.Lock()
+	defer z.settingsMu.Unlock()
+	z.settings = append(z.settings, s)
+	z.apply(s)
+}
+
+// detach forgets s, of a handler being cleaned up. When s was in force,
+// the settings of the handler provisioned before it (still loaded) come
+// back: a reload that fails after provisioning some handlers must not
+// leave their settings on the config that goes on running.
+func (z *zone) detach(s *zoneSettings) {
+	z.settingsMu.Lock()
+	defer z.settingsMu.Unlock()
+	i := slices.Index(z.settings, s)
+	if i < 0 {
+		return
+	}
+	z.settings = slices.Delete(z.settings, i, i+1)
+	if i == len(z.settings) && i > 0 {
+		z.apply(z.settings[i-1])
+	}
+}
+
+// apply sets the zone's tables to s; settingsMu is held.
+func (z *zone) apply(s *zoneSettings) {
+	if ls, ok := z.locker.(limitSetter); ok {
+		ls.SetLimits(s.maxLocks, s.maxWaiters)
+	}
+	z.caseInsensitive.Store(s.caseInsensitive)
+	if m, ok := z.explicit.(interface{ SetMax(int) }); ok {
+		m.SetMax(s.maxLocks)
+	}
 }
 
 // Destruct implements caddy.Destructor: it stops the explicit store's

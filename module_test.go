@@ -786,6 +786,38 @@ func TestZoneSettingsMustAgree(t *testing.T) {
 	})
 }
 
+// A reload that fails leaves the running config as it was: the limits of
+// a zone stay those of the config that serves it, not those of a handler
+// of the failed config that was provisioned before another one failed.
+func TestFailedReloadKeepsZoneLimits(t *testing.T) {
+	b := newBackend(t)
+	port := freePort(t)
+	url := loadCaddy(t, port, "", "lock {\n zone keeplimits\n max_locks 2\n}\nreverse_proxy {backend}", b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+
+	// The same zone with max_locks 1, then a handler that cannot be
+	// provisioned (fence_header without a store).
+	bad := fmt.Sprintf("{\nadmin off\npersist_config off\nauto_https off\nlog {\n output discard\n}\n}\nhttp://127.0.0.1:%d {\n"+
+		"route /x/* {\n lock {\n  zone keeplimits\n  max_locks 1\n }\n}\n"+
+		"lock {\n zone keeplimits_other\n fence_header X-Fence\n}\nreverse_proxy %s\n}\n",
+		port, strings.TrimPrefix(b.URL, "http://"))
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(bad), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err == nil || !strings.Contains(err.Error(), "fence_header") {
+		t.Fatalf("loading a config with a handler that cannot be provisioned: %v", err)
+	}
+
+	// The running config still lets two writes run at once.
+	done := holdWrite(t, b, http.MethodPut, url+"/a", "a")
+	mustDo(t, http.MethodPut, url+"/b", nil, http.StatusOK)
+	b.open("a")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the held write: %d %v", r.status, r.err)
+	}
+}
+
 func TestMaxLocksGives503(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone full\n max_locks 2\n}\nreverse_proxy {backend}", b)
