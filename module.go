@@ -5,6 +5,7 @@
 package caddylock
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -479,8 +480,8 @@ func zoneTableKey(name string, hierarchy bool, store Store) string {
 	return poolKey
 }
 
-// configZones records, per config being loaded (by its context), the
-// table key of each zone name that its handlers use.
+// configZones records, per loaded config (by its context), the table key
+// of each zone name that its handlers use.
 var configZones sync.Map // context.Context → *sync.Map of zone name → table key
 
 // checkZoneTable makes two handlers of one config that name one zone but
@@ -490,8 +491,12 @@ var configZones sync.Map // context.Context → *sync.Map of zone name → table
 func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
 	v, loaded := configZones.LoadOrStore(ctx.Context, new(sync.Map))
 	if !loaded {
+		// The record goes when the config is unloaded (or fails to
+		// load), which cancels its context. Not ctx.OnCancel: Caddy
+		// never runs what is added to the copy of the context a module
+		// gets, so every load would leave its record behind.
 		key := ctx.Context
-		ctx.OnCancel(func() { configZones.Delete(key) })
+		context.AfterFunc(key, func() { configZones.Delete(key) })
 	}
 	prev, ok := v.(*sync.Map).LoadOrStore(name, poolKey)
 	if ok && prev != poolKey {

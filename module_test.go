@@ -818,6 +818,24 @@ func TestFailedReloadKeepsZoneLimits(t *testing.T) {
 	}
 }
 
+// Each config records the table keys of its zones while it loads; the
+// record goes when the config is unloaded, so reloads do not pile up.
+func TestReloadsForgetZoneRecords(t *testing.T) {
+	b := newBackend(t)
+	port := freePort(t)
+	records := func() int {
+		n := 0
+		configZones.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	before := records()
+	for i := range 5 {
+		loadCaddy(t, port, "", fmt.Sprintf("lock {\n zone records\n}\nheader X-Config %d\nreverse_proxy {backend}", i), b)
+	}
+	_ = caddy.Stop()
+	waitFor(t, 5*time.Second, "the records of the unloaded configs to go", func() bool { return records() <= before })
+}
+
 func TestMaxLocksGives503(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone full\n max_locks 2\n}\nreverse_proxy {backend}", b)
