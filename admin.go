@@ -131,13 +131,19 @@ func zonesNamed(name string) []*zone {
 
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 	out := []adminLock{}
+	// Two tables of one zone (while a reload changes its hierarchy) hold
+	// the same explicit locks.
+	listed := map[string]bool{}
 	for _, z := range zonesNamed("") {
 		ls, err := z.explicit.List(r.Context())
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the locks of zone %q: %w", z.name, err)}
 		}
 		for _, l := range ls {
-			out = append(out, explicitEntry(z.name, l))
+			if !listed[l.Token] {
+				listed[l.Token] = true
+				out = append(out, explicitEntry(z.name, l))
+			}
 		}
 		if hl, ok := z.locker.(heldLister); ok {
 			held, err := hl.HeldLocks(r.Context())

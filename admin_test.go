@@ -315,6 +315,46 @@ reverse_proxy {backend}`, bk)
 	}
 }
 
+// A maintenance lock ends by its timeout or DELETE, whatever reloads come
+// in between: also one that turns the zone's hierarchy on or off, which
+// gives the in-flight locks a new table.
+func TestAdminLockOutlivesHierarchyReload(t *testing.T) {
+	bk := newBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	global := fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
+	port := freePort(t)
+	url := loadCaddy(t, port, global, "lock {\n zone AdminReload\n}\nreverse_proxy {backend}", bk)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	if status, body := adminDo(t, admin, "POST", "/lock/AdminReload", `{"path": "/billing", "timeout": "30m", "drain": "0"}`); status != http.StatusCreated {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	mustDo(t, http.MethodPut, url+"/billing/7", nil, http.StatusLocked)
+
+	// A fresh connection each time: one kept alive may reach the old
+	// server while it shuts down.
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i, settings := range []string{"hierarchy", ""} {
+		config := strconv.Itoa(i + 2)
+		loadCaddy(t, port, global, "lock {\n zone AdminReload\n "+settings+"\n}\nheader X-Config "+config+"\nreverse_proxy {backend}", bk)
+		var r result
+		waitFor(t, 5*time.Second, "the new config to serve", func() bool {
+			r = do(fresh, http.MethodPut, url+"/billing/7", nil)
+			return r.header.Get("X-Config") == config
+		})
+		if r.status != http.StatusLocked || !strings.Contains(r.body, `"explicit":true`) {
+			t.Fatalf("a write under the maintenance lock after a reload to %q: %d %s", settings, r.status, r.body)
+		}
+		status, body := adminDo(t, admin, "GET", "/lock/", "")
+		if status != http.StatusOK || !strings.Contains(body, `"root":"/billing"`) {
+			t.Fatalf("listing after a reload to %q: %d %s", settings, status, body)
+		}
+	}
+	if w, _, _ := bk.counts(); w != 0 {
+		t.Fatalf("the backend saw %d writes under the maintenance lock", w)
+	}
+}
+
 // Tokens are never logged in full: a LOCK, a refused write, an UNLOCK,
 // and a maintenance lock taken and force-unlocked by its whole token
 // through the admin API, with caddy-lock's loggers writing JSON at DEBUG

@@ -189,8 +189,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
 	}
 	h.zone = z
-	h.shared = &zoneSettings{maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}
-	z.attach(h.shared)
+	h.shared = &zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}
+	h.shared.attach()
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
 	return nil
@@ -235,7 +235,7 @@ func (h *Handler) Cleanup() error {
 	if h.zone == nil {
 		return nil
 	}
-	h.zone.detach(h.shared)
+	h.shared.detach()
 	_, err := zones.Delete(h.zone.poolKey)
 	return err
 }
@@ -385,48 +385,60 @@ type zone struct {
 	// caseInsensitive is that of the settings in force, for paths given
 	// to the admin API.
 	caseInsensitive atomic.Bool
-
-	settingsMu sync.Mutex
-	// settings are those of the zone's handlers in the order they were
-	// provisioned, each until it is cleaned up; the last one is in force.
-	settings []*zoneSettings
 }
 
 // zoneSettings are what each handler of a zone states but the zone has
 // only once: its limits, and case folding for the admin API.
 type zoneSettings struct {
+	z                    *zone // the handler's table
 	maxLocks, maxWaiters int
 	caseInsensitive      bool
 }
 
+var (
+	settingsMu sync.Mutex
+	// zoneSettingsOf lists, by zone name, the settings of the zone's
+	// handlers in the order they were provisioned, each until it is
+	// cleaned up; the last one is in force. By name, not by table: the
+	// tables of one name share their explicit locks (see memExplicit).
+	zoneSettingsOf = map[string][]*zoneSettings{}
+)
+
 // attach puts s in force; the handler provisioned last sets the zone's
 // settings.
-func (z *zone) attach(s *zoneSettings) {
-	z.settingsMu.Lock()
-	defer z.settingsMu.Unlock()
-	z.settings = append(z.settings, s)
-	z.apply(s)
+func (s *zoneSettings) attach() {
+	settingsMu.Lock()
+	defer settingsMu.Unlock()
+	zoneSettingsOf[s.z.name] = append(zoneSettingsOf[s.z.name], s)
+	s.apply()
 }
 
 // detach forgets s, of a handler being cleaned up. When s was in force,
 // the settings of the handler provisioned before it (still loaded) come
 // back: a reload that fails after provisioning some handlers must not
 // leave their settings on the config that goes on running.
-func (z *zone) detach(s *zoneSettings) {
-	z.settingsMu.Lock()
-	defer z.settingsMu.Unlock()
-	i := slices.Index(z.settings, s)
+func (s *zoneSettings) detach() {
+	settingsMu.Lock()
+	defer settingsMu.Unlock()
+	list := zoneSettingsOf[s.z.name]
+	i := slices.Index(list, s)
 	if i < 0 {
 		return
 	}
-	z.settings = slices.Delete(z.settings, i, i+1)
-	if i == len(z.settings) && i > 0 {
-		z.apply(z.settings[i-1])
+	list = slices.Delete(list, i, i+1)
+	if len(list) == 0 {
+		delete(zoneSettingsOf, s.z.name)
+		return
+	}
+	zoneSettingsOf[s.z.name] = list
+	if i == len(list) {
+		list[i-1].apply()
 	}
 }
 
 // apply sets the zone's tables to s; settingsMu is held.
-func (z *zone) apply(s *zoneSettings) {
+func (s *zoneSettings) apply() {
+	z := s.z
 	if ls, ok := z.locker.(limitSetter); ok {
 		ls.SetLimits(s.maxLocks, s.maxWaiters)
 	}
@@ -436,14 +448,28 @@ func (z *zone) apply(s *zoneSettings) {
 	}
 }
 
-// Destruct implements caddy.Destructor: it stops the explicit store's
-// expiry timer and lets go of the store's connections.
+// memExplicit holds the in-memory explicit lock stores by zone name.
+// Explicit locks do not depend on what gives a zone's in-flight locks a
+// new table (hierarchy), so all in-memory tables of one name share one
+// store: a reload that changes hierarchy keeps the zone's WebDAV and
+// maintenance locks. (In Redis they are kept by the zone's name anyway.)
+var memExplicit = caddy.NewUsagePool()
+
+// memExplicitStore is a MemLockStore in memExplicit.
+type memExplicitStore struct{ *MemLockStore }
+
+// Destruct implements caddy.Destructor: it stops the expiry timer.
+func (s memExplicitStore) Destruct() error {
+	s.Close()
+	return nil
+}
+
+// Destruct implements caddy.Destructor: it lets go of the explicit store
+// in memory, and of the store's connections otherwise.
 func (z *zone) Destruct() error {
-	if c, ok := z.explicit.(interface{ Close() }); ok {
-		c.Close()
-	}
 	if z.close == nil {
-		return nil
+		_, err := memExplicit.Delete(z.name)
+		return err
 	}
 	if z.active.Load() == 0 {
 		return z.close()
@@ -512,7 +538,13 @@ func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
 func loadZone(poolKey, name string, hierarchy bool, store Store) (*zone, error) {
 	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		if store == nil {
-			return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: NewMemLockStore(0)}, nil
+			x, _, err := memExplicit.LoadOrNew(name, func() (caddy.Destructor, error) {
+				return memExplicitStore{NewMemLockStore(0)}, nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("explicit lock store: %w", err)
+			}
+			return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: x.(memExplicitStore).MemLockStore}, nil
 		}
 		t, err := store.OpenZone(name, hierarchy)
 		if err != nil {
