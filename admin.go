@@ -117,16 +117,25 @@ func explicitEntry(zone string, l ExplicitLock) adminLock {
 }
 
 // zonesNamed returns the live zones with this name (two while a reload
-// changes the zone's hierarchy setting).
-func zonesNamed(name string) []*zone {
-	var out []*zone
+// changes the zone's hierarchy or store settings), every zone for "", and
+// holds them in use until done is called: a reload may unload a zone
+// while an admin call (a drain, for one) still reads it, and its store
+// must stay open until then.
+func zonesNamed(name string) (zs []*zone, done func()) {
 	zones.Range(func(_, v any) bool {
 		if z := v.(*zone); name == "" || z.name == name {
-			out = append(out, z)
+			// Under the pool's lock: a zone seen here is not unloaded
+			// yet, and its Destruct will see it in use.
+			z.active.Add(1)
+			zs = append(zs, z)
 		}
 		return true
 	})
-	return out
+	return zs, func() {
+		for _, z := range zs {
+			z.active.Add(-1)
+		}
+	}
 }
 
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
@@ -134,7 +143,9 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 	// Two tables of one zone (while a reload changes its hierarchy) hold
 	// the same explicit locks.
 	listed := map[string]bool{}
-	for _, z := range zonesNamed("") {
+	zs, done := zonesNamed("")
+	defer done()
+	for _, z := range zs {
 		ls, err := z.explicit.List(r.Context())
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the locks of zone %q: %w", z.name, err)}
@@ -201,7 +212,8 @@ const defaultDrain = 30 * time.Second
 const drainPoll = 20 * time.Millisecond
 
 func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName string) error {
-	zs := zonesNamed(zoneName)
+	zs, done := zonesNamed(zoneName)
+	defer done()
 	if len(zs) == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no lock zone %q in the running config", zoneName)}
 	}
@@ -349,7 +361,8 @@ func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, toke
 	if len(token) < minTokenPrefix {
 		return badAdminRequest("token: expected the token or its prefix of at least %d characters as GET /lock/ lists it", minTokenPrefix)
 	}
-	zs := zonesNamed(zoneName)
+	zs, done := zonesNamed(zoneName)
+	defer done()
 	if len(zs) == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no lock zone %q in the running config", zoneName)}
 	}

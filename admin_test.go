@@ -355,6 +355,54 @@ func TestAdminLockOutlivesHierarchyReload(t *testing.T) {
 	}
 }
 
+// A maintenance lock's drain goes on across a reload that changes the
+// zone's Redis settings, which closes the old client once nothing uses
+// it: the POST, which watches the zone it started with, still does, and
+// waits for a write that another instance has in flight under the lock.
+func TestAdminDrainAcrossRedisReload(t *testing.T) {
+	srv := startRedis(t)
+	bk := newBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	global := fmt.Sprintf("admin 127.0.0.1:%d", adminPort)
+	port := freePort(t)
+	site := redisSite(srv, "AdminRedisDrain", "", "")
+	url := loadCaddy(t, port, global, site, bk)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	// Another instance's write under /billing is in flight.
+	other := newRedisLocker(t, srv, "AdminRedisDrain", redisOpts{lease: time.Minute})
+	write := redisAcquire(t, other, "/billing/run", Exclusive)
+
+	type answer struct {
+		status int
+		body   string
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		status, body := adminDo(t, admin, "POST", "/lock/AdminRedisDrain", `{"path": "/billing", "timeout": "1m", "drain": "8s"}`)
+		answered <- answer{status, body}
+	}()
+	waitFor(t, 5*time.Second, "the maintenance lock to refuse writes", func() bool {
+		return do(http.DefaultClient, http.MethodPut, url+"/billing/new", nil).status == http.StatusLocked
+	})
+	loadCaddy(t, port, global, strings.Replace(site, "timeout 200ms", "timeout 250ms", 1), bk)
+	// Give the old zone's closer several polls to act, were it going to.
+	time.Sleep(5 * (zoneIdlePoll + redisIdlePoll))
+	select {
+	case a := <-answered:
+		t.Fatalf("POST answered %d %s while a write under /billing was in flight", a.status, a.body)
+	default:
+	}
+	write.Release()
+	a := <-answered
+	var c struct {
+		Running int `json:"writes_in_flight"`
+	}
+	if err := json.Unmarshal([]byte(a.body), &c); a.status != http.StatusCreated || err != nil || c.Running != 0 {
+		t.Fatalf("POST: %d %s, want 201 with no write in flight", a.status, a.body)
+	}
+}
+
 // Tokens are never logged in full: a LOCK, a refused write, an UNLOCK,
 // and a maintenance lock taken and force-unlocked by its whole token
 // through the admin API, with caddy-lock's loggers writing JSON at DEBUG

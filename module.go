@@ -378,9 +378,10 @@ type zone struct {
 	explicit LockStore
 	// close lets go of a store's connections; nil in memory.
 	close func() error
-	// active counts the requests under way in handlers of this zone, when
-	// it has a close: Destruct closes the store only once they are done,
-	// since Caddy unloads a config while its requests may still run.
+	// active counts the requests under way in handlers of this zone (when
+	// it has a close) and the admin API calls using it: Destruct closes
+	// the store only once they are done, since Caddy unloads a config
+	// while its requests may still run.
 	active atomic.Int64
 	// caseInsensitive is that of the settings in force, for paths given
 	// to the admin API.
