@@ -93,6 +93,7 @@ func (h *Handler) keyOfPath(p string) string {
 // worked out about it.
 type davRequest struct {
 	h    *Handler
+	z    *zone // the request's zone (see enter)
 	w    http.ResponseWriter
 	r    *http.Request
 	next caddyhttp.Handler
@@ -122,8 +123,8 @@ func (d *davRequest) settle(result string) {
 
 // serveDAV handles a request in WebDAV mode. kind and locks are what the
 // method takes as an in-flight lock.
-func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, key string, kind Kind, locks bool) error {
-	d := &davRequest{h: h, w: w, r: r, next: next, repl: repl, key: key, xml: isDAVClient(r), result: resultNone}
+func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key string, kind Kind, locks bool) error {
+	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
 	if !strings.HasPrefix(key, "/") {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("lock: webdav needs a path key, got %q", key))
@@ -218,7 +219,7 @@ func asksForXML(accept string) bool {
 	return xmlQ > 0 && xmlQ > otherQ
 }
 
-func (d *davRequest) store() LockStore { return d.h.zone.explicit }
+func (d *davRequest) store() LockStore { return d.z.explicit }
 
 // ctx is the request's context; once in-flight locks are held it is the
 // hold context, which a departing client does not cancel.
@@ -234,7 +235,7 @@ func (d *davRequest) hold(reqs []Request) error {
 	leases := make([]Lease, 0, len(reqs))
 	for _, q := range reqs {
 		q.Wait = time.Duration(h.Wait)
-		l, err := h.zone.locker.Acquire(d.r.Context(), q)
+		l, err := d.z.locker.Acquire(d.r.Context(), q)
 		if err != nil {
 			for _, l := range leases {
 				l.Release()
@@ -1100,7 +1101,7 @@ func marshalLockFailure(blocked []string, requestURI string) []byte {
 // refuseMaintenance refuses a write that an explicit lock covers in a
 // zone without webdav, where no client can hold a token: such locks are
 // the admin API's maintenance windows. It reports whether it answered.
-func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, lease Lease) (bool, error) {
+func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease Lease) (bool, error) {
 	if hint, ok := lease.(explicitHint); ok && !hint.ExplicitLocksInZone() {
 		// The grant saw no explicit lock in the zone; one made since
 		// then is no different from one made while this write was
@@ -1108,8 +1109,8 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 		return false, nil
 	}
 	// ServeHTTP has counted the request already.
-	d := &davRequest{h: h, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
-	ls, err := h.zone.explicit.Affecting(r.Context(), key, false)
+	d := &davRequest{h: h, z: z, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
+	ls, err := z.explicit.Affecting(r.Context(), key, false)
 	if err != nil {
 		if d.failOpen(err) {
 			return false, nil

@@ -183,7 +183,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := checkZoneTable(ctx, h.Zone, poolKey); err != nil {
 		return err
 	}
-	z, err := loadZone(poolKey, h.Zone, h.Hierarchy, h.store)
+	z, _, err := loadZone(poolKey, h.Zone, h.Hierarchy, h.store)
 	if err != nil {
 		h.logger.Error("provisioning lock zone", zap.String("zone", h.Zone), zap.Error(err))
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
@@ -299,18 +299,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.metrics.count(resultNone)
 		return next.ServeHTTP(w, r)
 	}
-	if h.zone.close != nil {
-		h.zone.active.Add(1)
-		defer h.zone.active.Add(-1)
+	z := h.zone
+	if z.close != nil {
+		var borrowed bool
+		var err error
+		if z, borrowed, err = h.enter(); err != nil {
+			return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		}
+		defer h.leave(z, borrowed)
 	}
 	key := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
 	if h.WebDAV {
-		return h.serveDAV(w, r, next, repl, key, kind, ok)
+		return h.serveDAV(w, r, next, repl, z, key, kind, ok)
 	}
 
 	start := time.Now()
-	lease, err := h.zone.locker.Acquire(r.Context(), Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
+	lease, err := z.locker.Acquire(r.Context(), Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
 	waited := time.Since(start)
 	repl.Set("http.lock.wait", waited)
 	if h.Wait > 0 {
@@ -341,11 +346,53 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		hc.finish()
 	}()
 	if kind == Exclusive {
-		if refused, err := h.refuseMaintenance(w, r, repl, key, lease); refused {
+		if refused, err := h.refuseMaintenance(w, r, repl, z, key, lease); refused {
 			return err
 		}
 	}
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
+}
+
+// enter returns the zone that a request in a handler whose zone has a
+// store to close uses, counted as under way until leave. Caddy unloads a
+// config while requests may still be on their way to this handler (in a
+// forward_auth before it, say), and the zone's store may be closed once
+// the requests that were here are done: a request that comes after that
+// borrows the zone's tables, opened again with this handler's settings,
+// for its own duration.
+func (h *Handler) enter() (z *zone, borrowed bool, err error) {
+	z = h.zone
+	z.active.Add(1)
+	// After the count: Destruct marks the zone unloaded before it reads
+	// the count, so either it sees this request or this request sees the
+	// mark.
+	if !z.unloaded.Load() {
+		return z, false, nil
+	}
+	z.active.Add(-1)
+	z, loaded, err := loadZone(z.poolKey, z.name, h.Hierarchy, h.store)
+	if err != nil {
+		return nil, false, fmt.Errorf("lock zone %q: opening the tables of an unloaded config again: %w", h.Zone, err)
+	}
+	if !loaded {
+		// Tables of this request alone: the settings of its handler,
+		// not those in force for the zone's name.
+		settingsMu.Lock()
+		(&zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}).apply()
+		settingsMu.Unlock()
+	}
+	return z, true, nil
+}
+
+// leave ends a request's use of the zone that enter returned.
+func (h *Handler) leave(z *zone, borrowed bool) {
+	if !borrowed {
+		z.active.Add(-1)
+		return
+	}
+	if _, err := zones.Delete(z.poolKey); err != nil {
+		h.logger.Warn("letting go of the tables of an unloaded config", zap.String("zone", h.Zone), zap.Error(err))
+	}
 }
 
 // keyOf computes the lock key of a request.
@@ -383,6 +430,10 @@ type zone struct {
 	// the store only once they are done, since Caddy unloads a config
 	// while its requests may still run.
 	active atomic.Int64
+	// unloaded is set by Destruct, once no loaded config uses the zone;
+	// requests that reach its handlers after that do not use it (see
+	// enter).
+	unloaded atomic.Bool
 	// caseInsensitive is that of the settings in force, for paths given
 	// to the admin API.
 	caseInsensitive atomic.Bool
@@ -472,6 +523,7 @@ func (z *zone) Destruct() error {
 		_, err := memExplicit.Delete(z.name)
 		return err
 	}
+	z.unloaded.Store(true)
 	if z.active.Load() == 0 {
 		return z.close()
 	}
@@ -535,9 +587,9 @@ func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
 }
 
 // loadZone returns the zone's table under poolKey (from zoneTableKey),
-// opening it if no config uses it yet.
-func loadZone(poolKey, name string, hierarchy bool, store Store) (*zone, error) {
-	v, _, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+// opening it if nothing uses it yet; loaded tells that something did.
+func loadZone(poolKey, name string, hierarchy bool, store Store) (z *zone, loaded bool, err error) {
+	v, loaded, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		if store == nil {
 			x, _, err := memExplicit.LoadOrNew(name, func() (caddy.Destructor, error) {
 				return memExplicitStore{NewMemLockStore(0)}, nil
@@ -554,9 +606,9 @@ func loadZone(poolKey, name string, hierarchy bool, store Store) (*zone, error) 
 		return &zone{poolKey: poolKey, name: name, locker: t.Locker, explicit: t.Explicit, close: t.Close}, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return v.(*zone), nil
+	return v.(*zone), loaded, nil
 }
 
 // Interface guards

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"runtime"
 	"slices"
@@ -482,6 +483,90 @@ func TestRedisHandlerReload(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*RedisLocker).renewLoop") == 1
 	})
+}
+
+// A request that is still in a handler before the lock when a reload
+// unloads its config (here forward_auth, waiting for the auth service)
+// is locked all the same once it reaches the lock: a reload that changed
+// the zone's Redis settings has closed the old client by then, since no
+// request was under way in the lock handler. Neither refused (as if Redis
+// were down) nor, with fail_open, let through without its lock.
+func TestRedisHandlerReloadBeforeLock(t *testing.T) {
+	for _, onError := range []string{OnErrorFailClosed, OnErrorFailOpen} {
+		t.Run(onError, func(t *testing.T) { testReloadBeforeLock(t, onError) })
+	}
+}
+
+func testReloadBeforeLock(t *testing.T, onError string) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	authEntered, authGate := make(chan struct{}, 1), make(chan struct{})
+	auth := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Hold-Auth") != "" {
+			authEntered <- struct{}{}
+			<-authGate
+		}
+	}))
+	t.Cleanup(auth.Close)
+	zone := "rbeforelock_" + onError
+	site := "forward_auth " + strings.TrimPrefix(auth.URL, "http://") + " {\n uri /auth\n}\n" +
+		redisSite(srv, zone, "on_error "+onError, "")
+	port := freePort(t)
+	url := loadCaddy(t, port, "", site, b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	old := redisZoneLocker(t, zone)
+
+	done := make(chan result, 1)
+	go func() {
+		done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold-Auth": "1", "X-Hold": "w"})
+	}()
+	<-authEntered
+	loadCaddy(t, port, "", strings.Replace(site, "timeout 200ms", "timeout 250ms", 1)+"\nheader X-Config two", b)
+	waitFor(t, 5*time.Second, "the old zone's locker to close", old.closed.Load)
+	close(authGate)
+
+	// The write holds its lock at the backend: the new config refuses
+	// another write to /doc.
+	select {
+	case r := <-done:
+		t.Fatalf("the write that was in forward_auth across the reload: %d %s", r.status, r.body)
+	case <-b.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never reached the backend")
+	}
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	var r result
+	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
+		r = do(fresh, http.MethodPut, url+"/doc", nil)
+		return r.header.Get("X-Config") == "two"
+	})
+	assertLocked(t, r, "/doc")
+	b.open("w")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the write that was in forward_auth across the reload: %d %s", r.status, r.body)
+	}
+	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+	// The tables it opened again go with it.
+	waitFor(t, 5*time.Second, "the old config's tables to go", func() bool {
+		zs, done := zonesNamed(zone)
+		done()
+		return len(zs) == 1
+	})
+}
+
+// redisZoneLocker returns the Redis locker of the zone's only table.
+func redisZoneLocker(t *testing.T, name string) *RedisLocker {
+	t.Helper()
+	zs, done := zonesNamed(name)
+	defer done()
+	if len(zs) != 1 {
+		t.Fatalf("zone %q has %d tables", name, len(zs))
+	}
+	l, ok := zs[0].locker.(*RedisLocker)
+	if !ok {
+		t.Fatalf("zone %q is not in Redis", name)
+	}
+	return l
 }
 
 // A Redis that accepts connections but does not answer (stopped with
