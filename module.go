@@ -308,6 +308,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		defer h.leave(z, borrowed)
 	}
+	if r.URL.Path == "" {
+		// An absolute-form target without a path (PUT http://host):
+		// it goes upstream as "/", so it locks "/".
+		r.URL.Path = "/"
+	}
 	key := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
 	if h.WebDAV {

@@ -1,6 +1,7 @@
 package caddylock
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -578,6 +579,49 @@ func TestAliasesConflict(t *testing.T) {
 	<-done
 	if writes, _, overlaps := b.counts(); writes != 1 || overlaps != 0 {
 		t.Fatalf("backend saw %d writes, %d overlapping", writes, overlaps)
+	}
+}
+
+// An absolute-form request target without a path ("PUT http://host
+// HTTP/1.1") has an empty URL path, which goes upstream as "/": it locks
+// "/". With hierarchy, "/" is above every other key.
+func TestEmptyPathLocksRoot(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone emptypath\n hierarchy\n}\nreverse_proxy {backend}", b)
+	addr := strings.TrimPrefix(url, "http://")
+	absolute := func(target string) result {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", target, addr)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("PUT %s: %v", target, err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return result{status: resp.StatusCode, header: resp.Header, body: string(body), err: err}
+	}
+	done := holdWrite(t, b, http.MethodPut, url+"/", "root")
+	for _, target := range []string{"http://" + addr, "http://" + addr + "?v=2"} {
+		assertLocked(t, absolute(target), "/")
+	}
+	b.open("root")
+	<-done
+	done = holdWrite(t, b, http.MethodPut, url+"/a/b", "below")
+	r := absolute("http://" + addr)
+	assertLocked(t, r, "/")
+	if !strings.Contains(r.body, `"below":true`) {
+		t.Fatalf("the refusal does not name the write below: %s", r.body)
+	}
+	b.open("below")
+	<-done
+	if r := absolute("http://" + addr); r.status != http.StatusOK || !strings.Contains(r.body, "ok PUT /") {
+		t.Fatalf("PUT without a path, nothing held: %d %q", r.status, r.body)
 	}
 }
 
