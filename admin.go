@@ -257,7 +257,7 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	}
 	key := normalizePath(req.Path)
 	if z.caseInsensitive.Load() {
-		key = strings.ToLower(key)
+		key = foldCase(key)
 	}
 	l, err := z.explicit.Create(r.Context(), ExplicitLock{
 		Token:   NewLockToken(),

@@ -224,6 +224,26 @@ func TestAdminAPIOnWebDAVBackend(t *testing.T) {
 	}
 }
 
+// With case_insensitive, a maintenance lock's path is folded as request
+// paths are: a write to the path it names is refused. Each name is one
+// whose letters lower-case differently once upper-cased (ς, ı, ſ).
+func TestAdminLockCaseFolded(t *testing.T) {
+	bk := newBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), "lock {\n zone AdminFold\n case_insensitive\n}\nreverse_proxy {backend}", bk)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	for _, name := range []string{"/λόγος", "/kapı", "/ſtate"} {
+		if status, body := adminDo(t, admin, "POST", "/lock/AdminFold", `{"path": "`+name+`", "depth": "0", "timeout": "1m"}`); status != http.StatusCreated {
+			t.Fatalf("POST %s: %d %s", name, status, body)
+		}
+		mustDo(t, "PUT", url+name, nil, http.StatusLocked)
+	}
+	if w, _, _ := bk.counts(); w != 0 {
+		t.Fatalf("%d writes under maintenance locks reached the backend", w)
+	}
+}
+
 // A maintenance lock refuses new writes at once, and its POST answers
 // when the writes already in flight under it are done (or its drain
 // bound passes), so that an operator knows nothing is writing.

@@ -84,7 +84,7 @@ func (h *Handler) validateDAV() error {
 func (h *Handler) keyOfPath(p string) string {
 	k := normalizePath(p)
 	if h.CaseInsensitive {
-		k = strings.ToLower(k)
+		k = foldCase(k)
 	}
 	return k
 }

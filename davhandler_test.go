@@ -610,6 +610,30 @@ func TestDAVMoveCopy(t *testing.T) {
 	davMust(t, http.StatusBadRequest, "COPY", url+"/other", "", map[string]string{"Destination": "::not a uri"})
 }
 
+// With case_insensitive, a Destination path and an If tag are folded as
+// a request path is: a COPY or MOVE onto a resource locked under another
+// spelling of its name needs the lock's token. Each name is one whose
+// letters lower-case differently once upper-cased (ς, ı, ſ), so the
+// backend receives the very path the LOCK named.
+func TestDAVDestinationCaseFolded(t *testing.T) {
+	site, b := davSite(t, "case_insensitive")
+	b.put(t, "/src", "s")
+	for i, name := range []string{"/λόγος", "/kapı", "/ſtate"} {
+		href := (&url.URL{Path: name}).EscapedPath()
+		target := site + href
+		tok, _ := davLock(t, target, "exclusive", "a", nil, http.StatusCreated)
+		for _, m := range []string{"COPY", "MOVE"} {
+			assertDAVError(t, davDo(t, m, site+"/src", "", map[string]string{"Destination": target}), http.StatusLocked, CondLockTokenSubmitted, href)
+		}
+		// Only the holder's COPYs of the names before this one.
+		if n := b.saw("COPY /src") + b.saw("MOVE /src"); n != i {
+			t.Fatalf("%d writes onto the locked %s reached the backend", n-i, name)
+		}
+		// The lock's holder names it in a tagged list.
+		davMust(t, http.StatusNoContent, "COPY", site+"/src", "", map[string]string{"Destination": target, "If": "<" + target + "> (<" + tok + ">)"})
+	}
+}
+
 func TestDAVUnmappedURL(t *testing.T) {
 	url, b := davSite(t, "")
 	// Missing parent collection: 409, no lock left behind.

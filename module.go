@@ -410,11 +410,17 @@ func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) string {
 		k = normalizePath(k)
 	}
 	if h.CaseInsensitive {
-		// Upper- then lower-casing folds the letters that have several
-		// lower-case forms (ſ and s, ς and σ, ı and i) to one.
-		k = strings.ToLower(strings.ToUpper(k))
+		k = foldCase(k)
 	}
 	return k
+}
+
+// foldCase is the case folding of case_insensitive, for every key: request
+// paths, paths in headers and the admin API's. Upper- then lower-casing
+// folds the letters that have several lower-case forms (ſ and s, ς and
+// σ, ı and i) to one.
+func foldCase(k string) string {
+	return strings.ToLower(strings.ToUpper(k))
 }
 
 // zones holds the lock tables by zone, outside of handler instances, so
