@@ -103,6 +103,9 @@ type davRequest struct {
 	ifh  IfHeader // parsed If header; no lists when there was none
 	xml  bool     // the client speaks WebDAV: refusals are DAV:error XML
 	done func()   // releases the in-flight locks; nil when none are held
+	// method is r.Method upper-cased, as kindOf compares it: a backend
+	// that upper-cases methods moves on "move".
+	method string
 	// guards watch the in-flight leases that a store can lose.
 	guards []*leaseGuard
 	// result is {http.lock.result} unless the request is refused;
@@ -124,7 +127,7 @@ func (d *davRequest) settle(result string) {
 // serveDAV handles a request in WebDAV mode. kind and locks are what the
 // method takes as an in-flight lock.
 func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key string, kind Kind, locks bool) error {
-	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, xml: isDAVClient(r), result: resultNone}
+	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: strings.ToUpper(r.Method), xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
 	if !strings.HasPrefix(key, "/") {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("lock: webdav needs a path key, got %q", key))
@@ -157,7 +160,7 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 		}
 	}()
 	var err error
-	switch r.Method {
+	switch d.method {
 	case "LOCK":
 		err = d.lock()
 	case "UNLOCK":
@@ -314,13 +317,12 @@ func coalesce(reqs []Request) []Request {
 // forward handles every method but LOCK and UNLOCK: in-flight locks,
 // the If header, the tokens of explicit locks, then the next handler.
 func (d *davRequest) forward(kind Kind, locks bool) error {
-	r := d.r
 	var reqs []Request
 	if locks {
 		reqs = append(reqs, Request{Key: d.key, Kind: kind})
 	}
 	destKey := ""
-	if r.Method == "MOVE" || r.Method == "COPY" {
+	if d.method == "MOVE" || d.method == "COPY" {
 		dest, err := d.destination()
 		if err != nil {
 			return err
@@ -341,7 +343,7 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 	if ok, err := d.checkIf(); !ok {
 		return err
 	}
-	if (locks && kind == Exclusive) || slices.Contains(davWrites, r.Method) {
+	if (locks && kind == Exclusive) || slices.Contains(davWrites, d.method) {
 		touched, err := d.touched(destKey)
 		if err != nil {
 			if !d.failOpen(err) {
@@ -355,7 +357,7 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 	}
 	d.stripIf()
 	d.settle(d.result)
-	switch r.Method {
+	switch d.method {
 	case http.MethodOptions:
 		return d.next.ServeHTTP(&headerHook{ResponseWriter: d.w, hook: func(_ int, hdr http.Header) { mergeDAVHeader(hdr) }}, d.r)
 	case "PROPFIND":
@@ -527,7 +529,7 @@ func (d *davRequest) locksFor(key string, below, member bool) ([]ExplicitLock, e
 // touched returns the explicit locks a write needs the tokens of (RFC
 // 4918 sections 7.4, 9.6.1, 9.8.5, 9.9.4).
 func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
-	switch d.r.Method {
+	switch d.method {
 	case http.MethodDelete:
 		return d.locksFor(d.key, true, true)
 	case "MKCOL":
@@ -1005,7 +1007,7 @@ func (d *davRequest) refuseInflight(err error) error {
 	}
 	d.setRetryAfter(retry)
 	cond := CondLockTokenSubmitted
-	if d.r.Method == "LOCK" {
+	if d.method == "LOCK" {
 		cond = CondNoConflictingLock
 	}
 	return d.davError(http.StatusLocked, cond, conflict.Key)

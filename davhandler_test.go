@@ -634,6 +634,36 @@ func TestDAVDestinationCaseFolded(t *testing.T) {
 	}
 }
 
+// A WebDAV method spelled in lower case is handled as its upper-case
+// spelling, as kindOf takes its lock: a backend that upper-cases methods
+// (Django, Werkzeug) moves on "move". Its Destination takes the in-flight
+// lock, and a collection's "delete" needs the tokens of the locks inside.
+func TestDAVMethodCase(t *testing.T) {
+	b := newBackend(t)
+	site := startCaddy(t, "lock {\n webdav\n zone DAVMethodCase\n}\nreverse_proxy {backend}", b)
+	done := holdWrite(t, b, http.MethodPut, site+"/dst", "w", "X-Resource", "/dst")
+	for _, m := range []string{"move", "copy", "Move"} {
+		r := do(http.DefaultClient, m, site+"/src", map[string]string{"Destination": site + "/dst", "X-Resource": "/dst"})
+		assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/dst")
+	}
+	b.open("w")
+	<-done
+
+	dsite, db := davSite(t, "")
+	db.put(t, "/src", "s")
+	db.mkdir(t, "/coll")
+	db.put(t, "/coll/f", "f")
+	davLock(t, dsite+"/dst", "exclusive", "a", nil, http.StatusCreated)
+	davLock(t, dsite+"/coll/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	for _, m := range []string{"copy", "move"} {
+		assertDAVError(t, davDo(t, m, dsite+"/src", "", map[string]string{"Destination": dsite + "/dst"}), http.StatusLocked, CondLockTokenSubmitted, "/dst")
+	}
+	assertDAVError(t, davDo(t, "delete", dsite+"/coll", "", map[string]string{"Accept": "text/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/coll/f")
+	if n := db.saw("copy /src") + db.saw("move /src") + db.saw("delete /coll"); n != 0 {
+		t.Fatalf("%d refused writes reached the backend", n)
+	}
+}
+
 func TestDAVUnmappedURL(t *testing.T) {
 	url, b := davSite(t, "")
 	// Missing parent collection: 409, no lock left behind.
