@@ -244,6 +244,50 @@ func TestAdminLockCaseFolded(t *testing.T) {
 	}
 }
 
+// In a zone with hierarchy, a write covers what is below its key, so a
+// write above a maintenance lock is refused too, as it would be by a
+// write in flight there. Without hierarchy it passes.
+func TestAdminLockBelowWriteWithHierarchy(t *testing.T) {
+	bk := newBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	site := `handle /flat/* {
+	lock {
+		zone AdminFlat
+	}
+	reverse_proxy {backend}
+}
+handle {
+	lock {
+		zone AdminTree
+		hierarchy
+	}
+	reverse_proxy {backend}
+}`
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), site, bk)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	for _, zone := range []string{"AdminTree", "AdminFlat"} {
+		root := "/billing/invoice"
+		if zone == "AdminFlat" {
+			root = "/flat/billing/invoice"
+		}
+		if status, body := adminDo(t, admin, "POST", "/lock/"+zone, `{"path": "`+root+`", "timeout": "1m", "drain": "0"}`); status != http.StatusCreated {
+			t.Fatalf("POST %s: %d %s", zone, status, body)
+		}
+	}
+	for _, p := range []string{"/billing", "/", "/billing/invoice/7"} {
+		r := mustDo(t, "DELETE", url+p, nil, http.StatusLocked)
+		if !strings.Contains(r.body, `"explicit":true`) {
+			t.Fatalf("DELETE %s: %s", p, r.body)
+		}
+	}
+	mustDo(t, "PUT", url+"/billing2", nil, http.StatusOK)
+	mustDo(t, "DELETE", url+"/flat/billing", nil, http.StatusOK)
+	if w, _, _ := bk.counts(); w != 2 {
+		t.Fatalf("backend saw %d writes, want only PUT /billing2 and DELETE /flat/billing", w)
+	}
+}
+
 // A maintenance lock refuses new writes at once, and its POST answers
 // when the writes already in flight under it are done (or its drain
 // bound passes), so that an operator knows nothing is writing.

@@ -1112,7 +1112,9 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 	}
 	// ServeHTTP has counted the request already.
 	d := &davRequest{h: h, z: z, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
-	ls, err := z.explicit.Affecting(r.Context(), key, false)
+	// With hierarchy a write covers the keys below its own, as the
+	// in-flight table has it: locks rooted there are in its way too.
+	ls, err := z.explicit.Affecting(r.Context(), key, h.Hierarchy)
 	if err != nil {
 		if d.failOpen(err) {
 			return false, nil
