@@ -312,7 +312,8 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 // lock) under the explicit lock l is held in the tables of zs (the
 // handlers of one zone name), and returns how many still are. A write
 // is under l when its key is l's root, below it for depth infinity, or
-// a member of it for depth 0 (members are what a depth-0 lock protects).
+// a member of it for depth 0 (members are what a depth-0 lock protects),
+// and, in a table with hierarchy, above the root.
 func drainWrites(ctx context.Context, zs []*zone, l ExplicitLock, bound time.Duration) (int, error) {
 	deadline := time.Now().Add(bound)
 	for {
@@ -327,7 +328,8 @@ func drainWrites(ctx context.Context, zs []*zone, l ExplicitLock, bound time.Dur
 				return 0, fmt.Errorf("listing the in-flight locks of zone %q: %w", z.name, err)
 			}
 			for _, h := range held {
-				if h.Kind == Exclusive && writesUnder(l, h.Key) {
+				// With hierarchy, a write above the root covers it too.
+				if h.Kind == Exclusive && (writesUnder(l, h.Key) || hl.Hierarchy() && isBelow(l.Root, h.Key)) {
 					running++
 				}
 			}

@@ -266,15 +266,23 @@ handle {
 }`
 	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), site, bk)
 	t.Cleanup(func() { _ = caddy.Stop() })
+	// A write above the lock in flight is one the window must wait for.
+	done := holdWrite(t, bk, "DELETE", url+"/billing", "above")
 	for _, zone := range []string{"AdminTree", "AdminFlat"} {
-		root := "/billing/invoice"
+		root, running := "/billing/invoice", 1
 		if zone == "AdminFlat" {
-			root = "/flat/billing/invoice"
+			root, running = "/flat/billing/invoice", 0
 		}
-		if status, body := adminDo(t, admin, "POST", "/lock/"+zone, `{"path": "`+root+`", "timeout": "1m", "drain": "0"}`); status != http.StatusCreated {
-			t.Fatalf("POST %s: %d %s", zone, status, body)
+		status, body := adminDo(t, admin, "POST", "/lock/"+zone, `{"path": "`+root+`", "timeout": "1m", "drain": "0"}`)
+		var c struct {
+			Running int `json:"writes_in_flight"`
+		}
+		if err := json.Unmarshal([]byte(body), &c); status != http.StatusCreated || err != nil || c.Running != running {
+			t.Fatalf("POST %s: %d %s, want 201 with %d writes in flight", zone, status, body, running)
 		}
 	}
+	bk.open("above")
+	<-done
 	for _, p := range []string{"/billing", "/", "/billing/invoice/7"} {
 		r := mustDo(t, "DELETE", url+p, nil, http.StatusLocked)
 		if !strings.Contains(r.body, `"explicit":true`) {
@@ -283,8 +291,8 @@ handle {
 	}
 	mustDo(t, "PUT", url+"/billing2", nil, http.StatusOK)
 	mustDo(t, "DELETE", url+"/flat/billing", nil, http.StatusOK)
-	if w, _, _ := bk.counts(); w != 2 {
-		t.Fatalf("backend saw %d writes, want only PUT /billing2 and DELETE /flat/billing", w)
+	if w, _, _ := bk.counts(); w != 3 {
+		t.Fatalf("backend saw %d writes, want only the held DELETE /billing, PUT /billing2 and DELETE /flat/billing", w)
 	}
 }
 
