@@ -382,13 +382,21 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 // destination returns the path of the Destination header, or "" after
 // refusing the request.
 func (d *davRequest) destination() (string, error) {
-	v := d.r.Header.Get("Destination")
-	if v == "" {
+	vals := d.r.Header.Values("Destination")
+	if len(vals) == 0 || vals[0] == "" {
 		return "", d.plain(http.StatusBadRequest, d.r.Method+" needs a Destination header")
 	}
+	// Two Destinations: the backend might write to the one not checked.
+	if len(vals) > 1 {
+		return "", d.plain(http.StatusBadRequest, d.r.Method+" has more than one Destination header")
+	}
+	v := vals[0]
 	u, err := url.Parse(v)
 	if err != nil || (u.Host == "" && !strings.HasPrefix(u.Path, "/")) {
 		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: expected an absolute URI or path", v))
+	}
+	if strings.IndexByte(u.Path, 0) >= 0 {
+		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: %v", v, errNULKey))
 	}
 	if u.Host != "" && !sameHost(u, d.r.Host) {
 		return "", d.plain(http.StatusBadGateway, fmt.Sprintf("Destination %.200q is on another server", v))

@@ -796,6 +796,8 @@ func TestDAVBadInput(t *testing.T) {
 		{"no scope", "LOCK", "<D:lockinfo xmlns:D='DAV:'><D:locktype><D:write/></D:locktype></D:lockinfo>", nil, 400, "lockscope"},
 		{"DTD", "LOCK", `<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><D:lockinfo xmlns:D="DAV:"><D:owner>&a;</D:owner></D:lockinfo>`, nil, 400, "declarations"},
 		{"too large", "LOCK", "<D:lockinfo xmlns:D='DAV:'>" + strings.Repeat(" ", 2000) + "</D:lockinfo>", nil, 413, "larger"},
+		{"Destination NUL", "MOVE", "", map[string]string{"Destination": "/c%00d"}, 400, "NUL"},
+		{"Destination NUL absolute", "COPY", "", map[string]string{"Destination": url + "/c%00d"}, 400, "NUL"},
 	}
 	for _, c := range cases {
 		r := davDo(t, c.method, url+"/b", c.body, c.header)
@@ -806,9 +808,29 @@ func TestDAVBadInput(t *testing.T) {
 	if ls, _ := zoneStore(t, "TestDAVBadInput").List(context.Background()); len(ls) != 0 {
 		t.Fatalf("bad requests left %d locks", len(ls))
 	}
-	for _, req := range []string{"PUT /b", "PROPFIND /b", "DELETE /b", "GET /b"} {
+	// Two Destinations: the backend might take the one not checked.
+	req, err := http.NewRequest("MOVE", url+"/b", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Add("Destination", "/c")
+	req.Header.Add("Destination", "/d")
+	if r := doRequest(http.DefaultClient, req); r.status != http.StatusBadRequest || !strings.Contains(r.body, "more than one Destination") {
+		t.Errorf("two Destination headers: %d %q, want 400", r.status, r.body)
+	}
+	for _, req := range []string{"PUT /b", "PROPFIND /b", "DELETE /b", "GET /b", "MOVE /b", "COPY /b"} {
 		if n := b.saw(req); n != 0 {
 			t.Fatalf("a bad request reached the backend: %s", req)
+		}
+	}
+	// A NUL byte in the path, read as well as written: a backend may take
+	// it for the end of the path.
+	for _, m := range []string{"PROPFIND", "GET", "PUT"} {
+		if r := davDo(t, m, url+"/b%00.txt", "", nil); r.status != http.StatusBadRequest || !strings.Contains(r.body, "NUL") {
+			t.Errorf("%s of a path with a NUL byte: %d %q, want 400", m, r.status, r.body)
+		}
+		if n := b.saw(m + " /b\x00.txt"); n != 0 {
+			t.Fatalf("%s of a path with a NUL byte reached the backend", m)
 		}
 	}
 	// A path deeper than the lock tables accept, read as well as written:

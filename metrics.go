@@ -27,7 +27,7 @@ func initMetrics() {
 		Namespace: "caddy",
 		Subsystem: "lock",
 		Name:      "requests_total",
-		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none, unavailable, fail_open, too_deep).",
+		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none, unavailable, fail_open, too_deep, bad_key).",
 	}, []string{"zone", "result"})
 	lockMetrics.held = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy",
@@ -68,7 +68,7 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMet
 		held:     lockMetrics.held.WithLabelValues(zone),
 		wait:     lockMetrics.wait.WithLabelValues(zone),
 	}
-	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultTooDeep} {
+	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultTooDeep, resultBadKey} {
 		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
 	}
 	return m

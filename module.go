@@ -315,6 +315,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	key := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
+	if strings.IndexByte(key, 0) >= 0 {
+		return h.refuse(w, r, repl, key, errNULKey)
+	}
 	if h.WebDAV {
 		return h.serveDAV(w, r, next, repl, z, key, kind, ok)
 	}

@@ -362,6 +362,11 @@ func do(client *http.Client, method, url string, header map[string]string) resul
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
+	return doRequest(client, req)
+}
+
+// doRequest sends req and reads the whole answer.
+func doRequest(client *http.Client, req *http.Request) result {
 	resp, err := client.Do(req)
 	if err != nil {
 		return result{err: err}
@@ -623,6 +628,30 @@ func TestEmptyPathLocksRoot(t *testing.T) {
 	if r := absolute("http://" + addr); r.status != http.StatusOK || !strings.Contains(r.body, "ok PUT /") {
 		t.Fatalf("PUT without a path, nothing held: %d %q", r.status, r.body)
 	}
+}
+
+// A key with a NUL byte is refused with 400 before the backend, in both
+// stores: a backend written in C may read /doc%00.txt as /doc.
+func TestNULKeyRefused(t *testing.T) {
+	t.Run("memory", func(t *testing.T) {
+		testNULKeyRefused(t, "lock {\n zone nulkey\n}\nreverse_proxy {backend}")
+	})
+	t.Run("redis", func(t *testing.T) {
+		testNULKeyRefused(t, redisSite(startRedis(t), "nulkey_redis", "", ""))
+	})
+}
+
+func testNULKeyRefused(t *testing.T, site string) {
+	b := newBackend(t)
+	url := startCaddy(t, site, b)
+	r := mustDo(t, http.MethodPut, url+"/doc%00.txt", nil, http.StatusBadRequest)
+	if !strings.Contains(r.body, `"title":"Path cannot be locked"`) || r.header.Get("Retry-After") != "" {
+		t.Fatalf("refusal of a NUL byte: Retry-After %q, body %s", r.header.Get("Retry-After"), r.body)
+	}
+	if writes, _, _ := b.counts(); writes != 0 {
+		t.Fatalf("%d writes with a NUL byte reached the backend", writes)
+	}
+	mustDo(t, http.MethodPut, url+"/doc.txt", nil, http.StatusOK)
 }
 
 // A method spelled in lower case takes the lock its upper-case spelling

@@ -50,9 +50,19 @@ type problemLock struct {
 // having more than MaxHierarchyDepth segments.
 const resultTooDeep = "too_deep"
 
+// resultBadKey is {http.lock.result} for a key refused with 400 for
+// containing a NUL byte.
+const resultBadKey = "bad_key"
+
+// errNULKey refuses a key with a NUL byte (a path with %00): a backend
+// written in C may cut the path off there and write to a resource whose
+// lock the request never asked for.
+var errNULKey = errors.New("a NUL byte (%00) in the lock key")
+
 // refuse answers a request whose lock was not granted: 423 for a
 // conflict, 503 for a full table, both with Retry-After, and 400 without
-// it for a key too deep for hierarchy, which retrying cannot help.
+// it for a key too deep for hierarchy or with a NUL byte, which retrying
+// cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
 	var conflict *ConflictError
 	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
@@ -79,6 +89,11 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		p.Title = "Path too deep to lock"
 		p.Detail = fmt.Sprintf("zone %q locks a path with all its ancestors (hierarchy), which takes at most %d segments; %v", h.Zone, MaxHierarchyDepth, err)
 		h.logger.Debug("lock key too deep", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.Error(err))
+	case errors.Is(err, errNULKey):
+		status, retry, result = http.StatusBadRequest, 0, resultBadKey
+		p.Title = "Path cannot be locked"
+		p.Detail = "the request has " + errNULKey.Error() + " (its path, unless the zone's key says otherwise), which a backend may read as the end of it"
+		h.logger.Debug("lock key with a NUL byte", zap.String("method", r.Method), zap.String("zone", h.Zone))
 	case errors.Is(err, ErrFull):
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
