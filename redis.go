@@ -520,9 +520,11 @@ if wtok ~= '' then
   wm = key .. '\0' .. wtok
   W = redis.call('HGET', wseq, wm)
 end
-if not W and redis.call('ZCARD', exp) + redis.call('ZCARD', wexp) >= maxLocks then
-  return {2}
-end
+-- Every holder and waiter takes a place of max_locks; a queued waiter has
+-- its place already. As in MemLocker, a conflict that will not queue is
+-- reported as such even when the table is full: the lock in the way is
+-- the more useful answer.
+local full = not W and redis.call('ZCARD', exp) + redis.call('ZCARD', wexp) >= maxLocks
 
 local want = string.sub(tok, 1, 1)
 local qlo, qhi = '[' .. key .. '\0', '(' .. key .. '\1'
@@ -535,6 +537,7 @@ if head and head ~= W then
 else
   bk, bkind, bs, bbelow = blocker(want)
   if not bk then
+    if full then return {2} end
     -- The fence is the counter's next value or the server clock in µs,
     -- whichever is greater: a failover that loses grants also loses their
     -- increments, and the clock still puts the new primary's numbers
@@ -558,6 +561,7 @@ local queued = 0
 if W then
   redis.call('ZADD', wexp, now + wttl, wm)
 elseif wtok ~= '' and redis.call('ZLEXCOUNT', q, qlo, qhi) < maxWaiters then
+  if full then return {2} end
   local seq = redis.call('HINCRBY', meta, 'wseq', 1)
   W = key .. '\0' .. string.format('%016d', seq) .. '\0' .. wtok
   redis.call('ZADD', q, 0, W)

@@ -484,8 +484,8 @@ func TestRedisMaxLocks(t *testing.T) {
 		if _, err := l.Acquire(context.Background(), Request{Key: "/4", Kind: Exclusive}); !errors.Is(err, ErrFull) {
 			t.Fatalf("want ErrFull, got %v", err)
 		}
-		// Full even for a key that would conflict, and for shared
-		// locks on a key already held shared.
+		// Full for a free key, and for shared locks on a key already
+		// held shared.
 		if _, err := l.Acquire(context.Background(), Request{Key: "/3", Kind: Shared}); !errors.Is(err, ErrFull) {
 			t.Fatalf("want ErrFull, got %v", err)
 		}
@@ -958,5 +958,39 @@ func TestRedisConfigErrors(t *testing.T) {
 	}
 	if _, err := l.Acquire(context.Background(), Request{Key: "/a", Kind: 7}); err == nil {
 		t.Error("bad kind accepted")
+	}
+}
+
+// A full table still reports a conflict as a conflict (423, not 503) when
+// the request would not queue, in Redis as in memory; a request that
+// would queue is refused as full, since its waiter needs a place.
+func TestFullTableReportsConflict(t *testing.T) {
+	srv := startRedis(t)
+	for name, l := range map[string]Locker{
+		"memory": NewMemLocker(false, 2, 0),
+		"redis":  newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 2}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			a := mustAcquire(t, l, "/a", Exclusive)
+			b := mustAcquire(t, l, "/b", Shared)
+			if ce := mustConflict(t, l, "/a", Shared); ce.Key != "/a" || ce.Kind != Exclusive {
+				t.Fatalf("conflict = %+v", ce)
+			}
+			mustConflict(t, l, "/b", Exclusive)
+			for _, req := range []Request{
+				{Key: "/c", Kind: Exclusive},
+				{Key: "/b", Kind: Shared},
+				{Key: "/a", Kind: Exclusive, Wait: time.Second},
+			} {
+				if ls, err := l.Acquire(context.Background(), req); !errors.Is(err, ErrFull) {
+					if ls != nil {
+						ls.Release()
+					}
+					t.Fatalf("%+v: %v, want ErrFull", req, err)
+				}
+			}
+			a.Release()
+			b.Release()
+		})
 	}
 }
