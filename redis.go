@@ -867,8 +867,9 @@ func (l *RedisLocker) leave(key, wtok string) {
 
 // abandon undoes, in the background, whatever a failed acquire call may
 // have done in Redis, so that an unanswered grant does not block the key
-// until its lease runs out. The release is repeated once after a timeout
-// in case the abandoned call reaches Redis after the first one.
+// until its lease runs out, nor an unanswered queue entry head the key's
+// queue until it expires. Both are undone again after a timeout in case
+// the abandoned call reaches Redis after the first clean-up.
 func (l *RedisLocker) abandon(key, tok, wtok string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -879,14 +880,17 @@ func (l *RedisLocker) abandon(key, tok, wtok string) {
 	go func() {
 		defer l.wg.Done()
 		member := key + "\x00" + tok
-		l.release(member, key)
-		if wtok != "" {
-			l.leave(key, wtok)
+		undo := func() {
+			l.release(member, key)
+			if wtok != "" {
+				l.leave(key, wtok)
+			}
 		}
+		undo()
 		select {
 		case <-l.done:
 		case <-time.After(l.timeout):
-			l.release(member, key)
+			undo()
 		}
 	}()
 }

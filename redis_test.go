@@ -994,3 +994,82 @@ func TestFullTableReportsConflict(t *testing.T) {
 		})
 	}
 }
+
+// lateAcquire is a go-redis hook that makes the next acquire script call
+// arrive late: the caller gets no answer (as when its reply is lost), and
+// the very same call reaches Redis only after the first leave script of
+// the abandoned attempt has run (and found nothing to do), as a command
+// held up on the network would.
+type lateAcquire struct {
+	armed   atomic.Bool
+	late    atomic.Pointer[[]any]
+	raw     redis.UniversalClient
+	arrived chan error
+}
+
+func (h *lateAcquire) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *lateAcquire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *lateAcquire) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if cmd.Name() != "evalsha" || len(args) < 2 {
+			return next(ctx, cmd)
+		}
+		switch args[1] {
+		case acquireScript.Hash():
+			if h.armed.CompareAndSwap(true, false) {
+				a := append([]any(nil), args...)
+				h.late.Store(&a)
+				return errors.New("reply lost")
+			}
+		case leaveScript.Hash():
+			err := next(ctx, cmd)
+			if err != nil {
+				return err
+			}
+			if a := h.late.Swap(nil); a != nil {
+				h.arrived <- h.raw.Do(context.Background(), (*a)...).Err()
+			}
+			return nil
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// An abandoned acquire whose call reaches Redis after the abandon's first
+// clean-up leaves no waiter queued: a stale head would keep a free key's
+// queue from moving until its entry expired.
+func TestRedisAbandonLateWaiter(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: 2 * time.Second, timeout: 200 * time.Millisecond})
+	// Long enough that only the abandon can take the entry out.
+	l.waiterTTL = time.Minute
+	other := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	hold := redisAcquire(t, other, "/late", Exclusive)
+	hook := &lateAcquire{raw: redisClient(t, srv), arrived: make(chan error, 1)}
+	// Loaded, so that the leave is the one EVALSHA the hook waits for.
+	if err := leaveScript.Load(context.Background(), hook.raw).Err(); err != nil {
+		t.Fatal(err)
+	}
+	l.client.AddHook(hook)
+	hook.armed.Store(true)
+	_, err := l.Acquire(context.Background(), Request{Key: "/late", Kind: Exclusive, Wait: 10 * time.Second})
+	if !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("acquire: %v, want ErrStoreUnavailable", err)
+	}
+	select {
+	case err := <-hook.arrived:
+		if err != nil {
+			t.Fatalf("late acquire call: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the abandoned attempt did not leave the queue")
+	}
+	waitFor(t, 5*time.Second, "the late waiter to be taken out", func() bool { return redisStats(t, l).Waiting == 0 })
+	hold.Release()
+	redisAcquire(t, other, "/late", Exclusive).Release()
+}
