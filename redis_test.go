@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1072,4 +1074,67 @@ func TestRedisAbandonLateWaiter(t *testing.T) {
 	waitFor(t, 5*time.Second, "the late waiter to be taken out", func() bool { return redisStats(t, l).Waiting == 0 })
 	hold.Release()
 	redisAcquire(t, other, "/late", Exclusive).Release()
+}
+
+// lockOutcome describes the result of an acquire for comparing stores.
+// The kind of a conflict below the key is left out: with several locks
+// below, the memory store reports the strongest and Redis the first.
+func lockOutcome(err error) string {
+	var ce *ConflictError
+	switch {
+	case err == nil:
+		return "granted"
+	case errors.As(err, &ce) && ce.Below:
+		return "conflict below " + ce.Key
+	case errors.As(err, &ce):
+		return "conflict " + ce.Kind.String() + " on " + ce.Key
+	case errors.Is(err, ErrFull):
+		return "full"
+	}
+	return "error: " + err.Error()
+}
+
+// Random sequences of acquires and releases, run on both stores side by
+// side with small limits, have the same outcomes step by step.
+func TestRedisMatchesMemory(t *testing.T) {
+	srv := startRedis(t)
+	keys := []string{"/", "/a", "/a/b", "/a/b/c", "/a/c", "/b", "/ab", "/a/bc", "//x", "a", "/a/b/c/d"}
+	for _, hier := range []bool{false, true} {
+		for seed := range 40 {
+			rng := mrand.New(mrand.NewPCG(uint64(seed), 1))
+			maxLocks := 3 + rng.IntN(5)
+			mem := NewMemLocker(hier, maxLocks, 0)
+			rl := newRedisLocker(t, srv, fmt.Sprintf("%s-%v-%d", t.Name(), hier, seed), redisOpts{hierarchy: hier, maxLocks: maxLocks})
+			var held [][2]Lease
+			var steps []string
+			for range 60 {
+				if len(held) > 0 && rng.IntN(3) == 0 {
+					i := rng.IntN(len(held))
+					held[i][0].Release()
+					held[i][1].Release()
+					held = append(held[:i], held[i+1:]...)
+					steps = append(steps, fmt.Sprintf("release #%d", i))
+					continue
+				}
+				req := Request{Key: keys[rng.IntN(len(keys))], Kind: Shared}
+				if rng.IntN(2) == 0 {
+					req.Kind = Exclusive
+				}
+				ml, merr := mem.Acquire(context.Background(), req)
+				rl2, rerr := rl.Acquire(context.Background(), req)
+				mo, ro := lockOutcome(merr), lockOutcome(rerr)
+				steps = append(steps, fmt.Sprintf("%s %s: %s", req.Kind, req.Key, mo))
+				if mo != ro {
+					t.Fatalf("hierarchy %v, max_locks %d: Redis answered %q, memory:\n%s", hier, maxLocks, ro, strings.Join(steps, "\n"))
+				}
+				if merr == nil {
+					held = append(held, [2]Lease{ml, rl2})
+				}
+			}
+			for _, ls := range held {
+				ls[0].Release()
+				ls[1].Release()
+			}
+		}
+	}
 }
