@@ -756,6 +756,11 @@ func (d *davRequest) refresh() error {
 	if !d.mayUse(*found) {
 		return d.plain(http.StatusForbidden, "the lock belongs to another user")
 	}
+	if strings.Trim(d.r.Header.Get("Timeout"), " \t") == "" && found.Timeout > 0 {
+		// A refresh restarts the lock's own timeout (RFC 4918 section
+		// 6.6); default_timeout is for new locks.
+		timeout = max(min(found.Timeout, time.Duration(d.h.MaxTimeout)), time.Second)
+	}
 	if ok, err := d.checkIf(); !ok {
 		return err
 	}

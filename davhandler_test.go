@@ -362,6 +362,33 @@ func TestDAVRefresh(t *testing.T) {
 	assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock, "/r.txt")
 }
 
+// A refresh without a Timeout header restarts the lock's own timeout
+// (RFC 4918 section 6.6), not default_timeout: a client that locked for
+// an hour and refreshes keeps an hour, not ten minutes.
+func TestDAVRefreshKeepsTimeout(t *testing.T) {
+	t.Run("memory", func(t *testing.T) { testRefreshKeepsTimeout(t, "") })
+	t.Run("redis", func(t *testing.T) {
+		srv := startRedis(t)
+		testRefreshKeepsTimeout(t, "store redis {\n address "+srv.Addr+"\n }")
+	})
+}
+
+func testRefreshKeepsTimeout(t *testing.T, store string) {
+	url, b := davSite(t, "max_timeout 2h\n"+store)
+	b.put(t, "/k.txt", "x")
+	tok, _ := davLock(t, url+"/k.txt", "exclusive", "a", map[string]string{"Timeout": "Second-3600"}, http.StatusOK)
+	r := davMust(t, http.StatusOK, "LOCK", url+"/k.txt", "", ifToken(tok))
+	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-3600" {
+		t.Fatalf("refresh without Timeout: %s, want the lock's own Second-3600", r.body)
+	}
+	// A Timeout header still sets a new one, and later refreshes keep it.
+	davMust(t, http.StatusOK, "LOCK", url+"/k.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Second-120"})
+	r = davMust(t, http.StatusOK, "LOCK", url+"/k.txt", "", ifToken(tok))
+	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-120" {
+		t.Fatalf("refresh without Timeout after Second-120: %s", r.body)
+	}
+}
+
 func TestDAVSharedLocks(t *testing.T) {
 	url, b := davSite(t, "")
 	b.put(t, "/s.txt", "x")
