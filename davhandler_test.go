@@ -1186,6 +1186,24 @@ func TestDAVPlaceholders(t *testing.T) {
 	}
 }
 
+// {http.lock.wait} is set on every path in WebDAV mode too, as it is
+// without webdav: requests that take no lock show 0s, not the placeholder's
+// name.
+func TestDAVWaitPlaceholder(t *testing.T) {
+	url, b := davSiteAfter(t, "header >X-Lock-Wait {http.lock.wait}", "")
+	b.put(t, "/pw", "x")
+	for _, m := range []string{"GET", "OPTIONS", "PROPFIND"} {
+		if r := davDo(t, m, url+"/pw", "", map[string]string{"Depth": "0"}); r.header.Get("X-Lock-Wait") != "0s" {
+			t.Errorf("%s: %d, X-Lock-Wait = %q, want 0s", m, r.status, r.header.Get("X-Lock-Wait"))
+		}
+	}
+	davLock(t, url+"/pw", "exclusive", "a", nil, http.StatusOK)
+	r := davDo(t, "PUT", url+"/pw", "y", nil)
+	if _, err := time.ParseDuration(r.header.Get("X-Lock-Wait")); r.status != http.StatusLocked || err != nil {
+		t.Errorf("PUT without the token: %d, X-Lock-Wait = %q, want 423 and a duration", r.status, r.header.Get("X-Lock-Wait"))
+	}
+}
+
 func TestCoalesce(t *testing.T) {
 	for _, c := range []struct {
 		in, want []Request

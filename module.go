@@ -288,6 +288,8 @@ const (
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set("http.lock.fence", "")
+	// Set on every path, also where webdav takes no in-flight lock.
+	repl.Set("http.lock.wait", time.Duration(0))
 	if h.FenceHeader != "" {
 		r.Header.Del(h.FenceHeader) // only the lock sets it
 	}
@@ -295,7 +297,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok && !h.WebDAV {
 		repl.Set("http.lock.key", "")
 		repl.Set("http.lock.result", resultNone)
-		repl.Set("http.lock.wait", time.Duration(0))
 		h.metrics.count(resultNone)
 		return next.ServeHTTP(w, r)
 	}
