@@ -84,6 +84,11 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 			*f = v
 		}
 	}
+	// Here, not in Validate: withDefaults takes a negative value for
+	// unset, and Caddy validates after provisioning.
+	if s.Lease < 0 || s.Timeout < 0 || s.PoolSize < 0 {
+		return errors.New("redis lock store: lease, timeout and pool_size must not be negative")
+	}
 	s.RedisConfig = s.RedisConfig.withDefaults()
 	// The key covers everything that decides which tables are reached
 	// and how leases behave, but not on_error, which is each handler's

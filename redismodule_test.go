@@ -128,6 +128,9 @@ func TestRedisStoreConfigErrors(t *testing.T) {
 		{`"addresses":["127.0.0.1:1"],"on_error":"maybe"`, "", "on_error must be fail_closed or fail_open"},
 		{`"addresses":["127.0.0.1:1"],"password":"{env.CADDY_LOCK_UNSET_VARIABLE}"`, "", "resolves to an empty value"},
 		{`"addresses":["a:1","b:1"],"db":2`, "", "db must be 0 with several addresses"},
+		{`"addresses":["127.0.0.1:1"],"lease":"-1s"`, "", "lease, timeout and pool_size must not be negative"},
+		{`"addresses":["127.0.0.1:1"],"timeout":"-500ms"`, "", "lease, timeout and pool_size must not be negative"},
+		{`"addresses":["127.0.0.1:1"],"pool_size":-3`, "", "lease, timeout and pool_size must not be negative"},
 		{"", `"fence_header":"X-Fence",`, "fence_header \"X-Fence\" needs a store"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
