@@ -154,6 +154,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
+			if strings.Contains(zone, "/") {
+				return d.Errf("lock: zone: %q must not contain '/'; the admin API names zones in its paths (/lock/<zone>/<token>)", zone)
+			}
 			h.Zone = zone
 		case "store":
 			raw, err := unmarshalStore(d)

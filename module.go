@@ -219,6 +219,10 @@ func (h *Handler) Validate() error {
 	if h.MaxLocks < 0 || h.MaxWaiters < 0 {
 		return fmt.Errorf("lock: max_locks and max_waiters must not be negative")
 	}
+	if strings.Contains(h.Zone, "/") {
+		// The admin API could not name the zone: /lock/<zone>/<token>.
+		return fmt.Errorf("lock: zone: %q must not contain '/'", h.Zone)
+	}
 	if h.FenceHeader != "" && !validMethod(h.FenceHeader) { // header names are RFC 9110 tokens too
 		return fmt.Errorf("lock: fence_header: %q is not a valid header name", h.FenceHeader)
 	}
