@@ -53,8 +53,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("lock: unexpected argument %q; settings go in a block: lock { ... }", d.Val())
 	}
+	// A setting given twice would silently take the last value; only the
+	// method lists add up.
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		sub := d.Val()
+		if sub != "exclusive" && sub != "shared" {
+			if seen[sub] {
+				return d.Errf("lock: %s is given twice; give it once", sub)
+			}
+			seen[sub] = true
+		}
 		switch sub {
 		case "key":
 			key, err := oneArg(d, sub, "a template such as {http.request.uri.path}", "template (quote one with spaces)")

@@ -216,8 +216,17 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("lock: store redis: unexpected argument %q; settings go in a block", d.Val())
 	}
+	// As in the lock block: an option given twice is a mistake, but
+	// addresses add up.
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		sub := d.Val()
+		if sub != "address" && sub != "addresses" {
+			if seen[sub] {
+				return d.Errf("lock: store redis: %s is given twice; give it once", sub)
+			}
+			seen[sub] = true
+		}
 		switch sub {
 		case "address", "addresses":
 			addrs := d.RemainingArgs()
