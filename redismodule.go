@@ -304,6 +304,14 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"password, db, tls, key_prefix, lease, timeout, pool_size, on_error", sub)
 		}
 	}
+	// What Validate would refuse at load time, said with the line here.
+	if len(s.Addresses) == 0 {
+		return d.Errf("lock: store redis: expected at least one address (host:port) in the block")
+	}
+	if c := s.RedisConfig.withDefaults(); c.Lease < 2*c.Timeout {
+		return d.Errf("lock: store redis: lease %s must be at least twice the timeout %s",
+			time.Duration(c.Lease), time.Duration(c.Timeout))
+	}
 	return nil
 }
 

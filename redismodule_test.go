@@ -107,6 +107,8 @@ func TestRedisStoreCaddyfileErrors(t *testing.T) {
 		{"lock {\n\tstore redis {\n\t\tdb -1\n\t}\n}", `db: expected a database number (0 or more), got "-1"`},
 		{"lock {\n\tstore redis {\n\t\tkey_prefix a{b}\n\t}\n}", `key_prefix: "a{b}" must not contain`},
 		{"lock {\n\tstore redis {\n\t\tcluster yes\n\t}\n}", `unknown option "cluster"`},
+		{"lock {\n\tstore redis\n}", "store redis: expected at least one address"},
+		{"lock {\n\tstore redis {\n\t\taddress 127.0.0.1:1\n\t\ttimeout 10s\n\t}\n}", "lease 15s must be at least twice the timeout 10s"},
 		{"lock {\n\tstore redis {\n\t\taddress 127.0.0.1:1\n\t}\n\tstore redis {\n\t\taddress 127.0.0.1:2\n\t}\n}", `store is given twice`},
 		{"lock {\n\tstore redis {\n\t\tpassword a\n\t\tpassword b\n\t}\n}", `store redis: password is given twice`},
 		{"lock {\n\tstore redis {\n\t\ttls\n\t\ttls {\n\t\t\tinsecure_skip_verify\n\t\t}\n\t}\n}", `store redis: tls is given twice`},
