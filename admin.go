@@ -224,6 +224,11 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	if err := dec.Decode(&req); err != nil {
 		return badAdminRequest("decoding the lock request: %v", err)
 	}
+	// Decode stops after the first value: anything after it is a
+	// malformed request, not something to ignore.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badAdminRequest("decoding the lock request: expected one JSON object and nothing after it")
+	}
 	if !strings.HasPrefix(req.Path, "/") {
 		return badAdminRequest(`path: expected an absolute path such as "/billing", got %q`, req.Path)
 	}

@@ -153,11 +153,17 @@ handle {
 		{"DELETE", "/lock/AdminDAV/urn:uuid", "", http.StatusBadRequest},
 		{"DELETE", "/lock/AdminDAV/urn:uuid:00000000", "", http.StatusNotFound},
 		{"PUT", "/lock/AdminDAV", "", http.StatusNotFound},
+		// A body with more after the request (two objects, a
+		// truncated paste) is malformed, not half-read.
+		{"POST", "/lock/AdminDAV", `{"path": "/trail", "timeout": "1m"} {"path": "/trail2"}`, http.StatusBadRequest},
+		{"POST", "/lock/AdminDAV", `{"path": "/trail", "timeout": "1m"}]`, http.StatusBadRequest},
 	} {
 		if status, body := adminDo(t, admin, c.method, c.path, c.body); status != c.want || !strings.Contains(body, `"error"`) {
 			t.Errorf("%s %s %s: %d %s, want %d with an error", c.method, c.path, c.body, status, body, c.want)
 		}
 	}
+	// The refused requests locked nothing.
+	mustDo(t, "PUT", url+"/trail", nil, http.StatusOK)
 
 	// Force-unlock by the listed prefix; writes pass again.
 	if status, body := adminDo(t, admin, "DELETE", "/lock/AdminDAV/"+created.TokenPrefix, ""); status != http.StatusOK {
