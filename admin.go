@@ -249,8 +249,10 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		return badAdminRequest(`scope: expected "exclusive" or "shared", got %q`, req.Scope)
 	}
 	timeout, err := caddy.ParseDuration(req.Timeout)
-	if err != nil || timeout <= 0 {
-		return badAdminRequest(`timeout: expected a positive duration such as "30m", got %q`, req.Timeout)
+	// At least 1ms: Redis keeps timeouts in milliseconds and refuses
+	// less, which would be a 503 for what is the caller's mistake.
+	if err != nil || timeout < time.Millisecond {
+		return badAdminRequest(`timeout: expected a duration of at least 1ms such as "30m", got %q`, req.Timeout)
 	}
 	drain := defaultDrain
 	if req.Drain != "" {

@@ -147,6 +147,9 @@ handle {
 		{"POST", "/lock/nosuchzone", `{"path": "/x", "timeout": "1m"}`, http.StatusNotFound},
 		{"POST", "/lock/AdminDAV", `{"path": "x", "timeout": "1m"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "soon"}`, http.StatusBadRequest},
+		// Shorter than the stores keep (Redis expires in whole
+		// milliseconds): refused as input, not created and gone.
+		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "500us"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "1m", "depth": "1"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "1m", "colour": "red"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "1m", "scope": "both"}`, http.StatusBadRequest},
