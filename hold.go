@@ -50,6 +50,14 @@ type holdContext struct {
 	leases   []Lease
 	lease    [1]Lease // backing for leases when there is one
 
+	// zone, key and kind name the one lock of a handler without webdav,
+	// so that a later lock handler of the same route and zone sees that
+	// the request holds it already (see Handler.holdsAlready); zone is nil
+	// otherwise.
+	zone *zone
+	key  string
+	kind Kind
+
 	// Links in the reaper's list, guarded by the reaper's mutex.
 	// Invariant: listed is true exactly while the context is in the list.
 	reaper     *holdReaper
@@ -88,7 +96,16 @@ func (c *holdContext) Err() error {
 	return c.err
 }
 
-func (c *holdContext) Value(key any) any { return c.values.Value(key) }
+func (c *holdContext) Value(key any) any {
+	if key == (heldLockKey{}) {
+		return c
+	}
+	return c.values.Value(key)
+}
+
+// heldLockKey is the context key under which a holdContext answers with
+// itself, for Handler.holdsAlready.
+type heldLockKey struct{}
 
 // AfterFunc arranges for f to run in its own goroutine once the context
 // has ended, as context.AfterFunc does; stop cancels that and reports

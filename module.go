@@ -291,6 +291,12 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.holdsAlready(r, repl) {
+		// A lock handler earlier in the route (a site-wide one, say)
+		// holds this lock for this request: taking it again would
+		// conflict with itself. Its placeholders and fence header stand.
+		return next.ServeHTTP(w, r)
+	}
 	repl.Set("http.lock.fence", "")
 	// Set on every path, also where webdav takes no in-flight lock.
 	repl.Set("http.lock.wait", time.Duration(0))
@@ -353,6 +359,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// The rest of the route runs on a context that a departing client
 	// does not cancel, and that max_hold ends (see hold.go).
 	hc := h.reaper.hold(r.Context(), start.Add(waited), lease)
+	hc.zone, hc.key, hc.kind = z, key, kind
 	guard, ctx := h.guardLease(hc, hc, lease, key)
 	defer func() {
 		guard.stop()
@@ -364,6 +371,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
+}
+
+// holdsAlready reports whether r holds, through a lock handler of this
+// zone earlier in its route, the lock this handler would take for it.
+func (h *Handler) holdsAlready(r *http.Request, repl *caddy.Replacer) bool {
+	c, ok := r.Context().Value(heldLockKey{}).(*holdContext)
+	if !ok || c.zone != h.zone || h.WebDAV || c.released.Load() {
+		return false
+	}
+	kind, ok := h.kindOf(r.Method)
+	return ok && (c.kind == Exclusive || kind == Shared) && c.key == h.keyOf(r, repl)
 }
 
 // enter returns the zone that a request in a handler whose zone has a

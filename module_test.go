@@ -630,6 +630,34 @@ func TestEmptyPathLocksRoot(t *testing.T) {
 	}
 }
 
+// Two lock handlers of one zone on a request's way (one for the whole
+// site, one for a part of it) take its lock once: the second does not
+// refuse the request for the lock the first took for it, and the lock
+// still refuses another write until the request is done.
+func TestNestedLockHandlers(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, `route {
+	lock {
+		zone nested
+	}
+	handle /docs/* {
+		lock {
+			zone nested
+			max_hold 1m
+		}
+		reverse_proxy {backend}
+	}
+}`, b)
+	mustDo(t, http.MethodPut, url+"/docs/a", nil, http.StatusOK)
+	done := holdWrite(t, b, http.MethodPut, url+"/docs/a", "w")
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/docs/a", nil), "/docs/a")
+	b.open("w")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the held write: %d %s", r.status, r.body)
+	}
+	mustDo(t, http.MethodPut, url+"/docs/a", nil, http.StatusOK)
+}
+
 // A key with a NUL byte is refused with 400 before the backend, in both
 // stores: a backend written in C may read /doc%00.txt as /doc.
 func TestNULKeyRefused(t *testing.T) {
