@@ -180,7 +180,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
 	}
 	poolKey := zoneTableKey(h.Zone, h.Hierarchy, h.store)
-	if err := checkZoneTable(ctx, h.Zone, poolKey); err != nil {
+	if err := checkZoneTable(ctx, h.Zone, poolKey, h.CaseInsensitive); err != nil {
 		return err
 	}
 	z, _, err := loadZone(poolKey, h.Zone, h.Hierarchy, h.store)
@@ -597,14 +597,15 @@ func zoneTableKey(name string, hierarchy bool, store Store) string {
 }
 
 // configZones records, per loaded config (by its context), the table key
-// of each zone name that its handlers use.
-var configZones sync.Map // context.Context → *sync.Map of zone name → table key
+// and case folding of each zone name that its handlers use.
+var configZones sync.Map // context.Context → *sync.Map of zone name → zoneShape
 
 // checkZoneTable makes two handlers of one config that name one zone but
 // would get different tables (one with hierarchy, as webdav implies, one
-// without; or different stores) a config error: they would not see each
-// other's locks, and nothing else would say so.
-func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
+// without; or different stores), or fold case differently, a config
+// error: they would not see each other's locks, and nothing else would
+// say so.
+func checkZoneTable(ctx caddy.Context, name, poolKey string, caseInsensitive bool) error {
 	v, loaded := configZones.LoadOrStore(ctx.Context, new(sync.Map))
 	if !loaded {
 		// The record goes when the config is unloaded (or fails to
@@ -614,13 +615,26 @@ func checkZoneTable(ctx caddy.Context, name, poolKey string) error {
 		key := ctx.Context
 		context.AfterFunc(key, func() { configZones.Delete(key) })
 	}
-	prev, ok := v.(*sync.Map).LoadOrStore(name, poolKey)
-	if ok && prev != poolKey {
+	this := zoneShape{poolKey, caseInsensitive}
+	prev, ok := v.(*sync.Map).LoadOrStore(name, this)
+	if !ok {
+		return nil
+	}
+	if p := prev.(zoneShape); p.poolKey != this.poolKey {
 		return fmt.Errorf("lock zone %q: its handlers differ in hierarchy (which webdav turns on) or in store settings, "+
 			"so they would keep separate lock tables and not see each other's locks; give them the same settings "+
 			"or different zone names", name)
+	} else if p.caseInsensitive != this.caseInsensitive {
+		return fmt.Errorf("lock zone %q: its handlers differ in case_insensitive, so one would lock /Doc and the other /doc "+
+			"for one resource and neither would see the other's lock; give them the same setting or different zone names", name)
 	}
 	return nil
+}
+
+// zoneShape is what the handlers of one zone in one config must agree on.
+type zoneShape struct {
+	poolKey         string
+	caseInsensitive bool
 }
 
 // loadZone returns the zone's table under poolKey (from zoneTableKey),
