@@ -365,8 +365,12 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 	case http.MethodDelete, "MOVE":
 		hook := &headerHook{ResponseWriter: d.w}
 		err := d.next.ServeHTTP(hook, d.r)
-		if hook.status >= 200 && hook.status < 300 {
-			// The locks of what is gone go with it.
+		// The locks of what is gone go with it. A 207 says that part of
+		// it failed (RFC 4918 section 9.6.1) and what remains is not read
+		// from its body: the locks stay, so that no remaining resource
+		// loses its lock; those of what is gone end by their timeout or
+		// UNLOCK.
+		if hook.status >= 200 && hook.status < 300 && hook.status != http.StatusMultiStatus {
 			n, rerr := d.store().RemoveUnder(d.ctx(), d.key)
 			if rerr != nil {
 				d.h.logger.Error("removing the locks of a deleted resource", zap.String("key", d.key), zap.Error(rerr))

@@ -72,6 +72,14 @@ func newDAVBackend(t *testing.T) *davBackend {
 		if write {
 			defer recordWrite(&b.writing, r)()
 		}
+		if r.Method == "DELETE" && r.Header.Get("X-Partial") != "" {
+			// A DELETE that failed on a member, as servers with
+			// permissions per file answer it; nothing is deleted.
+			w.Header().Set("Content-Type", "application/xml; charset=utf-8")
+			w.WriteHeader(http.StatusMultiStatus)
+			fmt.Fprintf(w, `<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>%s/b</D:href><D:status>HTTP/1.1 403 Forbidden</D:status></D:response></D:multistatus>`, r.URL.Path)
+			return
+		}
 		// A request that takes a while: a write, so that overlaps can
 		// show; a read, to be in flight across a reload.
 		if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
@@ -1346,5 +1354,27 @@ func testReloadDuringPropfind(t *testing.T, config func(n int) string) {
 	}
 	if err := xml.Unmarshal([]byte(r.body), &ms); err != nil || !slices.Equal(ms.Tokens, []string{tok}) {
 		t.Fatalf("PROPFIND across the reload: lock tokens %q (%v), want %s\n%s", ms.Tokens, err, tok, r.body)
+	}
+}
+
+// A DELETE that the backend answers with 207 (part of it failed) leaves
+// the locks inside in place: which members are gone is not read from the
+// body, and a member that remains must not lose its lock.
+func TestDAVPartialDeleteKeepsLocks(t *testing.T) {
+	url, b := davSite(t, "")
+	b.mkdir(t, "/c")
+	b.put(t, "/c/a", "a")
+	b.put(t, "/c/b", "b")
+	tok, _ := davLock(t, url+"/c/b", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	r := davDo(t, "DELETE", url+"/c", "", map[string]string{"If": "</c/b> (<" + tok + ">)", "X-Partial": "1"})
+	if r.status != http.StatusMultiStatus {
+		t.Fatalf("partial DELETE: %d %s", r.status, r.body)
+	}
+	assertDAVError(t, davDo(t, "PUT", url+"/c/b", "changed", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/c/b")
+	davMust(t, http.StatusCreated, "PUT", url+"/c/b", "changed", ifToken(tok))
+	// A DELETE that succeeds removes the lock with its resource.
+	davMust(t, http.StatusNoContent, "DELETE", url+"/c", "", map[string]string{"If": "</c/b> (<" + tok + ">)"})
+	if ls, _ := zoneStore(t, "TestDAVPartialDeleteKeepsLocks").List(context.Background()); len(ls) != 0 {
+		t.Fatalf("locks left after the DELETE: %+v", ls)
 	}
 }
