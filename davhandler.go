@@ -740,7 +740,11 @@ func (d *davRequest) refresh() error {
 	if err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
+	// The first covering lock the caller may use is refreshed; another
+	// user's covering lock named before it (the If header may list
+	// several tokens) does not stand in the way.
 	var found *ExplicitLock
+	others := false
 	for _, t := range tokens {
 		l, err := d.store().Get(d.ctx(), t)
 		if errors.Is(err, ErrNoSuchLock) {
@@ -749,16 +753,21 @@ func (d *davRequest) refresh() error {
 		if err != nil {
 			return d.storeFailed(err)
 		}
-		if l.Covers(d.key) {
-			found = &l
-			break
+		if !l.Covers(d.key) {
+			continue
 		}
+		if !d.mayUse(l) {
+			others = true
+			continue
+		}
+		found = &l
+		break
+	}
+	if found == nil && others {
+		return d.plain(http.StatusForbidden, "the lock belongs to another user")
 	}
 	if found == nil {
 		return d.davError(http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
-	}
-	if !d.mayUse(*found) {
-		return d.plain(http.StatusForbidden, "the lock belongs to another user")
 	}
 	if strings.Trim(d.r.Header.Get("Timeout"), " \t") == "" && found.Timeout > 0 {
 		// A refresh restarts the lock's own timeout (RFC 4918 section

@@ -926,6 +926,16 @@ func TestDAVOwnerBinding(t *testing.T) {
 	davMust(t, http.StatusCreated, "PUT", url+"/owned", "alice", as("alice", "a", ifToken(tok)))
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/owned", "", as("alice", "a", map[string]string{"Lock-Token": "<" + tok + ">"}))
 	davMust(t, http.StatusCreated, "PUT", url+"/owned", "bob", as("bob", "b", nil))
+
+	// Shared locks of both on one resource: a refresh that names Alice's
+	// token before Bob's refreshes Bob's, not 403.
+	ta, _ := davLock(t, url+"/owned", "shared", "alice", as("alice", "a", nil), http.StatusOK)
+	tb, _ := davLock(t, url+"/owned", "shared", "bob", as("bob", "b", nil), http.StatusOK)
+	r := davMust(t, http.StatusOK, "LOCK", url+"/owned", "", as("bob", "b", map[string]string{"If": "(<" + ta + ">) (<" + tb + ">)"}))
+	if ls := parseLockDiscovery(t, r.body); len(ls) != 1 || ls[0].Token != tb {
+		t.Fatalf("refresh by bob naming both tokens: %+v, want bob's lock %s", ls, tb)
+	}
+	davMust(t, http.StatusForbidden, "LOCK", url+"/owned", "", as("bob", "b", ifToken(ta)))
 }
 
 func basicAuth(user, pw string) string {
