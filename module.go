@@ -294,7 +294,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.holdsAlready(r, repl) {
 		// A lock handler earlier in the route (a site-wide one, say)
 		// holds this lock for this request: taking it again would
-		// conflict with itself. Its placeholders and fence header stand.
+		// conflict with itself. Its placeholders and fence header stand;
+		// this handler's fence header carries the held lock's number, not
+		// a client's, which the earlier handler did not know to remove.
+		if h.FenceHeader != "" {
+			if fence, _ := repl.GetString("http.lock.fence"); fence != "" {
+				r.Header.Set(h.FenceHeader, fence)
+			} else {
+				r.Header.Del(h.FenceHeader)
+			}
+		}
 		return next.ServeHTTP(w, r)
 	}
 	repl.Set("http.lock.fence", "")

@@ -642,3 +642,33 @@ func TestRedisHandlerSentinel(t *testing.T) {
 		t.Fatalf("a write refused for an unknown master reached the backend")
 	}
 }
+
+// A lock handler that finds its lock held by an earlier one of its zone
+// still removes a client's own fence header: the earlier handler may have
+// no fence_header (or another one), and the backend must never get the
+// client's value.
+func TestRedisHandlerNestedFenceHeader(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	store := fmt.Sprintf("store redis {\n address %s\n lease 1s\n timeout 200ms\n }", srv.Addr)
+	url := startCaddy(t, fmt.Sprintf(`route {
+	lock {
+		zone rnestfence
+		%s
+	}
+	handle /docs/* {
+		lock {
+			zone rnestfence
+			%s
+			fence_header X-Lock-Fence
+		}
+		reverse_proxy {backend} {
+			header_down X-Fence {http.lock.fence}
+		}
+	}
+}`, store, store), b)
+	r := mustDo(t, http.MethodPut, url+"/docs/a", map[string]string{"X-Lock-Fence": "999999"}, http.StatusOK)
+	if got := r.header.Get("X-Got-Fence"); got != r.header.Get("X-Fence") || got == "999999" || got == "" {
+		t.Fatalf("backend got fence %q, the lock's is %q", got, r.header.Get("X-Fence"))
+	}
+}
