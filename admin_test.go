@@ -563,3 +563,30 @@ func TestWritesUnder(t *testing.T) {
 		}
 	}
 }
+
+// A write refused by a maintenance lock is counted as a conflict, as its
+// {http.lock.result} says, not as acquired: the in-flight lock it took
+// first is let go without the write going upstream.
+func TestAdminMaintenanceRefusalCounted(t *testing.T) {
+	bk := newBackend(t)
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	zone := fmt.Sprintf("AdminCount%d", meteredRuns.Add(1))
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", adminPort),
+		"lock {\n\tzone "+zone+"\n}\nreverse_proxy {backend} {\n\theader_down X-Result {http.lock.result}\n}", bk)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	if status, body := adminDo(t, admin, "POST", "/lock/"+zone, `{"path": "/billing", "timeout": "1m", "drain": "0"}`); status != http.StatusCreated {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	metrics := admin + "/metrics"
+	acquired := fmt.Sprintf(`caddy_lock_requests_total{result="acquired",zone="%s"}`, zone)
+	conflict := fmt.Sprintf(`caddy_lock_requests_total{result="conflict",zone="%s"}`, zone)
+	mustDo(t, http.MethodPut, url+"/other", nil, http.StatusOK)
+	r := mustDo(t, http.MethodPut, url+"/billing", nil, http.StatusLocked)
+	if r.header.Get("Retry-After") == "" {
+		t.Fatalf("refusal without Retry-After: %v", r.header)
+	}
+	if a, c := metricValue(t, metrics, acquired), metricValue(t, metrics, conflict); a != 1 || c != 1 {
+		t.Fatalf("counted %v acquired and %v conflicts, want 1 and 1", a, c)
+	}
+}

@@ -1129,25 +1129,34 @@ func marshalLockFailure(blocked []string, requestURI string) []byte {
 // refuseMaintenance refuses a write that an explicit lock covers in a
 // zone without webdav, where no client can hold a token: such locks are
 // the admin API's maintenance windows. It reports whether it answered.
-func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease Lease) (bool, error) {
+// It counts the request in the metrics: as result (acquired or waited,
+// which ServeHTTP has set as {http.lock.result}) when it passes, by its
+// refusal otherwise, so that a refused write is not counted as acquired.
+func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease Lease, result string) (bool, error) {
 	if hint, ok := lease.(explicitHint); ok && !hint.ExplicitLocksInZone() {
 		// The grant saw no explicit lock in the zone; one made since
 		// then is no different from one made while this write was
 		// already in flight.
+		h.metrics.count(result)
 		return false, nil
 	}
-	// ServeHTTP has counted the request already.
-	d := &davRequest{h: h, z: z, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r), counted: true}
+	d := &davRequest{h: h, z: z, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r)}
 	// With hierarchy a write covers the keys below its own, as the
 	// in-flight table has it: locks rooted there are in its way too.
 	ls, err := z.explicit.Affecting(r.Context(), key, h.Hierarchy)
 	if err != nil {
 		if d.failOpen(err) {
+			d.settle(resultFailOpen)
 			return false, nil
 		}
-		return true, d.storeFailed(err)
+		err = d.storeFailed(err)
+		if !d.counted {
+			d.settle(resultUnavailable)
+		}
+		return true, err
 	}
 	if len(ls) == 0 {
+		h.metrics.count(result)
 		return false, nil
 	}
 	return true, d.refuseExplicit(ls, CondLockTokenSubmitted)

@@ -357,12 +357,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.granted(r, repl, lease)
 	// Constant strings: a placeholder set from a variable would allocate.
+	result := resultAcquired
 	if queued(lease) {
+		result = resultWaited
 		repl.Set("http.lock.result", resultWaited)
-		h.metrics.count(resultWaited)
 	} else {
 		repl.Set("http.lock.result", resultAcquired)
-		h.metrics.count(resultAcquired)
 	}
 
 	// The rest of the route runs on a context that a departing client
@@ -375,9 +375,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		hc.finish()
 	}()
 	if kind == Exclusive {
-		if refused, err := h.refuseMaintenance(w, r, repl, z, key, lease); refused {
+		// It counts the request, by how it ends.
+		if refused, err := h.refuseMaintenance(w, r, repl, z, key, lease, result); refused {
 			return err
 		}
+	} else {
+		h.metrics.count(result)
 	}
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
 }
