@@ -1149,9 +1149,13 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 			d.settle(resultFailOpen)
 			return false, nil
 		}
+		result := resultUnavailable
+		if errors.Is(err, ErrFull) {
+			result = resultFull
+		}
 		err = d.storeFailed(err)
 		if !d.counted {
-			d.settle(resultUnavailable)
+			d.settle(result)
 		}
 		return true, err
 	}
