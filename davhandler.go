@@ -243,6 +243,12 @@ func (d *davRequest) hold(reqs []Request) error {
 			for _, l := range leases {
 				l.Release()
 			}
+			// A wait in vain is a wait too, as in ServeHTTP.
+			waited := time.Since(start)
+			d.repl.Set("http.lock.wait", waited)
+			if h.Wait > 0 {
+				h.metrics.wait.Observe(waited.Seconds())
+			}
 			if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
 				// fail_open: the request goes on without in-flight locks.
 				h.storeTrouble(d.key, err)

@@ -1388,3 +1388,28 @@ func TestDAVPartialDeleteKeepsLocks(t *testing.T) {
 		t.Fatalf("locks left after the DELETE: %+v", ls)
 	}
 }
+
+// A WebDAV write that waits in vain is in the wait histogram and has
+// {http.lock.wait} set, as in a zone without webdav.
+func TestWebDAVWaitInVainObserved(t *testing.T) {
+	b := newBackend(t)
+	adminPort := freePort(t)
+	zone := fmt.Sprintf("davwait%d", meteredRuns.Add(1))
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", adminPort),
+		"header >X-Wait {http.lock.wait}\nlock {\n\tzone "+zone+"\n\twebdav\n\twait 200ms\n}\nreverse_proxy {backend}", b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort)
+	count := `caddy_lock_wait_seconds_count{zone="` + zone + `"}`
+	first := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
+	before := metricValue(t, metrics, count)
+	r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+	assertLocked(t, r, "/doc")
+	if d, err := time.ParseDuration(r.header.Get("X-Wait")); err != nil || d < 200*time.Millisecond {
+		t.Fatalf("{http.lock.wait} of a write that waited 200ms in vain: %q (%v)", r.header.Get("X-Wait"), err)
+	}
+	if v := metricValue(t, metrics, count) - before; v != 1 {
+		t.Fatalf("wait histogram counted %v waits, want 1", v)
+	}
+	b.open("w")
+	<-first
+}
