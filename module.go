@@ -291,9 +291,10 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if h.holdsAlready(r, repl) {
+	if h.holdsAlready(r, repl) || h.passesHeld(r) {
 		// A lock handler earlier in the route (a site-wide one, say)
-		// holds this lock for this request: taking it again would
+		// holds this lock for this request (or one of the zone, and this
+		// handler takes none for the method): taking it again would
 		// conflict with itself. Its placeholders and fence header stand;
 		// this handler's fence header carries the held lock's number, not
 		// a client's, which the earlier handler did not know to remove.
@@ -394,6 +395,17 @@ func (h *Handler) holdsAlready(r *http.Request, repl *caddy.Replacer) bool {
 	}
 	kind, ok := h.kindOf(r.Method)
 	return ok && (c.kind == Exclusive || kind == Shared) && c.key == h.keyOf(r, repl)
+}
+
+// passesHeld reports whether r, whose method takes no lock here, holds a
+// lock of this zone through an earlier lock handler: this one has nothing
+// to add, and must not say "none" over that handler's placeholders.
+func (h *Handler) passesHeld(r *http.Request) bool {
+	if _, ok := h.kindOf(r.Method); ok || h.WebDAV {
+		return false
+	}
+	c, ok := r.Context().Value(heldLockKey{}).(*holdContext)
+	return ok && c.zone == h.zone && !c.released.Load()
 }
 
 // enter returns the zone that a request in a handler whose zone has a

@@ -1127,3 +1127,36 @@ func TestHierarchyTooDeepEndToEnd(t *testing.T) {
 	mustDo(t, http.MethodPut, url+deepKey(MaxHierarchyDepth), nil, http.StatusOK)
 	waitEmpty(t, zoneTable(t, "deep"))
 }
+
+// A lock handler of the zone whose methods leave a request unlocked does
+// not wipe the placeholders of the lock an earlier handler of the zone
+// holds for it, nor count it a second time.
+func TestNestedLockHandlerWithoutLockKeepsPlaceholders(t *testing.T) {
+	b := newBackend(t)
+	adminPort := freePort(t)
+	zone := fmt.Sprintf("nestednone%d", meteredRuns.Add(1))
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", adminPort), `route {
+	lock {
+		zone `+zone+`
+	}
+	handle /docs/* {
+		lock {
+			zone `+zone+`
+			exclusive PUT
+		}
+		reverse_proxy {backend} {
+			header_down X-Result {http.lock.result}
+			header_down X-Key {http.lock.key}
+		}
+	}
+}`, b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	r := mustDo(t, http.MethodPost, url+"/docs/a", nil, http.StatusOK)
+	if r.header.Get("X-Result") != resultAcquired || r.header.Get("X-Key") != "/docs/a" {
+		t.Fatalf("POST under the outer lock: result %q, key %q", r.header.Get("X-Result"), r.header.Get("X-Key"))
+	}
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort)
+	if v := metricValue(t, metrics, `caddy_lock_requests_total{result="none",zone="`+zone+`"}`); v != 0 {
+		t.Fatalf("the locked POST was counted %v times as none as well", v)
+	}
+}
