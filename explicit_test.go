@@ -331,6 +331,22 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 			t.Fatalf("locks left: %v", roots(ls))
 		}
 	})
+	// A lock that conflicts is refused as a conflict (423) even when
+	// the zone is full: it could not be granted with room either, and
+	// the in-flight table answers the same way.
+	t.Run("ConflictInFullZone", func(t *testing.T) {
+		s := newStore(t)
+		s.(interface{ SetMax(int) }).SetMax(1)
+		held := mustCreate(t, s, lock("/a", Exclusive, DepthInfinity))
+		_, err := s.Create(ctx, lock("/a/b", Shared, DepthZero))
+		var ce *LockConflictError
+		if !errors.As(err, &ce) || len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token {
+			t.Fatalf("conflicting Create in a full zone: %v, want a conflict with the lock on /a", err)
+		}
+		if _, err := s.Create(ctx, lock("/b", Exclusive, DepthZero)); !errors.Is(err, ErrFull) {
+			t.Fatalf("Create of a free root in a full zone: %v, want ErrFull", err)
+		}
+	})
 }
 
 func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {

@@ -132,9 +132,6 @@ local root, tok, scope, depth = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', h) == 1 then
   return {1, redis.call('HGETALL', h)}
 end
-if redis.call('ZCARD', xexp) - redis.call('ZCOUNT', xexp, '-inf', now) >= tonumber(ARGV[12]) then
-  return {2}
-end
 local conflicts = {}
 local function check(ms, onlyInfinite)
   for _, m in ipairs(ms) do
@@ -158,6 +155,11 @@ if depth == 'I' and ARGV[9] ~= '' then
   check(inRange(ARGV[9], ARGV[10], 64, {}), false)
 end
 if #conflicts > 0 then return {0, conflicts} end
+-- the zone is full only for a lock that could be granted: a conflicting
+-- one is refused as such, as in memory
+if redis.call('ZCARD', xexp) - redis.call('ZCOUNT', xexp, '-inf', now) >= tonumber(ARGV[12]) then
+  return {2}
+end
 local ttl = tonumber(ARGV[8])
 local m = root .. '\0' .. scope .. depth .. '\0' .. tok
 redis.call('HSET', h, 'root', root, 'href', ARGV[5], 'scope', scope, 'depth', depth,

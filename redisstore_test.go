@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -474,4 +475,82 @@ func TestRedisLockStoreContract(t *testing.T) {
 		n++
 		return newRedisLockStore(t, srv, fmt.Sprintf("contract-%d", n))
 	})
+}
+
+// The two stores give the same answers to the same random operations on
+// keys that are prefixes of one another, the root included, in zones
+// small enough to fill up.
+func TestLockStoresAgree(t *testing.T) {
+	srv := startRedis(t)
+	ctx := context.Background()
+	keys := []string{"/", "/a", "/ab", "/a/b", "/a/bc", "/a/b/c", "/ab/c", "/b"}
+	// describe renders a result without the parts a store is free to
+	// word or time differently (error texts, timestamps).
+	describe := func(ls []ExplicitLock, err error) string {
+		var ce *LockConflictError
+		switch {
+		case errors.As(err, &ce):
+			ls, err = ce.Conflicts, errors.New("conflict")
+		case errors.Is(err, ErrFull):
+			err = ErrFull
+		}
+		s := fmt.Sprint(err)
+		for _, l := range ls {
+			s += fmt.Sprintf(" %s:%s:%s:%s", l.Root, l.Token, l.Scope, l.Depth)
+		}
+		return s
+	}
+	one := func(l ExplicitLock, err error) string {
+		if err != nil {
+			return describe(nil, err)
+		}
+		return describe([]ExplicitLock{l}, nil)
+	}
+	for seed := range uint64(60) {
+		rng := rand.New(rand.NewPCG(seed, 1))
+		limit := 3 + int(seed%8)
+		mem := NewMemLockStore(limit)
+		t.Cleanup(mem.Close)
+		rs := newRedisLockStore(t, srv, fmt.Sprintf("agree-%d", seed))
+		rs.SetMax(limit)
+		var tokens []string
+		for step := range 200 {
+			var op, a, b string
+			switch rng.IntN(4) {
+			case 0, 1:
+				scope, depth := Shared, DepthZero
+				if rng.IntN(2) == 0 {
+					scope = Exclusive
+				}
+				if rng.IntN(2) == 0 {
+					depth = DepthInfinity
+				}
+				l := xlock(keys[rng.IntN(len(keys))], scope, depth)
+				l.Timeout = time.Hour
+				op = fmt.Sprintf("Create %s %s depth %s", l.Root, scope, depth)
+				a, b = one(mem.Create(ctx, l)), one(rs.Create(ctx, l))
+				tokens = append(tokens, l.Token)
+			case 2:
+				key, below := keys[rng.IntN(len(keys))], rng.IntN(2) == 0
+				op = fmt.Sprintf("Affecting %s below %v", key, below)
+				a, b = describe(mem.Affecting(ctx, key, below)), describe(rs.Affecting(ctx, key, below))
+			case 3:
+				if len(tokens) > 0 && rng.IntN(2) == 0 {
+					tok := tokens[rng.IntN(len(tokens))]
+					op = "Remove " + tok
+					a, b = one(mem.Remove(ctx, tok)), one(rs.Remove(ctx, tok))
+					break
+				}
+				key := keys[rng.IntN(len(keys))]
+				op = "RemoveUnder " + key
+				n1, err1 := mem.RemoveUnder(ctx, key)
+				n2, err2 := rs.RemoveUnder(ctx, key)
+				a, b = fmt.Sprint(n1, err1), fmt.Sprint(n2, err2)
+			}
+			la, lb := describe(mem.List(ctx)), describe(rs.List(ctx))
+			if a != b || la != lb {
+				t.Fatalf("seed %d, step %d, %s:\nmemory: %s\nredis:  %s\nthen listing\nmemory: %s\nredis:  %s", seed, step, op, a, b, la, lb)
+			}
+		}
+	}
 }
