@@ -266,6 +266,11 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	if z.caseInsensitive.Load() {
 		key = foldCase(key)
 	}
+	if strings.IndexByte(key, 0) >= 0 {
+		// Requests with such a key are refused before any lock is
+		// looked up, so a lock there would protect nothing.
+		return badAdminRequest("path: %q: %v", req.Path, errNULKey)
+	}
 	l, err := z.explicit.Create(r.Context(), ExplicitLock{
 		Token:   NewLockToken(),
 		Root:    key,

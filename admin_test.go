@@ -151,6 +151,10 @@ handle {
 		// milliseconds): refused as input, not created and gone.
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "500us"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "1m", "depth": "1"}`, http.StatusBadRequest},
+		// A NUL byte in the key, which no request may have (it gets
+		// 400 too): a lock there protects nothing.
+		{"POST", "/lock/AdminDAV", `{"path": "/nul%00x", "timeout": "1m"}`, http.StatusBadRequest},
+		{"POST", "/lock/AdminDAV", `{"path": "/nul\u0000x", "timeout": "1m"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "1m", "colour": "red"}`, http.StatusBadRequest},
 		{"POST", "/lock/AdminDAV", `{"path": "/x", "timeout": "1m", "scope": "both"}`, http.StatusBadRequest},
 		{"DELETE", "/lock/AdminDAV/urn:uuid", "", http.StatusBadRequest},
