@@ -331,6 +331,21 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 			t.Fatalf("locks left: %v", roots(ls))
 		}
 	})
+	// A shared lock of depth infinity conflicts with an exclusive lock
+	// below its root however many shared locks come before it there.
+	t.Run("SharedInfiniteOverManyShared", func(t *testing.T) {
+		s := newStore(t)
+		for i := range 70 {
+			mustCreate(t, s, lock(fmt.Sprintf("/a/s%02d", i), Shared, DepthZero))
+		}
+		excl := mustCreate(t, s, lock("/a/z", Exclusive, DepthZero))
+		_, err := s.Create(ctx, lock("/a", Shared, DepthInfinity))
+		var ce *LockConflictError
+		if !errors.As(err, &ce) || !slices.ContainsFunc(ce.Conflicts, func(l ExplicitLock) bool { return l.Token == excl.Token }) {
+			t.Fatalf("shared depth-infinity lock over an exclusive lock below: %v, want a conflict with /a/z", err)
+		}
+	})
+
 	// A lock that conflicts is refused as a conflict (423) even when
 	// the zone is full: it could not be granted with room either, and
 	// the in-flight table answers the same way.

@@ -152,7 +152,12 @@ for i = 13, #ARGV do
 end
 -- an infinite lock covers the locks below its root
 if depth == 'I' and ARGV[9] ~= '' then
-  check(inRange(ARGV[9], ARGV[10], 64, {}), false)
+  -- every lock below conflicts with an exclusive one, so 64 will do; a
+  -- shared one conflicts only with the exclusive ones, which may come
+  -- after any number of shared ones
+  local lim = 64
+  if scope ~= 'X' then lim = 0 end
+  check(inRange(ARGV[9], ARGV[10], lim, {}), false)
 end
 if #conflicts > 0 then return {0, conflicts} end
 -- the zone is full only for a lock that could be granted: a conflicting
