@@ -594,3 +594,24 @@ func TestAdminMaintenanceRefusalCounted(t *testing.T) {
 		t.Fatalf("counted %v acquired and %v conflicts, want 1 and 1", a, c)
 	}
 }
+
+// A shared maintenance lock lets a WebDAV client take a shared lock
+// beside it (the scopes agree), but not write with that lock's token:
+// nobody writes under a maintenance lock.
+func TestAdminSharedLockNotOpenedByClientLock(t *testing.T) {
+	b := newDAVBackend(t)
+	b.put(t, "/f", "v1")
+	adminPort := freePort(t)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), davSiteConfig(t, b, "", ""), nil)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	status, body := adminDo(t, admin, "POST", "/lock/"+t.Name(), `{"path": "/f", "timeout": "10m", "scope": "shared", "owner": "maintenance"}`)
+	if status != http.StatusCreated {
+		t.Fatalf("POST: %d %s", status, body)
+	}
+	tok, _ := davLock(t, url+"/f", "shared", "a", nil, http.StatusOK)
+	assertDAVError(t, davDo(t, "PUT", url+"/f", "v2", map[string]string{"If": "(<" + tok + ">)", "Accept": "text/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/f")
+	if n := b.saw("PUT /f"); n != 0 {
+		t.Fatalf("%d writes under the maintenance lock reached the backend", n)
+	}
+}

@@ -585,7 +585,9 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 // missing returns the locks of ls (without repeats) that the request
 // does not hold: it holds a lock when it submitted the token and the
 // lock's creator is the request's user. Shared locks on one root are
-// held together: the token of any of them lets its holder write.
+// held together: the token of any of them lets its holder write, except
+// under a maintenance lock (the admin API's, shared or not), which nobody
+// holds: a client's own shared lock beside it must not open it.
 func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
 	submitted := d.ifh.Tokens()
 	holds := func(l ExplicitLock) bool { return slices.Contains(submitted, l.Token) && d.mayUse(l) }
@@ -594,7 +596,7 @@ func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
 		if holds(l) || slices.ContainsFunc(out, func(o ExplicitLock) bool { return o.Token == l.Token }) {
 			continue
 		}
-		if l.Scope == Shared && slices.ContainsFunc(ls, func(o ExplicitLock) bool {
+		if l.Scope == Shared && l.Creator != adminCreator && slices.ContainsFunc(ls, func(o ExplicitLock) bool {
 			return o.Scope == Shared && o.Root == l.Root && holds(o)
 		}) {
 			continue
