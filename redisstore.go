@@ -312,6 +312,9 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 	})
 	v, err := s.call(ctx, "create", xCreateScript, []string{s.kIdx, s.kExp, s.hashKey(l.Token)}, args...)
 	if err != nil {
+		// The script may have run though its reply was lost; nobody has
+		// the token to unlock what it made.
+		s.forget(l.Token)
 		return ExplicitLock{}, err
 	}
 	reply, _ := v.([]any)
@@ -329,6 +332,23 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 		return ExplicitLock{}, err
 	}
 	return ExplicitLock{}, &LockConflictError{Conflicts: conflicts}
+}
+
+// forget removes, in the background, the lock of a create call that got
+// no answer, so that it does not stand until its timeout with its token
+// never handed out. The removal is repeated once after a timeout, in case
+// the create reaches Redis after the first one.
+func (s *RedisLockStore) forget(token string) {
+	go func() {
+		for i := range 2 {
+			if i > 0 {
+				time.Sleep(s.timeout)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+			_, _ = s.Remove(ctx, token)
+			cancel()
+		}
+	}()
 }
 
 // Refresh implements LockStore.

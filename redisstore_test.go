@@ -7,10 +7,12 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // newRedisLockStore returns the explicit lock store of zone with its own
@@ -552,5 +554,55 @@ func TestLockStoresAgree(t *testing.T) {
 				t.Fatalf("seed %d, step %d, %s:\nmemory: %s\nredis:  %s\nthen listing\nmemory: %s\nredis:  %s", seed, step, op, a, b, la, lb)
 			}
 		}
+	}
+}
+
+// lostReply is a go-redis hook that lets the next call of one script run
+// in Redis and then loses its reply, as a timeout on the way back does.
+type lostReply struct {
+	script string
+	armed  atomic.Bool
+}
+
+func (h *lostReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *lostReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		err := next(ctx, cmd)
+		if cmd.Name() == "evalsha" && len(args) > 1 && args[1] == h.script && h.armed.CompareAndSwap(true, false) {
+			return errors.New("reply lost")
+		}
+		return err
+	}
+}
+
+// A create whose reply is lost (the lock was made, the caller got an
+// error and no token) is taken back, rather than standing until its
+// timeout with nobody able to unlock it.
+func TestRedisCreateReplyLost(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	ctx := context.Background()
+	h := &lostReply{script: xCreateScript.Hash()}
+	s.client.AddHook(h)
+	if _, err := s.Create(ctx, xlock("/warm", Exclusive, DepthZero)); err != nil {
+		t.Fatal(err) // loads the script, so that the next create is one evalsha
+	}
+	h.armed.Store(true)
+	l := xlock("/a", Exclusive, DepthInfinity)
+	if _, err := s.Create(ctx, l); !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("create with its reply lost: %v, want ErrStoreUnavailable", err)
+	}
+	waitFor(t, 5*time.Second, "the lock of the lost reply to go", func() bool {
+		_, err := s.Get(ctx, l.Token)
+		return errors.Is(err, ErrNoSuchLock)
+	})
+	if _, err := s.Create(ctx, xlock("/a", Exclusive, DepthInfinity)); err != nil {
+		t.Fatalf("a new lock on the path: %v", err)
 	}
 }
