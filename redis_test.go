@@ -997,22 +997,27 @@ func TestFullTableReportsConflict(t *testing.T) {
 	}
 }
 
+// passHooks passes dials and pipelines through: the test hooks embed it
+// and have a ProcessHook of their own.
+type passHooks struct{}
+
+func (passHooks) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (passHooks) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 // lateAcquire is a go-redis hook that makes the next acquire script call
 // arrive late: the caller gets no answer (as when its reply is lost), and
 // the very same call reaches Redis only after the first leave script of
 // the abandoned attempt has run (and found nothing to do), as a command
 // held up on the network would.
 type lateAcquire struct {
+	passHooks
 	armed   atomic.Bool
 	late    atomic.Pointer[[]any]
 	raw     redis.UniversalClient
 	arrived chan error
-}
-
-func (h *lateAcquire) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *lateAcquire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 func (h *lateAcquire) ProcessHook(next redis.ProcessHook) redis.ProcessHook {

@@ -200,15 +200,10 @@ func TestRedisStoreTLS(t *testing.T) {
 // releaseGate is a go-redis hook that holds the next script call at the
 // door until opened, so a test can act while a release is under way.
 type releaseGate struct {
+	passHooks
 	armed   atomic.Bool
 	entered chan struct{}
 	open    chan struct{}
-}
-
-func (g *releaseGate) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (g *releaseGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 func (g *releaseGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {

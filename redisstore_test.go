@@ -560,14 +560,9 @@ func TestLockStoresAgree(t *testing.T) {
 // lostReply is a go-redis hook that lets the next call of one script run
 // in Redis and then loses its reply, as a timeout on the way back does.
 type lostReply struct {
+	passHooks
 	script string
 	armed  atomic.Bool
-}
-
-func (h *lostReply) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 func (h *lostReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
