@@ -38,8 +38,6 @@ func adminDo(t *testing.T, admin, method, path, body string) (int, string) {
 
 func TestAdminAPI(t *testing.T) {
 	bk := newBackend(t)
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	site := `handle /plain/* {
 	lock {
 		zone AdminPlain
@@ -53,8 +51,7 @@ handle {
 	}
 	reverse_proxy {backend}
 }`
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), site, bk)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	url, admin := startCaddyAdmin(t, "", site, bk)
 
 	// A maintenance window on /billing.
 	status, body := adminDo(t, admin, "POST", "/lock/AdminDAV", `{"path": "/billing", "depth": "infinity", "timeout": "30m", "owner": "maintenance <ops>"}`)
@@ -194,10 +191,7 @@ func TestAdminAPIOnWebDAVBackend(t *testing.T) {
 	b := newDAVBackend(t)
 	b.mkdir(t, "/billing")
 	b.put(t, "/billing/invoice", "v1")
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), davSiteConfig(t, b, "", ""), nil)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	url, admin := startCaddyAdmin(t, "", davSiteConfig(t, b, "", ""), nil)
 	zone := "/lock/" + t.Name()
 
 	status, body := adminDo(t, admin, "POST", zone, `{"path": "/billing", "timeout": "10m", "owner": "maintenance"}`)
@@ -242,10 +236,7 @@ func TestAdminAPIOnWebDAVBackend(t *testing.T) {
 // whose letters lower-case differently once upper-cased (ς, ı, ſ).
 func TestAdminLockCaseFolded(t *testing.T) {
 	bk := newBackend(t)
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), "lock {\n zone AdminFold\n case_insensitive\n}\nreverse_proxy {backend}", bk)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	url, admin := startCaddyAdmin(t, "", "lock {\n zone AdminFold\n case_insensitive\n}\nreverse_proxy {backend}", bk)
 	for _, name := range []string{"/λόγος", "/kapı", "/ſtate"} {
 		if status, body := adminDo(t, admin, "POST", "/lock/AdminFold", `{"path": "`+name+`", "depth": "0", "timeout": "1m"}`); status != http.StatusCreated {
 			t.Fatalf("POST %s: %d %s", name, status, body)
@@ -262,8 +253,6 @@ func TestAdminLockCaseFolded(t *testing.T) {
 // write in flight there. Without hierarchy it passes.
 func TestAdminLockBelowWriteWithHierarchy(t *testing.T) {
 	bk := newBackend(t)
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	site := `handle /flat/* {
 	lock {
 		zone AdminFlat
@@ -277,8 +266,7 @@ handle {
 	}
 	reverse_proxy {backend}
 }`
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), site, bk)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	url, admin := startCaddyAdmin(t, "", site, bk)
 	// A write above the lock in flight is one the window must wait for.
 	done := holdWrite(t, bk, "DELETE", url+"/billing", "above")
 	for _, zone := range []string{"AdminTree", "AdminFlat"} {
@@ -314,13 +302,10 @@ handle {
 // bound passes), so that an operator knows nothing is writing.
 func TestAdminMaintenanceDrain(t *testing.T) {
 	bk := newBackend(t)
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), `lock {
+	url, admin := startCaddyAdmin(t, "", `lock {
 	zone AdminDrain
 }
 reverse_proxy {backend}`, bk)
-	t.Cleanup(func() { _ = caddy.Stop() })
 
 	type created struct {
 		Token   string `json:"token"`
@@ -495,13 +480,9 @@ func TestAdminDrainAcrossRedisReload(t *testing.T) {
 // prefix, which shows that the lines were written.
 func TestTokensNotLoggedInFull(t *testing.T) {
 	b := newDAVBackend(t)
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	logFile := filepath.Join(t.TempDir(), "lock.log")
-	global := fmt.Sprintf("admin 127.0.0.1:%d\nlog locks {\n output file %s\n format json\n level DEBUG\n include http.handlers.lock admin.api.lock\n}",
-		adminPort, logFile)
-	url := loadCaddy(t, freePort(t), global, davSiteConfig(t, b, "", ""), nil)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	global := fmt.Sprintf("log locks {\n output file %s\n format json\n level DEBUG\n include http.handlers.lock admin.api.lock\n}", logFile)
+	url, admin := startCaddyAdmin(t, global, davSiteConfig(t, b, "", ""), nil)
 
 	b.put(t, "/doc", "x")
 	tok, _ := davLock(t, url+"/doc", "exclusive", "a", nil, http.StatusOK)
@@ -573,12 +554,9 @@ func TestWritesUnder(t *testing.T) {
 // first is let go without the write going upstream.
 func TestAdminMaintenanceRefusalCounted(t *testing.T) {
 	bk := newBackend(t)
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	zone := fmt.Sprintf("AdminCount%d", meteredRuns.Add(1))
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", adminPort),
+	url, admin := startCaddyAdmin(t, "metrics",
 		"lock {\n\tzone "+zone+"\n}\nreverse_proxy {backend} {\n\theader_down X-Result {http.lock.result}\n}", bk)
-	t.Cleanup(func() { _ = caddy.Stop() })
 	if status, body := adminDo(t, admin, "POST", "/lock/"+zone, `{"path": "/billing", "timeout": "1m", "drain": "0"}`); status != http.StatusCreated {
 		t.Fatalf("POST: %d %s", status, body)
 	}
@@ -601,10 +579,7 @@ func TestAdminMaintenanceRefusalCounted(t *testing.T) {
 func TestAdminSharedLockNotOpenedByClientLock(t *testing.T) {
 	b := newDAVBackend(t)
 	b.put(t, "/f", "v1")
-	adminPort := freePort(t)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d", adminPort), davSiteConfig(t, b, "", ""), nil)
-	t.Cleanup(func() { _ = caddy.Stop() })
+	url, admin := startCaddyAdmin(t, "", davSiteConfig(t, b, "", ""), nil)
 	status, body := adminDo(t, admin, "POST", "/lock/"+t.Name(), `{"path": "/f", "timeout": "10m", "scope": "shared", "owner": "maintenance"}`)
 	if status != http.StatusCreated {
 		t.Fatalf("POST: %d %s", status, body)

@@ -1393,12 +1393,10 @@ func TestDAVPartialDeleteKeepsLocks(t *testing.T) {
 // {http.lock.wait} set, as in a zone without webdav.
 func TestWebDAVWaitInVainObserved(t *testing.T) {
 	b := newBackend(t)
-	adminPort := freePort(t)
 	zone := fmt.Sprintf("davwait%d", meteredRuns.Add(1))
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", adminPort),
+	url, admin := startCaddyAdmin(t, "metrics",
 		"header >X-Wait {http.lock.wait}\nlock {\n\tzone "+zone+"\n\twebdav\n\twait 200ms\n}\nreverse_proxy {backend}", b)
-	t.Cleanup(func() { _ = caddy.Stop() })
-	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort)
+	metrics := admin + "/metrics"
 	count := `caddy_lock_wait_seconds_count{zone="` + zone + `"}`
 	first := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
 	before := metricValue(t, metrics, count)

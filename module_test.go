@@ -340,6 +340,17 @@ func loadCaddy(t testing.TB, port int, global, site string, b *backend) string {
 	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
+// startCaddyAdmin is startCaddy with Caddy's admin endpoint on a port of
+// its own, for the admin API and /metrics, and the global options in
+// global besides; it returns the site's and the admin endpoint's URLs.
+func startCaddyAdmin(t *testing.T, global, site string, b *backend) (url, admin string) {
+	t.Helper()
+	adminPort := freePort(t)
+	url = loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\n%s", adminPort, global), site, b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return url, fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+}
+
 func startCaddy(t *testing.T, site string, b *backend) string {
 	t.Helper()
 	url := loadCaddy(t, freePort(t), "", site, b)
@@ -1133,9 +1144,8 @@ func TestHierarchyTooDeepEndToEnd(t *testing.T) {
 // holds for it, nor count it a second time.
 func TestNestedLockHandlerWithoutLockKeepsPlaceholders(t *testing.T) {
 	b := newBackend(t)
-	adminPort := freePort(t)
 	zone := fmt.Sprintf("nestednone%d", meteredRuns.Add(1))
-	url := loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\nmetrics", adminPort), `route {
+	url, admin := startCaddyAdmin(t, "metrics", `route {
 	lock {
 		zone `+zone+`
 	}
@@ -1150,12 +1160,11 @@ func TestNestedLockHandlerWithoutLockKeepsPlaceholders(t *testing.T) {
 		}
 	}
 }`, b)
-	t.Cleanup(func() { _ = caddy.Stop() })
 	r := mustDo(t, http.MethodPost, url+"/docs/a", nil, http.StatusOK)
 	if r.header.Get("X-Result") != resultAcquired || r.header.Get("X-Key") != "/docs/a" {
 		t.Fatalf("POST under the outer lock: result %q, key %q", r.header.Get("X-Result"), r.header.Get("X-Key"))
 	}
-	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort)
+	metrics := admin + "/metrics"
 	if v := metricValue(t, metrics, `caddy_lock_requests_total{result="none",zone="`+zone+`"}`); v != 0 {
 		t.Fatalf("the locked POST was counted %v times as none as well", v)
 	}
