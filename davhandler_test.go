@@ -374,11 +374,7 @@ func TestDAVRefresh(t *testing.T) {
 // (RFC 4918 section 6.6), not default_timeout: a client that locked for
 // an hour and refreshes keeps an hour, not ten minutes.
 func TestDAVRefreshKeepsTimeout(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { testRefreshKeepsTimeout(t, "") })
-	t.Run("redis", func(t *testing.T) {
-		srv := startRedis(t)
-		testRefreshKeepsTimeout(t, "store redis {\n address "+srv.Addr+"\n }")
-	})
+	inEachStore(t, testRefreshKeepsTimeout)
 }
 
 func testRefreshKeepsTimeout(t *testing.T, store string) {
@@ -541,11 +537,7 @@ func assertLockFailure(t *testing.T, r result, requestURI string, blocked ...str
 // runs with the in-memory store and with the Redis store, whose conflict
 // lists the answer is made of.
 func TestDAVLockBelowMultiStatus(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { testLockBelowMultiStatus(t, "") })
-	t.Run("redis", func(t *testing.T) {
-		srv := startRedis(t)
-		testLockBelowMultiStatus(t, "store redis {\n address "+srv.Addr+"\n }")
-	})
+	inEachStore(t, testLockBelowMultiStatus)
 }
 
 func testLockBelowMultiStatus(t *testing.T, store string) {
@@ -585,6 +577,16 @@ func testLockBelowMultiStatus(t *testing.T, store string) {
 
 	// Depth 0 does not cover the members: granted despite the locks below.
 	davLock(t, url+"/c", "exclusive", "c", map[string]string{"Depth": "0"}, http.StatusOK)
+}
+
+// inEachStore runs test as subtests "memory" and "redis", with store the
+// lock block's store setting: none, then a redis-server of its own.
+func inEachStore(t *testing.T, test func(t *testing.T, store string)) {
+	t.Run("memory", func(t *testing.T) { test(t, "") })
+	t.Run("redis", func(t *testing.T) {
+		srv := startRedis(t)
+		test(t, "store redis {\n address "+srv.Addr+"\n }")
+	})
 }
 
 // zoneStore finds the explicit lock store of a zone that a running config

@@ -19,11 +19,7 @@ import (
 // destination, with escapes. It runs with the in-memory and the
 // Redis lock table.
 func TestDAVConcurrentWritesDoNotOverlap(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { testConcurrentDAVWrites(t, "") })
-	t.Run("redis", func(t *testing.T) {
-		srv := startRedis(t)
-		testConcurrentDAVWrites(t, "store redis {\n address "+srv.Addr+"\n }")
-	})
+	inEachStore(t, testConcurrentDAVWrites)
 }
 
 func testConcurrentDAVWrites(t *testing.T, store string) {
