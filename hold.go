@@ -52,7 +52,7 @@ type holdContext struct {
 
 	// zone, key and kind name the one lock of a handler without webdav,
 	// so that a later lock handler of the same route and zone sees that
-	// the request holds it already (see Handler.holdsAlready); zone is nil
+	// the request holds it already (see Handler.heldBefore); zone is nil
 	// otherwise.
 	zone *zone
 	key  string
@@ -104,7 +104,7 @@ func (c *holdContext) Value(key any) any {
 }
 
 // heldLockKey is the context key under which a holdContext answers with
-// itself, for Handler.holdsAlready.
+// itself, for Handler.heldBefore.
 type heldLockKey struct{}
 
 // AfterFunc arranges for f to run in its own goroutine once the context

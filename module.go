@@ -189,7 +189,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lock zone %q: %w", h.Zone, err)
 	}
 	h.zone = z
-	h.shared = &zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}
+	h.shared = h.settingsOf(z)
 	h.shared.attach()
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
@@ -291,7 +291,8 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if h.holdsAlready(r, repl) || h.passesHeld(r) {
+	kind, ok := h.kindOf(r.Method)
+	if h.heldBefore(r, repl, kind, ok) {
 		// A lock handler earlier in the route (a site-wide one, say)
 		// holds this lock for this request (or one of the zone, and this
 		// handler takes none for the method): taking it again would
@@ -313,7 +314,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.FenceHeader != "" {
 		r.Header.Del(h.FenceHeader) // only the lock sets it
 	}
-	kind, ok := h.kindOf(r.Method)
 	if !ok && !h.WebDAV {
 		repl.Set("http.lock.key", "")
 		repl.Set("http.lock.result", resultNone)
@@ -386,26 +386,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
 }
 
-// holdsAlready reports whether r holds, through a lock handler of this
-// zone earlier in its route, the lock this handler would take for it.
-func (h *Handler) holdsAlready(r *http.Request, repl *caddy.Replacer) bool {
-	c, ok := r.Context().Value(heldLockKey{}).(*holdContext)
-	if !ok || c.zone != h.zone || h.WebDAV || c.released.Load() {
-		return false
-	}
-	kind, ok := h.kindOf(r.Method)
-	return ok && (c.kind == Exclusive || kind == Shared) && c.key == h.keyOf(r, repl)
-}
-
-// passesHeld reports whether r, whose method takes no lock here, holds a
-// lock of this zone through an earlier lock handler: this one has nothing
-// to add, and must not say "none" over that handler's placeholders.
-func (h *Handler) passesHeld(r *http.Request) bool {
-	if _, ok := h.kindOf(r.Method); ok || h.WebDAV {
+// heldBefore reports whether r holds, through a lock handler of this
+// zone earlier in its route, a lock that this handler has nothing to add
+// to: the lock it would take (kind, when locks), or any lock when it takes
+// none for the method.
+func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind Kind, locks bool) bool {
+	if h.WebDAV {
 		return false
 	}
 	c, ok := r.Context().Value(heldLockKey{}).(*holdContext)
-	return ok && c.zone == h.zone && !c.released.Load()
+	if !ok || c.zone != h.zone || c.released.Load() {
+		return false
+	}
+	return !locks || (c.kind == Exclusive || kind == Shared) && c.key == h.keyOf(r, repl)
 }
 
 // enter returns the zone that a request in a handler whose zone has a
@@ -433,7 +426,7 @@ func (h *Handler) enter() (z *zone, borrowed bool, err error) {
 		// Tables of this request alone: the settings of its handler,
 		// not those in force for the zone's name.
 		settingsMu.Lock()
-		(&zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}).apply()
+		h.settingsOf(z).apply()
 		settingsMu.Unlock()
 	}
 	return z, true, nil
@@ -516,6 +509,11 @@ var (
 	// tables of one name share their explicit locks (see memExplicit).
 	zoneSettingsOf = map[string][]*zoneSettings{}
 )
+
+// settingsOf is this handler's settings for its table z.
+func (h *Handler) settingsOf(z *zone) *zoneSettings {
+	return &zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}
+}
 
 // attach puts s in force; the handler provisioned last sets the zone's
 // settings.
