@@ -243,12 +243,7 @@ func (d *davRequest) hold(reqs []Request) error {
 			for _, l := range leases {
 				l.Release()
 			}
-			// A wait in vain is a wait too, as in ServeHTTP.
-			waited := time.Since(start)
-			d.repl.Set("http.lock.wait", waited)
-			if h.Wait > 0 {
-				h.metrics.wait.Observe(waited.Seconds())
-			}
+			h.recordWait(d.repl, start) // a wait in vain is a wait too
 			if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
 				// fail_open: the request goes on without in-flight locks.
 				h.storeTrouble(d.key, err)
@@ -262,12 +257,8 @@ func (d *davRequest) hold(reqs []Request) error {
 	// The lease of the first key carries the fencing number the backend
 	// sees; with MOVE and COPY that is the lower of the two keys.
 	h.granted(d.r, d.repl, leases[0])
-	waited := time.Since(start)
-	d.repl.Set("http.lock.wait", waited)
+	waited := h.recordWait(d.repl, start)
 	result := resultAcquired
-	if h.Wait > 0 {
-		h.metrics.wait.Observe(waited.Seconds())
-	}
 	if slices.ContainsFunc(leases, queued) {
 		result = resultWaited
 	}

@@ -345,11 +345,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	start := time.Now()
 	lease, err := z.locker.Acquire(r.Context(), Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
-	waited := time.Since(start)
-	repl.Set("http.lock.wait", waited)
-	if h.Wait > 0 {
-		h.metrics.wait.Observe(waited.Seconds())
-	}
+	waited := h.recordWait(repl, start)
 	if err != nil {
 		if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
 			return h.failOpen(w, r, repl, key, err, next)
@@ -384,6 +380,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.metrics.count(result)
 	}
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
+}
+
+// recordWait records how long a request waited for its locks since
+// start, whether it got them or not: as {http.lock.wait}, and in the wait
+// histogram of a zone with wait.
+func (h *Handler) recordWait(repl *caddy.Replacer, start time.Time) time.Duration {
+	waited := time.Since(start)
+	repl.Set("http.lock.wait", waited)
+	if h.Wait > 0 {
+		h.metrics.wait.Observe(waited.Seconds())
+	}
+	return waited
 }
 
 // heldBefore reports whether r holds, through a lock handler of this
