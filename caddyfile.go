@@ -53,16 +53,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("lock: unexpected argument %q; settings go in a block: lock { ... }", d.Val())
 	}
-	// A setting given twice would silently take the last value; only the
-	// method lists add up.
-	seen := make(map[string]bool)
+	// Only the method lists add up.
+	once := givenOnce(d, "lock", "exclusive", "shared")
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if sub != "exclusive" && sub != "shared" {
-			if seen[sub] {
-				return d.Errf("lock: %s is given twice; give it once", sub)
-			}
-			seen[sub] = true
+		if err := once(sub); err != nil {
+			return err
 		}
 		switch sub {
 		case "key":
@@ -189,6 +185,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// givenOnce returns a check that refuses a subdirective of block given a
+// second time, where it would silently take the last value; those in
+// adding (lists) may repeat.
+func givenOnce(d *caddyfile.Dispenser, block string, adding ...string) func(sub string) error {
+	seen := make(map[string]bool)
+	return func(sub string) error {
+		if seen[sub] && !slices.Contains(adding, sub) {
+			return d.Errf("%s: %s is given twice; give it once", block, sub)
+		}
+		seen[sub] = true
+		return nil
+	}
 }
 
 // oneArg reads the single argument of subdirective sub: what says what

@@ -216,16 +216,12 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("lock: store redis: unexpected argument %q; settings go in a block", d.Val())
 	}
-	// As in the lock block: an option given twice is a mistake, but
-	// addresses add up.
-	seen := make(map[string]bool)
+	// Addresses add up.
+	once := givenOnce(d, "lock: store redis", "address", "addresses")
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if sub != "address" && sub != "addresses" {
-			if seen[sub] {
-				return d.Errf("lock: store redis: %s is given twice; give it once", sub)
-			}
-			seen[sub] = true
+		if err := once(sub); err != nil {
+			return err
 		}
 		switch sub {
 		case "address", "addresses":
