@@ -820,7 +820,16 @@ func TestMaxHoldCountsFromGrant(t *testing.T) {
 			if r := <-first; r.status != http.StatusOK {
 				t.Fatalf("first: %d %v", r.status, r.err)
 			}
-			b.waitStarted(t, "second")
+			select {
+			case got := <-b.started:
+				if got != "second" {
+					t.Fatalf("backend started %q, want second", got)
+				}
+			case r := <-second:
+				t.Fatalf("the write was cut off before it reached the backend (%d %s): its max_hold ran from its arrival", r.status, r.body)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the queued write neither reached the backend nor was answered")
+			}
 			granted := time.Now()
 			r := <-second
 			if held := time.Since(granted); held < 800*time.Millisecond {
