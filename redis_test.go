@@ -967,7 +967,11 @@ func labelledStacks(t testing.TB, value string) (stacks []string, n int) {
 // has looked at its condition and found it not yet met.
 func waitParked(t *testing.T, value, fn string) {
 	t.Helper()
-	waitFor(t, 5*time.Second, "a goroutine of "+fn+" to poll and wait", func() bool {
+	what := "a goroutine of " + fn
+	if fn == "" {
+		what = "a goroutine of this package"
+	}
+	waitFor(t, 5*time.Second, what+" to poll and wait (it closed what it should wait for?)", func() bool {
 		stacks, _ := labelledStacks(t, value)
 		for _, s := range stacks {
 			if strings.Contains(s, "time.Sleep") && strings.Contains(s, "github.com/caddy-lock/caddy-lock."+fn) {
