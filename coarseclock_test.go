@@ -25,7 +25,11 @@ func TestCoarseClockFollowsTimeAndStopsWhenUnread(t *testing.T) {
 	// While it is read, it moves forward with the ticks and never runs
 	// ahead of the system clock.
 	prev := c.read()
+	deadline := time.Now().Add(5 * time.Second)
 	for c.read() == prev {
+		if time.Now().After(deadline) {
+			t.Fatalf("the clock did not move in 5s of reads (tick %v)", clockTick)
+		}
 		time.Sleep(time.Millisecond)
 	}
 	if v := c.read(); v <= prev || v > monotonicNow() {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,15 +95,27 @@ func newDAVBackend(t *testing.T) *davBackend {
 // recordWrite records at o the resources a write request changes: its
 // path, everything below it for DELETE and MOVE, and for MOVE and COPY
 // the Destination and everything below it. The returned func records
-// their end.
+// their end. It names them as x/net/webdav does, never with the lock
+// handler's own normalisation, which would hide a bug of it: the path as
+// net/http decoded it once, and the Destination's path as url.Parse gives
+// it, each cleaned with path.Clean (x/net/webdav's slashClean).
 func recordWrite(o *overlapRecorder, r *http.Request) (end func()) {
-	ws := []write{{res: normalizePath(r.URL.Path), tree: r.Method == "DELETE" || r.Method == "MOVE"}}
+	ws := []write{{res: davResource(r.URL.Path), tree: r.Method == "DELETE" || r.Method == "MOVE"}}
 	if r.Method == "MOVE" || r.Method == "COPY" {
 		if u, err := url.Parse(r.Header.Get("Destination")); err == nil && u.Path != "" {
-			ws = append(ws, write{res: normalizePath(u.Path), tree: true})
+			ws = append(ws, write{res: davResource(u.Path), tree: true})
 		}
 	}
 	return o.record(ws...)
+}
+
+// davResource is the resource x/net/webdav's file system opens for the
+// decoded path p.
+func davResource(p string) string {
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
+	}
+	return path.Clean(p)
 }
 
 // saw counts the requests "METHOD /path" that reached the backend.
@@ -645,6 +658,32 @@ func TestDAVMoveCopy(t *testing.T) {
 	davMust(t, http.StatusBadGateway, "MOVE", url+"/other", "", map[string]string{"Destination": "http://elsewhere.example/x"})
 	davMust(t, http.StatusBadRequest, "MOVE", url+"/other", "", nil)
 	davMust(t, http.StatusBadRequest, "COPY", url+"/other", "", map[string]string{"Destination": "::not a uri"})
+}
+
+// A COPY or MOVE onto a collection replaces everything below it
+// (Overwrite: T), so it needs the tokens of the locks on the members
+// below the destination too, not only of locks on the destination or
+// above it; with the member's token it passes.
+func TestDAVCopyMoveOntoCollectionMembers(t *testing.T) {
+	url, b := davSite(t, "")
+	b.mkdir(t, "/dst")
+	b.put(t, "/dst/member", "m")
+	tm, _ := davLock(t, url+"/dst/member", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
+	for _, method := range []string{"COPY", "MOVE"} {
+		src := "/src-" + strings.ToLower(method)
+		b.mkdir(t, src)
+		b.put(t, src+"/file", "s")
+		h := map[string]string{"Destination": url + "/dst", "Overwrite": "T", "Depth": "infinity"}
+		assertDAVError(t, davDo(t, method, url+src, "", h), http.StatusLocked, CondLockTokenSubmitted, "/dst/member")
+		if b.saw(method+" "+src) != 0 || !b.exists("/dst/member") {
+			t.Fatalf("a refused %s onto the collection reached the backend", method)
+		}
+	}
+	h := map[string]string{"Destination": url + "/dst", "Overwrite": "T", "Depth": "infinity", "If": "<" + url + "/dst/member> (<" + tm + ">)"}
+	davMust(t, http.StatusNoContent, "COPY", url+"/src-copy", "", h)
+	if !b.exists("/dst/file") || b.exists("/dst/member") {
+		t.Fatal("the COPY with the member's token did not replace the collection at the backend")
+	}
 }
 
 // With case_insensitive, a Destination path and an If tag are folded as

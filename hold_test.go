@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,44 +41,67 @@ func isFree(l Locker, key string) bool {
 	return true
 }
 
+// countedLease is a Lease that counts its releases. The synctest tests
+// use it rather than a lock table, whose coarse clock (shared by the
+// whole process) must not start its timer inside a bubble.
+type countedLease struct{ releases atomic.Int32 }
+
+func (l *countedLease) Release() { l.releases.Add(1) }
+
 // The route's context keeps the request's values but not its
 // cancellation; finishing the route ends it and releases the lock once.
+// It runs in a synctest bubble: synctest.Wait returns once every
+// goroutine that the client's departure set off (an AfterFunc, a watcher
+// of the request's context) has run and blocked again, so a cancellation
+// that reaches the route's context a moment late is seen as well.
 func TestHoldContextOutlivesTheClient(t *testing.T) {
-	l, rp, held := holdFixture(t, time.Minute)
-	parent, cancelClient := context.WithCancelCause(context.WithValue(context.Background(), holdKey{}, "v"))
-	hc := rp.hold(parent, time.Now(), mustAcquire(t, l, "/doc", Exclusive))
-	child, cancelChild := context.WithCancel(hc)
-	defer cancelChild()
+	synctest.Test(t, func(t *testing.T) {
+		held := prometheus.NewGauge(prometheus.GaugeOpts{Name: "held"})
+		rp := newHoldReaper(time.Minute, held)
+		lease := new(countedLease)
+		parent, cancelClient := context.WithCancelCause(context.WithValue(context.Background(), holdKey{}, "v"))
+		hc := rp.hold(parent, time.Now(), lease)
+		child, cancelChild := context.WithCancel(hc)
+		defer cancelChild()
 
-	cancelClient(errors.New("client went away"))
-	if hc.Err() != nil || child.Err() != nil || context.Cause(hc) != nil {
-		t.Fatalf("a departing client ended the route's context: %v / %v / cause %v", hc.Err(), child.Err(), context.Cause(hc))
-	}
-	if hc.Value(holdKey{}) != "v" || child.Value(holdKey{}) != "v" {
-		t.Fatal("the request's values are lost")
-	}
-	if d, ok := hc.Deadline(); !ok || time.Until(d) < 59*time.Second {
-		t.Fatalf("deadline %v %v, want max_hold from now", d, ok)
-	}
-	if isFree(l, "/doc") || gauge(t, held) != 1 {
-		t.Fatal("the lock is not held while the route runs")
-	}
+		cancelClient(errors.New("client went away"))
+		synctest.Wait()
+		if hc.Err() != nil || child.Err() != nil || context.Cause(hc) != nil {
+			t.Fatalf("a departing client ended the route's context: %v / %v / cause %v", hc.Err(), child.Err(), context.Cause(hc))
+		}
+		if hc.Value(holdKey{}) != "v" || child.Value(holdKey{}) != "v" {
+			t.Fatal("the request's values are lost")
+		}
+		if d, ok := hc.Deadline(); !ok || !d.Equal(time.Now().Add(time.Minute)) {
+			t.Fatalf("deadline %v %v, want max_hold from now", d, ok)
+		}
+		if lease.releases.Load() != 0 || gauge(t, held) != 1 {
+			t.Fatal("the lock is not held while the route runs")
+		}
+		// Half of max_hold later (in the bubble's time), still held.
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if hc.Err() != nil || lease.releases.Load() != 0 {
+			t.Fatalf("the route's context ended before max_hold: %v, %d releases", hc.Err(), lease.releases.Load())
+		}
 
-	hc.finish()
-	<-child.Done()
-	if !errors.Is(hc.Err(), context.Canceled) || !errors.Is(child.Err(), context.Canceled) {
-		t.Fatalf("after the route: %v / %v, want Canceled", hc.Err(), child.Err())
-	}
-	if !isFree(l, "/doc") || gauge(t, held) != 0 {
-		t.Fatal("the lock is not released when the route is done")
-	}
-	// A second holder is not released by a second finish.
-	other := mustAcquire(t, l, "/doc", Exclusive)
-	defer other.Release()
-	hc.finish()
-	if isFree(l, "/doc") || gauge(t, held) != 0 {
-		t.Fatal("finishing twice released another holder's lock or counted twice")
-	}
+		hc.finish()
+		<-child.Done()
+		if !errors.Is(hc.Err(), context.Canceled) || !errors.Is(child.Err(), context.Canceled) {
+			t.Fatalf("after the route: %v / %v, want Canceled", hc.Err(), child.Err())
+		}
+		if lease.releases.Load() != 1 || gauge(t, held) != 0 {
+			t.Fatal("the lock is not released when the route is done")
+		}
+		// A second finish releases nothing more, and nor does the
+		// reaper's timer when max_hold comes.
+		hc.finish()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if lease.releases.Load() != 1 || gauge(t, held) != 0 {
+			t.Fatalf("%d releases, gauge %v after finishing twice and max_hold passing, want 1 and 0", lease.releases.Load(), gauge(t, held))
+		}
+	})
 }
 
 // At max_hold the context ends with DeadlineExceeded (reverse_proxy then
@@ -150,9 +175,16 @@ func TestHoldContextChildrenNeedNoGoroutine(t *testing.T) {
 	}
 }
 
+// In a synctest bubble, so that "the stopped function never ran" is
+// checked once every goroutine has run (synctest.Wait), not after a
+// pause that might be too short.
 func TestHoldContextAfterFunc(t *testing.T) {
-	l, rp, _ := holdFixture(t, time.Minute)
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", Exclusive))
+	synctest.Test(t, testHoldContextAfterFunc)
+}
+
+func testHoldContextAfterFunc(t *testing.T) {
+	rp := newHoldReaper(time.Minute, prometheus.NewGauge(prometheus.GaugeOpts{Name: "held"}))
+	hc := rp.hold(context.Background(), time.Now(), new(countedLease))
 	ran := make(chan string, 3)
 	stopped := hc.AfterFunc(func() { ran <- "stopped" })
 	kept := hc.AfterFunc(func() { ran <- "kept" })
@@ -170,10 +202,11 @@ func TestHoldContextAfterFunc(t *testing.T) {
 	if got := <-ran; got != "late" {
 		t.Fatalf("AfterFunc on an ended context ran %q, want late", got)
 	}
+	synctest.Wait()
 	select {
 	case got := <-ran:
 		t.Fatalf("%q ran after it was stopped", got)
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"net/http"
 	"runtime"
 	"slices"
 	"strings"
@@ -818,4 +819,33 @@ func assertQueuedLease(t *testing.T, l Locker, queuedOne func()) {
 func TestQueuedLease(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	assertQueuedLease(t, l, func() { waitForQueue(t, l, 1) })
+}
+
+// With hierarchy, a release wakes the waiters on the keys above the one
+// it frees: a DELETE of /a queued behind a write to /a/b goes through
+// as soon as that write is done, not when its wait runs out (it would
+// then get 423, never having reached the backend). Through Caddy, with
+// wait long enough that only a wake-up gets the DELETE to the backend.
+func TestReleaseWakesWaitersAbove(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone wakeabove\n hierarchy\n wait 30s\n}\nreverse_proxy {backend}", b)
+	below := holdWrite(t, b, http.MethodPut, url+"/a/b", "below")
+	above := make(chan result, 1)
+	go func() {
+		above <- do(http.DefaultClient, http.MethodDelete, url+"/a", map[string]string{"X-Hold": "above"})
+	}()
+	l := zoneTable(t, "wakeabove")
+	waitForQueue(t, l, 1)
+	b.open("below")
+	if r := <-below; r.status != http.StatusOK {
+		t.Fatalf("the write below: %d %v", r.status, r.err)
+	}
+	// waitStarted gives up after 10s, well before the 30s wait ends: the
+	// DELETE reaches the backend only if the release woke it.
+	b.waitStarted(t, "above")
+	b.open("above")
+	if r := <-above; r.status != http.StatusOK {
+		t.Fatalf("the DELETE queued above: %d %v %s", r.status, r.err, r.body)
+	}
+	waitEmpty(t, l)
 }

@@ -711,14 +711,20 @@ func TestMethodCaseDoesNotEscape(t *testing.T) {
 
 // TestClientAbortDuringWrite: a client that goes away does not cut the
 // write off at the backend, and the lock holds until the backend answers.
+// Probes around the lock handler report the events: the outer one when
+// Caddy has seen the client leave (its request context ended), the inner
+// one what the rest of the route (reverse_proxy) returned, which is an
+// error if the upstream request was cancelled at any point before the
+// backend's answer arrived.
 func TestClientAbortDuringWrite(t *testing.T) {
 	b := newBackend(t)
-	url := startCaddy(t, "lock {\n zone abort\n}\nreverse_proxy {backend}", b)
+	url := startCaddy(t, "route {\n lock_test_probe outer\n lock {\n  zone abort\n }\n lock_test_probe inner\n reverse_proxy {backend}\n}", b)
 	ctx, cancel := context.WithCancel(context.Background())
 	aborted := make(chan error, 1)
 	go func() {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPut, url+"/doc", strings.NewReader("x"))
 		req.Header.Set("X-Hold", "w")
+		req.Header.Set("X-Probe", "abort")
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
@@ -730,9 +736,12 @@ func TestClientAbortDuringWrite(t *testing.T) {
 	if err := <-aborted; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client request: %v, want cancelled", err)
 	}
-	time.Sleep(100 * time.Millisecond) // let Caddy notice the departure
+	waitProbe(t, "abort", "outer gone")
 	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
 	b.open("w")
+	if ev := nextProbe(t, "abort"); ev != "inner returned <nil>" {
+		t.Fatalf("the rest of the route after the client left: %s, want it to return nil with the backend's answer", ev)
+	}
 	waitEmpty(t, zoneTable(t, "abort"))
 	b.mu.Lock()
 	cut := b.cancelled["w"]
@@ -782,6 +791,55 @@ func TestMaxHold(t *testing.T) {
 		}
 	}
 	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+}
+
+// max_hold counts from the grant, not from the request's arrival: time
+// spent queued does not shorten the hold. A write queues for longer than
+// its max_hold of 1s behind one from a handler of the zone with a longer
+// one; once granted, it still runs its full second at the backend before
+// max_hold cuts it off. Counted from arrival, it would be cut off at once.
+func TestMaxHoldCountsFromGrant(t *testing.T) {
+	for _, mode := range []string{"", "webdav"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			b := newBackend(t)
+			zone := "holdfromgrant" + mode
+			handler := func(matcher, maxHold string) string {
+				return fmt.Sprintf("lock %s {\n zone %s\n max_hold %s\n wait 30s\n %s\n}\n", matcher, zone, maxHold, mode)
+			}
+			url := startCaddy(t, "@slow header X-Slow 1\n"+handler("@slow", "1m")+
+				"@quick not header X-Slow 1\n"+handler("@quick", "1s")+"reverse_proxy {backend}", b)
+			first := holdWrite(t, b, http.MethodPut, url+"/doc", "first", "X-Slow", "1")
+			second := make(chan result, 1)
+			go func() {
+				second <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "second"})
+			}()
+			waitForQueue(t, zoneTable(t, zone), 1)
+			// Not synchronisation: the time queued is what is tested.
+			time.Sleep(1500 * time.Millisecond)
+			b.open("first")
+			if r := <-first; r.status != http.StatusOK {
+				t.Fatalf("first: %d %v", r.status, r.err)
+			}
+			select {
+			case got := <-b.started:
+				if got != "second" {
+					t.Fatalf("backend started %q, want second", got)
+				}
+			case r := <-second:
+				t.Fatalf("the write was cut off before it reached the backend (%d %s): its max_hold ran from its arrival", r.status, r.body)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the queued write neither reached the backend nor was answered")
+			}
+			granted := time.Now()
+			r := <-second
+			if held := time.Since(granted); held < 800*time.Millisecond {
+				t.Fatalf("the write was cut off %v after its grant (status %d), before its max_hold of 1s", held, r.status)
+			}
+			if r.status < 500 {
+				t.Fatalf("the write past max_hold: %d, want a 5xx from the cancelled upstream request", r.status)
+			}
+		})
+	}
 }
 
 func TestWait(t *testing.T) {
@@ -1019,6 +1077,23 @@ handle /h/* {
 	}
 }
 
+// A key template whose result starts with "/" is normalised as a path,
+// as documented: spellings of one path in the header lock one key. A
+// result without the leading "/" is used as it is.
+func TestKeyTemplateNormalisedAsPath(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone keynorm\n key {http.request.header.X-Doc}\n}\nreverse_proxy {backend}", b)
+	done := holdWrite(t, b, http.MethodPut, url+"/a", "w", "X-Doc", "/docs/7")
+	for _, spelling := range []string{"//docs/./7/", "/docs/x/../7", "/docs%2F7", "/docs/7;v=2"} {
+		assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/b", map[string]string{"X-Doc": spelling}), "/docs/7")
+	}
+	mustDo(t, http.MethodPut, url+"/c", map[string]string{"X-Doc": "docs/7"}, http.StatusOK)
+	b.open("w")
+	if r := <-done; r.status != http.StatusOK {
+		t.Fatalf("the held write: %d %v", r.status, r.err)
+	}
+}
+
 func TestUseHandleErrors(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, "lock {\n zone errs\n use_handle_errors\n}\nreverse_proxy {backend}\nhandle_errors {\n respond \"custom {err.status_code}\"\n}", b)
@@ -1042,6 +1117,29 @@ func TestRetryAfterConfigured(t *testing.T) {
 	}
 	b.open("w")
 	<-done
+}
+
+// Retry-After is rounded up to whole seconds, never down: told 1 for a
+// retry_after of 1.5s, a client comes back into the same lock. Each way a
+// refusal is written: the problem body, handle_errors, and WebDAV mode.
+func TestRetryAfterRoundedUp(t *testing.T) {
+	for name, settings := range map[string]string{
+		"problem":       "",
+		"handle_errors": "use_handle_errors",
+		"webdav":        "webdav",
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := newBackend(t)
+			url := startCaddy(t, fmt.Sprintf("lock {\n zone raup%s\n retry_after 1500ms\n %s\n}\nreverse_proxy {backend}", name, settings), b)
+			done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
+			r := do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
+			if r.status != http.StatusLocked || r.header.Get("Retry-After") != "2" {
+				t.Fatalf("a refusal with retry_after 1500ms: %d, Retry-After %q, want 423 with 2", r.status, r.header.Get("Retry-After"))
+			}
+			b.open("w")
+			<-done
+		})
+	}
 }
 
 // meteredRuns names each run's zone afresh: the metrics registry outlives
@@ -1093,6 +1191,72 @@ func init() {
 	caddy.RegisterModule(panicHandler{})
 	httpcaddyfile.RegisterHandlerDirective("lock_test_panic", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return new(panicHandler), nil
+	})
+}
+
+// probeHandler reports, for requests with X-Probe: <id>, events on
+// probeEvents(id): "<name> gone" when the request's context ends while
+// the rest of the route runs (placed before lock, that is the client
+// leaving), and "<name> returned <err>" when the rest of the route returns.
+type probeHandler struct{ Name string }
+
+func (probeHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.lock_test_probe", New: func() caddy.Module { return new(probeHandler) }}
+}
+
+var probes sync.Map // id -> chan string
+
+func probeEvents(id string) chan string {
+	c, _ := probes.LoadOrStore(id, make(chan string, 16))
+	return c.(chan string)
+}
+
+func (p probeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	id := r.Header.Get("X-Probe")
+	if id == "" {
+		return next.ServeHTTP(w, r)
+	}
+	events := probeEvents(id)
+	stop := context.AfterFunc(r.Context(), func() { events <- p.Name + " gone" })
+	err := next.ServeHTTP(w, r)
+	stop()
+	events <- fmt.Sprintf("%s returned %v", p.Name, err)
+	return err
+}
+
+func (p *probeHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if !d.Args(&p.Name) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// nextProbe returns the next event of probe id.
+func nextProbe(t *testing.T, id string) string {
+	t.Helper()
+	select {
+	case ev := <-probeEvents(id):
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatalf("probe %s reported nothing in 10s", id)
+		return ""
+	}
+}
+
+// waitProbe fails t unless probe id's next event is want.
+func waitProbe(t *testing.T, id, want string) {
+	t.Helper()
+	if ev := nextProbe(t, id); ev != want {
+		t.Fatalf("probe %s: %q, want %q", id, ev, want)
+	}
+}
+
+func init() {
+	caddy.RegisterModule(probeHandler{})
+	httpcaddyfile.RegisterHandlerDirective("lock_test_probe", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		p := new(probeHandler)
+		return p, p.UnmarshalCaddyfile(h.Dispenser)
 	})
 }
 

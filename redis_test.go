@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net/http"
 	"regexp"
-	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -350,6 +351,61 @@ func TestRedisNoOvertaking(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+
+	// Where only the queue stands in the way: a reader arriving while a
+	// writer waits behind another reader would be granted beside that
+	// reader, and is refused instead.
+	r1 := redisAcquire(t, l, "/q", Shared)
+	writer := make(chan error, 1)
+	go func() {
+		ls, err := l.Acquire(context.Background(), Request{Key: "/q", Kind: Exclusive, Wait: 5 * time.Second})
+		if err == nil {
+			ls.Release()
+		}
+		writer <- err
+	}()
+	waitFor(t, 2*time.Second, "the writer to queue", func() bool { return redisStats(t, l).Waiting == 1 })
+	if ce := redisConflict(t, l, "/q", Shared); ce.Key != "/q" {
+		t.Fatalf("conflict = %+v", ce)
+	}
+	r1.Release()
+	if err := <-writer; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Through Caddy with the Redis store: a reader (shared GET) that arrives
+// while a writer is queued behind another reader queues behind the
+// writer; granted at once beside the first reader, it would keep the
+// writer waiting for as long as readers keep coming. The backend sees
+// them in arrival order.
+func TestRedisHandlerReaderQueuesBehindWriter(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	url := startCaddy(t, redisSite(srv, "rqueue", "", "shared GET\n\twait 10s"), b)
+	l := redisZoneLocker(t, "rqueue")
+	queued := func(n int64) {
+		t.Helper()
+		waitFor(t, 5*time.Second, fmt.Sprintf("%d waiters in Redis", n), func() bool { return redisStats(t, l).Waiting == n })
+	}
+	r1 := holdWrite(t, b, http.MethodGet, url+"/doc", "r1")
+	w := make(chan result, 1)
+	go func() { w <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Hold": "w"}) }()
+	queued(1)
+	r2 := make(chan result, 1)
+	go func() { r2 <- do(http.DefaultClient, http.MethodGet, url+"/doc", map[string]string{"X-Hold": "r2"}) }()
+	// Granted beside r1, r2 would reach the backend and never queue.
+	queued(2)
+	b.open("r1")
+	b.waitStarted(t, "w")
+	b.open("w")
+	b.waitStarted(t, "r2")
+	b.open("r2")
+	for name, c := range map[string]<-chan result{"r1": r1, "w": w, "r2": r2} {
+		if r := <-c; r.status != http.StatusOK {
+			t.Fatalf("%s: %d %v %s", name, r.status, r.err, r.body)
+		}
+	}
 }
 
 func TestRedisWaitTimeout(t *testing.T) {
@@ -659,6 +715,42 @@ func TestRedisFencing(t *testing.T) {
 	}
 }
 
+// Fencing numbers strictly increase within one primary even when the
+// server clock is behind the last number issued: a clock stepped back
+// (an NTP correction, a primary whose clock ran ahead before it handed
+// over), stood for here by a zone counter a day ahead of the clock. A
+// grant that took the clock alone would hand the backend a number below
+// one it has already accepted. Through Caddy, as the backend sees it.
+func TestRedisFencingAboveTheClock(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	url := startCaddy(t, redisSite(srv, "rfenceclock", "", "fence_header X-Lock-Fence"), b)
+	fence := func() int64 {
+		t.Helper()
+		r := mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
+		f, err := strconv.ParseInt(r.header.Get("X-Got-Fence"), 10, 64)
+		if err != nil {
+			t.Fatalf("the backend got fence %q: %v", r.header.Get("X-Got-Fence"), err)
+		}
+		return f
+	}
+	first := fence()
+	ahead := first + int64(24*time.Hour/time.Microsecond)
+	c := redisClient(t, srv)
+	meta := "{" + DefaultRedisKeyPrefix + ":rfenceclock}:meta"
+	if err := c.HSet(context.Background(), meta, "fence", strconv.FormatInt(ahead, 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	last := ahead
+	for range 3 {
+		f := fence()
+		if f <= last {
+			t.Fatalf("fence %d after %d: a grant went below the zone's last number", f, last)
+		}
+		last = f
+	}
+}
+
 // go-redis may send a script again after a lost reply: a second run with
 // the same tokens must neither grant twice nor fail.
 func TestRedisScriptIdempotent(t *testing.T) {
@@ -828,10 +920,75 @@ func TestRedisUnavailable(t *testing.T) {
 	hold.Release()
 }
 
+// testGoroutineLabel is the pprof label under which a test runs code
+// whose goroutines it then counts: goroutines inherit their creator's
+// labels, so these are the ones that code started, directly or not, and
+// no others (not those of earlier tests still winding down).
+const testGoroutineLabel = "caddylock_test"
+
+// labelled runs fn with goroutine label value, which the goroutines it
+// starts inherit.
+func labelled(value string, fn func()) {
+	pprof.Do(context.Background(), pprof.Labels(testGoroutineLabel, value), func(context.Context) { fn() })
+}
+
+// labelledStacks returns the stacks of the live goroutines labelled
+// value (see labelled), one entry per group of identical stacks, and how
+// many goroutines there are.
+func labelledStacks(t testing.TB, value string) (stacks []string, n int) {
+	t.Helper()
+	var buf strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
+		t.Fatal(err)
+	}
+	mark := fmt.Sprintf("%q:%q", testGoroutineLabel, value)
+	for _, group := range strings.Split(buf.String(), "\n\n") {
+		if !strings.Contains(group, "# labels: {") || !strings.Contains(group, mark) {
+			continue
+		}
+		k := -1
+		for _, line := range strings.Split(group, "\n") {
+			if count, _, ok := strings.Cut(line, " @ "); ok {
+				k, _ = strconv.Atoi(count)
+				break
+			}
+		}
+		if k < 0 {
+			t.Fatalf("goroutine profile group without a count: %q", group)
+		}
+		stacks = append(stacks, group)
+		n += k
+	}
+	return stacks, n
+}
+
+// waitParked waits until a goroutine labelled value sits in time.Sleep in
+// a function of this package whose name contains fn: a poll loop that
+// has looked at its condition and found it not yet met.
+func waitParked(t *testing.T, value, fn string) {
+	t.Helper()
+	what := "a goroutine of " + fn
+	if fn == "" {
+		what = "a goroutine of this package"
+	}
+	waitFor(t, 5*time.Second, what+" to poll and wait (it closed what it should wait for?)", func() bool {
+		stacks, _ := labelledStacks(t, value)
+		for _, s := range stacks {
+			if strings.Contains(s, "time.Sleep") && strings.Contains(s, "github.com/caddy-lock/caddy-lock."+fn) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Every goroutine a locker starts (its subscription, waiters, renewals,
+// the client's pool) is gone after Close. Counted by label: only the
+// goroutines started by this test's code.
 func TestRedisNoGoroutineLeak(t *testing.T) {
 	srv := startRedis(t)
-	before := runtime.NumGoroutine()
-	func() {
+	label := t.Name()
+	labelled(label, func() {
 		cfg := RedisConfig{Addresses: []string{srv.Addr}, Lease: caddy.Duration(time.Second)}
 		client, err := NewRedisClient(cfg)
 		if err != nil {
@@ -845,22 +1002,34 @@ func TestRedisNoGoroutineLeak(t *testing.T) {
 		hold := redisAcquire(t, l, "/g", Exclusive)
 		// A waiter starts the subscription; let it time out.
 		_, _ = l.Acquire(context.Background(), Request{Key: "/g/x", Kind: Shared, Wait: 300 * time.Millisecond})
+		// A waiter whose client leaves while it is queued.
 		ctx, cancel := context.WithCancel(context.Background())
-		go func() { time.Sleep(50 * time.Millisecond); cancel() }()
-		_, _ = l.Acquire(ctx, Request{Key: "/g", Kind: Shared, Wait: 5 * time.Second})
+		left := make(chan error, 1)
+		go func() {
+			_, err := l.Acquire(ctx, Request{Key: "/g", Kind: Shared, Wait: 5 * time.Second})
+			left <- err
+		}()
+		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
+		cancel()
+		if err := <-left; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the waiter whose client left: %v, want Canceled", err)
+		}
+		if _, n := labelledStacks(t, label); n == 0 {
+			t.Fatal("no goroutine of the locker carries the test's label: the count below would prove nothing")
+		}
 		hold.Release()
 		redisAcquire(t, l, "/g", Exclusive) // left held: Close must cope
 		l.Close()
-	}()
-	var now int
-	for range 100 {
-		if now = runtime.NumGoroutine(); now <= before {
-			return
+	})
+	var stacks []string
+	deadline := time.Now().Add(5 * time.Second)
+	for n := -1; n != 0; _, n = labelledStacks(t, label) {
+		if time.Now().After(deadline) {
+			stacks, _ = labelledStacks(t, label)
+			t.Fatalf("goroutines started by the locker and still running after Close:\n%s", strings.Join(stacks, "\n\n"))
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	buf := make([]byte, 1<<16)
-	t.Fatalf("%d goroutines before, %d after Close:\n%s", before, now, buf[:runtime.Stack(buf, true)])
 }
 
 // Two hierarchical nodes on nested keys: an in-test table of holders,

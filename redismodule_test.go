@@ -246,11 +246,15 @@ func TestRedisZoneCloseWaitsForRelease(t *testing.T) {
 	if l.Idle() {
 		t.Error("the locker reports idle while a release is under way")
 	}
-	if err := tables.Close(); err != nil {
+	// The closer runs under this label: once it waits in its poll, it
+	// has looked and found the release under way. One that closed the
+	// client never waits.
+	label := t.Name()
+	labelled(label, func() { err = tables.Close() })
+	if err != nil {
 		t.Fatal(err)
 	}
-	// Give the closer several polls to act, were it going to.
-	time.Sleep(5 * redisIdlePoll)
+	waitParked(t, label, "(*RedisStore).OpenZone")
 	close(gate.open)
 	<-released
 
