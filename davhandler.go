@@ -685,7 +685,7 @@ func (d *davRequest) lock() error {
 		return d.plain(http.StatusBadGateway, "checking whether "+d.href()+" exists: "+err.Error())
 	}
 	if e == resourceUnknown {
-		return d.subFailed(status, hdr, fmt.Sprintf("cannot tell whether %s exists: the server answered %d to HEAD and to PROPFIND", d.href(), status))
+		return d.subFailed(status, hdr, fmt.Sprintf("cannot tell whether %s exists: neither HEAD nor PROPFIND gave a clear answer (the last was %d)", d.href(), status))
 	}
 	exists := e == resourceExists
 	l, err := d.store().Create(d.ctx(), ExplicitLock{
