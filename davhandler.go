@@ -427,26 +427,45 @@ func (d *davRequest) checkIf() (bool, error) {
 	// The first failure ends the evaluation; it is answered once.
 	var storeErr, headErr error
 	resources := 0
-	holds := d.ifh.Eval(d.resolveTag, func(p string) ([]string, string) {
+	// An untagged list names the request's own resource: its key is the
+	// request's, and its HEAD goes out for the path the client sent,
+	// which the route rewrites again as it did the request.
+	resolve := func(tag string) (string, bool) {
+		if tag == "" {
+			return ownResource, true
+		}
+		return d.resolveTag(tag)
+	}
+	holds := d.ifh.Eval(resolve, func(p string) ([]string, string) {
 		if storeErr != nil || headErr != nil {
 			return nil, ""
 		}
 		if resources++; resources > maxIfResources {
 			return nil, ""
 		}
-		tokens, err := d.stateTokens(d.h.keyOfPath(p))
+		key, sp, raw := d.key, "", ""
+		if p == ownResource {
+			sp, raw = d.ownPath()
+		} else {
+			key, sp = d.h.keyOfPath(p), p
+		}
+		tokens, err := d.stateTokens(key)
 		if err != nil {
 			storeErr = err
 			return nil, ""
 		}
 		etag := ""
 		if hasETag {
-			status, hdr, err := d.sub(http.MethodHead, p, nil)
+			// Through the whole server, as the client's own HEAD of sp
+			// would go: a path that the route hides or refuses this
+			// client answers with no ETag, so the condition does not
+			// hold, and the answer tells nothing of the resource.
+			status, hdr, err := d.sub(http.MethodHead, sp, raw, nil)
 			if err != nil {
-				headErr = fmt.Errorf("checking the ETag of %s: %w", p, err)
+				headErr = fmt.Errorf("checking the ETag of %s: %w", sp, err)
 				return nil, ""
 			}
-			if status < 300 {
+			if status >= 200 && status < 300 {
 				etag = hdr.Get("ETag")
 			}
 		}
@@ -561,10 +580,10 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 		}
 		collectionLock := func(l ExplicitLock) bool { return !l.Covers(d.key) }
 		if slices.ContainsFunc(ls, collectionLock) {
-			// An existing resource keeps the member list as it is; when
-			// the backend cannot say, the collection's lock stays needed.
-			status, _, err := d.sub(http.MethodHead, d.r.URL.Path, nil)
-			if err == nil && status != http.StatusNotFound && status != http.StatusGone {
+			// An existing resource keeps the member list as it is. Only
+			// an answer that says it exists lets the collection's lock
+			// go; any other (401, 405, 5xx, an error) keeps it needed.
+			if e, _, _, err := d.exists(); err == nil && e == resourceExists {
 				ls = slices.DeleteFunc(ls, collectionLock)
 			}
 		}
@@ -655,11 +674,20 @@ func (d *davRequest) lock() error {
 	if ok, err := d.checkIf(); !ok {
 		return err
 	}
-	status, _, err := d.sub(http.MethodHead, d.r.URL.Path, nil)
+	// A LOCK on an unmapped URL creates the resource, and needs the
+	// collection's lock to (see create); on a resource whose existence
+	// the server does not tell, neither creating it (the empty PUT could
+	// overwrite it: x/net/webdav, for one, ignores If-None-Match) nor
+	// locking it uncreated (a new member would pass the collection's
+	// lock) is safe: the LOCK is refused.
+	e, status, hdr, err := d.exists()
 	if err != nil {
-		return d.plain(http.StatusBadGateway, "checking whether "+d.r.URL.Path+" exists: "+err.Error())
+		return d.plain(http.StatusBadGateway, "checking whether "+d.href()+" exists: "+err.Error())
 	}
-	exists := status != http.StatusNotFound && status != http.StatusGone
+	if e == resourceUnknown {
+		return d.subFailed(status, hdr, fmt.Sprintf("cannot tell whether %s exists: neither HEAD nor PROPFIND gave a clear answer (the last was %d)", d.href(), status))
+	}
+	exists := e == resourceExists
 	l, err := d.store().Create(d.ctx(), ExplicitLock{
 		Token:   NewLockToken(),
 		Root:    d.key,
@@ -672,6 +700,11 @@ func (d *davRequest) lock() error {
 	})
 	var conflict *LockConflictError
 	switch {
+	case errors.As(err, &conflict) && len(conflict.Conflicts) == 0:
+		// The locks in the way ended while the store read them (Redis:
+		// a lock's hash expired before its index entry was purged): a
+		// conflict with nothing to name, which a retry will likely pass.
+		return d.refuseExplicit(nil, CondNoConflictingLock)
 	case errors.As(err, &conflict) && allBelow(conflict.Conflicts, d.key):
 		return d.refuseBelow(conflict.Conflicts)
 	case errors.As(err, &conflict):
@@ -714,18 +747,85 @@ func (d *davRequest) create(l ExplicitLock) (created, refused bool, err error) {
 	if missing := d.missing(ls); len(missing) > 0 {
 		return false, true, d.refuseExplicit(missing, CondLockTokenSubmitted)
 	}
-	status, _, err := d.sub(http.MethodPut, d.r.URL.Path, http.Header{"If-None-Match": {"*"}})
+	// Through the whole server, as the client's own PUT would go: it
+	// meets the route's matchers and auth for PUT, which may ask more
+	// than those for LOCK.
+	p, raw := d.ownPath()
+	status, hdr, err := d.sub(http.MethodPut, p, raw, http.Header{"If-None-Match": {"*"}})
 	switch {
 	case err != nil:
-		return false, true, d.plain(http.StatusBadGateway, "creating "+d.r.URL.Path+": "+err.Error())
+		return false, true, d.plain(http.StatusBadGateway, "creating "+d.href()+": "+err.Error())
 	case status >= 200 && status < 300:
 		return true, false, nil
 	case status == http.StatusPreconditionFailed:
 		return false, false, nil
 	case status == http.StatusNotFound || status == http.StatusConflict:
-		return false, true, d.plain(http.StatusConflict, "the collection of "+d.r.URL.Path+" does not exist")
+		return false, true, d.plain(http.StatusConflict, "the collection of "+d.href()+" does not exist")
 	}
-	return false, true, d.plain(status, fmt.Sprintf("the backend answered %d to the PUT that creates %s", status, d.r.URL.Path))
+	return false, true, d.relay(status, hdr, fmt.Sprintf("the server answered %d to the PUT that creates %s", status, d.href()))
+}
+
+// Existence of a resource, as the server's answers tell it.
+const (
+	resourceUnknown = iota
+	resourceExists
+	resourceMissing
+)
+
+// existenceOf reads a status: only a clear answer tells. 2xx (and 304)
+// say that the resource exists, 404 and 410 that it does not; 401, 403,
+// 405, a redirect or a 5xx say nothing of it.
+func existenceOf(status int) int {
+	switch {
+	case status >= 200 && status < 300, status == http.StatusNotModified:
+		return resourceExists
+	case status == http.StatusNotFound, status == http.StatusGone:
+		return resourceMissing
+	}
+	return resourceUnknown
+}
+
+// exists asks the server whether the request's own resource exists:
+// with HEAD, then, when that gives no clear answer, with PROPFIND of
+// Depth 0, which every WebDAV server answers for a collection too
+// (x/net/webdav answers HEAD on a collection with 405). It returns the
+// last answer's status and headers.
+func (d *davRequest) exists() (e, status int, hdr http.Header, err error) {
+	p, raw := d.ownPath()
+	for _, q := range []struct {
+		method string
+		header http.Header
+	}{{http.MethodHead, nil}, {"PROPFIND", http.Header{"Depth": {"0"}}}} {
+		status, hdr, err = d.sub(q.method, p, raw, q.header)
+		if err != nil {
+			return resourceUnknown, 0, nil, fmt.Errorf("%s %s: %w", q.method, p, err)
+		}
+		if e = existenceOf(status); e != resourceUnknown {
+			return e, status, hdr, nil
+		}
+	}
+	return resourceUnknown, status, hdr, nil
+}
+
+// subFailed answers a request whose sub-request got no usable answer:
+// 401 and 403 as they came (see relay), for they are about this client;
+// 502 otherwise.
+func (d *davRequest) subFailed(status int, hdr http.Header, msg string) error {
+	if status != http.StatusUnauthorized && status != http.StatusForbidden {
+		status = http.StatusBadGateway
+	}
+	return d.relay(status, hdr, msg)
+}
+
+// relay answers with status and msg, and the challenges of a sub-request's
+// answer, so that a client that must log in learns how.
+func (d *davRequest) relay(status int, hdr http.Header, msg string) error {
+	for _, name := range []string{"WWW-Authenticate", "Proxy-Authenticate"} {
+		if v := hdr.Values(name); len(v) > 0 && (status == http.StatusUnauthorized || status == http.StatusProxyAuthRequired) {
+			d.w.Header()[name] = slices.Clone(v)
+		}
+	}
+	return d.plain(status, msg)
 }
 
 // refresh answers a LOCK without a body: the lock named in the If header
@@ -832,14 +932,49 @@ func (d *davRequest) active(l ExplicitLock, withToken bool) ActiveLock {
 	return a
 }
 
-// sub sends a request without a body for p through the next handler
-// (HEAD for an ETag, PUT to create a resource) and returns the status and
-// headers of its answer. The client's credentials and cookies go along;
-// conditional and WebDAV headers do not.
-func (d *davRequest) sub(method, p string, header http.Header) (int, http.Header, error) {
-	sr := d.r.Clone(d.r.Context())
+// ownResource stands for the request's own resource where If lists are
+// resolved to paths: no path holds a NUL.
+const ownResource = "\x00own"
+
+// ownPath is the request's path as the client sent it, before any
+// rewrite: a sub-request for it goes through the route again, rewrites
+// included, as the client's own request would.
+func (d *davRequest) ownPath() (p, raw string) {
+	if or, ok := d.r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && or.URL != nil {
+		p, raw = or.URL.Path, or.URL.RawPath
+	} else {
+		p, raw = d.r.URL.Path, d.r.URL.RawPath
+	}
+	if p == "" {
+		return "/", ""
+	}
+	return p, raw
+}
+
+// sub sends a request without a body for p (a path as the client names
+// it, with raw its escaped form or "") on the client's behalf: HEAD for
+// an ETag or an existence check, PROPFIND for the latter, PUT to create a
+// resource. It returns the status and headers of the answer.
+//
+// It goes through the whole server (the *caddyhttp.Server that serves
+// the request), not only the rest of this route: a request made for a
+// client meets every route, matcher and auth that the client's own
+// request to p would, and a path that the config hides or refuses this
+// client answers as it would answer the client. The client's credentials
+// and cookies go along; conditional and WebDAV headers do not. The server
+// logs it as any request (access log, errors). The lock handlers of this
+// zone let it through untouched (see subRequestMark); the request's
+// in-flight lock covers the only write it makes, the PUT of its own path.
+func (d *davRequest) sub(method, p, raw string, header http.Header) (int, http.Header, error) {
+	srv, ok := d.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if !ok || srv == nil {
+		return 0, nil, errors.New("no server in the request context to send the request through")
+	}
+	ctx := &subContext{Context: d.r.Context(), mark: &subRequestMark{poolKey: d.z.poolKey}}
+	sr := d.r.Clone(ctx)
 	sr.Method = method
-	sr.URL.Path, sr.URL.RawPath, sr.URL.RawQuery = p, "", ""
+	sr.URL.Path, sr.URL.RawPath, sr.URL.RawQuery, sr.URL.Fragment, sr.URL.RawFragment = p, raw, "", "", ""
+	sr.RequestURI = sr.URL.RequestURI()
 	sr.Body, sr.ContentLength, sr.TransferEncoding = http.NoBody, 0, nil
 	for _, name := range []string{"If", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
 		"If-Range", "Range", "Depth", "Destination", "Overwrite", "Lock-Token", "Timeout", "Content-Type",
@@ -850,17 +985,57 @@ func (d *davRequest) sub(method, p string, header http.Header) (int, http.Header
 		sr.Header[name] = vals
 	}
 	rec := &subResponse{header: http.Header{}}
-	if err := d.next.ServeHTTP(rec, sr); err != nil {
-		var he caddyhttp.HandlerError
-		if errors.As(err, &he) && he.StatusCode != 0 && rec.status == 0 {
-			return he.StatusCode, rec.header, nil
-		}
-		return 0, nil, fmt.Errorf("%s %s: %w", method, p, err)
-	}
+	// The server answers errors itself (error routes included), as it
+	// does for the client.
+	srv.ServeHTTP(rec, sr)
 	if rec.status == 0 {
 		rec.status = http.StatusOK
 	}
 	return rec.status, rec.header, nil
+}
+
+// subRequestMark marks a sub-request (see sub) in its context, where no
+// client can set it: the lock handlers of the zone it names let it
+// through without taking locks or checking If headers again. The request
+// that made it holds what it needs in that zone.
+type subRequestMark struct {
+	poolKey string // the zone's table (zone.poolKey)
+}
+
+type subRequestKey struct{}
+
+// subContext is the context of a sub-request: the request's own, with
+// the mark. The lock that a handler without webdav earlier in the route
+// holds for the request shows through the WebDAV request's own in-flight
+// hold, so that such a handler lets the sub-request pass as it lets the
+// request pass (see Handler.heldBefore), rather than wait for itself.
+type subContext struct {
+	context.Context
+	mark *subRequestMark
+}
+
+func (c *subContext) Value(key any) any {
+	switch key {
+	case subRequestKey{}:
+		return c.mark
+	case heldLockKey{}:
+		hc, _ := c.Context.Value(heldLockKey{}).(*holdContext)
+		for hc != nil && hc.zone == nil {
+			hc, _ = hc.values.Value(heldLockKey{}).(*holdContext)
+		}
+		if hc == nil {
+			return nil
+		}
+		return hc
+	}
+	return c.Context.Value(key)
+}
+
+// passesSub reports whether r is a sub-request of this handler's zone,
+// which the handler lets through untouched.
+func (h *Handler) passesSub(r *http.Request) bool {
+	m, ok := r.Context().Value(subRequestKey{}).(*subRequestMark)
+	return ok && h.zone != nil && m.poolKey == h.zone.poolKey
 }
 
 // subResponse records the status and headers of a sub-request and drops
@@ -1061,6 +1236,9 @@ func (d *davRequest) setRetryAfter(retry time.Duration) {
 // Retry-After says when the last of them ends unless refreshed.
 func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) error {
 	d.settle(resultConflict)
+	if len(locks) == 0 {
+		return d.refuseVanished(condition)
+	}
 	hrefs, retry := lockRoots(locks)
 	first := locks[0]
 	d.h.logger.Debug("explicit lock conflict", zap.String("key", d.key), zap.String("method", d.r.Method),
@@ -1086,6 +1264,24 @@ func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) erro
 	}, retry, d.key, fmt.Errorf("held by an explicit lock on %s", first.Root))
 }
 
+// refuseVanished answers 423 for a conflict whose locks ended as the
+// store read them: there is nothing to name, and a retry in a second
+// will likely pass.
+func (d *davRequest) refuseVanished(condition string) error {
+	d.h.logger.Debug("explicit lock conflict with locks that ended meanwhile", zap.String("key", d.key), zap.String("method", d.r.Method))
+	if d.xml {
+		d.setRetryAfter(time.Second)
+		return d.davError(http.StatusLocked, condition)
+	}
+	return d.h.writeRefusal(d.w, problem{
+		Type:     problemType,
+		Title:    "Resource is locked",
+		Status:   http.StatusLocked,
+		Detail:   fmt.Sprintf("%s %s met locks that ended as they were read; try again", d.r.Method, d.key),
+		Instance: d.r.URL.RequestURI(),
+	}, time.Second, d.key, errors.New("held by explicit locks that ended meanwhile"))
+}
+
 // allBelow reports whether every lock of locks is rooted strictly below
 // key: only a depth-infinity LOCK on key meets such locks.
 func allBelow(locks []ExplicitLock, key string) bool {
@@ -1099,6 +1295,9 @@ func allBelow(locks []ExplicitLock, key string) bool {
 // the request URI. Retry-After says when the last of them ends unless
 // refreshed.
 func (d *davRequest) refuseBelow(locks []ExplicitLock) error {
+	if len(locks) == 0 {
+		return d.refuseExplicit(nil, CondNoConflictingLock)
+	}
 	d.settle(resultConflict)
 	hrefs, retry := lockRoots(locks)
 	d.h.logger.Debug("explicit lock conflict below", zap.String("key", d.key),

@@ -290,6 +290,11 @@ const (
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.passesSub(r) {
+		// A request this zone's WebDAV handling makes for a client,
+		// under the locks of the client's request (see davRequest.sub).
+		return next.ServeHTTP(w, r)
+	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	kind, ok := h.kindOf(r.Method)
 	if h.heldBefore(r, repl, kind, ok) {
