@@ -855,7 +855,7 @@ func TestTokensComparedInConstantTime(t *testing.T) {
 	}
 	variableTime := map[string]bool{
 		"slices.Contains": true, "slices.Index": true, "strings.HasPrefix": true, "strings.EqualFold": true,
-"bytes.Equal": true, "strings.HasSuffix": true, "strings.Contains": true,
+		"bytes.Equal": true, "strings.HasSuffix": true, "strings.Contains": true,
 	}
 	found := 0
 	for _, pkg := range pkgs {
