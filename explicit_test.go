@@ -679,7 +679,26 @@ func TestDAVLockByteBudget(t *testing.T) {
 			t.Fatalf("%d granted, %d refused, %d bytes counted; want the flood stopped just short of %d bytes", len(tokens), refused, bytes, budget)
 		}
 		if rc != nil {
-			t.Logf("redis used_memory grew by %d bytes for %d locks", redisUsedMemory(t, rc)-memBefore, len(tokens))
+			// What Redis keeps for the locks, key by key, is within what
+			// they count.
+			rs := s.(*RedisLockStore)
+			keys := []string{rs.kIdx, rs.kExp, rs.base + "xsz", rs.base + "xown", rs.base + "xbytes"}
+			for _, tok := range tokens {
+				keys = append(keys, rs.hashKey(tok))
+			}
+			var kept int64
+			for _, k := range keys {
+				n, err := rc.MemoryUsage(context.Background(), k, 0).Result() // 0: every field, not a sample
+				if err != nil {
+					t.Fatalf("MEMORY USAGE %s: %v", k, err)
+				}
+				kept += n
+			}
+			t.Logf("redis keeps %d bytes in the zone's keys for %d locks (%d per lock); used_memory grew by %d bytes",
+				kept, len(tokens), kept/int64(len(tokens)), redisUsedMemory(t, rc)-memBefore)
+			if kept > bytes {
+				t.Fatalf("redis keeps %d bytes for the locks, more than the %d they count", kept, bytes)
+			}
 		}
 		// Nothing was evicted: every granted lock is listed and holds.
 		if ls, err := s.List(context.Background()); err != nil || len(ls) != len(tokens) {
