@@ -1004,6 +1004,7 @@ func (d *davRequest) storeFailed(err error) error {
 		if lim := (*ExplicitLimitError)(nil); errors.As(err, &lim) {
 			title, detail = limitTitle(lim.Limit), fmt.Sprintf("zone %q: %s; try again later", d.h.Zone, lim)
 		}
+		d.settle(resultFull)
 		return d.h.writeRefusal(d.w, problem{
 			Type: problemType, Title: title, Status: http.StatusServiceUnavailable,
 			Detail: detail, Instance: d.r.URL.RequestURI(),

@@ -598,7 +598,7 @@ func TestDAVLocksPerOwner(t *testing.T) {
 			}
 			return string(h)
 		}
-		url, b := davSiteAfter(t, fmt.Sprintf("basic_auth {\n alice %s\n bob %s\n}", hash("a"), hash("b")),
+		url, b := davSiteAfter(t, fmt.Sprintf("header >X-Lock {http.lock.result}\nbasic_auth {\n alice %s\n bob %s\n}", hash("a"), hash("b")),
 			"max_locks_per_owner 3\n"+store)
 		as := func(user string, h map[string]string) map[string]string {
 			out := map[string]string{"Authorization": "Basic " + basicAuth(user, user[:1])}
@@ -616,6 +616,9 @@ func TestDAVLocksPerOwner(t *testing.T) {
 		for i := 3; i < 10; i++ {
 			r := davDo(t, "LOCK", fmt.Sprintf("%s/a%d", url, i), fmt.Sprintf(lockBody, "exclusive", "alice"), as("alice", nil))
 			assertLimitRefusal(t, r, "max_locks_per_owner")
+			if got := r.header.Get("X-Lock"); got != resultFull {
+				t.Fatalf("{http.lock.result} of a LOCK past max_locks_per_owner = %q, want %q", got, resultFull)
+			}
 		}
 		// Another owner is not held back.
 		b.put(t, "/b0", "x")
