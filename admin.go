@@ -385,7 +385,9 @@ func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, toke
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the locks of zone %q: %w", z.name, err)}
 		}
-		ls = slices.DeleteFunc(ls, func(l ExplicitLock) bool { return !strings.HasPrefix(l.Token, token) })
+		ls = slices.DeleteFunc(ls, func(l ExplicitLock) bool {
+			return len(l.Token) < len(token) || !sameToken(token, l.Token[:len(token)])
+		})
 		if len(ls) > 1 {
 			return caddy.APIError{HTTPStatus: http.StatusConflict, Err: fmt.Errorf("%d locks have tokens starting with %s; give more of the token", len(ls), tokenPrefix(token))}
 		}

@@ -39,6 +39,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		retry_after       <duration>
 //		max_hold          <duration>
 //		max_locks         <n>
+//		max_lock_bytes    <size>
+//		max_locks_per_owner <n>
 //		zone              <name>
 //		use_handle_errors
 //		webdav
@@ -121,15 +123,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.MaxHold = dur
 			}
-		case "max_waiters", "max_locks":
+		case "max_waiters", "max_locks", "max_locks_per_owner":
 			n, err := countArg(d, sub)
 			if err != nil {
 				return err
 			}
-			if sub == "max_waiters" {
+			switch sub {
+			case "max_waiters":
 				h.MaxWaiters = n
-			} else {
+			case "max_locks":
 				h.MaxLocks = n
+			default:
+				h.MaxLocksPerOwner = n
 			}
 		case "max_timeout", "default_timeout":
 			dur, err := durationArg(d, sub)
@@ -144,16 +149,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.DefaultTimeout = dur
 			}
-		case "max_lock_body":
-			val, err := oneArg(d, sub, "a size such as 64KiB", "size")
+		case "max_lock_body", "max_lock_bytes":
+			example := "64KiB"
+			if sub == "max_lock_bytes" {
+				example = "64MiB"
+			}
+			val, err := oneArg(d, sub, "a size such as "+example, "size")
 			if err != nil {
 				return err
 			}
 			n, err := humanize.ParseBytes(val)
 			if err != nil || n == 0 || n > math.MaxInt64 {
-				return d.Errf("lock: max_lock_body: expected a positive size such as 64KiB or 1MB, got %q", val)
+				return d.Errf("lock: %s: expected a positive size such as %s or 1MB, got %q", sub, example, val)
 			}
-			h.MaxLockBody = int64(n)
+			if sub == "max_lock_body" {
+				h.MaxLockBody = int64(n)
+			} else {
+				h.MaxLockBytes = int64(n)
+			}
 		case "zone":
 			zone, err := oneArg(d, sub, "a zone name", "name")
 			if err != nil {
@@ -181,7 +194,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
 				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors, "+
-				"webdav, max_timeout, default_timeout, max_lock_body, store, fence_header", sub)
+				"webdav, max_timeout, default_timeout, max_lock_body, max_lock_bytes, max_locks_per_owner, store, fence_header", sub)
 		}
 	}
 	return nil

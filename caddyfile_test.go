@@ -31,21 +31,25 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			retry_after 1m
 			max_hold 30s
 			max_locks 500
+			max_lock_bytes 8MiB
+			max_locks_per_owner 20
 			zone billing
 			use_handle_errors
 		}`, Handler{
-			Key:             "{http.request.header.X-Doc}",
-			Exclusive:       []string{"PUT", "POST"},
-			Shared:          []string{"GET", "HEAD"},
-			Hierarchy:       true,
-			CaseInsensitive: true,
-			Wait:            caddy.Duration(2 * time.Second),
-			MaxWaiters:      8,
-			RetryAfter:      caddy.Duration(time.Minute),
-			MaxHold:         caddy.Duration(30 * time.Second),
-			MaxLocks:        500,
-			Zone:            "billing",
-			UseHandleErrors: true,
+			Key:              "{http.request.header.X-Doc}",
+			Exclusive:        []string{"PUT", "POST"},
+			Shared:           []string{"GET", "HEAD"},
+			Hierarchy:        true,
+			CaseInsensitive:  true,
+			Wait:             caddy.Duration(2 * time.Second),
+			MaxWaiters:       8,
+			RetryAfter:       caddy.Duration(time.Minute),
+			MaxHold:          caddy.Duration(30 * time.Second),
+			MaxLocks:         500,
+			MaxLockBytes:     8 << 20,
+			MaxLocksPerOwner: 20,
+			Zone:             "billing",
+			UseHandleErrors:  true,
 		}},
 		{"repeated method lists add up", "lock {\n exclusive PUT\n exclusive DELETE\n}", Handler{Exclusive: []string{"PUT", "DELETE"}}},
 		{"day durations", "lock {\n max_hold 1d\n}", Handler{MaxHold: caddy.Duration(24 * time.Hour)}},
@@ -104,6 +108,13 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"lock {\n\tmax_lock_body lots\n}", `max_lock_body: expected a positive size such as 64KiB or 1MB, got "lots"`},
 		{"lock {\n\tmax_lock_body 0\n}", `max_lock_body: expected a positive size`},
 		{"lock {\n\tmax_lock_body\n}", `max_lock_body: expected a size such as 64KiB`},
+		{"lock {\n\tmax_lock_bytes -1MiB\n}", `max_lock_bytes: expected a positive size such as 64MiB or 1MB, got "-1MiB"`},
+		{"lock {\n\tmax_lock_bytes 0\n}", `max_lock_bytes: expected a positive size`},
+		{"lock {\n\tmax_lock_bytes\n}", `max_lock_bytes: expected a size such as 64MiB`},
+		{"lock {\n\tmax_lock_bytes 1MiB\n\tmax_lock_bytes 2MiB\n}", `max_lock_bytes is given twice`},
+		{"lock {\n\tmax_locks_per_owner -3\n}", `max_locks_per_owner: expected a positive whole number, got "-3"`},
+		{"lock {\n\tmax_locks_per_owner 0\n}", `max_locks_per_owner: expected a positive whole number, got "0"`},
+		{"lock {\n\tmax_locks_per_owner 1 2\n}", `max_locks_per_owner: expected one number, got also "2"`},
 	} {
 		t.Run(tc.want, func(t *testing.T) { assertAdaptError(t, tc.block, tc.want) })
 	}
@@ -138,6 +149,8 @@ func TestValidateErrors(t *testing.T) {
 		{Handler{Shared: []string{"GE T"}}, "is not an HTTP method"},
 		{Handler{Wait: -1}, "wait must not be negative"},
 		{Handler{MaxLocks: -1}, "must not be negative"},
+		{Handler{MaxLockBytes: -1}, "max_lock_bytes and max_locks_per_owner must not be negative"},
+		{Handler{MaxLocksPerOwner: -1}, "max_lock_bytes and max_locks_per_owner must not be negative"},
 		{Handler{Zone: "tenants/a"}, `zone: "tenants/a" must not contain '/'`},
 		{Handler{WebDAV: true, Key: "{http.request.header.X-Doc}"}, "webdav locks resources by their path, so key must be left out"},
 		{Handler{MaxTimeout: caddy.Duration(time.Hour)}, "need webdav"},

@@ -600,10 +600,10 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 // holds: a client's own shared lock beside it must not open it.
 func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
 	submitted := d.ifh.Tokens()
-	holds := func(l ExplicitLock) bool { return slices.Contains(submitted, l.Token) && d.mayUse(l) }
+	holds := func(l ExplicitLock) bool { return tokenIn(submitted, l.Token) && d.mayUse(l) }
 	var out []ExplicitLock
 	for _, l := range ls {
-		if holds(l) || slices.ContainsFunc(out, func(o ExplicitLock) bool { return o.Token == l.Token }) {
+		if holds(l) || slices.ContainsFunc(out, func(o ExplicitLock) bool { return sameToken(o.Token, l.Token) }) {
 			continue
 		}
 		if l.Scope == Shared && l.Creator != adminCreator && slices.ContainsFunc(ls, func(o ExplicitLock) bool {
@@ -743,7 +743,7 @@ func (d *davRequest) create(l ExplicitLock) (created, refused bool, err error) {
 	if err != nil {
 		return false, true, d.storeFailed(err)
 	}
-	ls = slices.DeleteFunc(ls, func(o ExplicitLock) bool { return o.Token == l.Token })
+	ls = slices.DeleteFunc(ls, func(o ExplicitLock) bool { return sameToken(o.Token, l.Token) })
 	if missing := d.missing(ls); len(missing) > 0 {
 		return false, true, d.refuseExplicit(missing, CondLockTokenSubmitted)
 	}
@@ -1175,10 +1175,14 @@ func (d *davRequest) failOpen(err error) bool {
 
 func (d *davRequest) storeFailed(err error) error {
 	if errors.Is(err, ErrFull) {
+		title, detail := "Lock table is full", fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone)
+		if lim := (*ExplicitLimitError)(nil); errors.As(err, &lim) {
+			title, detail = limitTitle(lim.Limit), fmt.Sprintf("zone %q: %s; try again later", d.h.Zone, lim)
+		}
+		d.settle(resultFull)
 		return d.h.writeRefusal(d.w, problem{
-			Type: problemType, Title: "Lock table is full", Status: http.StatusServiceUnavailable,
-			Detail:   fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone),
-			Instance: d.r.URL.RequestURI(),
+			Type: problemType, Title: title, Status: http.StatusServiceUnavailable,
+			Detail: detail, Instance: d.r.URL.RequestURI(),
 		}, time.Second, d.key, err)
 	}
 	if errors.Is(err, ErrStoreUnavailable) {

@@ -10,8 +10,10 @@ package caddylock
 // implementations keep the same rules, stated on each method.
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"slices"
@@ -64,6 +66,109 @@ func isBelow(key, root string) bool {
 		return len(key) > 1 && key[0] == '/'
 	}
 	return len(key) > len(root) && key[len(root)] == '/' && strings.HasPrefix(key, root)
+}
+
+// Defaults of the limits on a zone's explicit locks besides max_locks.
+const (
+	// DefaultMaxLockBytes is max_lock_bytes: what the explicit locks of a
+	// zone may keep, as counted by lockBytes. Without it max_locks alone
+	// let LOCKs with large owners keep gigabytes (each may carry an owner
+	// of twice max_lock_body for up to max_timeout, refreshable).
+	DefaultMaxLockBytes int64 = 64 << 20
+	// DefaultMaxLocksPerOwner is max_locks_per_owner: one user (all
+	// anonymous clients together) cannot take the whole zone's table or
+	// budget.
+	DefaultMaxLocksPerOwner = 100
+)
+
+// Bytes counted per lock besides its strings: the lock record and its
+// index entries (lockFixedBytes), and, in memory, the tree node and child
+// map entry that each segment of the root may need (lockSegmentBytes,
+// measured at about 340). TestExplicitLockBytesCoverHeap checks that the
+// count covers the heap a lock keeps; an over-estimate is the safe side.
+const (
+	lockFixedBytes   = 512
+	lockSegmentBytes = 384
+)
+
+// lockBytes is what a lock counts against max_lock_bytes: what it keeps
+// (token, root, href, owner XML, creator) and a fixed share for its
+// records and index entries. The root is counted three times: the memory
+// store keeps it with the lock and as tree node keys, Redis in the
+// lock's hash and in both index entries. The owner, the one large part,
+// is counted with an eighth more for the allocator's rounding. Both
+// stores count the same, so that a zone's budget means one thing
+// whichever store holds it.
+func lockBytes(l *ExplicitLock) int64 {
+	return lockFixedBytes + int64(len(l.Token)+3*len(l.Root)+len(l.Href)+len(l.Owner)+len(l.Owner)/8+len(l.Creator)) +
+		lockSegmentBytes*int64(strings.Count(l.Root, "/"))
+}
+
+// Names of the limits a LOCK may run into, as the Caddyfile spells them.
+const (
+	limitLocks         = "max_locks"
+	limitLockBytes     = "max_lock_bytes"
+	limitLocksPerOwner = "max_locks_per_owner"
+)
+
+// ExplicitLimitError is returned by LockStore.Create for a lock that
+// would take the zone past one of its limits on explicit locks. It is
+// ErrFull (errors.Is), so it is answered like a full table: 503 with
+// Retry-After. Held locks are never evicted to make room.
+type ExplicitLimitError struct {
+	// Limit is the limit in the way: max_locks, max_lock_bytes or
+	// max_locks_per_owner.
+	Limit string
+	// Max is its value.
+	Max int64
+}
+
+func (e *ExplicitLimitError) Error() string {
+	switch e.Limit {
+	case limitLockBytes:
+		return fmt.Sprintf("the zone's explicit locks would keep more than max_lock_bytes (%d bytes)", e.Max)
+	case limitLocksPerOwner:
+		return fmt.Sprintf("the lock's owner holds max_locks_per_owner (%d) explicit locks already", e.Max)
+	}
+	return fmt.Sprintf("the zone holds its maximum of %d explicit locks (max_locks)", e.Max)
+}
+
+// limitTitle is the title of the problem document of a LOCK refused for
+// limit.
+func limitTitle(limit string) string {
+	switch limit {
+	case limitLockBytes:
+		return "Lock byte budget is used up"
+	case limitLocksPerOwner:
+		return "Too many locks for one owner"
+	}
+	return "Lock table is full"
+}
+
+// Unwrap makes the error ErrFull.
+func (e *ExplicitLimitError) Unwrap() error { return ErrFull }
+
+// limitsOwner reports whether max_locks_per_owner applies to locks of
+// creator: not to the admin API's, which only an operator can take.
+func limitsOwner(creator string) bool { return creator != adminCreator }
+
+// sameToken compares a submitted lock token with a stored one in time
+// that depends only on their lengths, so that timing does not tell how
+// much of a guess was right.
+func sameToken(submitted, stored string) bool {
+	return subtle.ConstantTimeCompare([]byte(submitted), []byte(stored)) == 1
+}
+
+// tokenIn reports whether stored is among the submitted tokens, each
+// compared in constant time.
+func tokenIn(submitted []string, stored string) bool {
+	found := false
+	for _, t := range submitted {
+		if sameToken(t, stored) {
+			found = true
+		}
+	}
+	return found
 }
 
 // ErrNoSuchLock is returned for a token the store does not hold (never
@@ -130,10 +235,16 @@ type LockStore interface {
 //   - held equals len(byToken); it is also read without mu, so that
 //     Affecting on a store without locks (every write in a zone that has
 //     none) takes no zone-wide mutex.
+//   - bytes is the sum of lockBytes of the live locks, and owners[c] the
+//     number of live locks with Creator c (absent when 0).
 type MemLockStore struct {
 	held     atomic.Int64
 	mu       sync.Mutex
 	max      int
+	maxBytes int64
+	perOwner int
+	bytes    int64
+	owners   map[string]int
 	byToken  map[string]*memLock
 	tree     map[string]*lockNode
 	expiries expiryHeap
@@ -160,10 +271,36 @@ func NewMemLockStore(maxLocks int) *MemLockStore {
 		maxLocks = DefaultMaxLocks
 	}
 	return &MemLockStore{
-		max:     maxLocks,
-		byToken: make(map[string]*memLock),
-		tree:    make(map[string]*lockNode),
+		max:      maxLocks,
+		maxBytes: DefaultMaxLockBytes,
+		perOwner: DefaultMaxLocksPerOwner,
+		owners:   make(map[string]int),
+		byToken:  make(map[string]*memLock),
+		tree:     make(map[string]*lockNode),
 	}
+}
+
+// SetBudget changes max_lock_bytes and max_locks_per_owner (<= 0 means
+// their defaults); locks already held are never dropped.
+func (s *MemLockStore) SetBudget(maxBytes int64, perOwner int) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxLockBytes
+	}
+	if perOwner <= 0 {
+		perOwner = DefaultMaxLocksPerOwner
+	}
+	s.mu.Lock()
+	s.maxBytes, s.perOwner = maxBytes, perOwner
+	s.mu.Unlock()
+}
+
+// Usage reports what the live locks count against max_lock_bytes and how
+// many of them owner holds; expired locks are dropped first.
+func (s *MemLockStore) Usage(owner string) (bytes int64, owned int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expire(time.Now())
+	return s.bytes, s.owners[owner]
 }
 
 // SetMax changes the most locks the store holds (<= 0 means
@@ -250,6 +387,8 @@ func (s *MemLockStore) onTimer() {
 // add indexes l everywhere.
 func (s *MemLockStore) add(l *memLock) {
 	s.byToken[l.Token] = l
+	s.bytes += lockBytes(&l.ExplicitLock)
+	s.owners[l.Creator]++
 	s.held.Store(int64(len(s.byToken)))
 	heap.Push(&s.expiries, l)
 	n := s.node(l.Root)
@@ -280,6 +419,10 @@ func (s *MemLockStore) node(p string) *lockNode {
 // drop removes l from every index.
 func (s *MemLockStore) drop(l *memLock) {
 	delete(s.byToken, l.Token)
+	s.bytes -= lockBytes(&l.ExplicitLock)
+	if s.owners[l.Creator]--; s.owners[l.Creator] <= 0 {
+		delete(s.owners, l.Creator)
+	}
 	s.held.Store(int64(len(s.byToken)))
 	heap.Remove(&s.expiries, l.index)
 	n := s.tree[l.Root]
@@ -376,11 +519,22 @@ func (s *MemLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLock
 		sortLocks(conflicts)
 		return ExplicitLock{}, &LockConflictError{Conflicts: conflicts}
 	}
+	// The limits come after the conflicts: a conflicting lock is refused
+	// as such, whatever room there is.
 	if len(s.byToken) >= s.max {
-		return ExplicitLock{}, fmt.Errorf("creating lock on %s: the zone holds its maximum of %d explicit locks: %w", l.Root, s.max, ErrFull)
+		return ExplicitLock{}, fmt.Errorf("creating lock on %s: %w", l.Root, &ExplicitLimitError{Limit: limitLocks, Max: int64(s.max)})
+	}
+	if limitsOwner(l.Creator) && s.owners[l.Creator] >= s.perOwner {
+		return ExplicitLock{}, fmt.Errorf("creating lock on %s: %w", l.Root, &ExplicitLimitError{Limit: limitLocksPerOwner, Max: int64(s.perOwner)})
+	}
+	if s.bytes+lockBytes(&l) > s.maxBytes {
+		return ExplicitLock{}, fmt.Errorf("creating lock on %s: %w", l.Root, &ExplicitLimitError{Limit: limitLockBytes, Max: s.maxBytes})
 	}
 	l.Created = now
 	l.Expires = now.Add(l.Timeout)
+	// The owner as parsed may sit in a buffer up to twice its size; the
+	// lock keeps a copy of its own, which is what lockBytes counts.
+	l.Owner = bytes.Clone(l.Owner)
 	s.add(&memLock{ExplicitLock: l})
 	s.schedule(now)
 	return l, nil

@@ -90,6 +90,21 @@ type Handler struct {
 	// 100000.
 	MaxLocks int `json:"max_locks,omitempty"`
 
+	// MaxLockBytes bounds, in bytes, what the zone's explicit locks
+	// (WebDAV LOCK, admin API) keep: each counts its token, path, owner
+	// XML and user plus a fixed share (see docs/explicit-lock-limits.md).
+	// A lock past it is refused with 503, as past max_locks: an owner may
+	// be up to twice max_lock_body, so a count alone bounds nothing.
+	// Held locks are never evicted. Default: 64 MiB.
+	MaxLockBytes int64 `json:"max_lock_bytes,omitempty"`
+
+	// MaxLocksPerOwner bounds the explicit locks one user
+	// ({http.auth.user.id}) holds in the zone; all unauthenticated
+	// clients count as one user. A LOCK past it is refused with 503, so
+	// that one user cannot take the whole table. Locks taken through the
+	// admin API are not counted. Default: 100.
+	MaxLocksPerOwner int `json:"max_locks_per_owner,omitempty"`
+
 	// Zone names the lock table. Handlers with the same zone share locks
 	// across sites and routes. Default: "default".
 	Zone string `json:"zone,omitempty"`
@@ -218,6 +233,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxLocks < 0 || h.MaxWaiters < 0 {
 		return fmt.Errorf("lock: max_locks and max_waiters must not be negative")
+	}
+	if h.MaxLockBytes < 0 || h.MaxLocksPerOwner < 0 {
+		return fmt.Errorf("lock: max_lock_bytes and max_locks_per_owner must not be negative")
 	}
 	if strings.Contains(h.Zone, "/") {
 		// The admin API could not name the zone: /lock/<zone>/<token>.
@@ -511,6 +529,8 @@ type zone struct {
 type zoneSettings struct {
 	z                    *zone // the handler's table
 	maxLocks, maxWaiters int
+	maxLockBytes         int64
+	maxLocksPerOwner     int
 	caseInsensitive      bool
 }
 
@@ -525,7 +545,8 @@ var (
 
 // settingsOf is this handler's settings for its table z.
 func (h *Handler) settingsOf(z *zone) *zoneSettings {
-	return &zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive}
+	return &zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive,
+		maxLockBytes: h.MaxLockBytes, maxLocksPerOwner: h.MaxLocksPerOwner}
 }
 
 // attach puts s in force; the handler provisioned last sets the zone's
@@ -569,6 +590,9 @@ func (s *zoneSettings) apply() {
 	z.caseInsensitive.Store(s.caseInsensitive)
 	if m, ok := z.explicit.(interface{ SetMax(int) }); ok {
 		m.SetMax(s.maxLocks)
+	}
+	if b, ok := z.explicit.(interface{ SetBudget(int64, int) }); ok {
+		b.SetBudget(s.maxLockBytes, s.maxLocksPerOwner)
 	}
 }
 

@@ -33,17 +33,29 @@ import (
 //	                entries are purged from it in bounded batches.
 //	…:xgone:<token> hash, short-lived: what Remove returned, so that a
 //	                retried Remove (reply lost) returns it again.
+//	…:xsz           hash, index member → "<bytes> <creator>": what the lock
+//	                counts against max_lock_bytes and whose it is, kept
+//	                past the lock's hash so that a purge can give it back.
+//	…:xbytes        string, the sum of the bytes in xsz.
+//	…:xown          hash, creator → number of entries of xsz with it.
 //
 // Invariant: a lock is live exactly while its hash exists; its index
 // entries are then present with the hash's expiry. Entries whose hash has
-// expired are ignored (expiry > now) until purged.
+// expired are ignored (expiry > now) until purged. An index member is in
+// xsz exactly while it is in xexp, and xbytes and xown agree with xsz:
+// every script that adds or drops an entry of xexp does both in one go
+// (see account and unaccount), so the counters never leak.
 type RedisLockStore struct {
 	client  redis.UniversalClient
 	timeout time.Duration
 	max     atomic.Int64 // most live locks in the zone, changeable with SetMax
-	base    string       // "{prefix:zone}:"
-	kIdx    string
-	kExp    string
+	// maxBytes and perOwner are max_lock_bytes and max_locks_per_owner,
+	// changeable with SetBudget.
+	maxBytes atomic.Int64
+	perOwner atomic.Int64
+	base     string // "{prefix:zone}:"
+	kIdx     string
+	kExp     string
 }
 
 // NewRedisLockStore returns the explicit lock store of zone in Redis.
@@ -65,7 +77,43 @@ func NewRedisLockStore(client redis.UniversalClient, zone string, cfg RedisConfi
 		kExp:    base + "xexp",
 	}
 	s.SetMax(0)
+	s.SetBudget(0, 0)
 	return s, nil
+}
+
+// SetBudget changes max_lock_bytes and max_locks_per_owner (<= 0 means
+// their defaults); locks already held are never dropped. Every node of a
+// zone should use the same limits.
+func (s *RedisLockStore) SetBudget(maxBytes int64, perOwner int) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxLockBytes
+	}
+	if perOwner <= 0 {
+		perOwner = DefaultMaxLocksPerOwner
+	}
+	s.maxBytes.Store(maxBytes)
+	s.perOwner.Store(int64(perOwner))
+}
+
+// Usage reports what the zone's locks count against max_lock_bytes and
+// how many of them owner holds, as the counters in Redis have it (locks
+// that expired but were not purged yet included).
+func (s *RedisLockStore) Usage(ctx context.Context, owner string) (bytes int64, owned int64, err error) {
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var b *redis.StringCmd
+	var o *redis.StringCmd
+	_, err = s.client.Pipelined(cctx, func(p redis.Pipeliner) error {
+		b = p.Get(cctx, s.base+"xbytes")
+		o = p.HGet(cctx, s.base+"xown", owner)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return 0, 0, fmt.Errorf("redis explicit lock usage: %w: %w", ErrStoreUnavailable, err)
+	}
+	bytes, _ = strconv.ParseInt(b.Val(), 10, 64)
+	owned, _ = strconv.ParseInt(o.Val(), 10, 64)
+	return bytes, owned, nil
 }
 
 // SetMax changes the most live locks the zone holds (<= 0 means
@@ -87,15 +135,39 @@ const (
 )
 
 // xPurge starts every script: it drops the index entries of expired locks
-// (whose hashes Redis has dropped by itself), at most 256 per call, and
-// defines the helpers.
+// (whose hashes Redis has dropped by itself), at most 256 per call, gives
+// back what they counted, and defines the helpers. The counters' keys are
+// named from xidx's, which carries the zone's hash tag: they live in the
+// same slot.
 const xPurge = scriptTime + `
 local idx, xexp = KEYS[1], KEYS[2]
-local dead = redis.call('ZRANGEBYSCORE', xexp, '-inf', now, 'LIMIT', 0, 256)
-if #dead > 0 then
-  redis.call('ZREM', idx, unpack(dead))
-  redis.call('ZREM', xexp, unpack(dead))
+local zbase = string.sub(idx, 1, #idx - 4)
+local xsz, xbytes, xown = zbase .. 'xsz', zbase .. 'xbytes', zbase .. 'xown'
+-- account counts a new index entry m against the budget
+local function account(m, bytes, who)
+  redis.call('HSET', xsz, m, bytes .. ' ' .. who)
+  redis.call('INCRBY', xbytes, bytes)
+  redis.call('HINCRBY', xown, who, 1)
 end
+-- unaccount gives back what m counted; running it twice gives back once
+local function unaccount(m)
+  local v = redis.call('HGET', xsz, m)
+  if not v then return end
+  local bytes, who = string.match(v, '^(%d+) (.*)$')
+  redis.call('HDEL', xsz, m)
+  if redis.call('DECRBY', xbytes, tonumber(bytes)) <= 0 then redis.call('DEL', xbytes) end
+  if redis.call('HINCRBY', xown, who, -1) <= 0 then redis.call('HDEL', xown, who) end
+end
+local function purge(lim)
+  local dead = redis.call('ZRANGEBYSCORE', xexp, '-inf', now, 'LIMIT', 0, lim)
+  if #dead > 0 then
+    redis.call('ZREM', idx, unpack(dead))
+    redis.call('ZREM', xexp, unpack(dead))
+    for _, m in ipairs(dead) do unaccount(m) end
+  end
+  return #dead
+end
+purge(256)
 local function live(m)
   local e = redis.call('ZSCORE', xexp, m)
   return e and tonumber(e) > now
@@ -118,14 +190,17 @@ local function inRange(lo, hi, lim, out)
 end
 `
 
-// xCreateScript adds a lock unless it conflicts. Run again with the same
-// token (a retry), it returns the lock it created.
+// xCreateScript adds a lock unless it conflicts or passes a limit. Run
+// again with the same token (a retry), it returns the lock it created.
 //
 // KEYS: xidx xexp hash; ARGV: 1 root, 2 token, 3 scope, 4 depth, 5 href,
 // 6 owner, 7 creator, 8 timeout ms, 9-10 BYLEX range below root ("" =
-// none), 11 hash key prefix, 12 most live locks, 13.. ancestors. Returns
-// {1, hash fields} when created, {0, {hash fields of each conflicting
-// lock}}, or {2} when the zone is full.
+// none), 11 hash key prefix, 12 most live locks, 13 the lock's bytes, 14
+// max_lock_bytes, 15 max_locks_per_owner (0: none for this creator), 16..
+// ancestors. Returns {1, hash fields} when created, {0, {hash fields of
+// each conflicting lock}}, or {2} when the zone holds max_locks, {3} when
+// the lock would pass max_lock_bytes, {4} when its creator holds
+// max_locks_per_owner.
 var xCreateScript = redis.NewScript(xPurge + `
 local h = KEYS[3]
 local root, tok, scope, depth = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -143,11 +218,11 @@ local function check(ms, onlyInfinite)
   end
   return false
 end
--- ARGV[11] is the hash key prefix; ancestors start at 13
+-- ARGV[11] is the hash key prefix; ancestors start at 16
 -- locks on the root itself
 if check(inRange('[' .. root .. '\0', '(' .. root .. '\1', 0, {}), false) then return {0, conflicts} end
 -- infinite locks on ancestors cover the root
-for i = 13, #ARGV do
+for i = 16, #ARGV do
   if check(inRange('[' .. ARGV[i] .. '\0', '(' .. ARGV[i] .. '\1', 0, {}), true) then return {0, conflicts} end
 end
 -- an infinite lock covers the locks below its root
@@ -165,24 +240,43 @@ if #conflicts > 0 then return {0, conflicts} end
 if redis.call('ZCARD', xexp) - redis.call('ZCOUNT', xexp, '-inf', now) >= tonumber(ARGV[12]) then
   return {2}
 end
+local who, bytes = ARGV[7], tonumber(ARGV[13])
+local maxBytes, perOwner = tonumber(ARGV[14]), tonumber(ARGV[15])
+local function over()
+  if perOwner > 0 and tonumber(redis.call('HGET', xown, who) or '0') >= perOwner then return 4 end
+  if tonumber(redis.call('GET', xbytes) or '0') + bytes > maxBytes then return 3 end
+  return 0
+end
+-- the counters include expired locks not purged yet: purge more before
+-- refusing, in bounded steps
+local limited = over()
+for _ = 1, 16 do
+  if limited == 0 or purge(256) == 0 then break end
+  limited = over()
+end
+if limited > 0 then return {limited} end
 local ttl = tonumber(ARGV[8])
 local m = root .. '\0' .. scope .. depth .. '\0' .. tok
 redis.call('HSET', h, 'root', root, 'href', ARGV[5], 'scope', scope, 'depth', depth,
-  'owner', ARGV[6], 'creator', ARGV[7], 'created', now, 'timeout', ttl, 'expires', now + ttl, 'm', m)
+  'owner', ARGV[6], 'creator', who, 'created', now, 'timeout', ttl, 'expires', now + ttl, 'm', m)
 redis.call('PEXPIRE', h, ttl)
 redis.call('ZADD', idx, 0, m)
 redis.call('ZADD', xexp, now + ttl, m)
+account(m, bytes, who)
 return {1, redis.call('HGETALL', h)}
 `)
 
-// xRefreshScript restarts a lock's timeout. Safe to run twice.
+// xRefreshScript restarts a lock's timeout. Safe to run twice. A lock
+// whose index entries were purged (its hash outlives them by at most the
+// millisecond of its expiry) is gone: refreshing it would bring back an
+// entry that no longer counts against the budget.
 //
 // KEYS: xidx xexp hash; ARGV: timeout ms. Returns the hash fields, or
 // false when the lock is gone.
 var xRefreshScript = redis.NewScript(xPurge + `
 local h = KEYS[3]
 local m = redis.call('HGET', h, 'm')
-if not m then return false end
+if not m or not live(m) then return false end
 local ttl = tonumber(ARGV[1])
 redis.call('HSET', h, 'timeout', ttl, 'expires', now + ttl)
 redis.call('PEXPIRE', h, ttl)
@@ -206,6 +300,7 @@ end
 local v = redis.call('HGETALL', h)
 redis.call('ZREM', idx, m)
 redis.call('ZREM', xexp, m)
+unaccount(m)
 redis.call('RENAME', h, gone)
 redis.call('HSET', gone, 'by', ARGV[1])
 redis.call('PEXPIRE', gone, tonumber(ARGV[2]))
@@ -228,6 +323,7 @@ for _, m in ipairs(ms) do
   redis.call('DEL', ARGV[4] .. tokenOf(m))
   redis.call('ZREM', idx, m)
   redis.call('ZREM', xexp, m)
+  unaccount(m)
 end
 local more = 0
 if #ms >= lim then more = 1 end
@@ -304,8 +400,12 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 		depth = "I"
 		lo, hi = descRange(l.Root)
 	}
+	perOwner := s.perOwner.Load()
+	if !limitsOwner(l.Creator) {
+		perOwner = 0
+	}
 	args := []any{l.Root, l.Token, scope, depth, l.Href, l.Owner, l.Creator, l.Timeout.Milliseconds(), lo, hi,
-		s.base + "x:", s.max.Load()}
+		s.base + "x:", s.max.Load(), lockBytes(&l), s.maxBytes.Load(), perOwner}
 	ancestors(l.Root, func(a string) bool {
 		args = append(args, a)
 		return true
@@ -319,7 +419,15 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 	}
 	reply, _ := v.([]any)
 	if len(reply) == 1 {
-		return ExplicitLock{}, ErrFull
+		code, _ := reply[0].(int64)
+		lim := &ExplicitLimitError{Limit: limitLocks, Max: s.max.Load()}
+		switch code {
+		case 3:
+			lim = &ExplicitLimitError{Limit: limitLockBytes, Max: s.maxBytes.Load()}
+		case 4:
+			lim = &ExplicitLimitError{Limit: limitLocksPerOwner, Max: s.perOwner.Load()}
+		}
+		return ExplicitLock{}, fmt.Errorf("redis explicit lock create on %s: %w", l.Root, lim)
 	}
 	if len(reply) != 2 {
 		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: unexpected reply %v", v)

@@ -373,7 +373,7 @@ func (h IfHeader) Tokens() []string {
 	var out []string
 	for _, l := range h.Lists {
 		for _, c := range l.Conditions {
-			if !c.Not && c.Token != "" && !slices.Contains(out, c.Token) {
+			if !c.Not && c.Token != "" && !tokenIn(out, c.Token) {
 				out = append(out, c.Token)
 			}
 		}
@@ -425,7 +425,7 @@ func (l IfList) holds(tokens []string, etag string) bool {
 	for _, c := range l.Conditions {
 		var v bool
 		if c.Token != "" {
-			v = !strings.EqualFold(c.Token, NoLockToken) && slices.Contains(tokens, c.Token)
+			v = !strings.EqualFold(c.Token, NoLockToken) && tokenIn(tokens, c.Token)
 		} else {
 			v = etagMatch(c.ETag, etag)
 		}
