@@ -492,6 +492,9 @@ func (r *msReader) read() error {
 		case xml.EndElement:
 			err = r.endElement(start, end)
 		case xml.CharData:
+			if start == 0 { // a byte order mark may open the document
+				t = bytes.TrimPrefix(t, []byte("\ufeff"))
+			}
 			err = r.charData(t)
 		case xml.Directive:
 			err = errors.New("declarations (<!…>) are not allowed")

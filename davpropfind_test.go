@@ -82,6 +82,27 @@ func TestSetLockProps(t *testing.T) {
 	}
 }
 
+// TestMultiStatusRewriteKeepsBytes checks that the rewrite changes only
+// what it must: the backend's prefixes, declarations, comments, a byte
+// order mark and a self-closed DAV:prop stay as written.
+func TestMultiStatusRewriteKeepsBytes(t *testing.T) {
+	doc := "\ufeff<?xml version=\"1.0\"?>\n<!-- listing --><m:multistatus xmlns:m=\"DAV:\" xmlns:z=\"urn:z\">" +
+		`<m:response><m:href>/a</m:href><m:propstat><m:prop z:x="1"/><m:status>HTTP/1.1 200 OK</m:status></m:propstat>` +
+		`<m:propstat><m:prop><m:lockdiscovery>old</m:lockdiscovery><z:p/></m:prop><m:status>HTTP/1.1 404 Not Found</m:status></m:propstat>` +
+		`<m:propstat><m:prop><m:supportedlock/></m:prop><m:status>HTTP/1.1 403 Forbidden</m:status></m:propstat></m:response></m:multistatus>`
+	want := "\ufeff<?xml version=\"1.0\"?>\n<!-- listing --><m:multistatus xmlns:m=\"DAV:\" xmlns:z=\"urn:z\">" +
+		`<m:response><m:href>/a</m:href><m:propstat><m:prop z:x="1">` + string(SupportedLockElement()) + `</m:prop><m:status>HTTP/1.1 200 OK</m:status></m:propstat>` +
+		`<m:propstat><m:prop><z:p/></m:prop><m:status>HTTP/1.1 404 Not Found</m:status></m:propstat>` +
+		`</m:response></m:multistatus>`
+	out, err := rewriteString(t.Context(), doc, lockPropsWanted{supported: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != want {
+		t.Fatalf("rewritten:\n%s\nwant:\n%s", out, want)
+	}
+}
+
 // TestDAVPropfindPropname checks that PROPFIND with DAV:propname lists
 // the lock properties by name (RFC 4918 sections 9.1 and 15), through
 // Caddy in front of the lock-less backend: once each, empty, in the 200
