@@ -528,6 +528,7 @@ func BenchmarkMultiStatusRewrite(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(c.doc)))
 			b.ReportAllocs()
+			cpu := processCPU()
 			for b.Loop() {
 				ms, err := rewriteMultiStatus(b.Context(), c.doc, lockPropsWanted{discovery: true, supported: true}, disc, 0)
 				if err != nil {
@@ -537,6 +538,7 @@ func BenchmarkMultiStatusRewrite(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64(processCPU()-cpu)/float64(time.Millisecond)/float64(b.N), "cpu-ms/op")
 		})
 	}
 }
