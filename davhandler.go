@@ -112,6 +112,9 @@ type davRequest struct {
 	// counted tells that the request was counted in the metrics.
 	result  string
 	counted bool
+	// client is the client's request context, which its departure
+	// cancels (d.r's becomes a hold context, which it does not).
+	client context.Context
 }
 
 // settle sets {http.lock.result} and counts the request in the metrics,
@@ -129,6 +132,7 @@ func (d *davRequest) settle(result string) {
 func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key string, kind Kind, locks bool) error {
 	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: strings.ToUpper(r.Method), xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
+	d.client = r.Context()
 	if !strings.HasPrefix(key, "/") {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("lock: webdav needs a path key, got %q", key))
 	}
