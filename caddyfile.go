@@ -45,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_timeout       <duration>
 //		default_timeout   <duration>
 //		max_lock_body     <size>
+//		max_wait_body     <size>
 //		store             <type> { ... }
 //		fence_header      <header name>
 //	}
@@ -144,16 +145,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.DefaultTimeout = dur
 			}
-		case "max_lock_body":
+		case "max_lock_body", "max_wait_body":
 			val, err := oneArg(d, sub, "a size such as 64KiB", "size")
 			if err != nil {
 				return err
 			}
 			n, err := humanize.ParseBytes(val)
 			if err != nil || n == 0 || n > math.MaxInt64 {
-				return d.Errf("lock: max_lock_body: expected a positive size such as 64KiB or 1MB, got %q", val)
+				return d.Errf("lock: %s: expected a positive size such as 64KiB or 1MB, got %q", sub, val)
 			}
-			h.MaxLockBody = int64(n)
+			if sub == "max_wait_body" {
+				h.MaxWaitBody = int64(n)
+			} else {
+				h.MaxLockBody = int64(n)
+			}
 		case "zone":
 			zone, err := oneArg(d, sub, "a zone name", "name")
 			if err != nil {
@@ -181,7 +186,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
 				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors, "+
-				"webdav, max_timeout, default_timeout, max_lock_body, store, fence_header", sub)
+				"webdav, max_timeout, default_timeout, max_lock_body, max_wait_body, store, fence_header", sub)
 		}
 	}
 	return nil
