@@ -556,7 +556,9 @@ func TestQueuedWriteBody(t *testing.T) {
 
 	holdFirst := func(id string) <-chan result {
 		done := make(chan result, 1)
-		go func() { done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Id": id, "X-Gate": "1"}) }()
+		go func() {
+			done <- do(http.DefaultClient, http.MethodPut, url+"/doc", map[string]string{"X-Id": id, "X-Gate": "1"})
+		}()
 		if a := rb.next(t); a.id != id {
 			t.Fatalf("%q reached the backend, want %q", a.id, id)
 		}
