@@ -237,6 +237,7 @@ func (d *davRequest) hold(reqs []Request) error {
 	start := time.Now()
 	leases := make([]Lease, 0, len(reqs))
 	// As in ServeHTTP: a request that queues reads its body meanwhile.
+	abort := abortReads(d.w, d.r) // for max_hold; before anything reads the body
 	bw := h.newBodyWait(d.w, d.r)
 	for _, q := range reqs {
 		q.Wait = time.Duration(h.Wait)
@@ -274,7 +275,7 @@ func (d *davRequest) hold(reqs []Request) error {
 	d.result = result
 	// As in ServeHTTP: a context that a departing client does not
 	// cancel, ended by max_hold (see hold.go).
-	hc := h.reaper.holdAll(d.r.Context(), start.Add(waited), leases, abortReads(d.w))
+	hc := h.reaper.holdAll(d.r.Context(), start.Add(waited), leases, abort)
 	// A lease that can be lost (Redis) cancels the request when it is
 	// lost before the upstream request was sent, as in ServeHTTP.
 	var ctx context.Context = hc

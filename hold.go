@@ -265,13 +265,43 @@ func (rp *holdReaper) newHold(parent context.Context, now time.Time, abort func(
 	}
 }
 
-// abortReads returns a func that makes pending and later reads of the
-// request body behind w fail at once, for max_hold: a route forwarding a
-// body that its client trickles (reverse_proxy waits for its body reader
-// even after the upstream request was cancelled) would otherwise return,
-// and release the lock, only when the client sends its next bytes.
-func abortReads(w http.ResponseWriter) func() {
-	return func() { _ = http.NewResponseController(w).SetReadDeadline(time.Now()) }
+// abortReads returns a func that makes pending and later reads of r's
+// body fail at once, for max_hold: a route forwarding a body that its
+// client trickles (reverse_proxy waits for its body reader even after the
+// upstream request was cancelled) would otherwise return, and release
+// the lock, only when the client sends its next bytes. Call it before
+// anything reads the body: it wraps r.Body to learn when the body has
+// been read to its end, after which there is nothing to cut off, and a
+// read deadline would only break the connection for the client's next
+// request (Go's HTTP/1.1 server watches the connection from then on, and
+// a failed read there cancels every later request on it). nil for a
+// request without a body.
+func abortReads(w http.ResponseWriter, r *http.Request) func() {
+	if !hasBody(r) {
+		return nil
+	}
+	wb := &watchedBody{ReadCloser: r.Body}
+	r.Body = wb
+	return func() {
+		if !wb.eof.Load() {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		}
+	}
+}
+
+// watchedBody is a request body that records having been read to its
+// end.
+type watchedBody struct {
+	io.ReadCloser
+	eof atomic.Bool
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
 }
 
 func (rp *holdReaper) add(c *holdContext) {
@@ -410,6 +440,7 @@ type bodyWait struct {
 	body     io.ReadCloser // r's own body
 	buf      []byte        // what the reader read; read after done
 	err      error         // nil (read to its end), errWaitBodyTooLarge or the read error; after done
+	streamed bool          // the rest of the body went on to the route
 }
 
 func (h *Handler) newBodyWait(w http.ResponseWriter, r *http.Request) *bodyWait {
@@ -494,13 +525,17 @@ func (b *bodyWait) waited(lease Lease, err error) (Lease, error) {
 	return lease, err
 }
 
-// stop ends the reader if it still runs: a read deadline in the past
-// fails its pending read (the client's connection is then closed after
-// the answer, since its body was not read).
+// stop ends the reader if it still runs, and makes the rest of a body
+// not read to its end unreadable: a read deadline in the past fails the
+// pending read, and the server's own attempt to read what is left before
+// it answers (which would wait for a client that trickles). The client's
+// connection is then closed after the answer.
 func (b *bodyWait) stop() {
 	select {
 	case <-b.done:
-		return
+		if b.err == nil {
+			return // read to its end; the connection can serve on
+		}
 	default:
 	}
 	if err := http.NewResponseController(b.w).SetReadDeadline(time.Now()); err != nil {
@@ -534,6 +569,7 @@ func (b *bodyWait) ready(ctx context.Context) error {
 	case errors.Is(b.err, errWaitBodyTooLarge):
 		// Past the bound only after the grant: the rest is forwarded as
 		// it arrives, as for a write that did not queue.
+		b.streamed = true
 		b.r.Body = struct {
 			io.Reader
 			io.Closer
@@ -558,7 +594,7 @@ func (b *bodyWait) ready(ctx context.Context) error {
 // the handler has answered) and gives back the body's reservation; call
 // it when the route is done (the body is in use until then).
 func (b *bodyWait) end() {
-	if b.started {
+	if b.started && !b.streamed {
 		b.stop()
 	}
 	if b.reserved > 0 {

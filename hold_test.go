@@ -240,6 +240,12 @@ func TestHoldReaper(t *testing.T) {
 			t.Fatalf("context %d: %v, want %v", i, hc.Err(), want)
 		}
 	}
+	if got := gauge(t, held); got != 20 {
+		t.Fatalf("%v locks held, want the 20 whose routes have not returned (max_hold does not release them)", got)
+	}
+	for i := 1; i < len(hcs); i += 2 {
+		hcs[i].finish() // the routes ended at max_hold return
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		rp.mu.Lock()
@@ -286,8 +292,21 @@ type arrival struct {
 func newRecBackend(t *testing.T) *recBackend {
 	b := &recBackend{gates: map[string]chan struct{}{}, arrived: make(chan arrival, 100), closed: make(chan struct{})}
 	t.Cleanup(func() { b.writing.assertNone(t, "the recording backend") }) // runs last
-	t.Cleanup(func() { close(b.closed) })
 	return b
+}
+
+// release lets every held request go, before the server closes (which
+// waits for them): register it after the server's Close.
+func (b *recBackend) release(t *testing.T) {
+	t.Cleanup(func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		select {
+		case <-b.closed:
+		default:
+			close(b.closed)
+		}
+	})
 }
 
 func (b *recBackend) gate(id string) chan struct{} {
@@ -321,6 +340,7 @@ func (b *recBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (b *recBackend) http(t *testing.T) string {
 	srv := httptest.NewServer(b)
 	t.Cleanup(srv.Close)
+	b.release(t)
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
@@ -332,6 +352,7 @@ func (b *recBackend) fcgi(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	b.release(t)
 	go func() { _ = fcgi.Serve(ln, b) }()
 	return ln.Addr().String()
 }

@@ -353,6 +353,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	start := time.Now()
 	// A write that queues reads its body meanwhile, so that a client
 	// that leaves leaves the queue (see bodyWait).
+	abort := abortReads(w, r) // for max_hold; before anything reads the body
 	bw := h.newBodyWait(w, r)
 	defer bw.end()
 	lease, err := bw.acquire(z.locker, Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
@@ -380,7 +381,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// The rest of the route runs on a context that a departing client
 	// does not cancel, and that max_hold ends (see hold.go); the lock is
 	// released when the route has returned.
-	hc := h.reaper.hold(r.Context(), start.Add(waited), lease, abortReads(w))
+	hc := h.reaper.hold(r.Context(), start.Add(waited), lease, abort)
 	hc.zone, hc.key, hc.kind = z, key, kind
 	guard, ctx := h.guardLease(hc, hc, lease, key)
 	defer func() {
