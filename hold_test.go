@@ -720,3 +720,35 @@ func TestMaxHoldEndsATrickledBody(t *testing.T) {
 	}
 	waitEmpty(t, l)
 }
+
+// A queued write granted while its body is still arriving waits for the
+// rest of it before it goes on: its client leaving then (the lock already
+// granted) ends it there, and it never reaches the backend.
+func TestGrantedWriteWhoseClientLeavesBeforeItsBody(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone leavesgranted\n wait 30s\n}\nreverse_proxy {backend}", b)
+	l := zoneTable(t, "leavesgranted")
+	first := holdWrite(t, b, http.MethodPut, url+"/doc", "granted-first")
+	conn := rawRequest(t, url, "PUT /doc HTTP/1.1\r\nHost: "+strings.TrimPrefix(url, "http://")+"\r\nX-Hold: granted-departed\r\nContent-Length: 100\r\n", "0123456789")
+	waitForQueue(t, l, 1)
+	b.open("granted-first")
+	if r := <-first; r.status != http.StatusOK {
+		t.Fatalf("the first write: %d %v", r.status, r.err)
+	}
+	// The first is done and the second no longer waits: it holds the
+	// lock, waiting for its body.
+	waitForQueue(t, l, 0)
+	if held, _, _ := l.Stats(); held != 1 {
+		t.Fatalf("%d locks held, want the queued write's", held)
+	}
+	conn.Close()
+	third := holdWrite(t, b, http.MethodPut, url+"/doc", "granted-third") // fails if the departed one comes first
+	b.open("granted-third")
+	if r := <-third; r.status != http.StatusOK {
+		t.Fatalf("the third write: %d %v", r.status, r.err)
+	}
+	waitEmpty(t, l)
+	if writes, _, _ := b.counts(); writes != 2 {
+		t.Fatalf("the backend saw %d writes, want the first and the third", writes)
+	}
+}
