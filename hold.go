@@ -436,15 +436,22 @@ type bodyWait struct {
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	conflict error         // the conflict that made the request queue
-	done     chan struct{} // closed when the reader is done
 	body     io.ReadCloser // r's own body
-	buf      []byte        // what the reader read; read after done
-	err      error         // nil (read to its end), errWaitBodyTooLarge or the read error; after done
 	streamed bool          // the rest of the body went on to the route
+	// What the reader shares, allocated when it starts: a request that
+	// does not queue allocates nothing here.
+	*bodyRead
 }
 
-func (h *Handler) newBodyWait(w http.ResponseWriter, r *http.Request) *bodyWait {
-	return &bodyWait{h: h, w: w, r: r}
+// bodyRead is what the reader of a queued body leaves.
+type bodyRead struct {
+	done chan struct{} // closed when the reader is done
+	buf  []byte        // what the reader read; read after done
+	err  error         // nil (read to its end), errWaitBodyTooLarge or the read error; after done
+}
+
+func (h *Handler) newBodyWait(w http.ResponseWriter, r *http.Request) bodyWait {
+	return bodyWait{h: h, w: w, r: r}
 }
 
 // acquire takes req's lock as l.Acquire does. A request with a body that
@@ -493,23 +500,25 @@ func (b *bodyWait) start() bool {
 	b.reserved = n
 	b.started = true
 	b.ctx, b.cancel = context.WithCancelCause(b.r.Context())
-	b.done = make(chan struct{})
-	b.body = b.r.Body
+	rd := &bodyRead{done: make(chan struct{})}
+	b.bodyRead = rd
+	body, cancel := b.r.Body, b.cancel
+	b.body = body
 	go func() {
-		defer close(b.done)
-		buf, err := io.ReadAll(io.LimitReader(b.body, limit+1))
+		defer close(rd.done)
+		buf, err := io.ReadAll(io.LimitReader(body, limit+1))
 		if err == nil && int64(len(buf)) > limit {
 			err = errWaitBodyTooLarge
 		}
-		b.buf, b.err = buf, err
+		rd.buf, rd.err = buf, err
 		switch {
 		case err == nil:
 			// Read to its end: from now on net/http watches the
 			// connection, and cancels r's context if the client leaves.
 		case errors.Is(err, errWaitBodyTooLarge):
-			b.cancel(err)
+			cancel(err)
 		default:
-			b.cancel(fmt.Errorf("%w: reading its body: %w", errClientLeft, err))
+			cancel(fmt.Errorf("%w: reading its body: %w", errClientLeft, err))
 		}
 	}()
 	return true
