@@ -47,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_timeout       <duration>
 //		default_timeout   <duration>
 //		max_lock_body     <size>
+//		max_wait_body     <size>
 //		store             <type> { ... }
 //		fence_header      <header name>
 //	}
@@ -149,10 +150,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.DefaultTimeout = dur
 			}
-		case "max_lock_body", "max_lock_bytes":
+		case "max_lock_body", "max_lock_bytes", "max_wait_body":
 			example := "64KiB"
-			if sub == "max_lock_bytes" {
+			switch sub {
+			case "max_lock_bytes":
 				example = "64MiB"
+			case "max_wait_body":
+				example = "1MiB"
 			}
 			val, err := oneArg(d, sub, "a size such as "+example, "size")
 			if err != nil {
@@ -162,9 +166,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil || n == 0 || n > math.MaxInt64 {
 				return d.Errf("lock: %s: expected a positive size such as %s or 1MB, got %q", sub, example, val)
 			}
-			if sub == "max_lock_body" {
+			switch sub {
+			case "max_lock_body":
 				h.MaxLockBody = int64(n)
-			} else {
+			case "max_wait_body":
+				h.MaxWaitBody = int64(n)
+			default:
 				h.MaxLockBytes = int64(n)
 			}
 		case "zone":
@@ -194,7 +201,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
 				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors, "+
-				"webdav, max_timeout, default_timeout, max_lock_body, max_lock_bytes, max_locks_per_owner, store, fence_header", sub)
+				"max_wait_body, webdav, max_timeout, default_timeout, max_lock_body, max_lock_bytes, max_locks_per_owner, store, fence_header", sub)
 		}
 	}
 	return nil

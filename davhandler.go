@@ -240,20 +240,30 @@ func (d *davRequest) hold(reqs []Request) error {
 	reqs = coalesce(reqs)
 	start := time.Now()
 	leases := make([]Lease, 0, len(reqs))
+	// As in ServeHTTP: a request that queues reads its body meanwhile.
+	abort := abortReads(d.w, d.r) // for max_hold; before anything reads the body
+	bw := h.newBodyWait(d.w, d.r)
 	for _, q := range reqs {
 		q.Wait = time.Duration(h.Wait)
-		l, err := d.z.locker.Acquire(d.r.Context(), q)
+		l, err := bw.acquire(d.z.locker, q)
 		if err != nil {
 			for _, l := range leases {
 				l.Release()
 			}
 			h.recordWait(d.repl, start) // a wait in vain is a wait too
 			if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
-				// fail_open: the request goes on without in-flight locks.
+				// fail_open: the request goes on without in-flight locks,
+				// with the body it may have begun to read.
+				if err := bw.ready(d.r.Context()); err != nil {
+					bw.end()
+					return err
+				}
 				h.storeTrouble(d.key, err)
 				d.result = resultFailOpen
+				d.done = bw.end
 				return nil
 			}
+			bw.end()
 			return err
 		}
 		leases = append(leases, l)
@@ -269,7 +279,7 @@ func (d *davRequest) hold(reqs []Request) error {
 	d.result = result
 	// As in ServeHTTP: a context that a departing client does not
 	// cancel, ended by max_hold (see hold.go).
-	hc := h.reaper.holdAll(d.r.Context(), start.Add(waited), leases)
+	hc := h.reaper.holdAll(d.r.Context(), start.Add(waited), leases, abort)
 	// A lease that can be lost (Redis) cancels the request when it is
 	// lost before the upstream request was sent, as in ServeHTTP.
 	var ctx context.Context = hc
@@ -282,14 +292,22 @@ func (d *davRequest) hold(reqs []Request) error {
 			d.w = g.writer(d.w)
 		}
 	}
-	d.guards = guards
-	d.r = d.r.WithContext(ctx)
-	d.done = func() {
+	done := func() {
 		for _, g := range guards {
 			g.stop()
 		}
 		hc.finish()
+		bw.end()
 	}
+	// A request that queued goes on only with its whole body and its
+	// client still there; otherwise it is answered as a wait in vain.
+	if err := bw.ready(ctx); err != nil {
+		done()
+		return err
+	}
+	d.guards = guards
+	d.r = d.r.WithContext(ctx)
+	d.done = done
 	return nil
 }
 

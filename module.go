@@ -81,9 +81,16 @@ type Handler struct {
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
 	// MaxHold is the longest one request may hold a lock; past it the
-	// rest of the route (the upstream request) is cancelled and the lock
-	// released. Default: 5m.
+	// rest of the route (the upstream request) is cancelled, reads of the
+	// client's body fail, and the lock is released once the route has
+	// returned. Default: 5m.
 	MaxHold caddy.Duration `json:"max_hold,omitempty"`
+
+	// MaxWaitBody is the largest request body, in bytes, that a write
+	// which conflicts may queue with (wait): a queued write's body is
+	// read into memory while it waits, so that a client that leaves is
+	// noticed. A larger one gets 423 at once. Default: 1 MiB.
+	MaxWaitBody int64 `json:"max_wait_body,omitempty"`
 
 	// MaxLocks bounds held locks plus waiters in the zone; past it a new
 	// request is refused with 503. A held lock is never evicted. Default:
@@ -367,10 +374,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	start := time.Now()
-	lease, err := z.locker.Acquire(r.Context(), Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
+	// A write that queues reads its body meanwhile, so that a client
+	// that leaves leaves the queue (see bodyWait).
+	abort := abortReads(w, r) // for max_hold; before anything reads the body
+	bw := h.newBodyWait(w, r)
+	defer bw.end()
+	lease, err := bw.acquire(z.locker, Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
 	waited := h.recordWait(repl, start)
 	if err != nil {
 		if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
+			// With the body it may have begun to read.
+			if err := bw.ready(r.Context()); err != nil {
+				return bw.abandon(key, err)
+			}
 			return h.failOpen(w, r, repl, key, err, next)
 		}
 		return h.refuse(w, r, repl, key, err)
@@ -386,8 +402,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// The rest of the route runs on a context that a departing client
-	// does not cancel, and that max_hold ends (see hold.go).
-	hc := h.reaper.hold(r.Context(), start.Add(waited), lease)
+	// does not cancel, and that max_hold ends (see hold.go); the lock is
+	// released when the route has returned.
+	hc := h.reaper.hold(r.Context(), start.Add(waited), lease, abort)
 	hc.zone, hc.key, hc.kind = z, key, kind
 	guard, ctx := h.guardLease(hc, hc, lease, key)
 	defer func() {
@@ -401,6 +418,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	} else {
 		h.metrics.count(result)
+	}
+	// A write that queued goes on only with its whole body and its
+	// client still there.
+	if err := bw.ready(ctx); err != nil {
+		return guard.settle(w, key, bw.abandon(key, err))
 	}
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
 }
