@@ -229,3 +229,16 @@ func TestDestinationKey(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPathKey: a clean path costs no allocation; one with escapes
+// pays for its readings.
+func BenchmarkPathKey(b *testing.B) {
+	for _, p := range []string{"/docs/report.txt", "/docs/caf%C3%A9/report%20v2.txt", "/a/b%252f..%252f../c"} {
+		b.Run(p, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				_, _ = pathKey(p)
+			}
+		})
+	}
+}
