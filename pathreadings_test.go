@@ -281,6 +281,13 @@ func testPathReadings(t *testing.T, b fileBackend) {
 			}
 		}
 	}
+	// A Destination is NFC-folded and Windows-folded as a path is: the
+	// locked /a/café and /a/c are refused under other spellings.
+	for _, dest := range []string{"/a/cafe%CC%81", "http://" + host + "/a/cafe%CC%81", "/a/c.", "/a/c::$DATA"} {
+		if r := rawDo(t, "COPY", site, "/a/src", "", map[string]string{"Destination": dest}); r.status != http.StatusLocked {
+			t.Errorf("%s: COPY to %s through Caddy: %d, want 423: %s", b.name, dest, r.status, r.body)
+		}
+	}
 }
 
 // An admin maintenance lock holds against every spelling too: the write
