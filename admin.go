@@ -262,7 +262,11 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		}
 		drain = d
 	}
-	key := normalizePath(req.Path)
+	// The key a request to this path would have: its readings must agree.
+	key, err := pathKey(req.Path)
+	if err != nil {
+		return badAdminRequest("path: %q: %v", req.Path, err)
+	}
 	if z.caseInsensitive.Load() {
 		key = foldCase(key)
 	}

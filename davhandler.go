@@ -80,13 +80,39 @@ func (h *Handler) validateDAV() error {
 }
 
 // keyOfPath is the lock key of a path named in a header (Destination, If
-// tags): normalised as keyOf does with the default key.
+// tags, PROPFIND hrefs) as url.Parse decodes it: keyed as keyOf keys a
+// request target. A path whose readings differ gets "", which no lock
+// has: destination and resolveTag refuse such paths before they get here.
 func (h *Handler) keyOfPath(p string) string {
-	k := normalizePath(p)
+	k, err := pathKey(p)
+	if err != nil {
+		return ""
+	}
 	if h.CaseInsensitive {
 		k = foldCase(k)
 	}
 	return k
+}
+
+// headerPath is the path that a Destination value or an If tag names, as
+// url.Parse decodes it, once the readings of both Go and nginx agree on
+// its key, and keyOfPath keys that path alike.
+func (h *Handler) headerPath(v string, u *url.URL) (string, error) {
+	key, err := destinationKey(v, u)
+	if err != nil {
+		return "", err
+	}
+	p := u.Path
+	if p == "" {
+		p = "/"
+	}
+	if h.CaseInsensitive {
+		key = foldCase(key)
+	}
+	if k := h.keyOfPath(p); k != key {
+		return "", ambiguous(p, key)
+	}
+	return p, nil
 }
 
 // davRequest is one request in WebDAV mode, with what the handler has
@@ -424,10 +450,16 @@ func (d *davRequest) destination() (string, error) {
 	if u.Host != "" && !sameHost(u, d.r.Host) {
 		return "", d.plain(http.StatusBadGateway, fmt.Sprintf("Destination %.200q is on another server", v))
 	}
-	if u.Path == "" {
-		return "/", nil
+	p, err := d.h.headerPath(v, u)
+	if err != nil {
+		var pe *pathError
+		if errors.As(err, &pe) {
+			err = &pathError{pe.result, "Destination: " + pe.msg}
+		}
+		d.counted = true // refuse sets the result and counts it
+		return "", d.h.refuse(d.w, d.r, d.repl, d.key, err)
 	}
-	return u.Path, nil
+	return p, nil
 }
 
 // maxIfResources bounds the resources one If header may name: each may
@@ -533,10 +565,9 @@ func (d *davRequest) resolveTag(tag string) (string, bool) {
 	if err != nil || (u.Host != "" && !sameHost(u, d.r.Host)) {
 		return "", false
 	}
-	if u.Path == "" {
-		return "/", true
-	}
-	return u.Path, true
+	// A tag that backends read as different resources names none.
+	p, err := d.h.headerPath(tag, u)
+	return p, err == nil
 }
 
 // stateTokens are the lock tokens a resource has for If evaluation: its

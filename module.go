@@ -364,8 +364,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// it goes upstream as "/", so it locks "/".
 		r.URL.Path = "/"
 	}
-	key := h.keyOf(r, repl)
+	key, err := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
+	if err != nil {
+		return h.refuse(w, r, repl, r.URL.Path, err)
+	}
 	if strings.IndexByte(key, 0) >= 0 {
 		return h.refuse(w, r, repl, key, errNULKey)
 	}
@@ -451,7 +454,11 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind Kind, l
 	if !ok || c.zone != h.zone || c.released.Load() {
 		return false
 	}
-	return !locks || (c.kind == Exclusive || kind == Shared) && c.key == h.keyOf(r, repl)
+	if !locks {
+		return true
+	}
+	key, err := h.keyOf(r, repl)
+	return err == nil && (c.kind == Exclusive || kind == Shared) && c.key == key
 }
 
 // enter returns the zone that a request in a handler whose zone has a
@@ -496,19 +503,28 @@ func (h *Handler) leave(z *zone, borrowed bool) {
 	}
 }
 
-// keyOf computes the lock key of a request.
-func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) string {
+// keyOf computes the lock key of a request, or a *pathError for a path
+// that backends may read as different resources. The path key is that of
+// the target as it goes upstream, still encoded (Caddy forwards it byte
+// for byte): Go's URL.Path has decoded it once already, which would hide
+// the reading of a backend that resolves dot segments before decoding.
+func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) (string, error) {
 	k := r.URL.Path
-	if h.Key != "" {
+	if h.Key != "" && h.Key != pathKeyTemplate {
 		k = repl.ReplaceAll(h.Key, "")
+	} else if r.URL.RawPath != "" || !isCleanPath(k) {
+		k = r.URL.EscapedPath()
 	}
 	if strings.HasPrefix(k, "/") {
-		k = normalizePath(k)
+		var err error
+		if k, err = pathKey(k); err != nil {
+			return "", err
+		}
 	}
 	if h.CaseInsensitive {
 		k = foldCase(k)
 	}
-	return k
+	return k, nil
 }
 
 // foldCase is the case folding of case_insensitive, for every key: request

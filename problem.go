@@ -65,6 +65,9 @@ var errNULKey = errors.New("a NUL byte (%00) in the lock key")
 // cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
 	var conflict *ConflictError
+	// Not errors.As: its target would escape, an allocation on every
+	// conflict; keyOf and destination return a *pathError unwrapped.
+	badPath, _ := err.(*pathError)
 	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
 	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
 	switch {
@@ -94,6 +97,11 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		p.Title = "Path cannot be locked"
 		p.Detail = "the request has " + errNULKey.Error() + " (its path, unless the zone's key says otherwise), which a backend may read as the end of it"
 		h.logger.Debug("lock key with a NUL byte", zap.String("method", r.Method), zap.String("zone", h.Zone))
+	case badPath != nil:
+		status, retry, result = http.StatusBadRequest, 0, badPath.result
+		p.Title = "Path cannot be locked"
+		p.Detail = badPath.Error() + "; see docs/path-readings.md"
+		h.logger.Debug("lock key refused", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.Error(err))
 	case errors.Is(err, ErrFull):
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
