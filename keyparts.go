@@ -136,7 +136,8 @@ func (p *keyPart) check(r *http.Request) *ambiguousError {
 }
 
 // headerOccurrences counts the values of the header under every name that
-// folds to the part's (PHP and CGI read "X_Doc_Id" as "X-Doc-Id"); clean
+// folds to the part's (PHP and CGI read "X_Doc_Id" and "X.Doc.Id" as
+// "X-Doc-Id"); clean
 // tells that there is one, under the name Caddy reads.
 func (p *keyPart) headerOccurrences(h http.Header) (n int, clean bool) {
 	if vals, ok := h[p.name]; ok {
@@ -214,9 +215,12 @@ func (p *keyPart) cookieOccurrences(r *http.Request) (n int, clean bool) {
 }
 
 // foldHeaderName is a header name as CGI and PHP read it, lower-cased
-// with "_" for "-".
+// with "-" for "_" and "." (HTTP_X_DOC_ID). Caddy drops header names with
+// "_" or "." unless the server's expected_underscore_headers or
+// expected_dot_headers let them through; with those, two spellings can
+// reach the handler.
 func foldHeaderName(n string) string {
-	return strings.ToLower(strings.ReplaceAll(n, "_", "-"))
+	return strings.ToLower(strings.NewReplacer("_", "-", ".", "-").Replace(n))
 }
 
 // headerNameIs reports whether header name folds to folded (as from
@@ -229,7 +233,7 @@ func headerNameIs(name, folded string) bool {
 		c := name[i]
 		if 'A' <= c && c <= 'Z' {
 			c += 'a' - 'A'
-		} else if c == '_' {
+		} else if c == '_' || c == '.' {
 			c = '-'
 		}
 		if c != folded[i] {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // sendPut sends a PUT with the query and header lines (name, value pairs,
@@ -30,10 +32,12 @@ func TestRepeatedKeyHeaderRefused(t *testing.T) {
 	b := newBackend(t) // reads its resource from X-Resource with Header.Get
 	url := startCaddy(t, "header >X-Lock-Result {http.lock.result}\nlock {\n zone keypart_attack\n key {http.request.header.X-Resource}\n}\nreverse_proxy {backend}", b)
 	done := holdWrite(t, b, http.MethodPut, url+"/x", "w", "X-Resource", "7")
-	assertAmbiguous(t, sendPut(t, url+"/x", "", "X-Resource", "7", "X-Resource", "8"), "Lock key part given more than once")
-	assertLocked(t, sendPut(t, url+"/x", "", "X-Resource", "7"), "7")
-	b.open("w")
+	twice := sendPut(t, url+"/x", "", "X-Resource", "7", "X-Resource", "8")
+	once := sendPut(t, url+"/x", "", "X-Resource", "7")
+	b.open("w") // before asserting: a failed test must not leave the write held
 	<-done
+	assertAmbiguous(t, twice, "Lock key part given more than once")
+	assertLocked(t, once, "7")
 	if r := sendPut(t, url+"/x", "", "X-Resource", "7"); r.status != http.StatusOK || r.header.Get("X-Lock-Result") != resultAcquired {
 		t.Fatalf("a plain PUT: %d, result %q", r.status, r.header.Get("X-Lock-Result"))
 	}
@@ -58,8 +62,6 @@ reverse_proxy {backend}`, b)
 		title  string
 	}{
 		{"", []string{"X-Doc-Id", "7", "X-Doc-Id", "8"}, twice},
-		{"", []string{"X-Doc-Id", "7", "X_Doc_Id", "8"}, twice},
-		{"", []string{"X_Doc_Id", "8"}, spelled},
 		{"?id=7&id=8", nil, twice},
 		{"?id=7&%69d=8", nil, twice},
 		{"?id=7&ID=8", nil, twice},
@@ -100,6 +102,22 @@ reverse_proxy {backend}`, b)
 	req, _ := http.NewRequest(http.MethodGet, url+"/doc?id=1&id=2", nil)
 	if r := doRequest(http.DefaultClient, req); r.status != http.StatusOK {
 		t.Fatalf("a GET with a repeated key part: %d", r.status)
+	}
+}
+
+// Caddy drops header names with "_" or "." unless the server lets them
+// through; then PHP reads X_Doc_Id and X.Doc.Id as X-Doc-Id, which the
+// key does not read: alone it is refused as spelled differently, together
+// as given twice.
+func TestKeyHeaderAliasesLetThrough(t *testing.T) {
+	b := newBackend(t)
+	global := "admin off\nservers {\n expected_underscore_headers X_Doc_Id\n expected_dot_headers X.Doc.Id\n}"
+	url := loadCaddy(t, freePort(t), global, "header >X-Lock-Result {http.lock.result}\nlock {\n zone keypart_alias\n key {http.request.header.X-Doc-Id}\n}\nreverse_proxy {backend}", b)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	assertAmbiguous(t, sendPut(t, url+"/doc", "", "X_Doc_Id", "8"), "Lock key part spelled ambiguously")
+	assertAmbiguous(t, sendPut(t, url+"/doc", "", "X_Doc_Id", "8", "X.Doc.Id", "7"), "Lock key part given more than once")
+	if writes, _, _ := b.counts(); writes != 0 {
+		t.Fatalf("%d refused writes reached the backend", writes)
 	}
 }
 

@@ -25,7 +25,9 @@ import (
 //
 // PHP and CGI backends read "X_HTTP_Method_Override" as
 // "X-HTTP-Method-Override" (HTTP_X_HTTP_METHOD_OVERRIDE), so header names
-// are compared with "_" and "-" alike and without regard to case.
+// are compared with "_", "." and "-" alike and without regard to case:
+// Caddy drops such names by default, but a server's
+// expected_underscore_headers or expected_dot_headers lets them through.
 
 // methodOverrideHeaders are the override headers, folded as
 // foldHeaderName does.

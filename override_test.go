@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // frameworkBackend reads requests as web frameworks do before it hands
@@ -28,7 +30,7 @@ func newFrameworkBackend(t *testing.T, next http.Handler) *frameworkBackend {
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		for name, vals := range r.Header {
 			switch foldHeaderName(name) {
-			case "x-original-url", "x-rewrite-url":
+			case "x-original-url", "x-rewrite-url": // foldHeaderName: as PHP's $_SERVER
 				f.mu.Lock()
 				f.rewriting = append(f.rewriting, name+": "+vals[0])
 				f.mu.Unlock()
@@ -91,6 +93,7 @@ func assertAmbiguous(t *testing.T, r result, title string) {
 func TestMethodOverrideTakesTheLock(t *testing.T) {
 	url, b, _ := startFrameworkSite(t, "header >X-Lock-Result {http.lock.result}\nlock {\n zone override\n}\nreverse_proxy {backend}")
 	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
+	var results []result
 	for _, tc := range []struct {
 		method, query string
 		header        map[string]string
@@ -98,7 +101,6 @@ func TestMethodOverrideTakesTheLock(t *testing.T) {
 		{"GET", "", map[string]string{"X-HTTP-Method-Override": "PUT"}},
 		{"GET", "", map[string]string{"X-HTTP-Method": "put"}},
 		{"HEAD", "", map[string]string{"X-Method-Override": "DELETE"}},
-		{"GET", "", map[string]string{"X_HTTP_Method_Override": "PUT"}},
 		{"GET", "?_method=PUT", nil},
 		{"GET", "?_%6Dethod=PUT", nil},
 		{"GET", "?_METHOD=PATCH", nil},
@@ -107,13 +109,17 @@ func TestMethodOverrideTakesTheLock(t *testing.T) {
 		r := do(http.DefaultClient, tc.method, url+"/doc"+tc.query, tc.header)
 		if tc.method == http.MethodHead {
 			if r.status != http.StatusLocked {
-				t.Fatalf("%s %+v: status %d, want 423", tc.method, tc.header, r.status)
+				t.Errorf("%s %+v: status %d, want 423", tc.method, tc.header, r.status)
 			}
 			continue
 		}
-		assertLocked(t, r, "/doc")
+		t.Logf("%s %s %v: %d", tc.method, tc.query, tc.header, r.status)
+		results = append(results, r)
 	}
 	b.open("w")
+	for _, r := range results {
+		assertLocked(t, r, "/doc")
+	}
 	if r := <-done; r.status != http.StatusOK {
 		t.Fatalf("the held write: %d", r.status)
 	}
@@ -128,18 +134,50 @@ func TestMethodOverrideTakesTheLock(t *testing.T) {
 	}
 }
 
+// A server that lets "_" header names through (Caddy drops them by
+// default) passes X_HTTP_Method_Override, which PHP reads as the override
+// header: it counts as one.
+func TestMethodOverrideUnderscoreSpelling(t *testing.T) {
+	b := newBackend(t)
+	f := newFrameworkBackend(t, http.HandlerFunc(b.serve))
+	global := "admin off\nservers {\n expected_underscore_headers X_HTTP_Method_Override\n}"
+	site := "lock {\n zone override_underscore\n}\nreverse_proxy " + strings.TrimPrefix(f.URL, "http://")
+	u := loadCaddy(t, freePort(t), global, site, nil)
+	t.Cleanup(func() { _ = caddy.Stop() })
+	done := holdWrite(t, b, http.MethodPut, u+"/doc", "w")
+	r := sendMethod(t, http.MethodGet, u+"/doc", "X_HTTP_Method_Override", "PUT")
+	b.open("w")
+	<-done
+	assertLocked(t, r, "/doc")
+}
+
+// sendMethod is sendPut with another method.
+func sendMethod(t *testing.T, method, u string, header ...string) result {
+	t.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header[header[i]] = append(req.Header[header[i]], header[i+1])
+	}
+	return doRequest(http.DefaultClient, req)
+}
+
 // With "exclusive PUT DELETE", a POST takes no lock; one carrying an
 // override to PUT takes PUT's exclusive lock, so it neither passes a held
 // PUT nor lets a PUT pass it.
 func TestMethodOverrideOnPostUnderExclusiveList(t *testing.T) {
 	url, b, _ := startFrameworkSite(t, "lock {\n zone override_post\n exclusive PUT DELETE\n}\nreverse_proxy {backend}")
 	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
-	assertLocked(t, do(http.DefaultClient, http.MethodPost, url+"/doc", map[string]string{"X-HTTP-Method-Override": "PUT"}), "/doc")
-	b.open("w")
+	r := do(http.DefaultClient, http.MethodPost, url+"/doc", map[string]string{"X-HTTP-Method-Override": "PUT"})
+	b.open("w") // before asserting: a failed test must not leave the write held
 	<-done
+	assertLocked(t, r, "/doc")
 	done = holdWrite(t, b, http.MethodPost, url+"/doc", "p", "X-HTTP-Method-Override", "DELETE")
-	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/doc", nil), "/doc")
+	r = do(http.DefaultClient, http.MethodPut, url+"/doc", nil)
 	b.open("p")
+	assertLocked(t, r, "/doc")
 	if r := <-done; r.status != http.StatusOK || r.body != "ok DELETE /doc" {
 		t.Fatalf("the held POST: %d %q", r.status, r.body)
 	}
@@ -181,16 +219,20 @@ func TestMethodOverrideAmbiguousRefused(t *testing.T) {
 func TestPathRewriteHeadersStripped(t *testing.T) {
 	url, b, f := startFrameworkSite(t, "lock {\n zone rewrite\n}\nreverse_proxy {backend}")
 	done := holdWrite(t, b, http.MethodPut, url+"/locked", "w")
-	for _, h := range []string{"X-Original-URL", "X-Rewrite-URL", "X_Original_URL", "x-rewrite_url"} {
-		r := mustDo(t, http.MethodPut, url+"/public", map[string]string{h: "/locked"}, http.StatusOK)
-		if r.body != "ok PUT /public" {
-			t.Fatalf("%s: the backend wrote %q", h, r.body)
-		}
+	var writes, reads []result
+	names := []string{"X-Original-URL", "X-Rewrite-URL", "x-original-url"}
+	for _, h := range names {
+		writes = append(writes, do(http.DefaultClient, http.MethodPut, url+"/public", map[string]string{h: "/locked"}))
 		// Reads too: the header would change what is read.
-		mustDo(t, http.MethodGet, url+"/public", map[string]string{h: "/locked"}, http.StatusOK)
+		reads = append(reads, do(http.DefaultClient, http.MethodGet, url+"/public", map[string]string{h: "/locked"}))
 	}
-	b.open("w")
+	b.open("w") // before asserting: a failed test must not leave the write held
 	<-done
+	for i, h := range names {
+		if w, r := writes[i], reads[i]; w.status != http.StatusOK || w.body != "ok PUT /public" || r.body != "ok GET /public" {
+			t.Fatalf("%s: the backend answered %d %q and %q", h, w.status, w.body, r.body)
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.rewriting) > 0 {
@@ -224,6 +266,16 @@ func TestMethodOverrideWebDAV(t *testing.T) {
 	}
 	if !dav.exists("/doc") || dav.exists("/moved") {
 		t.Fatal("a GET with an override changed a locked resource")
+	}
+	// Checked as a MOVE, not as the GET it is: its Destination is locked.
+	dav.put(t, "/src", "src")
+	dav.put(t, "/dst", "dst")
+	davLock(t, u+"/dst", "exclusive", "bob", nil, http.StatusOK)
+	if r := davDo(t, http.MethodGet, u+"/src", "", map[string]string{"X-HTTP-Method-Override": "MOVE", "Destination": u + "/dst", "Overwrite": "T"}); r.status != http.StatusLocked {
+		t.Fatalf("GET /src with a MOVE override onto a locked /dst: status %d, want 423; body %s", r.status, r.body)
+	}
+	if !dav.exists("/src") {
+		t.Fatal("a GET with a MOVE override moved onto a locked resource")
 	}
 	// Overrides the WebDAV checks cannot follow are refused.
 	for _, tc := range []struct {
