@@ -129,8 +129,9 @@ type davRequest struct {
 	ifh  IfHeader // parsed If header; no lists when there was none
 	xml  bool     // the client speaks WebDAV: refusals are DAV:error XML
 	done func()   // releases the in-flight locks; nil when none are held
-	// method is r.Method upper-cased, as kindOf compares it: a backend
-	// that upper-cases methods moves on "move".
+	// method is r.Method upper-cased, as kindOf compares it (a backend
+	// that upper-cases methods moves on "move"), or the method that an
+	// override names, whose checks cover both (see davOverride).
 	method string
 	// guards watch the in-flight leases that a store can lose.
 	guards []*leaseGuard
@@ -156,7 +157,7 @@ func (d *davRequest) settle(result string) {
 // serveDAV handles a request in WebDAV mode. kind and locks are what the
 // method takes as an in-flight lock.
 func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key string, kind Kind, locks bool) error {
-	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: strings.ToUpper(r.Method), xml: isDAVClient(r), result: resultNone}
+	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: h.davMethod(r), xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
 	d.client = r.Context()
 	if !strings.HasPrefix(key, "/") {

@@ -36,8 +36,9 @@ type pathError struct {
 
 func (e *pathError) Error() string { return e.msg }
 
-// resultAmbiguous is {http.lock.result} for a path that backends read as
-// different resources.
+// resultAmbiguous is {http.lock.result} for a request refused with 400
+// because backends can read it in more than one way: its path, a
+// header that overrides its method, or a key part it gives twice.
 const resultAmbiguous = "ambiguous"
 
 func ambiguous(a, b string) error {

@@ -160,6 +160,8 @@ type Handler struct {
 	metrics zoneMetrics
 	reaper  *holdReaper // ends granted requests at max_hold
 	logger  *zap.Logger
+	// keyParts are the key's placeholders that a request can repeat.
+	keyParts keyParts
 }
 
 // CaddyModule returns the Caddy module information.
@@ -191,6 +193,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.kinds[strings.ToUpper(m)] = Shared
 	}
 	h.trouble = new(troubleLog)
+	h.keyParts = parseKeyParts(h.Key)
 	if h.StoreRaw != nil {
 		mod, err := ctx.LoadModule(h, "StoreRaw")
 		if err != nil {
@@ -321,7 +324,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	kind, ok := h.kindOf(r.Method)
+	// The method overrides count, and path-rewriting headers go (override.go).
+	kind, ok, amb := h.requestKind(r)
+	if amb != nil {
+		return h.refuseAmbiguous(w, r, repl, amb)
+	}
 	if h.heldBefore(r, repl, kind, ok) {
 		// A lock handler earlier in the route (a site-wide one, say)
 		// holds this lock for this request (or one of the zone, and this
@@ -363,6 +370,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// An absolute-form target without a path (PUT http://host):
 		// it goes upstream as "/", so it locks "/".
 		r.URL.Path = "/"
+	}
+	if h.keyParts != nil {
+		// A key part the request gives twice (keyparts.go).
+		if amb := h.keyParts.check(r); amb != nil {
+			return h.refuseAmbiguous(w, r, repl, amb)
+		}
 	}
 	key, err := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
