@@ -547,6 +547,14 @@ func (b *bodyWait) stop() {
 		}
 	default:
 	}
+	if b.r.ProtoMajor == 1 {
+		// The body may end just before the deadline is set: the deadline
+		// then fails Go's background read of the connection instead,
+		// which cancels the context of every later request on it. An
+		// answer not yet written closes the connection (stop is called
+		// before the handler answers, where it can).
+		b.w.Header().Set("Connection", "close")
+	}
 	if err := http.NewResponseController(b.w).SetReadDeadline(time.Now()); err != nil {
 		return // the reader ends with the body or the connection
 	}

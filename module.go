@@ -405,6 +405,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			}
 			return h.failOpen(w, r, repl, key, err, next)
 		}
+		bw.end() // before the answer: see bodyWait.stop
 		return h.refuse(w, r, repl, key, err)
 	}
 	h.granted(r, repl, lease)

@@ -94,7 +94,10 @@ func soakSite(zone, store string) string {
 	max_waiters 8
 	%s
 }
-reverse_proxy {backend}`, zone, store)
+reverse_proxy {backend}
+handle_errors {
+	respond "{err.status_code} {err.message}" {err.status_code}
+}`, zone, store)
 }
 
 // runSoak runs the clients for *soakFor and checks every answer.
@@ -199,7 +202,7 @@ func soakRequest(client *http.Client, url, method string, a soakAlias, rng *rand
 			return 0, fmt.Errorf("a %d from the backend, not the lock", resp.StatusCode)
 		}
 		if resp.StatusCode != http.StatusBadRequest && resp.Header.Get("Retry-After") == "" {
-			return 0, fmt.Errorf("a %d without Retry-After", resp.StatusCode)
+			return 0, fmt.Errorf("a %d without Retry-After: %s", resp.StatusCode, body)
 		}
 		if method == http.MethodHead {
 			return resp.StatusCode, nil // no body to check
