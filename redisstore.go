@@ -266,7 +266,7 @@ func (s *RedisLockStore) call(ctx context.Context, op string, sc *redis.Script, 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("redis explicit lock %s: %w: %w", op, ErrStoreUnavailable, err)
+		return nil, fmt.Errorf("redis explicit lock %s: %w: %w", op, storeErr(err), err)
 	}
 	return v, nil
 }
@@ -379,7 +379,7 @@ func (s *RedisLockStore) Get(ctx context.Context, token string) (ExplicitLock, e
 		if ctx.Err() != nil {
 			return ExplicitLock{}, ctx.Err()
 		}
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock get: %w: %w", ErrStoreUnavailable, err)
+		return ExplicitLock{}, fmt.Errorf("redis explicit lock get: %w: %w", storeErr(err), err)
 	}
 	return lockFromMap(token, v)
 }
@@ -509,7 +509,7 @@ func (s *RedisLockStore) listErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("redis explicit lock list: %w: %w", ErrStoreUnavailable, err)
+	return fmt.Errorf("redis explicit lock list: %w: %w", storeErr(err), err)
 }
 
 // xTokenOf returns the token of an index member.
