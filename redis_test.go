@@ -1249,3 +1249,36 @@ func TestCutKey(t *testing.T) {
 		}
 	}
 }
+
+// The explicit lock store, too, derives ancestors in its scripts: a deep
+// key costs a write's check and a LOCK about its own length, not the sum
+// of its ancestors'; and the ancestors are still found.
+func TestRedisStoreDeepKeySentOnce(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	c := redisClient(t, srv)
+	ctx := context.Background()
+	key := deepRedisKey(250, 16) // 4000 bytes
+	top := mustCreate(t, s, xlock(key[:16], Exclusive, DepthInfinity))
+	if _, err := s.Affecting(ctx, "/warm", true); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	before := netInput(t, c)
+	idle := netInput(t, c) - before
+	before = netInput(t, c)
+	ls, err := s.Affecting(ctx, key, true)
+	n := netInput(t, c) - before - idle
+	t.Logf("explicit locks affecting a %d-byte key of 250 segments: %d bytes to Redis", len(key), n)
+	if err != nil || len(ls) != 1 || ls[0].Token != top.Token {
+		t.Fatalf("affecting %d-byte key: %v, %v; want the lock on its ancestor", len(key), roots(ls), err)
+	}
+	// The key and the bounds of the range below it.
+	if max := int64(3*len(key) + 1024); n > max {
+		t.Fatalf("checking a %d-byte key sent %d bytes to Redis, want at most %d", len(key), n, max)
+	}
+	l := xlock(key, Shared, DepthZero)
+	l.Token = "deep-token"
+	if _, err := s.Create(ctx, l); !errors.As(err, new(*LockConflictError)) {
+		t.Fatalf("LOCK below an exclusive infinite lock: %v, want a conflict", err)
+	}
+}

@@ -89,7 +89,7 @@ const (
 // xPurge starts every script: it drops the index entries of expired locks
 // (whose hashes Redis has dropped by itself), at most 256 per call, and
 // defines the helpers.
-const xPurge = scriptTime + `
+const xPurge = scriptTime + luaAncestors + `
 local idx, xexp = KEYS[1], KEYS[2]
 local dead = redis.call('ZRANGEBYSCORE', xexp, '-inf', now, 'LIMIT', 0, 256)
 if #dead > 0 then
@@ -123,7 +123,8 @@ end
 //
 // KEYS: xidx xexp hash; ARGV: 1 root, 2 token, 3 scope, 4 depth, 5 href,
 // 6 owner, 7 creator, 8 timeout ms, 9-10 BYLEX range below root ("" =
-// none), 11 hash key prefix, 12 most live locks, 13.. ancestors. Returns
+// none), 11 hash key prefix, 12 most live locks (the script derives the
+// root's ancestors: see luaAncestors). Returns
 // {1, hash fields} when created, {0, {hash fields of each conflicting
 // lock}}, or {2} when the zone is full.
 var xCreateScript = redis.NewScript(xPurge + `
@@ -143,12 +144,12 @@ local function check(ms, onlyInfinite)
   end
   return false
 end
--- ARGV[11] is the hash key prefix; ancestors start at 13
+-- ARGV[11] is the hash key prefix
 -- locks on the root itself
 if check(inRange('[' .. root .. '\0', '(' .. root .. '\1', 0, {}), false) then return {0, conflicts} end
 -- infinite locks on ancestors cover the root
-for i = 13, #ARGV do
-  if check(inRange('[' .. ARGV[i] .. '\0', '(' .. ARGV[i] .. '\1', 0, {}), true) then return {0, conflicts} end
+for a in ancestorsOf(root) do
+  if check(inRange('[' .. a .. '\0', '(' .. a .. '\1', 0, {}), true) then return {0, conflicts} end
 end
 -- an infinite lock covers the locks below its root
 if depth == 'I' and ARGV[9] ~= '' then
@@ -238,12 +239,12 @@ return {#ms, more}
 // when asked, those rooted below it.
 //
 // KEYS: xidx xexp; ARGV: 1 key, 2-3 BYLEX range below key ("" = not
-// asked), 4 hash key prefix, 5.. ancestors. Returns a list of hash field
-// lists.
+// asked), 4 hash key prefix (the script derives the key's ancestors).
+// Returns a list of hash field lists.
 var xAffectingScript = redis.NewScript(xPurge + `
 local ms = inRange('[' .. ARGV[1] .. '\0', '(' .. ARGV[1] .. '\1', 0, {})
-for i = 5, #ARGV do
-  for _, m in ipairs(inRange('[' .. ARGV[i] .. '\0', '(' .. ARGV[i] .. '\1', 0, {})) do
+for a in ancestorsOf(ARGV[1]) do
+  for _, m in ipairs(inRange('[' .. a .. '\0', '(' .. a .. '\1', 0, {})) do
     if string.match(m, '%z[SX]I%z') then ms[#ms + 1] = m end
   end
 end
@@ -306,10 +307,6 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 	}
 	args := []any{l.Root, l.Token, scope, depth, l.Href, l.Owner, l.Creator, l.Timeout.Milliseconds(), lo, hi,
 		s.base + "x:", s.max.Load()}
-	ancestors(l.Root, func(a string) bool {
-		args = append(args, a)
-		return true
-	})
 	v, err := s.call(ctx, "create", xCreateScript, []string{s.kIdx, s.kExp, s.hashKey(l.Token)}, args...)
 	if err != nil {
 		// The script may have run though its reply was lost; nobody has
@@ -407,10 +404,6 @@ func (s *RedisLockStore) Affecting(ctx context.Context, key string, below bool) 
 		lo, hi = descRange(key)
 	}
 	args := []any{key, lo, hi, s.base + "x:"}
-	ancestors(key, func(a string) bool {
-		args = append(args, a)
-		return true
-	})
 	v, err := s.call(ctx, "affecting", xAffectingScript, []string{s.kIdx, s.kExp}, args...)
 	if err != nil {
 		return nil, err
