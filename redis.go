@@ -384,6 +384,7 @@ func (l *RedisLocker) Close() error {
 	leases := l.leases
 	l.leases = map[string]*RedisLease{}
 	l.mu.Unlock()
+	l.forgetSettings()
 	close(l.done)
 	l.cancel()
 	l.subMu.Lock()

@@ -164,3 +164,28 @@ func (l *RedisLocker) renewSettings() {
 		caddy.Log().Named("http.handlers.lock.stores.redis").Error("lock zone settings differ between instances", zap.Error(err))
 	}
 }
+
+// forgetScript removes an instance's record if it still holds the given
+// settings (a reload that changed them has recorded new ones since).
+//
+// KEYS: settings hash, expiry sorted set; ARGV: instance, settings.
+var forgetScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+`)
+
+// forgetSettings removes this locker's record of its settings, so that an
+// instance restarted with other settings is not refused until the record
+// expires. Best effort: an instance that dies leaves its record to expire.
+func (l *RedisLocker) forgetSettings() {
+	s := l.settings.Load()
+	if s == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	defer cancel()
+	_ = forgetScript.Run(ctx, l.client, []string{l.kSettings, l.kSettingsExp}, l.instance, *s).Err()
+}

@@ -232,3 +232,23 @@ func TestRedisZoneColonRefused(t *testing.T) {
 	}
 	loadCaddy(t, freePort(t), "", redisSite(srv, "b", "key_prefix p:a", ""), b)
 }
+
+// An instance that stops removes its record: restarted with another
+// setting (here a new process, another instance), it is not refused.
+func TestRedisZoneSettingsForgottenOnStop(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	loadCaddy(t, freePort(t), "", redisSite(srv, "agreestop", "", "hierarchy"), b)
+	c := redisClient(t, srv)
+	if n, err := c.HLen(context.Background(), "{caddy-lock:agreestop}:settings").Result(); err != nil || n != 1 {
+		t.Fatalf("records of the zone's settings: %d, %v; want 1", n, err)
+	}
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the stopped instance's record to go", func() bool {
+		n, err := c.HLen(context.Background(), "{caddy-lock:agreestop}:settings").Result()
+		return err == nil && n == 0
+	})
+	otherInstance(t, srv, "agreestop", false, false)
+}
