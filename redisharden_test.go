@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -251,4 +254,45 @@ func TestRedisZoneSettingsForgottenOnStop(t *testing.T) {
 		return err == nil && n == 0
 	})
 	otherInstance(t, srv, "agreestop", false, false)
+}
+
+// Two Caddy processes sharing a zone in Redis but disagreeing on
+// hierarchy: the second refuses to start, naming the setting and both
+// values, while the first goes on locking.
+func TestClusterZoneSettingsDisagree(t *testing.T) {
+	srv := startRedis(t)
+	b := newBackend(t)
+	a := startCaddyProc(t, "a", clusterLock(srv, "hierarchy", ""), b)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "Caddyfile")
+	caddyfile := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n}\nhttp://127.0.0.1:%d {\n\t%s\n\treverse_proxy %s\n}\n",
+		freePort(t), clusterLock(srv, "", ""), b.Listener.Addr())
+	if err := os.WriteFile(cfgPath, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(caddyBinary(t), "run", "--config", cfgPath, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() {
+		out, err = cmd.CombinedOutput()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("the disagreeing instance started:\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("the disagreeing instance exited cleanly:\n%s", out)
+	}
+	for _, want := range []string{"another Caddy instance", "hierarchy=true", "hierarchy=false"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("the refusal does not say %s:\n%s", want, out)
+		}
+	}
+	mustDo(t, http.MethodPut, a.URL+"/a", nil, http.StatusOK)
 }
