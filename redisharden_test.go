@@ -1,6 +1,7 @@
 package caddylock
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -272,20 +274,26 @@ func TestClusterZoneSettingsDisagree(t *testing.T) {
 	}
 	cmd := exec.Command(caddyBinary(t), "run", "--config", cfgPath, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
-	done := make(chan struct{})
-	var out []byte
+	var buf bytes.Buffer
+	mu := new(sync.Mutex)
+	cmd.Stdout = lockedWriter{mu, &buf}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
 	var err error
-	go func() {
-		out, err = cmd.CombinedOutput()
-		close(done)
-	}()
 	select {
-	case <-done:
+	case err = <-done:
 	case <-time.After(60 * time.Second):
 		_ = cmd.Process.Kill()
 		<-done
-		t.Fatalf("the disagreeing instance started:\n%s", out)
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("the disagreeing instance started:\n%s", buf.String())
 	}
+	out := buf.Bytes() // the process has exited: nothing writes any more
 	if err == nil {
 		t.Fatalf("the disagreeing instance exited cleanly:\n%s", out)
 	}
