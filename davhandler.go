@@ -1239,7 +1239,7 @@ func (d *davRequest) storeFailed(err error) error {
 			Detail: detail, Instance: d.r.URL.RequestURI(),
 		}, time.Second, d.key, err)
 	}
-	if errors.Is(err, ErrStoreUnavailable) {
+	if errors.Is(err, ErrStoreUnavailable) || errors.Is(err, ErrStoreFailed) {
 		// fail_closed: 503 with Retry-After and a problem body, as for
 		// an in-flight lock the store could not grant.
 		d.counted = true // refuse counts it

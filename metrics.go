@@ -68,7 +68,7 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMet
 		held:     lockMetrics.held.WithLabelValues(zone),
 		wait:     lockMetrics.wait.WithLabelValues(zone),
 	}
-	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultTooDeep, resultBadKey, resultAmbiguous} {
+	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultStoreError, resultTooDeep, resultBadKey, resultAmbiguous} {
 		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
 	}
 	return m

@@ -218,7 +218,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.shared.attach()
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
 	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
+	// Instances sharing the zone in a store must read keys alike, as
+	// checkZoneTable has the handlers of one config do.
+	if a, ok := z.locker.(zoneAgreer); ok {
+		if err := a.Agree(ctx, h.CaseInsensitive); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// zoneAgreer is implemented by lockers shared between Caddy instances,
+// which refuse an instance whose settings differ from another's.
+type zoneAgreer interface {
+	Agree(ctx context.Context, caseInsensitive bool) error
 }
 
 // Validate checks the configuration.

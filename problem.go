@@ -106,6 +106,12 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
 		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
+	case errors.Is(err, ErrStoreFailed):
+		// Never fail_open: the store is there and refuses (see ErrStoreFailed).
+		result = resultStoreError
+		p.Title = "Lock store failed"
+		p.Detail = fmt.Sprintf("the lock store of zone %q answered with an error; try again later", h.Zone)
+		h.storeTrouble(key, err)
 	case errors.Is(err, ErrStoreUnavailable): // before the context cases: it may wrap a timeout
 		result = resultUnavailable
 		p.Title = "Lock store unavailable"

@@ -18,12 +18,48 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+	"go.uber.org/zap"
 )
 
 // ErrStoreUnavailable means the shared lock table could not be reached (or
 // did not answer) within the configured timeout. Whether the request then
 // goes through unlocked or is refused is the caller's policy.
 var ErrStoreUnavailable = errors.New("lock store unavailable")
+
+// ErrStoreFailed means the lock store answered, but with an error: Redis
+// out of memory (maxmemory with noeviction), a script error, a wrong key
+// type, a refused command. The store is reachable and says it cannot do
+// what was asked, which a client may be able to bring about (a flood of
+// LOCKs filling maxmemory): it never lets a request pass unlocked, even
+// under fail_open, and is answered with 503.
+var ErrStoreFailed = errors.New("lock store answered with an error")
+
+// storeErr says why a call to Redis failed: ErrStoreFailed when Redis
+// answered with an error or an answer that makes no sense, else (no
+// answer: refused or broken connection, timeout, closed client)
+// ErrStoreUnavailable. A few errors that Redis answers are outages all
+// the same, which only its operator or a failover brings about and clear
+// up: loading its data set, a read-only replica, a master or cluster
+// down, resharding (TRYAGAIN), too many clients.
+func storeErr(err error) error {
+	var reply redis.Error
+	var bad *badReplyError
+	switch {
+	case errors.As(err, &bad):
+		return ErrStoreFailed
+	case !errors.As(err, &reply):
+		return ErrStoreUnavailable
+	case redis.IsLoadingError(err), redis.IsReadOnlyError(err), redis.IsMasterDownError(err),
+		redis.IsClusterDownError(err), redis.IsTryAgainError(err), redis.IsMaxClientsError(err):
+		return ErrStoreUnavailable
+	}
+	return ErrStoreFailed
+}
+
+// badReplyError is a script reply of an unexpected shape.
+type badReplyError struct{ reply any }
+
+func (e *badReplyError) Error() string { return fmt.Sprintf("unexpected script reply %.100v", e.reply) }
 
 // Defaults for RedisConfig.
 const (
@@ -201,7 +237,15 @@ type RedisLocker struct {
 	waiterTTL  time.Duration
 	poll       time.Duration // fallback poll, changeable by tests
 
+	zone      string
+	cuts      atomic.Int64 // keys cut short since the last log entry
+	cutLogged atomic.Int64 // time of that entry, Unix ns
+
 	kExp, kHeld, kInfo, kMeta, kQueue, kWexp, kWseq string
+	// The instances' settings (see redisagree.go).
+	kSettings, kSettingsExp string
+	instance                string
+	settings                atomic.Pointer[string] // recorded by Agree, renewed
 	// kXidx is the explicit lock store's index of the zone (see
 	// RedisLockStore): a grant reports whether it is empty.
 	kXidx   string
@@ -256,6 +300,9 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 	if strings.ContainsAny(cfg.KeyPrefix+zone, "{}") {
 		return nil, fmt.Errorf("redis lock store: key prefix %q and zone %q must not contain '{' or '}'", cfg.KeyPrefix, zone)
 	}
+	if err := checkRedisZone(zone); err != nil {
+		return nil, err
+	}
 	lease, timeout := time.Duration(cfg.Lease), time.Duration(cfg.Timeout)
 	if lease < 2*timeout {
 		return nil, fmt.Errorf("redis lock store: lease %s must be at least twice the timeout %s", lease, timeout)
@@ -264,34 +311,50 @@ func NewRedisLocker(client redis.UniversalClient, zone string, cfg RedisConfig, 
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &RedisLocker{
 		client:    client,
+		zone:      zone,
 		hierarchy: hierarchy,
 		lease:     lease,
 		timeout:   timeout,
 		// A waiter refreshes its entry on every attempt (at most a poll
 		// interval plus a call apart); entries of a dead node vanish
 		// after this long.
-		waiterTTL: 2*timeout + 2*time.Second,
-		poll:      redisPoll,
-		kExp:      base + "exp",
-		kHeld:     base + "held",
-		kInfo:     base + "info",
-		kMeta:     base + "meta",
-		kQueue:    base + "q",
-		kWexp:     base + "wexp",
-		kWseq:     base + "wseq",
-		kXidx:     base + "xidx",
-		channel:   base + "released",
-		epoch:     time.Now(),
-		ctx:       ctx,
-		cancel:    cancel,
-		done:      make(chan struct{}),
-		leases:    make(map[string]*RedisLease),
-		waiters:   make(map[*redisWaiter]struct{}),
+		waiterTTL:    2*timeout + 2*time.Second,
+		poll:         redisPoll,
+		kExp:         base + "exp",
+		kHeld:        base + "held",
+		kInfo:        base + "info",
+		kMeta:        base + "meta",
+		kQueue:       base + "q",
+		kWexp:        base + "wexp",
+		kWseq:        base + "wseq",
+		kXidx:        base + "xidx",
+		kSettings:    base + "settings",
+		kSettingsExp: base + "settings:exp",
+		instance:     redisInstance,
+		channel:      base + "released",
+		epoch:        time.Now(),
+		ctx:          ctx,
+		cancel:       cancel,
+		done:         make(chan struct{}),
+		leases:       make(map[string]*RedisLease),
+		waiters:      make(map[*redisWaiter]struct{}),
 	}
 	l.SetLimits(maxLocks, maxWaiters)
 	l.wg.Add(1)
 	go l.renewLoop()
 	return l, nil
+}
+
+// checkRedisZone refuses a zone name with ':'. The zone's table is
+// "{prefix:zone}", and prefixes may contain ':' (key_prefix app:locks):
+// with ':' allowed in both, key_prefix p + zone a:b and key_prefix p:a +
+// zone b would name one table, shared by zones meant to be apart.
+func checkRedisZone(zone string) error {
+	if strings.Contains(zone, ":") {
+		return fmt.Errorf("redis lock store: zone %q must not contain ':', which separates it from the key prefix "+
+			"in Redis: key_prefix p with zone a:b would share the table of key_prefix p:a with zone b", zone)
+	}
+	return nil
 }
 
 // SetLimits changes the zone's limits for the next acquisitions, as
@@ -321,6 +384,7 @@ func (l *RedisLocker) Close() error {
 	leases := l.leases
 	l.leases = map[string]*RedisLease{}
 	l.mu.Unlock()
+	l.forgetSettings()
 	close(l.done)
 	l.cancel()
 	l.subMu.Lock()
@@ -374,7 +438,7 @@ func (l *RedisLocker) Stats(ctx context.Context) (RedisStats, error) {
 		return nil
 	})
 	if err != nil {
-		return RedisStats{}, fmt.Errorf("redis lock stats: %w: %w", ErrStoreUnavailable, err)
+		return RedisStats{}, fmt.Errorf("redis lock stats: %w: %w", storeErr(err), err)
 	}
 	l.mu.Lock()
 	local := len(l.leases)
@@ -395,6 +459,31 @@ func newToken(kind Kind) string {
 	return c + hex.EncodeToString(b[:])
 }
 
+// luaAncestors defines ancestorsOf(k) for scripts: an iterator over the
+// proper ancestors of a "/"-rooted key, nearest first, as ancestors()
+// defines them. Scripts derive ancestors from the key rather than being
+// sent them: sent, they cost the sum of their lengths, quadratic in the
+// depth of the key, on every call.
+const luaAncestors = `
+local function ancestorsOf(k)
+  local ps = {}
+  if #k >= 2 and string.byte(k, 1) == 47 then
+    local p = string.find(k, '/', 1, true)
+    while p do
+      ps[#ps + 1] = p
+      p = string.find(k, '/', p + 1, true)
+    end
+  end
+  local i = #ps + 1
+  return function()
+    i = i - 1
+    if i < 1 then return nil end
+    if ps[i] == 1 then return '/' end
+    return string.sub(k, 1, ps[i] - 1)
+  end
+end
+`
+
 // scriptTime sets `now` to the server clock in ms, and `nowus` in µs (for
 // hold times, which may be shorter than a ms); every script uses it so
 // that the clocks of Caddy nodes never matter.
@@ -411,8 +500,9 @@ local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
 //
 // KEYS: exp held info meta q wexp wseq xidx (the explicit locks' index)
 // ARGV: 1 key, 2 token, 3 lease ms, 4 max locks, 5 waiter token ("" = do
-// not queue), 6 waiter ttl ms, 7 max waiters, 8 channel, 9-10 BYLEX range
-// of descendants ("" = none), 11.. ancestors.
+// not queue), 6 waiter ttl ms, 7 max waiters, 8 channel, 9 "1" with
+// hierarchy. The script derives the key's ancestors and the range of its
+// descendants itself, so a call sends the key once, however deep it is.
 //
 // Returns {1, fence, explicit} when granted, explicit being the number of
 // explicit locks in the zone (so that a write skips asking the explicit
@@ -423,12 +513,17 @@ local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
 // Messages on the channel are either a key whose locks changed, for the
 // heads of queues that key may block, or "key\0waiter token" for a waiter
 // that just became the head of its queue.
-var acquireScript = redis.NewScript(scriptTime + `
+var acquireScript = redis.NewScript(scriptTime + luaAncestors + `
 local exp, held, info, meta, q, wexp, wseq, xidx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local key, tok = ARGV[1], ARGV[2]
 local ttl, maxLocks = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wtok, wttl, maxWaiters, chan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
-local dlo, dhi = ARGV[9], ARGV[10]
+local hier = ARGV[9] == '1'
+-- the BYLEX range of the keys strictly below key (see descRange)
+local dlo, dhi = '', ''
+if hier and string.byte(key, 1) == 47 then
+  if key == '/' then dlo, dhi = '[/\1', '(0' else dlo, dhi = '[' .. key .. '/', '(' .. key .. '0' end
+end
 local TL = 34 -- "\0" and a token (kind letter, 32 hex digits)
 
 -- Purge expired holders and waiters (a bounded batch per call; whatever
@@ -501,9 +596,11 @@ local function blocker(want)
   if kind then return key, kind, s, 0 end
   kind, s = below(want)
   if kind then return key, kind, s, 1 end
-  for i = 11, #ARGV do
-    kind, s = onKey(ARGV[i], want)
-    if kind then return ARGV[i], kind, s, 0 end
+  if hier then
+    for a in ancestorsOf(key) do
+      kind, s = onKey(a, want)
+      if kind then return a, kind, s, 0 end
+    end
   end
   return nil
 end
@@ -674,20 +771,14 @@ func descRange(key string) (lo, hi string) {
 }
 
 func (l *RedisLocker) acquireArgs(req Request, tok, wtok string) []any {
-	args := []any{
+	hier := ""
+	if l.hierarchy {
+		hier = "1"
+	}
+	return []any{
 		req.Key, tok, l.lease.Milliseconds(), l.maxLocks.Load(),
-		wtok, l.waiterTTL.Milliseconds(), l.maxWaiters.Load(), l.channel,
+		wtok, l.waiterTTL.Milliseconds(), l.maxWaiters.Load(), l.channel, hier,
 	}
-	if !l.hierarchy {
-		return append(args, "", "")
-	}
-	lo, hi := descRange(req.Key)
-	args = append(args, lo, hi)
-	ancestors(req.Key, func(a string) bool {
-		args = append(args, a)
-		return true
-	})
-	return args
 }
 
 func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult, error) {
@@ -734,13 +825,16 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 			},
 		}, nil
 	}
-	return acquireResult{}, fmt.Errorf("unexpected script reply %v", v)
+	return acquireResult{}, &badReplyError{v}
 }
 
 // Acquire implements Locker. Besides the errors Locker documents, it
 // returns an error wrapping ErrStoreUnavailable when Redis does not answer
-// within the timeout; it never blocks longer than that per Redis call. A
-// granted lease is a *RedisLease.
+// within the timeout, or ErrStoreFailed when it answers with an error (see
+// storeErr); it never blocks longer than that per Redis call. A granted
+// lease is a *RedisLease. With hierarchy, a key longer than
+// RedisMaxKeyBytes is locked as its longest ancestor within the limit:
+// the lease's Key tells which.
 func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	if req.Kind != Shared && req.Kind != Exclusive {
 		return nil, fmt.Errorf("redis lock acquire %q: invalid lock kind %v", req.Key, req.Kind)
@@ -754,6 +848,10 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		// The script walks every ancestor too: refuse what MemLocker does.
 		if err := checkDepth(req.Key); err != nil {
 			return nil, fmt.Errorf("redis lock acquire: %w", err)
+		}
+		if cut, ok := cutKey(req.Key, RedisMaxKeyBytes); ok {
+			l.noteCut(req.Key, cut)
+			req.Key = cut
 		}
 	}
 	if l.closed.Load() {
@@ -782,7 +880,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, fmt.Errorf("redis lock acquire %q: %w: %w", req.Key, ErrStoreUnavailable, err)
+			return nil, fmt.Errorf("redis lock acquire %q: %w: %w", req.Key, storeErr(err), err)
 		}
 		switch {
 		case res.granted:
@@ -837,6 +935,51 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 			return nil, err2
 		}
 	}
+}
+
+// RedisMaxKeyBytes is the longest key a zone with hierarchy locks in
+// Redis as it is. The script looks up every ancestor of a key, which costs
+// Redis (single-threaded, serving every node) the sum of their lengths on
+// every attempt: for a long and deep key, megabytes, long enough to time
+// the call out and, under fail_open, to pass unlocked. A longer key is
+// locked as its longest ancestor within the limit: that merges deep keys
+// into one lock, which can only add conflicts, never miss one. 4096 is
+// Linux's PATH_MAX; few real paths come near it.
+const RedisMaxKeyBytes = 4096
+
+// cutKey returns key's longest ancestor (as ancestors() defines them) of
+// at most max bytes, and true, when key is longer than max and has one.
+func cutKey(key string, max int) (string, bool) {
+	if len(key) <= max || len(key) < 2 || key[0] != '/' {
+		return key, false
+	}
+	// A '/' at i (i <= max) ends the ancestor key[:i], of i bytes.
+	i := strings.LastIndexByte(key[:max+1], '/')
+	if i <= 0 {
+		return "/", true
+	}
+	return key[:i], true
+}
+
+// cutLogEvery spaces out the log entries about keys cut short.
+const cutLogEvery = 10 * time.Second
+
+// noteCut logs, at most every cutLogEvery per locker, that keys were cut
+// short, with the number since the last entry and the latest one (its
+// start: it may be long).
+func (l *RedisLocker) noteCut(key, cut string) {
+	n := l.cuts.Add(1)
+	now := time.Now().UnixNano()
+	last := l.cutLogged.Load()
+	if now-last < int64(cutLogEvery) || !l.cutLogged.CompareAndSwap(last, now) {
+		return
+	}
+	l.cuts.Add(-n)
+	const show = 256
+	caddy.Log().Named("http.handlers.lock.stores.redis").Warn("lock keys longer than the limit locked as their ancestor",
+		zap.String("zone", l.zone), zap.Int64("keys", n), zap.Int("limit_bytes", RedisMaxKeyBytes),
+		zap.Int("key_bytes", len(key)), zap.String("key_start", key[:min(len(key), show)]),
+		zap.Int("locked_as_bytes", len(cut)))
 }
 
 // track registers a granted lease for renewal; false if the locker is
@@ -913,6 +1056,7 @@ func (l *RedisLocker) renewLoop() {
 			return
 		case <-t.C:
 			l.renew()
+			l.renewSettings()
 		}
 	}
 }

@@ -1312,3 +1312,142 @@ func TestRedisMatchesMemory(t *testing.T) {
 		}
 	}
 }
+
+// netInput is the number of bytes srv has received from all its clients.
+func netInput(t *testing.T, c redis.UniversalClient) int64 {
+	t.Helper()
+	info, err := c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`total_net_input_bytes:(\d+)`).FindStringSubmatch(info)
+	if m == nil {
+		t.Fatalf("no total_net_input_bytes in INFO stats:\n%s", info)
+	}
+	n, _ := strconv.ParseInt(m[1], 10, 64)
+	return n
+}
+
+// deepRedisKey is a "/"-rooted key of depth segments of seg bytes each.
+func deepRedisKey(depth, seg int) string {
+	return strings.Repeat("/"+strings.Repeat("s", seg-1), depth)
+}
+
+// bytesPerAcquire is what Redis receives for one uncontended acquire of
+// key (scripts loaded), as INFO counts it, less what the INFO call costs.
+func bytesPerAcquire(t *testing.T, l *RedisLocker, key string) (int64, *RedisLease) {
+	t.Helper()
+	before := netInput(t, l.client)
+	idle := netInput(t, l.client) - before // one INFO call
+	before = netInput(t, l.client)
+	ls := redisAcquire(t, l, key, Exclusive)
+	return netInput(t, l.client) - before - idle, ls
+}
+
+// A deep key reaches Redis once per attempt, not with each of its
+// ancestors in full: a key of 250 segments within the key limit costs
+// about its own length, where sending the ancestors cost ~125 times that.
+func TestRedisDeepKeySentOnce(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true, lease: time.Minute})
+	redisAcquire(t, l, "/warm", Exclusive).Release() // loads the scripts
+	key := deepRedisKey(250, 16)                     // 4000 bytes
+	n, ls := bytesPerAcquire(t, l, key)
+	t.Logf("acquire of a %d-byte key of 250 segments: %d bytes to Redis", len(key), n)
+	if max := int64(len(key) + 1024); n > max {
+		t.Fatalf("acquiring a %d-byte key sent %d bytes to Redis, want at most %d", len(key), n, max)
+	}
+	if ls.Key() != key {
+		t.Fatalf("a key within the limit was locked as %q", ls.Key())
+	}
+	// The script still finds the conflicts on ancestors and below.
+	redisConflict(t, l, key[:len(key)/2], Exclusive)
+	redisConflict(t, l, key+"/below", Shared)
+	ls.Release()
+}
+
+// A key longer than RedisMaxKeyBytes is locked as its longest ancestor
+// within the limit: the bytes Redis gets (and the work of the script)
+// stay bounded, and two such keys under that ancestor conflict, which is
+// safe, while a write beside it passes.
+func TestRedisLongKeyCut(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true, lease: time.Minute})
+	redisAcquire(t, l, "/warm", Exclusive).Release()
+	key := deepRedisKey(200, 75) // 15 000 bytes, as a path within Caddy's default header limit
+	n, ls := bytesPerAcquire(t, l, key)
+	t.Logf("acquire of a %d-byte key of 200 segments: %d bytes to Redis", len(key), n)
+	if max := int64(RedisMaxKeyBytes + 1024); n > max {
+		t.Fatalf("acquiring a %d-byte key sent %d bytes to Redis, want at most %d", len(key), n, max)
+	}
+	want := key[:strings.LastIndexByte(key[:RedisMaxKeyBytes+1], '/')]
+	if ls.Key() != want {
+		t.Fatalf("a %d-byte key was locked as %d bytes, want its %d-byte ancestor", len(key), len(ls.Key()), len(want))
+	}
+	other := want + deepRedisKey(100, 100)
+	if ce := redisConflict(t, l, other, Shared); ce.Key != want {
+		t.Fatalf("another key cut to the same ancestor conflicts on %d bytes, want %d", len(ce.Key), len(want))
+	}
+	redisConflict(t, l, want, Shared)
+	redisAcquire(t, l, "/beside"+deepRedisKey(3, 75), Exclusive).Release()
+	ls.Release()
+	redisAcquire(t, l, other, Exclusive).Release()
+}
+
+func TestCutKey(t *testing.T) {
+	for _, c := range []struct {
+		key  string
+		max  int
+		want string
+		cut  bool
+	}{
+		{"/a/b/c", 10, "/a/b/c", false},
+		{"/a/b/c", 5, "/a/b", true},
+		{"/a/b/c", 4, "/a/b", true},
+		{"/a/b/c", 3, "/a", true},
+		{"/abcdef", 3, "/", true},
+		{"/a/", 2, "/a", true},
+		{"abcdef", 3, "abcdef", false},
+	} {
+		got, cut := cutKey(c.key, c.max)
+		if got != c.want || cut != c.cut {
+			t.Errorf("cutKey(%q, %d) = %q, %v; want %q, %v", c.key, c.max, got, cut, c.want, c.cut)
+		}
+		if cut && !covers(got, c.key) {
+			t.Errorf("cutKey(%q, %d) = %q is not an ancestor", c.key, c.max, got)
+		}
+	}
+}
+
+// The explicit lock store, too, derives ancestors in its scripts: a deep
+// key costs a write's check and a LOCK about its own length, not the sum
+// of its ancestors'; and the ancestors are still found.
+func TestRedisStoreDeepKeySentOnce(t *testing.T) {
+	srv := startRedis(t)
+	s := newRedisLockStore(t, srv, t.Name())
+	c := redisClient(t, srv)
+	ctx := context.Background()
+	key := deepRedisKey(250, 16) // 4000 bytes
+	top := mustCreate(t, s, xlock(key[:16], Exclusive, DepthInfinity))
+	if _, err := s.Affecting(ctx, "/warm", true); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	before := netInput(t, c)
+	idle := netInput(t, c) - before
+	before = netInput(t, c)
+	ls, err := s.Affecting(ctx, key, true)
+	n := netInput(t, c) - before - idle
+	t.Logf("explicit locks affecting a %d-byte key of 250 segments: %d bytes to Redis", len(key), n)
+	if err != nil || len(ls) != 1 || ls[0].Token != top.Token {
+		t.Fatalf("affecting %d-byte key: %v, %v; want the lock on its ancestor", len(key), roots(ls), err)
+	}
+	// The key and the bounds of the range below it.
+	if max := int64(3*len(key) + 1024); n > max {
+		t.Fatalf("checking a %d-byte key sent %d bytes to Redis, want at most %d", len(key), n, max)
+	}
+	l := xlock(key, Shared, DepthZero)
+	l.Token = "deep-token"
+	if _, err := s.Create(ctx, l); !errors.As(err, new(*LockConflictError)) {
+		t.Fatalf("LOCK below an exclusive infinite lock: %v, want a conflict", err)
+	}
+}

@@ -112,7 +112,7 @@ func (l *RedisLocker) scanLive(ctx context.Context, set, hash string, fn func(me
 		}
 		next, ok := v[0].(string)
 		if !ok || len(v)%2 != 1 {
-			return fmt.Errorf("unexpected script reply %.100v", v)
+			return &badReplyError{v}
 		}
 		cursor = next
 		for i := 1; i < len(v); i += 2 {
@@ -130,7 +130,7 @@ func (l *RedisLocker) listErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("redis in-flight lock list: %w", ctx.Err())
 	}
-	return fmt.Errorf("redis in-flight lock list: %w: %w", ErrStoreUnavailable, err)
+	return fmt.Errorf("redis in-flight lock list: %w: %w", storeErr(err), err)
 }
 
 // splitMember splits a holder or waiter member, "key\0token", the token

@@ -136,10 +136,10 @@ const (
 
 // xPurge starts every script: it drops the index entries of expired locks
 // (whose hashes Redis has dropped by itself), at most 256 per call, gives
-// back what they counted, and defines the helpers. The counters' keys are
-// named from xidx's, which carries the zone's hash tag: they live in the
-// same slot.
-const xPurge = scriptTime + `
+// back what they counted, and defines the helpers (luaAncestors derives a
+// root's ancestors). The counters' keys are named from xidx's, which
+// carries the zone's hash tag: they live in the same slot.
+const xPurge = scriptTime + luaAncestors + `
 local idx, xexp = KEYS[1], KEYS[2]
 local zbase = string.sub(idx, 1, #idx - 4)
 local xsz, xbytes, xown = zbase .. 'xsz', zbase .. 'xbytes', zbase .. 'xown'
@@ -196,11 +196,11 @@ end
 // KEYS: xidx xexp hash; ARGV: 1 root, 2 token, 3 scope, 4 depth, 5 href,
 // 6 owner, 7 creator, 8 timeout ms, 9-10 BYLEX range below root ("" =
 // none), 11 hash key prefix, 12 most live locks, 13 the lock's bytes, 14
-// max_lock_bytes, 15 max_locks_per_owner (0: none for this creator), 16..
-// ancestors. Returns {1, hash fields} when created, {0, {hash fields of
-// each conflicting lock}}, or {2} when the zone holds max_locks, {3} when
-// the lock would pass max_lock_bytes, {4} when its creator holds
-// max_locks_per_owner.
+// max_lock_bytes, 15 max_locks_per_owner (0: none for this creator); the
+// script derives the root's ancestors (see luaAncestors). Returns {1, hash
+// fields} when created, {0, {hash fields of each conflicting lock}}, or
+// {2} when the zone holds max_locks, {3} when the lock would pass
+// max_lock_bytes, {4} when its creator holds max_locks_per_owner.
 var xCreateScript = redis.NewScript(xPurge + `
 local h = KEYS[3]
 local root, tok, scope, depth = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -218,12 +218,12 @@ local function check(ms, onlyInfinite)
   end
   return false
 end
--- ARGV[11] is the hash key prefix; ancestors start at 16
+-- ARGV[11] is the hash key prefix
 -- locks on the root itself
 if check(inRange('[' .. root .. '\0', '(' .. root .. '\1', 0, {}), false) then return {0, conflicts} end
 -- infinite locks on ancestors cover the root
-for i = 16, #ARGV do
-  if check(inRange('[' .. ARGV[i] .. '\0', '(' .. ARGV[i] .. '\1', 0, {}), true) then return {0, conflicts} end
+for a in ancestorsOf(root) do
+  if check(inRange('[' .. a .. '\0', '(' .. a .. '\1', 0, {}), true) then return {0, conflicts} end
 end
 -- an infinite lock covers the locks below its root
 if depth == 'I' and ARGV[9] ~= '' then
@@ -334,12 +334,12 @@ return {#ms, more}
 // when asked, those rooted below it.
 //
 // KEYS: xidx xexp; ARGV: 1 key, 2-3 BYLEX range below key ("" = not
-// asked), 4 hash key prefix, 5.. ancestors. Returns a list of hash field
-// lists.
+// asked), 4 hash key prefix (the script derives the key's ancestors).
+// Returns a list of hash field lists.
 var xAffectingScript = redis.NewScript(xPurge + `
 local ms = inRange('[' .. ARGV[1] .. '\0', '(' .. ARGV[1] .. '\1', 0, {})
-for i = 5, #ARGV do
-  for _, m in ipairs(inRange('[' .. ARGV[i] .. '\0', '(' .. ARGV[i] .. '\1', 0, {})) do
+for a in ancestorsOf(ARGV[1]) do
+  for _, m in ipairs(inRange('[' .. a .. '\0', '(' .. a .. '\1', 0, {})) do
     if string.match(m, '%z[SX]I%z') then ms[#ms + 1] = m end
   end
 end
@@ -362,7 +362,7 @@ func (s *RedisLockStore) call(ctx context.Context, op string, sc *redis.Script, 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("redis explicit lock %s: %w: %w", op, ErrStoreUnavailable, err)
+		return nil, fmt.Errorf("redis explicit lock %s: %w: %w", op, storeErr(err), err)
 	}
 	return v, nil
 }
@@ -406,10 +406,6 @@ func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLo
 	}
 	args := []any{l.Root, l.Token, scope, depth, l.Href, l.Owner, l.Creator, l.Timeout.Milliseconds(), lo, hi,
 		s.base + "x:", s.max.Load(), lockBytes(&l), s.maxBytes.Load(), perOwner}
-	ancestors(l.Root, func(a string) bool {
-		args = append(args, a)
-		return true
-	})
 	v, err := s.call(ctx, "create", xCreateScript, []string{s.kIdx, s.kExp, s.hashKey(l.Token)}, args...)
 	if err != nil {
 		// The script may have run though its reply was lost; nobody has
@@ -487,7 +483,7 @@ func (s *RedisLockStore) Get(ctx context.Context, token string) (ExplicitLock, e
 		if ctx.Err() != nil {
 			return ExplicitLock{}, ctx.Err()
 		}
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock get: %w: %w", ErrStoreUnavailable, err)
+		return ExplicitLock{}, fmt.Errorf("redis explicit lock get: %w: %w", storeErr(err), err)
 	}
 	return lockFromMap(token, v)
 }
@@ -515,10 +511,6 @@ func (s *RedisLockStore) Affecting(ctx context.Context, key string, below bool) 
 		lo, hi = descRange(key)
 	}
 	args := []any{key, lo, hi, s.base + "x:"}
-	ancestors(key, func(a string) bool {
-		args = append(args, a)
-		return true
-	})
 	v, err := s.call(ctx, "affecting", xAffectingScript, []string{s.kIdx, s.kExp}, args...)
 	if err != nil {
 		return nil, err
@@ -617,7 +609,7 @@ func (s *RedisLockStore) listErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("redis explicit lock list: %w: %w", ErrStoreUnavailable, err)
+	return fmt.Errorf("redis explicit lock list: %w: %w", storeErr(err), err)
 }
 
 // xTokenOf returns the token of an index member.

@@ -9,6 +9,7 @@ package caddylock
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
@@ -65,6 +66,9 @@ const (
 	resultUnavailable = "unavailable"
 	// resultFailOpen: passed to the next handler without a lock (fail_open).
 	resultFailOpen = "fail_open"
+	// resultStoreError: refused with 503 because the store answered with
+	// an error (ErrStoreFailed), whatever on_error says.
+	resultStoreError = "store_error"
 )
 
 // unmarshalStore reads `store <name> { ... }` at the dispenser's "store"
@@ -112,7 +116,9 @@ func (h *Handler) storeTrouble(key string, err error) {
 	}
 	h.trouble.count.Add(-n)
 	msg, policy := "lock store unavailable: refusing requests with 503", "fail_closed"
-	if h.store != nil && h.store.FailOpen() {
+	if errors.Is(err, ErrStoreFailed) {
+		msg = "lock store answered with an error: refusing requests with 503, whatever on_error says"
+	} else if h.store != nil && h.store.FailOpen() {
 		msg, policy = "lock store unavailable: passing requests WITHOUT locks", "fail_open"
 	}
 	h.logger.Warn(msg, zap.String("zone", h.Zone), zap.String("on_error", policy),
