@@ -310,7 +310,7 @@ func TestHoldReaper(t *testing.T) {
 type recBackend struct {
 	writing overlapRecorder
 	mu      sync.Mutex
-	gates   map[string]chan struct{}
+	gateSet
 	arrived chan arrival
 	closed  chan struct{}
 }
@@ -323,7 +323,7 @@ type arrival struct {
 }
 
 func newRecBackend(t *testing.T) *recBackend {
-	b := &recBackend{gates: map[string]chan struct{}{}, arrived: make(chan arrival, 100), closed: make(chan struct{})}
+	b := &recBackend{arrived: make(chan arrival, 100), closed: make(chan struct{})}
 	t.Cleanup(func() { b.writing.assertNone(t, "the recording backend") }) // runs last
 	return b
 }
@@ -341,19 +341,6 @@ func (b *recBackend) release(t *testing.T) {
 		}
 	})
 }
-
-func (b *recBackend) gate(id string) chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	g, ok := b.gates[id]
-	if !ok {
-		g = make(chan struct{})
-		b.gates[id] = g
-	}
-	return g
-}
-
-func (b *recBackend) open(id string) { close(b.gate(id)) }
 
 func (b *recBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get("X-Id")

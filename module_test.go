@@ -51,11 +51,11 @@ func TestMain(m *testing.M) {
 // spellings of one path.
 type backend struct {
 	*httptest.Server
-	mu        sync.Mutex
-	writing   overlapRecorder
-	writes    int
-	reads     int
-	gates     map[string]chan struct{}
+	mu      sync.Mutex
+	writing overlapRecorder
+	writes  int
+	reads   int
+	gateSet
 	started   chan string
 	cancelled map[string]bool // hold id -> the backend saw its request cancelled
 	closed    chan struct{}
@@ -65,7 +65,6 @@ type backend struct {
 // test in which writes pass unlocked on purpose (fail_open).
 func newUncheckedBackend(t testing.TB) *backend {
 	b := &backend{
-		gates:     map[string]chan struct{}{},
 		started:   make(chan string, 1000),
 		cancelled: map[string]bool{},
 		closed:    make(chan struct{}),
@@ -199,18 +198,28 @@ func newBackend(t testing.TB) *backend {
 	return b
 }
 
-func (b *backend) gate(id string) chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	g, ok := b.gates[id]
+// gateSet holds requests at a test backend, each by its id, until the
+// test opens that id's gate. The zero value is ready.
+type gateSet struct {
+	mu    sync.Mutex
+	gates map[string]chan struct{}
+}
+
+func (s *gateSet) gate(id string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gates == nil {
+		s.gates = map[string]chan struct{}{}
+	}
+	g, ok := s.gates[id]
 	if !ok {
 		g = make(chan struct{})
-		b.gates[id] = g
+		s.gates[id] = g
 	}
 	return g
 }
 
-func (b *backend) open(id string) { close(b.gate(id)) }
+func (s *gateSet) open(id string) { close(s.gate(id)) }
 
 func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	res := r.Header.Get("X-Resource")
