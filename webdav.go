@@ -14,7 +14,6 @@ import (
 	"io"
 	"math"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -771,6 +770,7 @@ func ParseLockInfo(r io.Reader, maxBytes int64) (LockInfo, error) {
 		// long namespace name declared once, then used by many small
 		// elements); bound it so a small body cannot cost much memory.
 		maxOwner: 2*len(data) + 1024,
+		inScope:  map[string]int{},
 	}
 	p.d.Strict = true
 	li, err := p.document()
@@ -788,8 +788,12 @@ type lockInfoParser struct {
 	d *xml.Decoder
 	// bound holds, for every open element, the namespace names declared
 	// on it, to tell bound prefixes from unbound ones (which encoding/xml
-	// passes through untranslated).
-	bound [][]string
+	// passes through untranslated); inScope counts each name's
+	// declarations among the open elements, so that a check is one lookup
+	// however deep the body nests (a scan of bound per element was
+	// quadratic in the depth).
+	bound   [][]string
+	inScope map[string]int
 	// maxOwner limits the size of the re-serialised owner.
 	maxOwner int
 }
@@ -815,6 +819,9 @@ func (p *lockInfoParser) next() (xml.Token, error) {
 			}
 		}
 		p.bound = append(p.bound, decl)
+		for _, ns := range decl {
+			p.inScope[ns]++
+		}
 		if err := p.checkName(t.Name, "element"); err != nil {
 			return nil, err
 		}
@@ -827,6 +834,9 @@ func (p *lockInfoParser) next() (xml.Token, error) {
 			}
 		}
 	case xml.EndElement:
+		for _, ns := range p.bound[len(p.bound)-1] {
+			p.inScope[ns]--
+		}
 		p.bound = p.bound[:len(p.bound)-1]
 	}
 	return tok, nil
@@ -845,10 +855,8 @@ func (p *lockInfoParser) checkName(n xml.Name, what string) error {
 	case xmlnsNS:
 		return invalidLockInfo("%s %q in the reserved xmlns namespace", what, n.Local)
 	}
-	for _, decl := range p.bound {
-		if slices.Contains(decl, n.Space) {
-			return nil
-		}
+	if p.inScope[n.Space] > 0 {
+		return nil
 	}
 	return invalidLockInfo("%s %s:%s uses an undeclared namespace prefix", what, n.Space, n.Local)
 }
