@@ -22,8 +22,15 @@ func init() {
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	var l Handler
-	err := l.UnmarshalCaddyfile(h.Dispenser)
-	return &l, err
+	if err := l.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	// The directive's own token: its file and line let a load-time
+	// error that spans handlers (zones that disagree) name them.
+	h.Reset()
+	h.Next()
+	l.Source = h.File() + ":" + strconv.Itoa(h.Line())
+	return &l, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -58,6 +65,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	// Only the method lists add up.
 	once := givenOnce(d, "lock", "exclusive", "shared")
+	// Where key and fence_header were given, to report there a mistake
+	// that only the whole block shows (they may come before or after
+	// webdav and store).
+	var keyAt, fenceAt caddyfile.Token
 	for d.NextBlock(0) {
 		sub := d.Val()
 		if err := once(sub); err != nil {
@@ -65,6 +76,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		switch sub {
 		case "key":
+			keyAt = d.Token()
 			key, err := oneArg(d, sub, "a template such as {http.request.uri.path}", "template (quote one with spaces)")
 			if err != nil {
 				return err
@@ -190,6 +202,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.StoreRaw = raw
 		case "fence_header":
+			fenceAt = d.Token()
 			name, err := oneArg(d, sub, "a header name such as X-Lock-Fence", "header name")
 			if err != nil {
 				return err
@@ -204,7 +217,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"max_wait_body, webdav, max_timeout, default_timeout, max_lock_body, max_lock_bytes, max_locks_per_owner, store, fence_header", sub)
 		}
 	}
+	// What Provision and Validate would refuse later, without a line.
+	if h.FenceHeader != "" && h.StoreRaw == nil {
+		return errAt(fenceAt, "lock: fence_header %q needs a store that issues fencing numbers, such as store redis; "+
+			"the memory store has none", h.FenceHeader)
+	}
+	if h.WebDAV && h.Key != "" && h.Key != pathKeyTemplate {
+		return errAt(keyAt, "lock: webdav locks resources by their path, so key must be left out (or be %s), got %q",
+			pathKeyTemplate, h.Key)
+	}
 	return nil
+}
+
+// errAt is d.Errf at tok: the file, line and import chain of a token
+// read earlier.
+func errAt(tok caddyfile.Token, format string, args ...any) error {
+	d := caddyfile.NewDispenser([]caddyfile.Token{tok})
+	d.Next()
+	return d.Errf(format, args...)
 }
 
 // givenOnce returns a check that refuses a subdirective of block given a

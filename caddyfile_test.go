@@ -2,6 +2,7 @@ package caddylock
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"regexp"
 	"strings"
@@ -59,6 +60,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			DefaultTimeout: caddy.Duration(5 * time.Minute),
 			MaxLockBody:    64 << 10,
 		}},
+		{"webdav with the path key", "lock {\n webdav\n key {http.request.uri.path}\n}", Handler{WebDAV: true, Key: "{http.request.uri.path}"}},
 		{"lock body in MB", "lock {\n webdav\n max_lock_body 1MB\n}", Handler{WebDAV: true, MaxLockBody: 1000000}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,6 +117,13 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"lock {\n\tmax_locks_per_owner -3\n}", `max_locks_per_owner: expected a positive whole number, got "-3"`},
 		{"lock {\n\tmax_locks_per_owner 0\n}", `max_locks_per_owner: expected a positive whole number, got "0"`},
 		{"lock {\n\tmax_locks_per_owner 1 2\n}", `max_locks_per_owner: expected one number, got also "2"`},
+		// Mistakes that only the whole block shows, reported at the line
+		// of the setting that cannot stand, wherever the other one is.
+		{"lock {\n\tzone z\n\tfence_header X-Lock-Fence\n}",
+			`fence_header "X-Lock-Fence" needs a store that issues fencing numbers, such as store redis; the memory store has none, at Caddyfile.test:4`},
+		{"lock {\n\twebdav\n\tkey {http.request.header.X-Doc}\n}",
+			`webdav locks resources by their path, so key must be left out (or be {http.request.uri.path}), got "{http.request.header.X-Doc}", at Caddyfile.test:4`},
+		{"lock {\n\tkey {http.request.host}\n\twebdav\n}", `so key must be left out (or be {http.request.uri.path}), got "{http.request.host}", at Caddyfile.test:3`},
 	} {
 		t.Run(tc.want, func(t *testing.T) { assertAdaptError(t, tc.block, tc.want) })
 	}
@@ -191,8 +200,65 @@ func TestAdaptRoundTrip(t *testing.T) {
 	if err := strict.Decode(&h); err != nil {
 		t.Fatalf("adapted JSON %s does not load into Handler: %v", obj, err)
 	}
-	want := Handler{Shared: []string{"GET"}, Wait: caddy.Duration(time.Second), Zone: "z"}
+	want := Handler{Shared: []string{"GET"}, Wait: caddy.Duration(time.Second), Zone: "z", Source: "Caddyfile:3"}
 	if !reflect.DeepEqual(h, want) {
 		t.Fatalf("round trip: %+v, want %+v", h, want)
+	}
+}
+
+// TestZoneSettingsNameBothSites loads, through a real Caddy, configs
+// whose handlers of one zone disagree, which only the whole config
+// shows: the error names both handlers by their Caddyfile lines and
+// says what each has, or, for JSON without lines, still says both values.
+func TestZoneSettingsNameBothSites(t *testing.T) {
+	for _, tc := range []struct {
+		site, want string
+	}{
+		{
+			"route /dav/* {\n lock {\n  webdav\n }\n reverse_proxy localhost:9\n}\nroute {\n lock\n reverse_proxy localhost:9\n}",
+			`lock zone "default": its handlers differ in hierarchy: the lock at Caddyfile:8 has hierarchy on (webdav turns it on), ` +
+				`the lock at Caddyfile:14 has hierarchy off, so they would keep separate lock tables`,
+		},
+		{
+			"@put method PUT\nlock @put {\n zone mixed\n}\nlock {\n zone mixed\n hierarchy\n}\nreverse_proxy localhost:9",
+			`lock zone "mixed": its handlers differ in hierarchy: the lock at Caddyfile:8 has hierarchy off, ` +
+				`the lock at Caddyfile:11 has hierarchy on, so they`,
+		},
+		{
+			"@put method PUT\nlock @put {\n zone mixedcase\n case_insensitive\n}\nlock {\n zone mixedcase\n}\nreverse_proxy localhost:9",
+			`lock zone "mixedcase": its handlers differ in case_insensitive: the lock at Caddyfile:8 has it on, ` +
+				`the lock at Caddyfile:12 has it off, so one would lock /Doc`,
+		},
+		{
+			"@put method PUT\nlock @put {\n zone stores\n}\nlock {\n zone stores\n store redis {\n  address 127.0.0.1:1\n }\n}\nreverse_proxy localhost:9",
+			`lock zone "stores": its handlers differ in store settings (the lock at Caddyfile:8 and the lock at Caddyfile:11), ` +
+				`so they would keep separate lock tables`,
+		},
+	} {
+		caddyfile := fmt.Sprintf("{\nadmin off\npersist_config off\nauto_https off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", freePort(t), tc.site)
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertLoadError(t, cfg, tc.want)
+	}
+	// JSON written by hand has no lines: the handlers are still told
+	// apart by what each has.
+	cfg := fmt.Sprintf(`{"admin":{"disabled":true},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:%d"],"routes":[{"handle":[`+
+		`{"handler":"lock","zone":"json","case_insensitive":true},{"handler":"lock","zone":"json"}]}]}}}}}`, freePort(t))
+	assertLoadError(t, []byte(cfg), `lock zone "json": its handlers differ in case_insensitive: one lock handler has it on, another lock handler has it off`)
+}
+
+// assertLoadError loads cfg into a real Caddy and checks that it fails
+// saying want.
+func assertLoadError(t *testing.T, cfg []byte, want string) {
+	t.Helper()
+	err := caddy.Load(cfg, true)
+	if err == nil {
+		_ = caddy.Stop()
+		t.Fatalf("loaded a config whose handlers of one zone disagree:\n%s", cfg)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not say %q", err, want)
 	}
 }

@@ -151,6 +151,11 @@ type Handler struct {
 	// removed. Needs a store that issues fencing numbers (redis).
 	FenceHeader string `json:"fence_header,omitempty"`
 
+	// Source is where the handler was configured (file:line), set by
+	// the Caddyfile adapter: errors that only the whole config shows,
+	// such as handlers of one zone that disagree, name it.
+	Source string `json:"source,omitempty"`
+
 	store   Store
 	trouble *troubleLog
 	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
@@ -205,7 +210,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
 	}
 	poolKey := zoneTableKey(h.Zone, h.Hierarchy, h.store)
-	if err := checkZoneTable(ctx, h.Zone, poolKey, h.CaseInsensitive); err != nil {
+	if err := checkZoneTable(ctx, h, poolKey); err != nil {
 		return err
 	}
 	z, _, err := loadZone(poolKey, h.Zone, h.Hierarchy, h.store)
@@ -729,7 +734,7 @@ var configZones sync.Map // context.Context → *sync.Map of zone name → zoneS
 // without; or different stores), or fold case differently, a config
 // error: they would not see each other's locks, and nothing else would
 // say so.
-func checkZoneTable(ctx caddy.Context, name, poolKey string, caseInsensitive bool) error {
+func checkZoneTable(ctx caddy.Context, h *Handler, poolKey string) error {
 	v, loaded := configZones.LoadOrStore(ctx.Context, new(sync.Map))
 	if !loaded {
 		// The record goes when the config is unloaded (or fails to
@@ -739,26 +744,61 @@ func checkZoneTable(ctx caddy.Context, name, poolKey string, caseInsensitive boo
 		key := ctx.Context
 		context.AfterFunc(key, func() { configZones.Delete(key) })
 	}
-	this := zoneShape{poolKey, caseInsensitive}
-	prev, ok := v.(*sync.Map).LoadOrStore(name, this)
+	this := zoneShape{poolKey, h.CaseInsensitive, h.Hierarchy, h.WebDAV, h.Source}
+	prev, ok := v.(*sync.Map).LoadOrStore(h.Zone, this)
 	if !ok {
 		return nil
 	}
-	if p := prev.(zoneShape); p.poolKey != this.poolKey {
-		return fmt.Errorf("lock zone %q: its handlers differ in hierarchy (which webdav turns on) or in store settings, "+
+	p := prev.(zoneShape)
+	switch {
+	case p.hierarchy != this.hierarchy:
+		return fmt.Errorf("lock zone %q: its handlers differ in hierarchy: %s has %s, %s has %s, "+
 			"so they would keep separate lock tables and not see each other's locks; give them the same settings "+
-			"or different zone names", name)
-	} else if p.caseInsensitive != this.caseInsensitive {
-		return fmt.Errorf("lock zone %q: its handlers differ in case_insensitive, so one would lock /Doc and the other /doc "+
-			"for one resource and neither would see the other's lock; give them the same setting or different zone names", name)
+			"or different zone names", h.Zone, p.where("one"), p.hierarchyValue(), this.where("another"), this.hierarchyValue())
+	case p.poolKey != this.poolKey:
+		return fmt.Errorf("lock zone %q: its handlers differ in store settings (%s and %s), "+
+			"so they would keep separate lock tables and not see each other's locks; give them the same settings "+
+			"or different zone names", h.Zone, p.where("one"), this.where("another"))
+	case p.caseInsensitive != this.caseInsensitive:
+		return fmt.Errorf("lock zone %q: its handlers differ in case_insensitive: %s has it %s, %s has it %s, "+
+			"so one would lock /Doc and the other /doc for one resource and neither would see the other's lock; "+
+			"give them the same setting or different zone names",
+			h.Zone, p.where("one"), onOff(p.caseInsensitive), this.where("another"), onOff(this.caseInsensitive))
 	}
 	return nil
 }
 
-// zoneShape is what the handlers of one zone in one config must agree on.
+// zoneShape is what the handlers of one zone in one config must agree
+// on, and which handler set it, to name both when another disagrees.
 type zoneShape struct {
 	poolKey         string
 	caseInsensitive bool
+	hierarchy       bool
+	webdav          bool
+	source          string // Handler.Source
+}
+
+// where names the handler: by its place in the Caddyfile when it came
+// from one, else (JSON has no lines) as nth lock handler of the zone.
+func (s zoneShape) where(nth string) string {
+	if s.source != "" {
+		return "the lock at " + s.source
+	}
+	return nth + " lock handler"
+}
+
+func (s zoneShape) hierarchyValue() string {
+	if s.webdav {
+		return "hierarchy on (webdav turns it on)"
+	}
+	return "hierarchy " + onOff(s.hierarchy)
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // loadZone returns the zone's table under poolKey (from zoneTableKey),

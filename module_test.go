@@ -978,16 +978,17 @@ func TestFailedReloadKeepsZoneLimits(t *testing.T) {
 	t.Cleanup(func() { _ = caddy.Stop() })
 
 	// The same zone with max_locks 1, then a handler that cannot be
-	// provisioned (fence_header without a store).
+	// provisioned (a store whose password resolves to nothing; adapting
+	// cannot tell).
 	bad := fmt.Sprintf("{\nadmin off\npersist_config off\nauto_https off\nlog {\n output discard\n}\n}\nhttp://127.0.0.1:%d {\n"+
 		"route /x/* {\n lock {\n  zone keeplimits\n  max_locks 1\n }\n}\n"+
-		"lock {\n zone keeplimits_other\n fence_header X-Fence\n}\nreverse_proxy %s\n}\n",
+		"lock {\n zone keeplimits_other\n store redis {\n  address 127.0.0.1:1\n  password {env.CADDY_LOCK_UNSET_VARIABLE}\n }\n}\nreverse_proxy %s\n}\n",
 		port, strings.TrimPrefix(b.URL, "http://"))
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(bad), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := caddy.Load(cfg, true); err == nil || !strings.Contains(err.Error(), "fence_header") {
+	if err := caddy.Load(cfg, true); err == nil || !strings.Contains(err.Error(), "resolves to an empty value") {
 		t.Fatalf("loading a config with a handler that cannot be provisioned: %v", err)
 	}
 
