@@ -72,7 +72,7 @@ func TestRefusalPageInBrowser(t *testing.T) {
 		t.Fatalf("browser, posting the form: %v", err)
 	}
 	if resp.Status != http.StatusLocked || resp.Headers["Retry-After"] != "9" || !strings.HasPrefix(resp.MimeType, "text/html") {
-		t.Errorf("the browser got %d, Retry-After %v, %s; want 423, 9 and the page", resp.Status, resp.Headers["Retry-After"], resp.MimeType)
+		t.Fatalf("the browser got %d, Retry-After %v, %s; want 423, 9 and the page", resp.Status, resp.Headers["Retry-After"], resp.MimeType)
 	}
 	run := func(a chromedp.Action[string]) string {
 		t.Helper()

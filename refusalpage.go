@@ -182,6 +182,10 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break
 <dt>Since</dt>
 <dd id="since"><time datetime="{{.SinceISO}}">{{.SinceClock}}</time>, held for <span id="held">{{.Held}}</span> seconds</dd>
 {{- end}}
+{{- if .HasUntil}}
+<dt>Until</dt>
+<dd id="until"><time datetime="{{.UntilISO}}">{{.UntilClock}}</time> at the latest, unless it is renewed</dd>
+{{- end}}
 {{- if .Retry}}
 <dt>Try again</dt>
 <dd id="retry">in <span id="retry-seconds">{{.Retry}}</span> {{if eq .Retry 1}}second{{else}}seconds{{end}}</dd>
@@ -205,6 +209,9 @@ type refusalPage struct {
 	SinceISO   string
 	SinceClock string
 	Held       string
+	HasUntil   bool
+	UntilISO   string
+	UntilClock string
 	Retry      int64
 	Back       string
 }
@@ -222,6 +229,14 @@ func appendRefusalPage(b []byte, r *http.Request, p *problem, secs int64, now ti
 		page.Explain = "Another request is changing this resource right now, so yours was not carried out."
 		if l.Below {
 			page.Explain = "Another request is changing something inside this resource right now, so yours was not carried out."
+		}
+		if l.Explicit {
+			page.Explain = "Someone has locked this resource for editing (a WebDAV client or an administrator), so your request was not carried out."
+			if l.Expires != nil {
+				page.HasUntil = true
+				page.UntilISO = l.Expires.UTC().Format(time.RFC3339)
+				page.UntilClock = l.Expires.UTC().Format("15:04:05 UTC")
+			}
 		}
 		held := time.Duration(l.HeldSeconds * float64(time.Second))
 		since := now.Add(-held).UTC()

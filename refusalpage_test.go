@@ -278,3 +278,25 @@ func BenchmarkRefusalAccept(b *testing.B) {
 		})
 	}
 }
+
+// TestRefusalPageExplicitLock: a form posted to a resource that a
+// WebDAV client has locked gets the page too, saying until when; the
+// WebDAV client itself keeps DAV:error.
+func TestRefusalPageExplicitLock(t *testing.T) {
+	url, _ := davSite(t, "")
+	davLock(t, url+"/doc.txt", "exclusive", "alice", nil, http.StatusCreated)
+	r := davDo(t, http.MethodPost, url+"/doc.txt", "text=x", map[string]string{"Accept": chromiumAccept})
+	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "text/html; charset=utf-8" {
+		t.Fatalf("browser: %d %q, want 423 and the page; body: %s", r.status, r.header.Get("Content-Type"), r.body)
+	}
+	for _, want := range []string{`<code id="key">/doc.txt</code> (exclusive lock)`, `<dt>Until</dt>`, `locked this resource for editing`} {
+		if !strings.Contains(r.body, want) {
+			t.Errorf("page lacks %s:\n%s", want, r.body)
+		}
+	}
+	if ra := r.header.Get("Retry-After"); ra == "" || r.header.Get("Vary") != "Accept" {
+		t.Errorf("Retry-After %q, Vary %q", ra, r.header.Get("Vary"))
+	}
+	r = davDo(t, http.MethodPut, url+"/doc.txt", "x", map[string]string{"Accept": chromiumAccept, "Depth": "0"})
+	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/doc.txt")
+}
