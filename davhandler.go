@@ -1306,7 +1306,7 @@ func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) erro
 		return d.davError(http.StatusLocked, condition, hrefs...)
 	}
 	expires := first.Expires
-	return d.h.writeRefusal(d.w, problem{
+	return d.h.writeRefusalTo(d.w, d.r, problem{
 		Type:     problemType,
 		Title:    "Resource is locked",
 		Status:   http.StatusLocked,
@@ -1331,7 +1331,7 @@ func (d *davRequest) refuseVanished(condition string) error {
 		d.setRetryAfter(time.Second)
 		return d.davError(http.StatusLocked, condition)
 	}
-	return d.h.writeRefusal(d.w, problem{
+	return d.h.writeRefusalTo(d.w, d.r, problem{
 		Type:     problemType,
 		Title:    "Resource is locked",
 		Status:   http.StatusLocked,

@@ -1012,9 +1012,10 @@ func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
 	}
 	// Asking for XML gets DAV:error.
 	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/p")
-	// A browser's Accept lists XML below HTML: it gets the problem document.
+	// A browser's Accept lists XML below HTML: it gets the refusal page
+	// (refusalpage.go), not DAV:error.
 	r = davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": browserAccept})
-	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "application/problem+json" {
+	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "text/html; charset=utf-8" {
 		t.Fatalf("browser: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
 	}
 	if b.saw("PUT /p") != 0 {

@@ -133,7 +133,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 	if h.RetryAfter > 0 && retry > 0 {
 		retry = time.Duration(h.RetryAfter)
 	}
-	return h.writeRefusal(w, p, retry, key, err)
+	return h.writeRefusalTo(w, r, p, retry, key, err)
 }
 
 // writeRefusal writes a refusal with Retry-After (whole seconds, at
@@ -141,6 +141,15 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 // use_handle_errors, hands "lock <key>: <err>" to handle_errors. The error is formatted only
 // then: a plain refusal does not format an error nobody reads.
 func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Duration, key string, err error) error {
+	return h.writeRefusalTo(w, nil, p, retry, key, err)
+}
+
+// writeRefusalTo is writeRefusal for request r: a 423 or 503 to a
+// request that prefers text/html (a browser, not a WebDAV client) is the
+// HTML page of refusalpage.go, with the same status and Retry-After, so
+// that a person who posted a form can read it. Either answer then says
+// Vary: Accept. A nil r always gets the problem document.
+func (h *Handler) writeRefusalTo(w http.ResponseWriter, r *http.Request, p problem, retry time.Duration, key string, err error) error {
 	status := p.Status
 	secs := max(1, int64((retry+time.Second-1)/time.Second))
 	hdr := w.Header()
@@ -150,16 +159,49 @@ func (h *Handler) writeRefusal(w http.ResponseWriter, p problem, retry time.Dura
 		}
 		return caddyhttp.Error(status, fmt.Errorf("lock %s: %w", key, err))
 	}
+	negotiated := r != nil && (status == http.StatusLocked || status == http.StatusServiceUnavailable)
+	if negotiated && wantsRefusalPage(r) {
+		shown := int64(0)
+		if retry > 0 {
+			shown = secs
+		}
+		body, perr := appendRefusalPage(make([]byte, 0, 4096), r, &p, shown, time.Now())
+		if perr == nil {
+			if retry > 0 {
+				hdr.Set("Retry-After", strconv.FormatInt(secs, 10))
+			}
+			hdr.Set("Content-Type", "text/html; charset=utf-8")
+			hdr.Set("Content-Length", strconv.Itoa(len(body)))
+			hdr.Add("Vary", "Accept")
+			hdr.Set("Content-Security-Policy", refusalCSP)
+			hdr.Set("X-Content-Type-Options", "nosniff")
+			hdr.Set("Cache-Control", "no-store")
+			w.WriteHeader(status)
+			_, _ = w.Write(body)
+			return nil
+		}
+		// Cannot happen with the fixed template; the problem document
+		// still says what happened.
+		h.logger.Error("writing the refusal page", zap.Error(perr))
+	}
 	body := p.appendJSON(make([]byte, 0, 512))
-	// The three header values share one backing array (one allocation,
-	// not three); each has a capacity of one, so an append by a later
+	// The header values share one backing array (one allocation, not
+	// one each); each has a capacity of one, so an append by a later
 	// handler copies it rather than writing into its neighbour.
-	vals := [...]string{strconv.FormatInt(secs, 10), "application/problem+json", strconv.Itoa(len(body))}
+	vals := [...]string{strconv.FormatInt(secs, 10), "application/problem+json", strconv.Itoa(len(body)), "Accept"}
 	if retry > 0 {
 		hdr["Retry-After"] = vals[0:1:1]
 	}
 	hdr["Content-Type"] = vals[1:2:2]
 	hdr["Content-Length"] = vals[2:3:3]
+	if negotiated {
+		// A browser would have had the page: caches must tell them apart.
+		if _, ok := hdr["Vary"]; ok {
+			hdr.Add("Vary", "Accept")
+		} else {
+			hdr["Vary"] = vals[3:4:4]
+		}
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 	return nil
