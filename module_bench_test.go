@@ -73,8 +73,12 @@ func BenchmarkServeHTTP(b *testing.B) {
 // BenchmarkRefusal is the handler's cost of a 423: the key is held, so
 // every request is refused with a problem document and never reaches the
 // next handler. bench/run's scenario 4 measures the same through Caddy.
-func BenchmarkRefusal(b *testing.B) {
-	h := &Handler{Zone: "bench-refusal"}
+func BenchmarkRefusal(b *testing.B) { benchRefusal(b, "bench-refusal", "") }
+
+// benchRefusal measures 423s for PUT /hot, held in zone, to a client
+// sending accept ("" sends no Accept header).
+func benchRefusal(b *testing.B, zone, accept string) {
+	h := &Handler{Zone: zone}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -89,7 +93,11 @@ func BenchmarkRefusal(b *testing.B) {
 	}
 	defer held.Release()
 	rec := httptest.NewRecorder()
-	r := caddyhttp.PrepareRequest(httptest.NewRequest(http.MethodPut, "/hot", nil), caddy.NewReplacer(), rec, nil)
+	req := httptest.NewRequest(http.MethodPut, "/hot", nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	r := caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		b.Fatal("a refused request reached the next handler")
 		return nil

@@ -1,8 +1,6 @@
 package caddylock
 
 import (
-	"context"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -10,10 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // chromiumAccept is what Chromium sends for a page or a form
@@ -242,40 +236,7 @@ func BenchmarkRefusalAccept(b *testing.B) {
 		{"json", "application/json"},
 		{"browser", chromiumAccept},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			h := &Handler{Zone: "bench-refusal-" + c.name}
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-			defer cancel()
-			if err := h.Provision(ctx); err != nil {
-				b.Fatal(err)
-			}
-			defer func() { _ = h.Cleanup() }()
-			h.logger = zap.NewNop()
-			held, err := h.zone.locker.Acquire(context.Background(), Request{Key: "/hot", Kind: Exclusive})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer held.Release()
-			rec := httptest.NewRecorder()
-			req := httptest.NewRequest(http.MethodPut, "/hot", nil)
-			req.Header.Set("Accept", c.accept)
-			r := caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-			next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
-				return errors.New("a refused request reached the next handler")
-			})
-			w := &discardWriter{header: http.Header{}}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				clear(w.header)
-				if err := h.ServeHTTP(w, r, next); err != nil {
-					b.Fatal(err)
-				}
-				if w.status != http.StatusLocked {
-					b.Fatalf("status %d, want 423", w.status)
-				}
-			}
-		})
+		b.Run(c.name, func(b *testing.B) { benchRefusal(b, "bench-refusal-"+c.name, c.accept) })
 	}
 }
 
