@@ -154,10 +154,11 @@ func (d *davRequest) settle(result string) {
 	}
 }
 
-// serveDAV handles a request in WebDAV mode. kind and locks are what the
-// method takes as an in-flight lock.
-func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key string, kind Kind, locks bool) error {
-	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: h.davMethod(r), xml: isDAVClient(r), result: resultNone}
+// serveDAV handles a request in WebDAV mode. method is the one its checks
+// follow (see requestKind); kind and locks are what the request takes as
+// an in-flight lock.
+func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key, method string, kind Kind, locks bool) error {
+	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: method, xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
 	d.client = r.Context()
 	if !strings.HasPrefix(key, "/") {

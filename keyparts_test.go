@@ -174,7 +174,7 @@ func TestOverrideAndKeyPartsAllocFree(t *testing.T) {
 	r.Header.Set("X-Forwarded-For", "10.0.0.1")
 	r.Header.Set("Content-Type", "text/plain")
 	allocs := testing.AllocsPerRun(100, func() {
-		if _, _, err := h.requestKind(r); err != nil {
+		if _, _, _, err := h.requestKind(r); err != nil {
 			t.Fatal(err)
 		}
 		if err := h.keyParts.check(r); err != nil {

@@ -343,7 +343,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	// The method overrides count, and path-rewriting headers go (override.go).
-	kind, ok, amb := h.requestKind(r)
+	kind, ok, davMethod, amb := h.requestKind(r)
 	if amb != nil {
 		return h.refuseAmbiguous(w, r, repl, amb)
 	}
@@ -404,7 +404,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, r, repl, key, errNULKey)
 	}
 	if h.WebDAV {
-		return h.serveDAV(w, r, next, repl, z, key, kind, ok)
+		return h.serveDAV(w, r, next, repl, z, key, davMethod, kind, ok)
 	}
 
 	start := time.Now()

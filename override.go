@@ -62,50 +62,37 @@ func (e *ambiguousError) Error() string { return e.title + ": " + e.detail }
 // methods and differing ones, which backends would read differently, and,
 // in webdav mode, overrides that the WebDAV checks cannot follow (see
 // davOverride).
-func (h *Handler) requestKind(r *http.Request) (Kind, bool, *ambiguousError) {
+func (h *Handler) requestKind(r *http.Request) (kind Kind, ok bool, davMethod string, amb *ambiguousError) {
 	override, err := scanSpecialHeaders(r)
 	if err == nil {
 		override, err = queryOverride(r.URL.RawQuery, override)
 	}
 	if err != nil {
-		return 0, false, err
+		return 0, false, "", err
 	}
-	kind, ok := h.kindOf(r.Method)
-	if override == "" {
-		return kind, ok, nil
-	}
+	kind, ok = h.kindOf(r.Method)
 	if h.WebDAV {
-		if _, err := davOverride(r.Method, override); err != nil {
-			return 0, false, err
+		// The method that the WebDAV checks follow: the override's where
+		// davOverride accepts one, r.Method's otherwise; upper-cased, as
+		// kindOf compares methods.
+		davMethod = strings.ToUpper(r.Method)
+		if override != "" {
+			if davMethod, err = davOverride(r.Method, override); err != nil {
+				return 0, false, "", err
+			}
 		}
 	}
-	ok2 := false
-	var kind2 Kind
-	if kind2, ok2 = h.kindOf(override); !ok2 {
-		return kind, ok, nil
+	if override == "" {
+		return kind, ok, davMethod, nil
+	}
+	kind2, ok2 := h.kindOf(override)
+	if !ok2 {
+		return kind, ok, davMethod, nil
 	}
 	if !ok {
-		return kind2, true, nil
+		return kind2, true, davMethod, nil
 	}
-	return max(kind, kind2), true, nil
-}
-
-// davMethod is the method that the WebDAV checks follow: the override's
-// where requestKind accepted one (see davOverride), r.Method's otherwise;
-// upper-cased, as kindOf compares methods.
-func (h *Handler) davMethod(r *http.Request) string {
-	method := strings.ToUpper(r.Method)
-	override, err := scanSpecialHeaders(r)
-	if err == nil {
-		override, err = queryOverride(r.URL.RawQuery, override)
-	}
-	if err != nil || override == "" {
-		return method
-	}
-	if m, err := davOverride(r.Method, override); err == nil {
-		return m
-	}
-	return method
+	return max(kind, kind2), true, davMethod, nil
 }
 
 // tunnelMethods are the methods that clients send with an override: what
