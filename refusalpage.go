@@ -34,11 +34,7 @@ func prefersHTML(h http.Header) bool {
 	for _, v := range vals {
 		for len(v) > 0 {
 			var rng string
-			if i := strings.IndexByte(v, ','); i >= 0 {
-				rng, v = v[:i], v[i+1:]
-			} else {
-				rng, v = v, ""
-			}
+			rng, v, _ = strings.Cut(v, ",")
 			mt, params, _ := strings.Cut(rng, ";")
 			typ, sub, ok := strings.Cut(strings.TrimSpace(mt), "/")
 			if !ok {
@@ -87,11 +83,7 @@ func (m *acceptMatch) consider(typ, sub, wantTyp, wantSub string, q int) {
 func acceptQuality(params string) int {
 	for len(params) > 0 {
 		var p string
-		if i := strings.IndexByte(params, ';'); i >= 0 {
-			p, params = params[:i], params[i+1:]
-		} else {
-			p, params = params, ""
-		}
+		p, params, _ = strings.Cut(params, ";")
 		name, v, _ := strings.Cut(strings.TrimSpace(p), "=")
 		if !strings.EqualFold(strings.TrimSpace(name), "q") {
 			continue
