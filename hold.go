@@ -431,7 +431,6 @@ type bodyWait struct {
 	w http.ResponseWriter
 	r *http.Request
 
-	started  bool
 	reserved int64 // bytes counted in waitBodyBytes
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
@@ -442,6 +441,10 @@ type bodyWait struct {
 	// does not queue allocates nothing here.
 	*bodyRead
 }
+
+// reading reports whether the request's body is read while it queues
+// (start began the reader).
+func (b *bodyWait) reading() bool { return b.bodyRead != nil }
 
 // bodyRead is what the reader of a queued body leaves.
 type bodyRead struct {
@@ -459,7 +462,7 @@ func (h *Handler) newBodyWait(w http.ResponseWriter, r *http.Request) bodyWait {
 // one whose body is too large to keep is refused at once with the
 // conflict.
 func (b *bodyWait) acquire(l Locker, req Request) (Lease, error) {
-	if b.started {
+	if b.reading() {
 		return b.waited(l.Acquire(b.ctx, req))
 	}
 	if req.Wait <= 0 || !hasBody(b.r) {
@@ -498,7 +501,6 @@ func (b *bodyWait) start() bool {
 		return false
 	}
 	b.reserved = n
-	b.started = true
 	b.ctx, b.cancel = context.WithCancelCause(b.r.Context())
 	rd := &bodyRead{done: make(chan struct{})}
 	b.bodyRead = rd
@@ -569,7 +571,7 @@ func (b *bodyWait) stop() {
 // while the body was still arriving (wrapping its error), or the body
 // could not be read.
 func (b *bodyWait) ready(ctx context.Context) error {
-	if !b.started {
+	if !b.reading() {
 		return nil
 	}
 	select {
@@ -611,7 +613,7 @@ func (b *bodyWait) ready(ctx context.Context) error {
 // the handler has answered) and gives back the body's reservation; call
 // it when the route is done (the body is in use until then).
 func (b *bodyWait) end() {
-	if b.started && !b.streamed {
+	if b.reading() && !b.streamed {
 		b.stop()
 	}
 	if b.reserved > 0 {
