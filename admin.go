@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -102,12 +104,12 @@ type adminLock struct {
 	Waiting  int  `json:"waiting,omitempty"`
 }
 
-func explicitEntry(zone string, l ExplicitLock) adminLock {
+func explicitEntry(zone string, l lockstore.ExplicitLock) adminLock {
 	e := adminLock{
 		Zone: zone, Root: l.Root, Href: l.Href, Scope: l.Scope.String(), Depth: l.Depth.String(),
 		Owner: string(l.Owner), Creator: l.Creator, TokenPrefix: tokenPrefix(l.Token), Created: l.Created,
 	}
-	if l.Creator == adminCreator {
+	if l.Creator == lockstore.AdminCreator {
 		e.Creator = "admin"
 		e.Owner = xmlText(l.Owner)
 	}
@@ -156,7 +158,8 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 				out = append(out, explicitEntry(z.name, l))
 			}
 		}
-		if hl, ok := z.locker.(heldLister); ok {
+		{
+			hl := z.locker
 			held, err := hl.HeldLocks(r.Context())
 			if err != nil {
 				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the in-flight locks of zone %q: %w", z.name, err)}
@@ -180,9 +183,9 @@ func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) error {
 
 func depthOf(hierarchy bool) string {
 	if hierarchy {
-		return DepthInfinity.String()
+		return lockstore.DepthInfinity.String()
 	}
-	return DepthZero.String()
+	return lockstore.DepthZero.String()
 }
 
 // adminLockRequest is the body of POST /lock/<zone>.
@@ -232,7 +235,7 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	if !strings.HasPrefix(req.Path, "/") {
 		return badAdminRequest(`path: expected an absolute path such as "/billing", got %q`, req.Path)
 	}
-	depth := DepthInfinity
+	depth := lockstore.DepthInfinity
 	if req.Depth != "" {
 		d, err := ParseLockDepth(req.Depth)
 		if err != nil {
@@ -240,11 +243,11 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		}
 		depth = d
 	}
-	scope := Exclusive
+	scope := lockstore.Exclusive
 	switch req.Scope {
 	case "", "exclusive":
 	case "shared":
-		scope = Shared
+		scope = lockstore.Shared
 	default:
 		return badAdminRequest(`scope: expected "exclusive" or "shared", got %q`, req.Scope)
 	}
@@ -275,17 +278,17 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		// looked up, so a lock there would protect nothing.
 		return badAdminRequest("path: %q: %v", req.Path, errNULKey)
 	}
-	l, err := z.explicit.Create(r.Context(), ExplicitLock{
+	l, err := z.explicit.Create(r.Context(), lockstore.ExplicitLock{
 		Token:   NewLockToken(),
 		Root:    key,
 		Href:    req.Path,
 		Scope:   scope,
 		Depth:   depth,
 		Owner:   appendEscaped(nil, req.Owner, false),
-		Creator: adminCreator,
+		Creator: lockstore.AdminCreator,
 		Timeout: timeout,
 	})
-	var conflict *LockConflictError
+	var conflict *lockstore.LockConflictError
 	switch {
 	case errors.As(err, &conflict):
 		roots := make([]string, len(conflict.Conflicts))
@@ -293,7 +296,7 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 			roots[i] = c.Root
 		}
 		return caddy.APIError{HTTPStatus: http.StatusConflict, Err: fmt.Errorf("%s conflicts with the locks on %s", key, strings.Join(roots, ", "))}
-	case errors.Is(err, ErrFull):
+	case errors.Is(err, lockstore.ErrFull):
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 	case err != nil:
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("creating the lock: %w", err)}
@@ -330,22 +333,19 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 // is under l when its key is l's root, below it for depth infinity, or
 // a member of it for depth 0 (members are what a depth-0 lock protects),
 // and, in a table with hierarchy, above the root.
-func drainWrites(ctx context.Context, zs []*zone, l ExplicitLock, bound time.Duration) (int, error) {
+func drainWrites(ctx context.Context, zs []*zone, l lockstore.ExplicitLock, bound time.Duration) (int, error) {
 	deadline := time.Now().Add(bound)
 	for {
 		running := 0
 		for _, z := range zs {
-			hl, ok := z.locker.(heldLister)
-			if !ok {
-				continue
-			}
+			hl := z.locker
 			held, err := hl.HeldLocks(ctx)
 			if err != nil {
 				return 0, fmt.Errorf("listing the in-flight locks of zone %q: %w", z.name, err)
 			}
 			for _, h := range held {
 				// With hierarchy, a write above the root covers it too.
-				if h.Kind == Exclusive && (writesUnder(l, h.Key) || hl.Hierarchy() && isBelow(l.Root, h.Key)) {
+				if h.Kind == lockstore.Exclusive && (writesUnder(l, h.Key) || hl.Hierarchy() && lockstore.Below(l.Root, h.Key)) {
 					running++
 				}
 			}
@@ -364,7 +364,7 @@ func drainWrites(ctx context.Context, zs []*zone, l ExplicitLock, bound time.Dur
 }
 
 // writesUnder reports whether a write to key falls under explicit lock l.
-func writesUnder(l ExplicitLock, key string) bool {
+func writesUnder(l lockstore.ExplicitLock, key string) bool {
 	if key == l.Root {
 		return true
 	}
@@ -372,7 +372,7 @@ func writesUnder(l ExplicitLock, key string) bool {
 	if !strings.HasPrefix(key, prefix) {
 		return false
 	}
-	return l.Depth == DepthInfinity || !strings.Contains(key[len(prefix):], "/")
+	return l.Depth == lockstore.DepthInfinity || !strings.Contains(key[len(prefix):], "/")
 }
 
 func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, token string) error {
@@ -389,7 +389,7 @@ func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, toke
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("listing the locks of zone %q: %w", z.name, err)}
 		}
-		ls = slices.DeleteFunc(ls, func(l ExplicitLock) bool {
+		ls = slices.DeleteFunc(ls, func(l lockstore.ExplicitLock) bool {
 			return len(l.Token) < len(token) || !sameToken(token, l.Token[:len(token)])
 		})
 		if len(ls) > 1 {
@@ -399,7 +399,7 @@ func (a *AdminAPI) remove(w http.ResponseWriter, r *http.Request, zoneName, toke
 			continue
 		}
 		l, err := z.explicit.Remove(r.Context(), ls[0].Token)
-		if errors.Is(err, ErrNoSuchLock) {
+		if errors.Is(err, lockstore.ErrNoSuchLock) {
 			continue
 		}
 		if err != nil {
@@ -438,29 +438,10 @@ func xmlText(b []byte) string {
 	return v.Text
 }
 
-// heldLister is a lock table that can list its in-flight locks (both the
-// in-memory and the Redis one can).
-type heldLister interface {
-	// HeldLocks lists the locks held in the table; it fails when the
-	// table cannot be reached.
-	HeldLocks(ctx context.Context) ([]HeldLock, error)
-	// Hierarchy reports whether a lock covers the keys below it.
-	Hierarchy() bool
-}
-
-// HeldLock is an in-flight lock: held by requests being proxied.
-type HeldLock struct {
-	Key     string
-	Kind    Kind
-	Holders int       // 1 for an exclusive lock, the count of shared holders otherwise
-	Since   time.Time // start of the current held period
-	Waiting int       // requests queued on the key
-}
-
 // Held lists the locks held in the table, for the admin API. It takes
 // each shard's mutex in turn, so the list is consistent per shard only.
-func (l *MemLocker) Held() []HeldLock {
-	var out []HeldLock
+func (l *MemLocker) Held() []lockstore.HeldLock {
+	var out []lockstore.HeldLock
 	now, wall := monotonicNow(), time.Now()
 	for i := range l.shards {
 		s := &l.shards[i]
@@ -470,9 +451,9 @@ func (l *MemLocker) Held() []HeldLock {
 				return
 			}
 			since := wall.Add(-time.Duration(now - n.since))
-			h := HeldLock{Key: n.key, Kind: Shared, Holders: int(n.shared), Since: since, Waiting: len(n.queue())}
+			h := lockstore.HeldLock{Key: n.key, Kind: lockstore.Shared, Holders: int(n.shared), Since: since, Waiting: len(n.queue())}
 			if n.excl {
-				h.Kind, h.Holders = Exclusive, 1
+				h.Kind, h.Holders = lockstore.Exclusive, 1
 			}
 			out = append(out, h)
 		})
@@ -482,12 +463,10 @@ func (l *MemLocker) Held() []HeldLock {
 }
 
 // HeldLocks is Held for the admin API; the in-memory table never fails.
-func (l *MemLocker) HeldLocks(context.Context) ([]HeldLock, error) { return l.Held(), nil }
+func (l *MemLocker) HeldLocks(context.Context) ([]lockstore.HeldLock, error) { return l.Held(), nil }
 
 // Interface guards
 var (
-	_ heldLister        = (*MemLocker)(nil)
-	_ heldLister        = (*RedisLocker)(nil)
 	_ caddy.AdminRouter = (*AdminAPI)(nil)
 	_ caddy.Provisioner = (*AdminAPI)(nil)
 )

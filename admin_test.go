@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -444,7 +446,7 @@ func TestAdminDrainAcrossRedisReload(t *testing.T) {
 	t.Cleanup(func() { _ = caddy.Stop() })
 	// Another instance's write under /billing is in flight.
 	other := newRedisLocker(t, srv, "AdminRedisDrain", redisOpts{lease: time.Minute})
-	write := redisAcquire(t, other, "/billing/run", Exclusive)
+	write := redisAcquire(t, other, "/billing/run", lockstore.Exclusive)
 
 	type answer struct {
 		status int
@@ -540,11 +542,11 @@ func TestTokensNotLoggedInFull(t *testing.T) {
 }
 
 func TestWritesUnder(t *testing.T) {
-	inf := ExplicitLock{Root: "/a", Depth: DepthInfinity}
-	zero := ExplicitLock{Root: "/a", Depth: DepthZero}
-	root := ExplicitLock{Root: "/", Depth: DepthZero}
+	inf := lockstore.ExplicitLock{Root: "/a", Depth: lockstore.DepthInfinity}
+	zero := lockstore.ExplicitLock{Root: "/a", Depth: lockstore.DepthZero}
+	root := lockstore.ExplicitLock{Root: "/", Depth: lockstore.DepthZero}
 	for _, c := range []struct {
-		l    ExplicitLock
+		l    lockstore.ExplicitLock
 		key  string
 		want bool
 	}{
@@ -615,8 +617,8 @@ func TestAdminDeleteAmbiguousPrefix(t *testing.T) {
 		"/two": shared + "-0000-4000-8000-000000000002",
 	}
 	for root, tok := range tokens {
-		if _, err := store.Create(context.Background(), ExplicitLock{Token: tok, Root: root, Href: root, Scope: Exclusive,
-			Depth: DepthInfinity, Owner: []byte("ops"), Creator: adminCreator, Timeout: time.Minute}); err != nil {
+		if _, err := store.Create(context.Background(), lockstore.ExplicitLock{Token: tok, Root: root, Href: root, Scope: lockstore.Exclusive,
+			Depth: lockstore.DepthInfinity, Owner: []byte("ops"), Creator: lockstore.AdminCreator, Timeout: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 	}

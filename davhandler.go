@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -28,12 +30,6 @@ const (
 	DefaultMaxTimeout  = time.Hour
 	DefaultLockTimeout = 10 * time.Minute
 )
-
-// adminCreator is the Creator of locks taken through the admin API. No
-// authenticated user has this id, so nobody can write with, refresh or
-// UNLOCK such a lock through the proxy: it ends by its timeout or through
-// the admin API.
-const adminCreator = "\x00admin"
 
 // pathKeyTemplate is the key template that WebDAV allows besides the
 // default: the request path, as the Caddyfile's {path} expands.
@@ -157,7 +153,7 @@ func (d *davRequest) settle(result string) {
 // serveDAV handles a request in WebDAV mode. method is the one its checks
 // follow (see requestKind); kind and locks are what the request takes as
 // an in-flight lock.
-func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key, method string, kind Kind, locks bool) error {
+func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, z *zone, key, method string, kind lockstore.Kind, locks bool) error {
 	d := &davRequest{h: h, z: z, w: w, r: r, next: next, repl: repl, key: key, method: method, xml: isDAVClient(r), result: resultNone}
 	d.user, _ = repl.GetString("http.auth.user.id")
 	d.client = r.Context()
@@ -167,7 +163,7 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 	// Every method here looks up the explicit locks of each ancestor of
 	// the key, reads too: a key deeper than the lock tables accept is
 	// refused before that walk, as a write to it would be.
-	if err := checkDepth(key); err != nil {
+	if err := lockstore.CheckDepth(key); err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
 	if vals := r.Header.Values("If"); len(vals) > 0 {
@@ -180,7 +176,7 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 	// Depth is 0, 1 or infinity for every method that takes one; which of
 	// them a method allows is for LOCK to say (ParseLockDepth) and for
 	// the backend otherwise. More than one Depth header is malformed too.
-	if _, err := ParseDepth(strings.Join(r.Header.Values("Depth"), ", "), DepthInfinity); err != nil {
+	if _, err := ParseDepth(strings.Join(r.Header.Values("Depth"), ", "), lockstore.DepthInfinity); err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
 	defer func() {
@@ -254,7 +250,7 @@ func asksForXML(accept string) bool {
 	return xmlQ > 0 && xmlQ > otherQ
 }
 
-func (d *davRequest) store() LockStore { return d.z.explicit }
+func (d *davRequest) store() lockstore.LockStore { return d.z.explicit }
 
 // ctx is the request's context; once in-flight locks are held it is the
 // hold context, which a departing client does not cancel.
@@ -263,11 +259,11 @@ func (d *davRequest) ctx() context.Context { return d.r.Context() }
 // hold takes the in-flight locks of reqs, in key order and without
 // taking a lock its ancestor's lock already covers, and runs the rest of
 // the request on a context bounded by max_hold, as ServeHTTP does.
-func (d *davRequest) hold(reqs []Request) error {
+func (d *davRequest) hold(reqs []lockstore.Request) error {
 	h := d.h
 	reqs = coalesce(reqs)
 	start := time.Now()
-	leases := make([]Lease, 0, len(reqs))
+	leases := make([]lockstore.Lease, 0, len(reqs))
 	// As in ServeHTTP: a request that queues reads its body meanwhile.
 	abort := abortReads(d.w, d.r) // for max_hold; before anything reads the body
 	bw := h.newBodyWait(d.w, d.r)
@@ -279,7 +275,7 @@ func (d *davRequest) hold(reqs []Request) error {
 				l.Release()
 			}
 			h.recordWait(d.repl, start) // a wait in vain is a wait too
-			if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
+			if errors.Is(err, lockstore.ErrStoreUnavailable) && h.store.FailOpen() {
 				// fail_open: the request goes on without in-flight locks,
 				// with the body it may have begun to read.
 				if err := bw.ready(d.r.Context()); err != nil {
@@ -342,13 +338,13 @@ func (d *davRequest) hold(reqs []Request) error {
 // coalesce sorts lock requests by key and drops those whose key is at or
 // below another's (hierarchy makes that one cover them), keeping the
 // stronger kind: taking both would conflict with itself.
-func coalesce(reqs []Request) []Request {
-	slices.SortFunc(reqs, func(a, b Request) int { return strings.Compare(a.Key, b.Key) })
+func coalesce(reqs []lockstore.Request) []lockstore.Request {
+	slices.SortFunc(reqs, func(a, b lockstore.Request) int { return strings.Compare(a.Key, b.Key) })
 	out := reqs[:0]
 	for _, q := range reqs {
 		merged := false
 		for i := range out {
-			if q.Key == out[i].Key || isBelow(q.Key, out[i].Key) {
+			if q.Key == out[i].Key || lockstore.Below(q.Key, out[i].Key) {
 				out[i].Kind = max(out[i].Kind, q.Kind)
 				merged = true
 				break
@@ -363,10 +359,10 @@ func coalesce(reqs []Request) []Request {
 
 // forward handles every method but LOCK and UNLOCK: in-flight locks,
 // the If header, the tokens of explicit locks, then the next handler.
-func (d *davRequest) forward(kind Kind, locks bool) error {
-	var reqs []Request
+func (d *davRequest) forward(kind lockstore.Kind, locks bool) error {
+	var reqs []lockstore.Request
 	if locks {
-		reqs = append(reqs, Request{Key: d.key, Kind: kind})
+		reqs = append(reqs, lockstore.Request{Key: d.key, Kind: kind})
 	}
 	destKey := ""
 	if d.method == "MOVE" || d.method == "COPY" {
@@ -378,7 +374,7 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 			return nil // refused
 		}
 		destKey = d.h.keyOfPath(dest)
-		reqs = append(reqs, Request{Key: destKey, Kind: Exclusive})
+		reqs = append(reqs, lockstore.Request{Key: destKey, Kind: lockstore.Exclusive})
 	}
 	if len(reqs) > 0 {
 		if err := d.hold(reqs); err != nil {
@@ -390,7 +386,7 @@ func (d *davRequest) forward(kind Kind, locks bool) error {
 	if ok, err := d.checkIf(); !ok {
 		return err
 	}
-	if (locks && kind == Exclusive) || slices.Contains(davWrites, d.method) {
+	if (locks && kind == lockstore.Exclusive) || slices.Contains(davWrites, d.method) {
 		touched, err := d.touched(destKey)
 		if err != nil {
 			if !d.failOpen(err) {
@@ -591,7 +587,7 @@ func (d *davRequest) stateTokens(key string) ([]string, error) {
 // those whose scope includes key, with below those rooted under it, and
 // with member the depth-0 locks of key's collection, whose member list
 // the change alters (creating, deleting or moving key).
-func (d *davRequest) locksFor(key string, below, member bool) ([]ExplicitLock, error) {
+func (d *davRequest) locksFor(key string, below, member bool) ([]lockstore.ExplicitLock, error) {
 	ls, err := d.store().Affecting(d.ctx(), key, below)
 	if err != nil || !member || key == "/" {
 		return ls, err
@@ -602,7 +598,7 @@ func (d *davRequest) locksFor(key string, below, member bool) ([]ExplicitLock, e
 		return nil, err
 	}
 	for _, l := range pl {
-		if l.Root == parent && l.Depth == DepthZero {
+		if l.Root == parent && l.Depth == lockstore.DepthZero {
 			ls = append(ls, l)
 		}
 	}
@@ -611,7 +607,7 @@ func (d *davRequest) locksFor(key string, below, member bool) ([]ExplicitLock, e
 
 // touched returns the explicit locks a write needs the tokens of (RFC
 // 4918 sections 7.4, 9.6.1, 9.8.5, 9.9.4).
-func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
+func (d *davRequest) touched(destKey string) ([]lockstore.ExplicitLock, error) {
 	switch d.method {
 	case http.MethodDelete:
 		return d.locksFor(d.key, true, true)
@@ -633,7 +629,7 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 		if err != nil {
 			return nil, err
 		}
-		collectionLock := func(l ExplicitLock) bool { return !l.Covers(d.key) }
+		collectionLock := func(l lockstore.ExplicitLock) bool { return !l.Covers(d.key) }
 		if slices.ContainsFunc(ls, collectionLock) {
 			// An existing resource keeps the member list as it is. Only
 			// an answer that says it exists lets the collection's lock
@@ -653,16 +649,16 @@ func (d *davRequest) touched(destKey string) ([]ExplicitLock, error) {
 // held together: the token of any of them lets its holder write, except
 // under a maintenance lock (the admin API's, shared or not), which nobody
 // holds: a client's own shared lock beside it must not open it.
-func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
+func (d *davRequest) missing(ls []lockstore.ExplicitLock) []lockstore.ExplicitLock {
 	submitted := d.ifh.Tokens()
-	holds := func(l ExplicitLock) bool { return tokenIn(submitted, l.Token) && d.mayUse(l) }
-	var out []ExplicitLock
+	holds := func(l lockstore.ExplicitLock) bool { return tokenIn(submitted, l.Token) && d.mayUse(l) }
+	var out []lockstore.ExplicitLock
 	for _, l := range ls {
-		if holds(l) || slices.ContainsFunc(out, func(o ExplicitLock) bool { return sameToken(o.Token, l.Token) }) {
+		if holds(l) || slices.ContainsFunc(out, func(o lockstore.ExplicitLock) bool { return sameToken(o.Token, l.Token) }) {
 			continue
 		}
-		if l.Scope == Shared && l.Creator != adminCreator && slices.ContainsFunc(ls, func(o ExplicitLock) bool {
-			return o.Scope == Shared && o.Root == l.Root && holds(o)
+		if l.Scope == lockstore.Shared && l.Creator != lockstore.AdminCreator && slices.ContainsFunc(ls, func(o lockstore.ExplicitLock) bool {
+			return o.Scope == lockstore.Shared && o.Root == l.Root && holds(o)
 		}) {
 			continue
 		}
@@ -672,7 +668,7 @@ func (d *davRequest) missing(ls []ExplicitLock) []ExplicitLock {
 }
 
 // mayUse reports whether the request's user may use the lock's token.
-func (d *davRequest) mayUse(l ExplicitLock) bool {
+func (d *davRequest) mayUse(l lockstore.ExplicitLock) bool {
 	return l.Creator == "" || l.Creator == d.user
 }
 
@@ -723,7 +719,7 @@ func (d *davRequest) lock() error {
 	if err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
-	if err := d.hold([]Request{{Key: d.key, Kind: Exclusive}}); err != nil {
+	if err := d.hold([]lockstore.Request{{Key: d.key, Kind: lockstore.Exclusive}}); err != nil {
 		return d.refuseInflight(err)
 	}
 	if ok, err := d.checkIf(); !ok {
@@ -743,7 +739,7 @@ func (d *davRequest) lock() error {
 		return d.subFailed(status, hdr, fmt.Sprintf("cannot tell whether %s exists: neither HEAD nor PROPFIND gave a clear answer (the last was %d)", d.href(), status))
 	}
 	exists := e == resourceExists
-	l, err := d.store().Create(d.ctx(), ExplicitLock{
+	l, err := d.store().Create(d.ctx(), lockstore.ExplicitLock{
 		Token:   NewLockToken(),
 		Root:    d.key,
 		Href:    d.href(),
@@ -753,7 +749,7 @@ func (d *davRequest) lock() error {
 		Creator: d.user,
 		Timeout: timeout,
 	})
-	var conflict *LockConflictError
+	var conflict *lockstore.LockConflictError
 	switch {
 	case errors.As(err, &conflict) && len(conflict.Conflicts) == 0:
 		// The locks in the way ended while the store read them (Redis:
@@ -771,7 +767,7 @@ func (d *davRequest) lock() error {
 	if !exists {
 		var refused bool
 		if created, refused, err = d.create(l); refused {
-			if _, rerr := d.store().Remove(d.ctx(), l.Token); rerr != nil && !errors.Is(rerr, ErrNoSuchLock) {
+			if _, rerr := d.store().Remove(d.ctx(), l.Token); rerr != nil && !errors.Is(rerr, lockstore.ErrNoSuchLock) {
 				d.h.logger.Error("removing a lock whose resource was not created", zap.String("token", tokenPrefix(l.Token)), zap.Error(rerr))
 			}
 			return err
@@ -793,12 +789,12 @@ func (d *davRequest) lock() error {
 // resource, and refused when it answered the request instead (the lock
 // must then go). A resource that appeared meanwhile is neither: the lock
 // stands.
-func (d *davRequest) create(l ExplicitLock) (created, refused bool, err error) {
+func (d *davRequest) create(l lockstore.ExplicitLock) (created, refused bool, err error) {
 	ls, err := d.locksFor(d.key, false, true)
 	if err != nil {
 		return false, true, d.storeFailed(err)
 	}
-	ls = slices.DeleteFunc(ls, func(o ExplicitLock) bool { return sameToken(o.Token, l.Token) })
+	ls = slices.DeleteFunc(ls, func(o lockstore.ExplicitLock) bool { return sameToken(o.Token, l.Token) })
 	if missing := d.missing(ls); len(missing) > 0 {
 		return false, true, d.refuseExplicit(missing, CondLockTokenSubmitted)
 	}
@@ -897,11 +893,11 @@ func (d *davRequest) refresh() error {
 	// The first covering lock the caller may use is refreshed; another
 	// user's covering lock named before it (the If header may list
 	// several tokens) does not stand in the way.
-	var found *ExplicitLock
+	var found *lockstore.ExplicitLock
 	others := false
 	for _, t := range tokens {
 		l, err := d.store().Get(d.ctx(), t)
-		if errors.Is(err, ErrNoSuchLock) {
+		if errors.Is(err, lockstore.ErrNoSuchLock) {
 			continue
 		}
 		if err != nil {
@@ -932,7 +928,7 @@ func (d *davRequest) refresh() error {
 		return err
 	}
 	l, err := d.store().Refresh(d.ctx(), found.Token, timeout)
-	if errors.Is(err, ErrNoSuchLock) {
+	if errors.Is(err, lockstore.ErrNoSuchLock) {
 		return d.davError(http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
 	}
 	if err != nil {
@@ -949,7 +945,7 @@ func (d *davRequest) unlock() error {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
 	l, err := d.store().Get(d.ctx(), token)
-	if errors.Is(err, ErrNoSuchLock) || (err == nil && !l.Covers(d.key)) {
+	if errors.Is(err, lockstore.ErrNoSuchLock) || (err == nil && !l.Covers(d.key)) {
 		return d.davError(http.StatusConflict, CondLockTokenMatchesRequestURI)
 	}
 	if err != nil {
@@ -958,7 +954,7 @@ func (d *davRequest) unlock() error {
 	if !d.mayUse(l) {
 		return d.plain(http.StatusForbidden, "the lock belongs to another user")
 	}
-	if _, err := d.store().Remove(d.ctx(), token); errors.Is(err, ErrNoSuchLock) {
+	if _, err := d.store().Remove(d.ctx(), token); errors.Is(err, lockstore.ErrNoSuchLock) {
 		return d.davError(http.StatusConflict, CondLockTokenMatchesRequestURI)
 	} else if err != nil {
 		return d.storeFailed(err)
@@ -979,7 +975,7 @@ func (d *davRequest) href() string {
 
 // active describes l for DAV:lockdiscovery; the token only when the
 // client may use it.
-func (d *davRequest) active(l ExplicitLock, withToken bool) ActiveLock {
+func (d *davRequest) active(l lockstore.ExplicitLock, withToken bool) ActiveLock {
 	a := ActiveLock{Root: l.Href, Scope: l.Scope, Depth: l.Depth, Owner: l.Owner, Timeout: max(0, time.Until(l.Expires))}
 	if withToken && d.mayUse(l) {
 		a.Token = l.Token
@@ -1214,7 +1210,7 @@ func (d *davRequest) davError(status int, condition string, hrefs ...string) err
 // counts the pass.
 func (d *davRequest) failOpen(err error) bool {
 	h := d.h
-	if !errors.Is(err, ErrStoreUnavailable) || h.store == nil || !h.store.FailOpen() {
+	if !errors.Is(err, lockstore.ErrStoreUnavailable) || !h.store.FailOpen() {
 		return false
 	}
 	h.storeTrouble(d.key, err)
@@ -1229,9 +1225,9 @@ func (d *davRequest) failOpen(err error) bool {
 }
 
 func (d *davRequest) storeFailed(err error) error {
-	if errors.Is(err, ErrFull) {
+	if errors.Is(err, lockstore.ErrFull) {
 		title, detail := "Lock table is full", fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone)
-		if lim := (*ExplicitLimitError)(nil); errors.As(err, &lim) {
+		if lim := (*lockstore.ExplicitLimitError)(nil); errors.As(err, &lim) {
 			title, detail = limitTitle(lim.Limit), fmt.Sprintf("zone %q: %s; try again later", d.h.Zone, lim)
 		}
 		d.settle(resultFull)
@@ -1240,7 +1236,7 @@ func (d *davRequest) storeFailed(err error) error {
 			Detail: detail, Instance: d.r.URL.RequestURI(),
 		}, time.Second, d.key, err)
 	}
-	if errors.Is(err, ErrStoreUnavailable) || errors.Is(err, ErrStoreFailed) {
+	if errors.Is(err, lockstore.ErrStoreUnavailable) || errors.Is(err, lockstore.ErrStoreFailed) {
 		// fail_closed: 503 with Retry-After and a problem body, as for
 		// an in-flight lock the store could not grant.
 		d.counted = true // refuse counts it
@@ -1254,7 +1250,7 @@ func (d *davRequest) storeFailed(err error) error {
 // a WebDAV client gets 423 with DAV:error naming the busy resource,
 // everybody else the handler's usual refusal.
 func (d *davRequest) refuseInflight(err error) error {
-	var conflict *ConflictError
+	var conflict *lockstore.ConflictError
 	if !d.xml || !errors.As(err, &conflict) {
 		d.counted = true // refuse counts it
 		return d.h.refuse(d.w, d.r, d.repl, d.key, err)
@@ -1275,7 +1271,7 @@ func (d *davRequest) refuseInflight(err error) error {
 // lockRoots returns the roots of locks as the clients named them
 // (without repeats, in the order of locks) and how long until the last
 // of the locks ends unless refreshed.
-func lockRoots(locks []ExplicitLock) (hrefs []string, retry time.Duration) {
+func lockRoots(locks []lockstore.ExplicitLock) (hrefs []string, retry time.Duration) {
 	for _, l := range locks {
 		retry = max(retry, time.Until(l.Expires))
 		if !slices.Contains(hrefs, l.Href) {
@@ -1293,7 +1289,7 @@ func (d *davRequest) setRetryAfter(retry time.Duration) {
 // refuseExplicit answers 423 for explicit locks in the way: DAV:error
 // naming their roots for WebDAV clients, a problem document otherwise;
 // Retry-After says when the last of them ends unless refreshed.
-func (d *davRequest) refuseExplicit(locks []ExplicitLock, condition string) error {
+func (d *davRequest) refuseExplicit(locks []lockstore.ExplicitLock, condition string) error {
 	d.settle(resultConflict)
 	if len(locks) == 0 {
 		return d.refuseVanished(condition)
@@ -1343,8 +1339,8 @@ func (d *davRequest) refuseVanished(condition string) error {
 
 // allBelow reports whether every lock of locks is rooted strictly below
 // key: only a depth-infinity LOCK on key meets such locks.
-func allBelow(locks []ExplicitLock, key string) bool {
-	return len(locks) > 0 && !slices.ContainsFunc(locks, func(l ExplicitLock) bool { return !isBelow(l.Root, key) })
+func allBelow(locks []lockstore.ExplicitLock, key string) bool {
+	return len(locks) > 0 && !slices.ContainsFunc(locks, func(l lockstore.ExplicitLock) bool { return !lockstore.Below(l.Root, key) })
 }
 
 // refuseBelow answers a depth-infinity LOCK that locks on resources below
@@ -1353,7 +1349,7 @@ func allBelow(locks []ExplicitLock, key string) bool {
 // 423 Locked for each of their roots and one of 424 Failed Dependency for
 // the request URI. Retry-After says when the last of them ends unless
 // refreshed.
-func (d *davRequest) refuseBelow(locks []ExplicitLock) error {
+func (d *davRequest) refuseBelow(locks []lockstore.ExplicitLock) error {
 	if len(locks) == 0 {
 		return d.refuseExplicit(nil, CondNoConflictingLock)
 	}
@@ -1389,8 +1385,8 @@ func marshalLockFailure(blocked []string, requestURI string) []byte {
 // It counts the request in the metrics: as result (acquired or waited,
 // which ServeHTTP has set as {http.lock.result}) when it passes, by its
 // refusal otherwise, so that a refused write is not counted as acquired.
-func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease Lease, result string) (bool, error) {
-	if hint, ok := lease.(explicitHint); ok && !hint.ExplicitLocksInZone() {
+func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease lockstore.Lease, result string) (bool, error) {
+	if !lease.ExplicitLocksInZone() {
 		// The grant saw no explicit lock in the zone; one made since
 		// then is no different from one made while this write was
 		// already in flight.
@@ -1407,7 +1403,7 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 			return false, nil
 		}
 		result := resultUnavailable
-		if errors.Is(err, ErrFull) {
+		if errors.Is(err, lockstore.ErrFull) {
 			result = resultFull
 		}
 		err = d.storeFailed(err)

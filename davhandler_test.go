@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/net/webdav"
@@ -604,9 +606,9 @@ func inEachStore(t *testing.T, test func(t *testing.T, store string)) {
 
 // zoneStore finds the explicit lock store of a zone that a running config
 // uses.
-func zoneStore(t *testing.T, name string) LockStore {
+func zoneStore(t *testing.T, name string) lockstore.LockStore {
 	t.Helper()
-	var s LockStore
+	var s lockstore.LockStore
 	zones.Range(func(k, v any) bool {
 		if z := v.(*zone); z.name == name {
 			s = z.explicit
@@ -911,13 +913,13 @@ func TestDAVBadInput(t *testing.T) {
 	}
 	// A path deeper than the lock tables accept, read as well as written:
 	// every WebDAV request walks the explicit locks of its ancestors.
-	deep := deepKey(MaxHierarchyDepth + 1)
+	deep := deepKey(lockstore.MaxHierarchyDepth + 1)
 	for _, m := range []string{"PROPFIND", "GET", "PUT"} {
 		if r := davDo(t, m, url+deep, "", nil); r.status != http.StatusBadRequest || !strings.Contains(r.body, "segments") {
-			t.Errorf("%s of a %d-segment path: %d %q, want 400", m, MaxHierarchyDepth+1, r.status, r.body)
+			t.Errorf("%s of a %d-segment path: %d %q, want 400", m, lockstore.MaxHierarchyDepth+1, r.status, r.body)
 		}
 		if n := b.saw(m + " " + deep); n != 0 {
-			t.Fatalf("%s of a %d-segment path reached the backend", m, MaxHierarchyDepth+1)
+			t.Fatalf("%s of a %d-segment path reached the backend", m, lockstore.MaxHierarchyDepth+1)
 		}
 	}
 	// Good Depth headers pass, infinity in any case.
@@ -1266,14 +1268,14 @@ func TestDAVWaitPlaceholder(t *testing.T) {
 
 func TestCoalesce(t *testing.T) {
 	for _, c := range []struct {
-		in, want []Request
+		in, want []lockstore.Request
 	}{
-		{[]Request{{Key: "/a/b", Kind: Shared}, {Key: "/a", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
-		{[]Request{{Key: "/a", Kind: Shared}, {Key: "/a/b", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
-		{[]Request{{Key: "/a", Kind: Exclusive}, {Key: "/a", Kind: Exclusive}}, []Request{{Key: "/a", Kind: Exclusive}}},
-		{[]Request{{Key: "/a-b", Kind: Exclusive}, {Key: "/a", Kind: Shared}, {Key: "/a/b", Kind: Exclusive}},
-			[]Request{{Key: "/a", Kind: Exclusive}, {Key: "/a-b", Kind: Exclusive}}},
-		{[]Request{{Key: "/z", Kind: Exclusive}, {Key: "/", Kind: Shared}}, []Request{{Key: "/", Kind: Exclusive}}},
+		{[]lockstore.Request{{Key: "/a/b", Kind: lockstore.Shared}, {Key: "/a", Kind: lockstore.Exclusive}}, []lockstore.Request{{Key: "/a", Kind: lockstore.Exclusive}}},
+		{[]lockstore.Request{{Key: "/a", Kind: lockstore.Shared}, {Key: "/a/b", Kind: lockstore.Exclusive}}, []lockstore.Request{{Key: "/a", Kind: lockstore.Exclusive}}},
+		{[]lockstore.Request{{Key: "/a", Kind: lockstore.Exclusive}, {Key: "/a", Kind: lockstore.Exclusive}}, []lockstore.Request{{Key: "/a", Kind: lockstore.Exclusive}}},
+		{[]lockstore.Request{{Key: "/a-b", Kind: lockstore.Exclusive}, {Key: "/a", Kind: lockstore.Shared}, {Key: "/a/b", Kind: lockstore.Exclusive}},
+			[]lockstore.Request{{Key: "/a", Kind: lockstore.Exclusive}, {Key: "/a-b", Kind: lockstore.Exclusive}}},
+		{[]lockstore.Request{{Key: "/z", Kind: lockstore.Exclusive}, {Key: "/", Kind: lockstore.Shared}}, []lockstore.Request{{Key: "/", Kind: lockstore.Exclusive}}},
 	} {
 		if got := coalesce(slices.Clone(c.in)); !slices.Equal(got, c.want) {
 			t.Errorf("coalesce(%v) = %v, want %v", c.in, got, c.want)

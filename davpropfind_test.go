@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
 func TestPropfindWants(t *testing.T) {
@@ -51,7 +53,7 @@ func TestSetLockProps(t *testing.T) {
 		`<D:propstat><D:prop><D:lockdiscovery/></D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>` +
 		`</D:response></D:multistatus>`
 	disc := func(string) ([]byte, error) {
-		return LockDiscoveryElement(ActiveLock{Root: "/a", Token: "urn:uuid:x", Scope: Shared, Depth: DepthZero, Timeout: 5e9}), nil
+		return LockDiscoveryElement(ActiveLock{Root: "/a", Token: "urn:uuid:x", Scope: lockstore.Shared, Depth: lockstore.DepthZero, Timeout: 5e9}), nil
 	}
 	out, err := rewriteString(t.Context(), doc, lockPropsWanted{discovery: true}, disc)
 	if err != nil {
@@ -177,7 +179,7 @@ func FuzzXMLTree(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	disc := func(p string) ([]byte, error) {
-		return LockDiscoveryElement(ActiveLock{Root: p, Token: "urn:uuid:x", Scope: Exclusive, Depth: DepthInfinity, Owner: []byte(`<D:href xmlns:D="DAV:">o</D:href>`), Timeout: 5e9}), nil
+		return LockDiscoveryElement(ActiveLock{Root: p, Token: "urn:uuid:x", Scope: lockstore.Exclusive, Depth: lockstore.DepthInfinity, Owner: []byte(`<D:href xmlns:D="DAV:">o</D:href>`), Timeout: 5e9}), nil
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, want := range []lockPropsWanted{{discovery: true, supported: true}, {discovery: true, supported: true, names: true}, {supported: true}} {

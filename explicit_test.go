@@ -17,12 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
 )
 
 func TestMemLockStoreContract(t *testing.T) {
-	testLockStoreContract(t, func(t *testing.T) LockStore {
+	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
 		s := NewMemLockStore(0)
 		t.Cleanup(s.Close)
 		return s
@@ -31,10 +33,10 @@ func TestMemLockStoreContract(t *testing.T) {
 
 // testLockStoreContract checks the rules of the LockStore interface; every
 // implementation runs it. newStore returns an empty store.
-func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) {
+func testLockStoreContract(t *testing.T, newStore func(t *testing.T) lockstore.LockStore) {
 	ctx := context.Background()
-	lock := func(root string, scope Kind, depth Depth) ExplicitLock {
-		return ExplicitLock{
+	lock := func(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
+		return lockstore.ExplicitLock{
 			Token:   NewLockToken(),
 			Root:    root,
 			Href:    root,
@@ -45,7 +47,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 			Timeout: time.Hour,
 		}
 	}
-	mustCreate := func(t *testing.T, s LockStore, l ExplicitLock) ExplicitLock {
+	mustCreate := func(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
 		t.Helper()
 		got, err := s.Create(ctx, l)
 		if err != nil {
@@ -53,7 +55,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 		}
 		return got
 	}
-	roots := func(ls []ExplicitLock) []string {
+	roots := func(ls []lockstore.ExplicitLock) []string {
 		var out []string
 		for _, l := range ls {
 			out = append(out, l.Root)
@@ -63,7 +65,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 
 	t.Run("CreateGetRemove", func(t *testing.T) {
 		s := newStore(t)
-		want := lock("/a/b", Exclusive, DepthZero)
+		want := lock("/a/b", lockstore.Exclusive, lockstore.DepthZero)
 		before := time.Now()
 		got := mustCreate(t, s, want)
 		if got.Created.Before(before.Add(-time.Second)) || got.Created.After(time.Now().Add(time.Second)) {
@@ -76,7 +78,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if g.Root != "/a/b" || g.Href != "/a/b" || g.Scope != Exclusive || g.Depth != DepthZero ||
+		if g.Root != "/a/b" || g.Href != "/a/b" || g.Scope != lockstore.Exclusive || g.Depth != lockstore.DepthZero ||
 			string(g.Owner) != string(want.Owner) || g.Creator != "alice" || g.Timeout != time.Hour {
 			t.Fatalf("Get = %+v, want the fields given to Create", g)
 		}
@@ -87,13 +89,13 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 		if err != nil || r.Token != want.Token {
 			t.Fatalf("Remove = %+v, %v", r, err)
 		}
-		if _, err := s.Get(ctx, want.Token); !errors.Is(err, ErrNoSuchLock) {
+		if _, err := s.Get(ctx, want.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 			t.Fatalf("Get after Remove: %v, want ErrNoSuchLock", err)
 		}
-		if _, err := s.Remove(ctx, want.Token); !errors.Is(err, ErrNoSuchLock) {
+		if _, err := s.Remove(ctx, want.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 			t.Fatalf("second Remove: %v, want ErrNoSuchLock", err)
 		}
-		if _, err := s.Refresh(ctx, want.Token, time.Minute); !errors.Is(err, ErrNoSuchLock) {
+		if _, err := s.Refresh(ctx, want.Token, time.Minute); !errors.Is(err, lockstore.ErrNoSuchLock) {
 			t.Fatalf("Refresh after Remove: %v, want ErrNoSuchLock", err)
 		}
 		if ls, err := s.List(ctx); err != nil || len(ls) != 0 {
@@ -104,28 +106,28 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 	t.Run("Conflicts", func(t *testing.T) {
 		cases := []struct {
 			name     string
-			held     ExplicitLock
-			new      ExplicitLock
+			held     lockstore.ExplicitLock
+			new      lockstore.ExplicitLock
 			conflict bool
 		}{
-			{"exclusive same root", lock("/a", Exclusive, DepthZero), lock("/a", Exclusive, DepthZero), true},
-			{"shared after exclusive", lock("/a", Exclusive, DepthZero), lock("/a", Shared, DepthZero), true},
-			{"exclusive after shared", lock("/a", Shared, DepthZero), lock("/a", Exclusive, DepthZero), true},
-			{"shared with shared", lock("/a", Shared, DepthInfinity), lock("/a", Shared, DepthInfinity), false},
-			{"infinite parent covers child", lock("/a", Exclusive, DepthInfinity), lock("/a/b/c", Shared, DepthZero), true},
-			{"depth-0 parent does not cover child", lock("/a", Exclusive, DepthZero), lock("/a/b", Exclusive, DepthZero), false},
-			{"new infinite lock over held child", lock("/a/b", Shared, DepthZero), lock("/a", Exclusive, DepthInfinity), true},
-			{"new depth-0 lock over held child", lock("/a/b", Exclusive, DepthZero), lock("/a", Exclusive, DepthZero), false},
-			{"siblings", lock("/a/b", Exclusive, DepthInfinity), lock("/a/c", Exclusive, DepthInfinity), false},
-			{"prefix is not a parent", lock("/a", Exclusive, DepthInfinity), lock("/ab", Exclusive, DepthInfinity), false},
-			{"root lock covers all", lock("/", Exclusive, DepthInfinity), lock("/x/y", Exclusive, DepthZero), true},
+			{"exclusive same root", lock("/a", lockstore.Exclusive, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthZero), true},
+			{"shared after exclusive", lock("/a", lockstore.Exclusive, lockstore.DepthZero), lock("/a", lockstore.Shared, lockstore.DepthZero), true},
+			{"exclusive after shared", lock("/a", lockstore.Shared, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthZero), true},
+			{"shared with shared", lock("/a", lockstore.Shared, lockstore.DepthInfinity), lock("/a", lockstore.Shared, lockstore.DepthInfinity), false},
+			{"infinite parent covers child", lock("/a", lockstore.Exclusive, lockstore.DepthInfinity), lock("/a/b/c", lockstore.Shared, lockstore.DepthZero), true},
+			{"depth-0 parent does not cover child", lock("/a", lockstore.Exclusive, lockstore.DepthZero), lock("/a/b", lockstore.Exclusive, lockstore.DepthZero), false},
+			{"new infinite lock over held child", lock("/a/b", lockstore.Shared, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthInfinity), true},
+			{"new depth-0 lock over held child", lock("/a/b", lockstore.Exclusive, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthZero), false},
+			{"siblings", lock("/a/b", lockstore.Exclusive, lockstore.DepthInfinity), lock("/a/c", lockstore.Exclusive, lockstore.DepthInfinity), false},
+			{"prefix is not a parent", lock("/a", lockstore.Exclusive, lockstore.DepthInfinity), lock("/ab", lockstore.Exclusive, lockstore.DepthInfinity), false},
+			{"root lock covers all", lock("/", lockstore.Exclusive, lockstore.DepthInfinity), lock("/x/y", lockstore.Exclusive, lockstore.DepthZero), true},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
 				s := newStore(t)
 				held := mustCreate(t, s, c.held)
 				_, err := s.Create(ctx, c.new)
-				var ce *LockConflictError
+				var ce *lockstore.LockConflictError
 				if !c.conflict {
 					if err != nil {
 						t.Fatalf("Create: %v, want no conflict", err)
@@ -138,7 +140,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 				if len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token || ce.Conflicts[0].Root != held.Root {
 					t.Fatalf("conflicts = %+v, want the held lock", ce.Conflicts)
 				}
-				if _, err := s.Get(ctx, c.new.Token); !errors.Is(err, ErrNoSuchLock) {
+				if _, err := s.Get(ctx, c.new.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 					t.Fatalf("refused lock was added: %v", err)
 				}
 			})
@@ -147,15 +149,15 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 
 	t.Run("Affecting", func(t *testing.T) {
 		s := newStore(t)
-		for _, l := range []ExplicitLock{
-			lock("/", Shared, DepthZero),
-			lock("/a", Shared, DepthInfinity),
-			lock("/a", Shared, DepthZero),
-			lock("/a/b", Shared, DepthZero),
-			lock("/a/b/c", Shared, DepthInfinity),
-			lock("/a/b/c/d", Shared, DepthZero),
-			lock("/a/bb", Shared, DepthZero),
-			lock("/z", Shared, DepthInfinity),
+		for _, l := range []lockstore.ExplicitLock{
+			lock("/", lockstore.Shared, lockstore.DepthZero),
+			lock("/a", lockstore.Shared, lockstore.DepthInfinity),
+			lock("/a", lockstore.Shared, lockstore.DepthZero),
+			lock("/a/b", lockstore.Shared, lockstore.DepthZero),
+			lock("/a/b/c", lockstore.Shared, lockstore.DepthInfinity),
+			lock("/a/b/c/d", lockstore.Shared, lockstore.DepthZero),
+			lock("/a/bb", lockstore.Shared, lockstore.DepthZero),
+			lock("/z", lockstore.Shared, lockstore.DepthInfinity),
 		} {
 			mustCreate(t, s, l)
 		}
@@ -181,7 +183,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 			if !slices.Equal(roots(got), c.want) {
 				t.Errorf("Affecting(%q, %v) = %v, want %v", c.key, c.below, roots(got), c.want)
 			}
-			if !slices.IsSortedFunc(got, func(a, b ExplicitLock) int {
+			if !slices.IsSortedFunc(got, func(a, b lockstore.ExplicitLock) int {
 				if a.Root != b.Root {
 					return strings.Compare(a.Root, b.Root)
 				}
@@ -198,8 +200,8 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 
 	t.Run("RemoveUnder", func(t *testing.T) {
 		s := newStore(t)
-		keep := []ExplicitLock{lock("/a", Shared, DepthInfinity), lock("/ab", Exclusive, DepthZero), lock("/c", Exclusive, DepthZero)}
-		gone := []ExplicitLock{lock("/a/b", Shared, DepthZero), lock("/a/b/c", Shared, DepthZero), lock("/a/b/c/d", Shared, DepthInfinity)}
+		keep := []lockstore.ExplicitLock{lock("/a", lockstore.Shared, lockstore.DepthInfinity), lock("/ab", lockstore.Exclusive, lockstore.DepthZero), lock("/c", lockstore.Exclusive, lockstore.DepthZero)}
+		gone := []lockstore.ExplicitLock{lock("/a/b", lockstore.Shared, lockstore.DepthZero), lock("/a/b/c", lockstore.Shared, lockstore.DepthZero), lock("/a/b/c/d", lockstore.Shared, lockstore.DepthInfinity)}
 		for _, l := range append(slices.Clone(keep), gone...) {
 			mustCreate(t, s, l)
 		}
@@ -208,7 +210,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 			t.Fatalf("RemoveUnder = %d, %v; want 3", n, err)
 		}
 		for _, l := range gone {
-			if _, err := s.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+			if _, err := s.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 				t.Fatalf("lock on %s survived RemoveUnder: %v", l.Root, err)
 			}
 		}
@@ -225,7 +227,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 		if _, err := s.Remove(ctx, keep[0].Token); err != nil {
 			t.Fatal(err)
 		}
-		mustCreate(t, s, lock("/a/b", Exclusive, DepthInfinity))
+		mustCreate(t, s, lock("/a/b", lockstore.Exclusive, lockstore.DepthInfinity))
 		if n, err := s.RemoveUnder(ctx, "/nothing"); err != nil || n != 0 {
 			t.Fatalf("RemoveUnder of an unlocked path = %d, %v", n, err)
 		}
@@ -233,7 +235,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 
 	t.Run("Refresh", func(t *testing.T) {
 		s := newStore(t)
-		l := lock("/r", Exclusive, DepthZero)
+		l := lock("/r", lockstore.Exclusive, lockstore.DepthZero)
 		l.Timeout = 150 * time.Millisecond
 		created := mustCreate(t, s, l)
 		r, err := s.Refresh(ctx, l.Token, time.Hour)
@@ -255,14 +257,14 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 
 	t.Run("Expiry", func(t *testing.T) {
 		s := newStore(t)
-		short := lock("/e", Exclusive, DepthInfinity)
+		short := lock("/e", lockstore.Exclusive, lockstore.DepthInfinity)
 		short.Timeout = 100 * time.Millisecond
-		long := lock("/f", Exclusive, DepthZero)
+		long := lock("/f", lockstore.Exclusive, lockstore.DepthZero)
 		mustCreate(t, s, short)
 		mustCreate(t, s, long)
 		waitFor(t, 5*time.Second, "the short lock to expire", func() bool {
 			_, err := s.Get(ctx, short.Token)
-			return errors.Is(err, ErrNoSuchLock)
+			return errors.Is(err, lockstore.ErrNoSuchLock)
 		})
 		for _, q := range []string{"/e", "/e/x"} {
 			if got, _ := s.Affecting(ctx, q, true); len(got) != 0 {
@@ -273,25 +275,25 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 		if !slices.Equal(roots(ls), []string{"/f"}) {
 			t.Fatalf("List = %v, want only /f", roots(ls))
 		}
-		if _, err := s.Refresh(ctx, short.Token, time.Hour); !errors.Is(err, ErrNoSuchLock) {
+		if _, err := s.Refresh(ctx, short.Token, time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
 			t.Fatalf("Refresh of an expired lock: %v", err)
 		}
 		// Its root can be locked again.
-		mustCreate(t, s, lock("/e/child", Exclusive, DepthZero))
+		mustCreate(t, s, lock("/e/child", lockstore.Exclusive, lockstore.DepthZero))
 	})
 
 	t.Run("ContextEnded", func(t *testing.T) {
 		s := newStore(t)
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		l := lock("/c", Exclusive, DepthZero)
+		l := lock("/c", lockstore.Exclusive, lockstore.DepthZero)
 		if _, err := s.Create(cctx, l); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Create with an ended context: %v", err)
 		}
 		if _, err := s.Affecting(cctx, "/c", true); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Affecting with an ended context: %v", err)
 		}
-		if _, err := s.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+		if _, err := s.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 			t.Fatalf("lock created with an ended context: %v", err)
 		}
 	})
@@ -311,9 +313,9 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 			go func() {
 				defer wg.Done()
 				for j := range 50 {
-					l := lock(paths[(i+j)%3], Exclusive, DepthInfinity)
+					l := lock(paths[(i+j)%3], lockstore.Exclusive, lockstore.DepthInfinity)
 					if _, err := s.Create(ctx, l); err != nil {
-						var ce *LockConflictError
+						var ce *lockstore.LockConflictError
 						if !errors.As(err, &ce) {
 							t.Errorf("Create: %v", err)
 						}
@@ -345,12 +347,12 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 	t.Run("SharedInfiniteOverManyShared", func(t *testing.T) {
 		s := newStore(t)
 		for i := range 70 {
-			mustCreate(t, s, lock(fmt.Sprintf("/a/s%02d", i), Shared, DepthZero))
+			mustCreate(t, s, lock(fmt.Sprintf("/a/s%02d", i), lockstore.Shared, lockstore.DepthZero))
 		}
-		excl := mustCreate(t, s, lock("/a/z", Exclusive, DepthZero))
-		_, err := s.Create(ctx, lock("/a", Shared, DepthInfinity))
-		var ce *LockConflictError
-		if !errors.As(err, &ce) || !slices.ContainsFunc(ce.Conflicts, func(l ExplicitLock) bool { return l.Token == excl.Token }) {
+		excl := mustCreate(t, s, lock("/a/z", lockstore.Exclusive, lockstore.DepthZero))
+		_, err := s.Create(ctx, lock("/a", lockstore.Shared, lockstore.DepthInfinity))
+		var ce *lockstore.LockConflictError
+		if !errors.As(err, &ce) || !slices.ContainsFunc(ce.Conflicts, func(l lockstore.ExplicitLock) bool { return l.Token == excl.Token }) {
 			t.Fatalf("shared depth-infinity lock over an exclusive lock below: %v, want a conflict with /a/z", err)
 		}
 	})
@@ -361,13 +363,13 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) LockStore) 
 	t.Run("ConflictInFullZone", func(t *testing.T) {
 		s := newStore(t)
 		s.(interface{ SetMax(int) }).SetMax(1)
-		held := mustCreate(t, s, lock("/a", Exclusive, DepthInfinity))
-		_, err := s.Create(ctx, lock("/a/b", Shared, DepthZero))
-		var ce *LockConflictError
+		held := mustCreate(t, s, lock("/a", lockstore.Exclusive, lockstore.DepthInfinity))
+		_, err := s.Create(ctx, lock("/a/b", lockstore.Shared, lockstore.DepthZero))
+		var ce *lockstore.LockConflictError
 		if !errors.As(err, &ce) || len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token {
 			t.Fatalf("conflicting Create in a full zone: %v, want a conflict with the lock on /a", err)
 		}
-		if _, err := s.Create(ctx, lock("/b", Exclusive, DepthZero)); !errors.Is(err, ErrFull) {
+		if _, err := s.Create(ctx, lock("/b", lockstore.Exclusive, lockstore.DepthZero)); !errors.Is(err, lockstore.ErrFull) {
 			t.Fatalf("Create of a free root in a full zone: %v, want ErrFull", err)
 		}
 	})
@@ -379,8 +381,8 @@ func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 	s := NewMemLockStore(0)
 	defer s.Close()
 	for i := range 100 {
-		_, err := s.Create(context.Background(), ExplicitLock{
-			Token: NewLockToken(), Root: fmt.Sprintf("/t/%d", i), Scope: Exclusive,
+		_, err := s.Create(context.Background(), lockstore.ExplicitLock{
+			Token: NewLockToken(), Root: fmt.Sprintf("/t/%d", i), Scope: lockstore.Exclusive,
 			Timeout: time.Duration(50+i) * time.Millisecond,
 		})
 		if err != nil {
@@ -402,14 +404,14 @@ func TestMemLockStoreFull(t *testing.T) {
 	ctx := context.Background()
 	var tokens []string
 	for i := range 2 {
-		l, err := s.Create(ctx, ExplicitLock{Token: NewLockToken(), Root: fmt.Sprintf("/%d", i), Scope: Exclusive, Timeout: time.Hour})
+		l, err := s.Create(ctx, lockstore.ExplicitLock{Token: NewLockToken(), Root: fmt.Sprintf("/%d", i), Scope: lockstore.Exclusive, Timeout: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
 		tokens = append(tokens, l.Token)
 	}
-	_, err := s.Create(ctx, ExplicitLock{Token: NewLockToken(), Root: "/x", Scope: Exclusive, Timeout: time.Hour})
-	if !errors.Is(err, ErrFull) {
+	_, err := s.Create(ctx, lockstore.ExplicitLock{Token: NewLockToken(), Root: "/x", Scope: lockstore.Exclusive, Timeout: time.Hour})
+	if !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("Create past the limit: %v, want ErrFull", err)
 	}
 	// Nothing was evicted.
@@ -422,7 +424,7 @@ func TestMemLockStoreFull(t *testing.T) {
 
 // usageOf reads what a zone's explicit store counts: bytes against
 // max_lock_bytes, and the locks of owner.
-func usageOf(t *testing.T, s LockStore, owner string) (bytes, owned int64) {
+func usageOf(t *testing.T, s lockstore.LockStore, owner string) (bytes, owned int64) {
 	t.Helper()
 	switch s := s.(type) {
 	case *MemLockStore:
@@ -441,7 +443,7 @@ func usageOf(t *testing.T, s LockStore, owner string) (bytes, owned int64) {
 
 // limitOf returns the limit that err names, "" when it names none.
 func limitOf(err error) string {
-	var lim *ExplicitLimitError
+	var lim *lockstore.ExplicitLimitError
 	if errors.As(err, &lim) {
 		return lim.Limit
 	}
@@ -453,26 +455,26 @@ func limitOf(err error) string {
 // refused with the limit named and nothing is evicted, and at the end
 // nothing is left counted.
 func testLockStoreBudget(t *testing.T, s interface {
-	LockStore
+	lockstore.LockStore
 	SetBudget(int64, int)
 }) {
 	ctx := context.Background()
 	owner := []byte(`<D:href xmlns:D="DAV:">` + strings.Repeat("o", 1000) + `</D:href>`)
-	lk := func(root, creator string, timeout time.Duration) ExplicitLock {
-		return ExplicitLock{Token: NewLockToken(), Root: root, Href: root, Scope: Exclusive, Depth: DepthZero,
+	lk := func(root, creator string, timeout time.Duration) lockstore.ExplicitLock {
+		return lockstore.ExplicitLock{Token: NewLockToken(), Root: root, Href: root, Scope: lockstore.Exclusive, Depth: lockstore.DepthZero,
 			Owner: owner, Creator: creator, Timeout: timeout}
 	}
 	sample := lk("/b/0", "alice", time.Hour)
-	cost := lockBytes(&sample)
+	cost := lockstore.LockBytes(&sample)
 	s.SetBudget(5*cost+100, 2)
-	held := map[string]int64{} // token → lockBytes of the locks that should be held
-	create := func(l ExplicitLock) ExplicitLock {
+	held := map[string]int64{} // token → lockstore.LockBytes of the locks that should be held
+	create := func(l lockstore.ExplicitLock) lockstore.ExplicitLock {
 		t.Helper()
 		got := mustCreate(t, s, l)
-		held[l.Token] = lockBytes(&l)
+		held[l.Token] = lockstore.LockBytes(&l)
 		return got
 	}
-	remove := func(l ExplicitLock) {
+	remove := func(l lockstore.ExplicitLock) {
 		t.Helper()
 		if _, err := s.Remove(ctx, l.Token); err != nil {
 			t.Fatal(err)
@@ -496,20 +498,20 @@ func testLockStoreBudget(t *testing.T, s interface {
 	create(lk("/b/1", "alice", time.Hour))
 	want(2)
 	// Alice is at max_locks_per_owner; Bob is not.
-	if _, err := s.Create(ctx, lk("/b/2", "alice", time.Hour)); limitOf(err) != limitLocksPerOwner || !errors.Is(err, ErrFull) {
+	if _, err := s.Create(ctx, lk("/b/2", "alice", time.Hour)); limitOf(err) != lockstore.LimitLocksPerOwner || !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("alice's third lock: %v, want max_locks_per_owner", err)
 	}
 	bob := create(lk("/b/3", "bob", time.Hour))
 	// Locks of the admin API count against the bytes, not per owner.
-	adm := create(lk("/b/4", adminCreator, time.Hour))
-	adm2 := create(lk("/b/5", adminCreator, 150*time.Millisecond))
+	adm := create(lk("/b/4", lockstore.AdminCreator, time.Hour))
+	adm2 := create(lk("/b/5", lockstore.AdminCreator, 150*time.Millisecond))
 	want(2)
 	// The budget is used up: a sixth lock is refused, whoever asks.
-	if _, err := s.Create(ctx, lk("/b/6", "carol", time.Hour)); limitOf(err) != limitLockBytes || !errors.Is(err, ErrFull) {
+	if _, err := s.Create(ctx, lk("/b/6", "carol", time.Hour)); limitOf(err) != lockstore.LimitLockBytes || !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("past max_lock_bytes: %v, want max_lock_bytes", err)
 	}
 	// A lock in conflict is a conflict, not a refusal for room.
-	var ce *LockConflictError
+	var ce *lockstore.LockConflictError
 	if _, err := s.Create(ctx, lk("/b/0", "carol", time.Hour)); !errors.As(err, &ce) {
 		t.Fatalf("conflicting lock in a full budget: %v, want a conflict", err)
 	}
@@ -524,7 +526,7 @@ func testLockStoreBudget(t *testing.T, s interface {
 		b, _ := usageOf(t, s, "alice")
 		return b == sum()
 	})
-	if _, err := s.Get(ctx, adm2.Token); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Get(ctx, adm2.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("expired lock: %v", err)
 	}
 	carol := create(lk("/b/6", "carol", time.Hour))
@@ -545,7 +547,7 @@ func testLockStoreBudget(t *testing.T, s interface {
 	}
 	clear(held)
 	want(0)
-	for _, who := range []string{"bob", "carol", adminCreator} {
+	for _, who := range []string{"bob", "carol", lockstore.AdminCreator} {
 		if _, o := usageOf(t, s, who); o != 0 {
 			t.Fatalf("%q still holds %d locks", who, o)
 		}
@@ -761,7 +763,7 @@ func redisUsedMemory(t *testing.T, c redis.UniversalClient) int64 {
 }
 
 // TestExplicitLockBytesCoverHeap measures what LOCKs keep in the memory
-// store through Caddy: lockBytes must count at least the heap a lock
+// store through Caddy: lockstore.LockBytes must count at least the heap a lock
 // keeps (flat paths with large owners, and deep paths, which need a tree
 // node per segment), and with max_lock_bytes a flood of LOCKs grows the
 // heap by no more than about the budget.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/redis/go-redis/v9"
 )
 
@@ -199,7 +201,7 @@ func TestRedisFenceAfterLostGrant(t *testing.T) {
 	rc, mc := redisClient(t, replica), redisClient(t, master)
 	old := newRedisLocker(t, master, t.Name(), redisOpts{})
 	for range 3 {
-		redisAcquire(t, old, "/doc", Exclusive).Release()
+		redisAcquire(t, old, "/doc", lockstore.Exclusive).Release()
 	}
 	if n, err := mc.Do(ctx, "WAIT", 1, 2000).Int(); err != nil || n != 1 {
 		t.Fatalf("WAIT for the replica: %d %v", n, err)
@@ -209,10 +211,10 @@ func TestRedisFenceAfterLostGrant(t *testing.T) {
 	if err := rc.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
 		t.Fatal(err)
 	}
-	lost := redisAcquire(t, old, "/doc", Exclusive)
+	lost := redisAcquire(t, old, "/doc", lockstore.Exclusive)
 	defer lost.Release()
 	promoted := newRedisLocker(t, replica, t.Name(), redisOpts{})
-	again := redisAcquire(t, promoted, "/doc", Exclusive) // granted twice: what no setting prevents
+	again := redisAcquire(t, promoted, "/doc", lockstore.Exclusive) // granted twice: what no setting prevents
 	defer again.Release()
 	if again.Fence() <= lost.Fence() {
 		t.Fatalf("fence %d from the promoted replica, %d from the lost grant: want a greater one", again.Fence(), lost.Fence())

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -64,8 +66,8 @@ type holdContext struct {
 	// which the client's connection is not this request's to touch.
 	abort    func()
 	finished bool
-	leases   []Lease
-	lease    [1]Lease // backing for leases when there is one
+	leases   []lockstore.Lease
+	lease    [1]lockstore.Lease // backing for leases when there is one
 
 	// zone, key and kind name the one lock of a handler without webdav,
 	// so that a later lock handler of the same route and zone sees that
@@ -73,7 +75,7 @@ type holdContext struct {
 	// otherwise.
 	zone *zone
 	key  string
-	kind Kind
+	kind lockstore.Kind
 
 	// Links in the reaper's list, guarded by the reaper's mutex.
 	// Invariant: listed is true exactly while the context is in the list.
@@ -239,7 +241,7 @@ func newHoldReaper(maxHold time.Duration, held prometheus.Gauge) *holdReaper {
 // lease is released once, by finish, when the route is done; at max_hold
 // the context ends and abort (if not nil) is called to cut off reads of
 // the client's body (see abortReads).
-func (rp *holdReaper) hold(parent context.Context, now time.Time, lease Lease, abort func()) *holdContext {
+func (rp *holdReaper) hold(parent context.Context, now time.Time, lease lockstore.Lease, abort func()) *holdContext {
 	c := rp.newHold(parent, now, abort)
 	c.lease[0] = lease
 	c.leases = c.lease[:]
@@ -248,7 +250,7 @@ func (rp *holdReaper) hold(parent context.Context, now time.Time, lease Lease, a
 }
 
 // holdAll is hold for several leases.
-func (rp *holdReaper) holdAll(parent context.Context, now time.Time, leases []Lease, abort func()) *holdContext {
+func (rp *holdReaper) holdAll(parent context.Context, now time.Time, leases []lockstore.Lease, abort func()) *holdContext {
 	c := rp.newHold(parent, now, abort)
 	c.leases = leases
 	rp.add(c)
@@ -461,7 +463,7 @@ func (h *Handler) newBodyWait(w http.ResponseWriter, r *http.Request) bodyWait {
 // conflicts and may queue first starts reading its body (see start);
 // one whose body is too large to keep is refused at once with the
 // conflict.
-func (b *bodyWait) acquire(l Locker, req Request) (Lease, error) {
+func (b *bodyWait) acquire(l lockstore.Locker, req lockstore.Request) (lockstore.Lease, error) {
 	if b.reading() {
 		return b.waited(l.Acquire(b.ctx, req))
 	}
@@ -471,7 +473,7 @@ func (b *bodyWait) acquire(l Locker, req Request) (Lease, error) {
 	now := req
 	now.Wait = 0
 	lease, err := l.Acquire(b.r.Context(), now)
-	var conflict *ConflictError
+	var conflict *lockstore.ConflictError
 	if err == nil || !errors.As(err, &conflict) {
 		return lease, err
 	}
@@ -529,7 +531,7 @@ func (b *bodyWait) start() bool {
 // waited is the outcome of a queued Acquire. A wait ended because the
 // body grew past max_wait_body is refused with the conflict that made
 // the request queue.
-func (b *bodyWait) waited(lease Lease, err error) (Lease, error) {
+func (b *bodyWait) waited(lease lockstore.Lease, err error) (lockstore.Lease, error) {
 	if err != nil && errors.Is(context.Cause(b.ctx), errWaitBodyTooLarge) {
 		return nil, b.conflict
 	}

@@ -18,6 +18,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -45,8 +47,8 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
-func isFree(l Locker, key string) bool {
-	lease, err := l.Acquire(context.Background(), Request{Key: key, Kind: Exclusive})
+func isFree(l lockstore.Locker, key string) bool {
+	lease, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: lockstore.Exclusive})
 	if err != nil {
 		return false
 	}
@@ -59,7 +61,9 @@ func isFree(l Locker, key string) bool {
 // whole process) must not start its timer inside a bubble.
 type countedLease struct{ releases atomic.Int32 }
 
-func (l *countedLease) Release() { l.releases.Add(1) }
+func (l *countedLease) Release()                  { l.releases.Add(1) }
+func (l *countedLease) Queued() bool              { return false }
+func (l *countedLease) ExplicitLocksInZone() bool { return true }
 
 // The route's context keeps the request's values but not its
 // cancellation; finishing the route ends it and releases the lock once.
@@ -124,7 +128,7 @@ func TestHoldContextOutlivesTheClient(t *testing.T) {
 func TestHoldContextMaxHold(t *testing.T) {
 	l, rp, held := holdFixture(t, 50*time.Millisecond)
 	aborted := make(chan struct{})
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", Exclusive), func() { close(aborted) })
+	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive), func() { close(aborted) })
 	child, cancel := context.WithCancel(hc)
 	defer cancel()
 	select {
@@ -151,7 +155,7 @@ func TestHoldContextMaxHold(t *testing.T) {
 		t.Fatal("the route's end after max_hold did not release the lock, or changed its error")
 	}
 	// A second holder is not released by a second finish.
-	other := mustAcquire(t, l, "/doc", Exclusive)
+	other := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 	defer other.Release()
 	hc.finish()
 	if isFree(l, "/doc") || gauge(t, held) != 0 {
@@ -164,7 +168,7 @@ func TestHoldContextMaxHold(t *testing.T) {
 func TestHoldContextNoAbortAfterFinish(t *testing.T) {
 	l, rp, _ := holdFixture(t, 20*time.Millisecond)
 	aborted := make(chan struct{}, 1)
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", Exclusive), func() { aborted <- struct{}{} })
+	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive), func() { aborted <- struct{}{} })
 	hc.finish()
 	hc.expire() // as a reaper that fired just before finish removed it would
 	select {
@@ -179,7 +183,7 @@ func TestHoldContextNoAbortAfterFinish(t *testing.T) {
 // context it does not know unless the context has an AfterFunc method).
 func TestHoldContextChildrenNeedNoGoroutine(t *testing.T) {
 	l, rp, _ := holdFixture(t, time.Minute)
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", Exclusive), nil)
+	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive), nil)
 	before := runtime.NumGoroutine()
 	cancels := make([]context.CancelFunc, 100)
 	children := make([]context.Context, 100)
@@ -254,7 +258,7 @@ func TestHoldReaper(t *testing.T) {
 	var hcs []*holdContext
 	for i := range 40 {
 		key := "/d/" + string(rune('a'+i%26)) + string(rune('a'+i/26))
-		hcs = append(hcs, rp.hold(context.Background(), time.Now(), mustAcquire(t, l, key, Exclusive), nil))
+		hcs = append(hcs, rp.hold(context.Background(), time.Now(), mustAcquire(t, l, key, lockstore.Exclusive), nil))
 	}
 	for i := 0; i < len(hcs); i += 2 {
 		hcs[i].finish() // every other route ends in time
@@ -293,7 +297,7 @@ func TestHoldReaper(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// It starts again for the next route.
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/again", Exclusive), nil)
+	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/again", lockstore.Exclusive), nil)
 	select {
 	case <-hc.Done():
 	case <-time.After(5 * time.Second):

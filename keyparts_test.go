@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -167,7 +169,7 @@ func TestFoldParamName(t *testing.T) {
 
 // The checks cost a request that has nothing to check no allocation.
 func TestOverrideAndKeyPartsAllocFree(t *testing.T) {
-	h := &Handler{kinds: map[string]Kind{}, defExcl: true}
+	h := &Handler{kinds: map[string]lockstore.Kind{}, defExcl: true}
 	h.keyParts = parseKeyParts("{http.request.header.X-Doc-Id}/{http.request.uri.query.id}")
 	r := httptest.NewRequest(http.MethodPut, "/doc?id=7&page=2", nil)
 	r.Header.Set("X-Doc-Id", "7")

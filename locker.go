@@ -2,7 +2,6 @@ package caddylock
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/bits"
@@ -10,137 +9,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
-
-// Kind is the kind of lock a request takes on its key.
-type Kind uint8
-
-const (
-	// Shared locks coexist with each other and exclude exclusive ones.
-	Shared Kind = iota + 1
-	// Exclusive locks exclude every other lock on the key.
-	Exclusive
-)
-
-func (k Kind) String() string {
-	switch k {
-	case Shared:
-		return "shared"
-	case Exclusive:
-		return "exclusive"
-	}
-	return fmt.Sprintf("Kind(%d)", uint8(k))
-}
-
-// Request says which lock to take.
-type Request struct {
-	// Key identifies the resource (a normalised path by default).
-	Key string
-	// Kind is shared or exclusive.
-	Kind Kind
-	// Wait is how long to queue behind a conflicting lock before giving
-	// up; 0 answers at once.
-	Wait time.Duration
-}
-
-// Locker is a lock table. Acquire either grants the lock and returns a
-// Lease, or returns a *ConflictError, ErrFull, an error wrapping ErrTooDeep
-// (with hierarchy), or the context's error when ctx ends while the request
-// is queued. Implementations keep at most one
-// grant per conflicting set: a lock is never granted twice.
-type Locker interface {
-	Acquire(ctx context.Context, req Request) (Lease, error)
-}
-
-// Lease is a granted lock. Release gives it back; it is safe to call more
-// than once and from any goroutine, and only the first call has an effect.
-type Lease interface {
-	Release()
-}
-
-// QueuedLease is a Lease that tells whether its request waited in the
-// queue before the grant. How long Acquire took does not tell: a Redis
-// round trip can take longer than a short wait.
-type QueuedLease interface {
-	Lease
-	Queued() bool
-}
-
-// ErrFull means the zone holds max_locks locks and waiters already; the
-// request is refused rather than evicting anybody's lock.
-var ErrFull = errors.New("lock table is full")
-
-// MaxHierarchyDepth is the most segments a key may have in a zone with
-// hierarchy. Every operation on a key visits each of its ancestors and
-// holds the shards they hash to meanwhile, so without a bound one long
-// path of short segments ("/a/a/a/…", thousands deep in a 16 KB URL)
-// holds every shard's mutex for as long as it takes to walk them all,
-// stalling unrelated writes: a cheap denial of service. No real tree is
-// this deep.
-const MaxHierarchyDepth = 255
-
-// ErrTooDeep means a key has more than MaxHierarchyDepth segments in a
-// zone with hierarchy. Retrying cannot help: the handler answers 400.
-var ErrTooDeep = errors.New("too deep for a hierarchical lock")
-
-// checkDepth returns an error wrapping ErrTooDeep when key has more than
-// MaxHierarchyDepth segments. Every hierarchical lock table calls it
-// before it walks key's ancestors, so that all refuse the same keys.
-func checkDepth(key string) error {
-	if len(key) < 2 || key[0] != '/' {
-		return nil // no ancestors (see ancestors)
-	}
-	// One ancestor per "/", which is also the number of segments.
-	if d := strings.Count(key, "/"); d > MaxHierarchyDepth {
-		return fmt.Errorf("key of %d segments (at most %d): %w", d, MaxHierarchyDepth, ErrTooDeep)
-	}
-	return nil
-}
-
-// ConflictError describes the lock that stood in the way.
-type ConflictError struct {
-	// Key is the key of the conflicting lock (an ancestor or the key
-	// itself, with hierarchy).
-	Key string
-	// Kind is the kind of the conflicting lock.
-	Kind Kind
-	// HeldFor is how long the conflicting lock has been held, to within
-	// a hundredth of a second (it may read up to that much long).
-	HeldFor time.Duration
-	// Below is set when the conflict is with locks held under Key.
-	Below bool
-	// RetryAfter is the estimated time until the lock is free, from the
-	// hold times recently observed in the zone; at least one second.
-	RetryAfter time.Duration
-}
-
-func (e *ConflictError) Error() string {
-	where := " lock on "
-	if e.Below {
-		where = " lock below "
-	}
-	// Concatenated, not formatted: every 423 describes its conflict.
-	return "conflicts with the " + e.Kind.String() + where + e.Key + ", held for " + e.HeldFor.Round(time.Millisecond).String()
-}
-
-// Defaults for a zone.
-const (
-	DefaultMaxLocks   = 100000
-	DefaultMaxWaiters = 64
-)
-
-// zoneLimits returns the limits a lock table enforces for the configured
-// max_locks and max_waiters, where values <= 0 mean the defaults. Every
-// table applies its defaults through it, so that all agree.
-func zoneLimits(maxLocks, maxWaiters int) (locks, waiters int64) {
-	if maxLocks <= 0 {
-		maxLocks = DefaultMaxLocks
-	}
-	if maxWaiters <= 0 {
-		maxWaiters = DefaultMaxWaiters
-	}
-	return int64(maxLocks), int64(maxWaiters)
-}
 
 // numShards is 64 so that a set of shards fits in one uint64 mask, which
 // lets hierarchical acquisitions lock several shards in ascending order
@@ -204,10 +75,6 @@ type shard struct {
 	_       [24]byte
 }
 
-// holdWindow is about how many of a shard's latest releases its average
-// hold time reflects.
-const holdWindow = 8
-
 // observeHold adds the hold time of a lock released in s to its average;
 // the caller holds s.mu. The first holdWindow releases are averaged
 // plainly, so that the first one seeds the average rather than moving it
@@ -215,7 +82,7 @@ const holdWindow = 8
 // holdN stops changing after that, so a release stores one word.
 func (s *shard) observeHold(hold time.Duration) {
 	n := s.holdN.Load()
-	if n < holdWindow {
+	if n < lockstore.HoldWindow {
 		n++
 		s.holdN.Store(n)
 	}
@@ -292,12 +159,12 @@ func (n *node) idle() bool {
 }
 
 // heldConflicts reports whether locks held on n itself conflict with kind.
-func (n *node) heldConflicts(kind Kind) bool {
-	return n.excl || (kind == Exclusive && n.shared > 0)
+func (n *node) heldConflicts(kind lockstore.Kind) bool {
+	return n.excl || (kind == lockstore.Exclusive && n.shared > 0)
 }
 
 type waiter struct {
-	kind     Kind
+	kind     lockstore.Kind
 	node     *node
 	ch       chan struct{} // signalled on grant or when the blocker changed
 	granted  bool
@@ -332,7 +199,7 @@ func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
 // SetLimits changes max_locks and max_waiters (per key); values <= 0 mean
 // the defaults. Locks already held are never affected.
 func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
-	locks, waiters := zoneLimits(maxLocks, maxWaiters)
+	locks, waiters := lockstore.Limits(maxLocks, maxWaiters)
 	old := l.maxLocks.Swap(locks)
 	l.free.Add(locks - old)
 	l.maxWaiters.Store(waiters)
@@ -367,26 +234,6 @@ func (l *MemLocker) Stats() (held, waiting, nodes int) {
 func (l *MemLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
 
 func shardIndex(h uint64) uint { return uint(h >> (64 - shardBits)) }
-
-// ancestors calls fn for every proper ancestor of a "/"-rooted key, from
-// the nearest up to "/". Keys that do not start with "/" have none.
-func ancestors(key string, fn func(string) bool) {
-	if len(key) < 2 || key[0] != '/' {
-		return
-	}
-	for i := strings.LastIndexByte(key, '/'); i >= 0; i = strings.LastIndexByte(key[:i], '/') {
-		a := key[:i]
-		if i == 0 {
-			a = "/"
-		}
-		if !fn(a) {
-			return
-		}
-		if i == 0 {
-			return
-		}
-	}
-}
 
 // anc is an ancestor of a key, with its hash.
 type anc struct {
@@ -503,14 +350,14 @@ func (l *MemLocker) maybeFree(n *node) {
 
 // blocker returns the node whose locks conflict with taking kind on n, of
 // lineage lin, or nil when the lock can be granted.
-func (l *MemLocker) blocker(n *node, kind Kind, lin []anc) *node {
+func (l *MemLocker) blocker(n *node, kind lockstore.Kind, lin []anc) *node {
 	if n.heldConflicts(kind) {
 		return n
 	}
 	if !l.hierarchy {
 		return nil
 	}
-	if n.belowExcl > 0 || (kind == Exclusive && n.belowShared > 0) {
+	if n.belowExcl > 0 || (kind == lockstore.Exclusive && n.belowShared > 0) {
 		return n
 	}
 	// Nearest first: the conflict reported is the closest one.
@@ -522,11 +369,11 @@ func (l *MemLocker) blocker(n *node, kind Kind, lin []anc) *node {
 	return nil
 }
 
-func (l *MemLocker) grant(n *node, kind Kind, lin []anc) {
+func (l *MemLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
 	if !n.held() {
 		n.since = clock.read()
 	}
-	if kind == Exclusive {
+	if kind == lockstore.Exclusive {
 		n.excl = true
 	} else {
 		n.shared++
@@ -536,7 +383,7 @@ func (l *MemLocker) grant(n *node, kind Kind, lin []anc) {
 		if an.belowExcl == 0 && an.belowShared == 0 {
 			an.belowSince = n.since
 		}
-		if kind == Exclusive {
+		if kind == lockstore.Exclusive {
 			an.belowExcl++
 		} else {
 			an.belowShared++
@@ -544,7 +391,7 @@ func (l *MemLocker) grant(n *node, kind Kind, lin []anc) {
 	}
 }
 
-func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
+func (l *MemLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 	if b == nil {
 		// Only the queue stood in the way: report the key itself.
 		b = n
@@ -552,18 +399,18 @@ func (l *MemLocker) conflict(n *node, b *node) *ConflictError {
 	// The system clock, not the coarse one, so that HeldFor is never
 	// zero: since is at most one tick early, now is exact.
 	now := monotonicNow()
-	e := &ConflictError{Key: b.key, Kind: Shared}
+	e := &lockstore.ConflictError{Key: b.key, Kind: lockstore.Shared}
 	switch {
 	case b.held():
 		if b.excl {
-			e.Kind = Exclusive
+			e.Kind = lockstore.Exclusive
 		}
 		e.HeldFor = time.Duration(now - b.since)
 	case b.belowExcl > 0 || b.belowShared > 0:
 		e.Below = true
 		e.HeldFor = time.Duration(now - b.belowSince)
 		if b.belowExcl > 0 {
-			e.Kind = Exclusive
+			e.Kind = lockstore.Exclusive
 		}
 	}
 	avg := l.holdEstimate()
@@ -678,14 +525,14 @@ func (l *MemLocker) reclaim() {
 }
 
 // Acquire implements Locker.
-func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
-	if req.Kind != Shared && req.Kind != Exclusive {
+func (l *MemLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
+	if req.Kind != lockstore.Shared && req.Kind != lockstore.Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
 	if !l.hierarchy {
 		return l.acquire(ctx, req, nil)
 	}
-	if err := checkDepth(req.Key); err != nil {
+	if err := lockstore.CheckDepth(req.Key); err != nil {
 		// Not quoting the key, which may be many kilobytes.
 		return nil, fmt.Errorf("acquire: %w", err)
 	}
@@ -697,7 +544,7 @@ func (l *MemLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 
 // acquire is Acquire for a request whose key has lineage lin (nil without
 // hierarchy).
-func (l *MemLocker) acquire(ctx context.Context, req Request, lin []anc) (Lease, error) {
+func (l *MemLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc) (lockstore.Lease, error) {
 	h := l.hashOf(req.Key)
 	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
@@ -729,7 +576,7 @@ func (l *MemLocker) acquire(ctx context.Context, req Request, lin []anc) (Lease,
 				l.reclaim()
 				continue
 			}
-			return nil, ErrFull
+			return nil, lockstore.ErrFull
 		}
 		if free {
 			l.grant(n, req.Kind, lin)
@@ -748,7 +595,7 @@ func (l *MemLocker) acquire(ctx context.Context, req Request, lin []anc) (Lease,
 	}
 }
 
-func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, lin []anc, w *waiter) (Lease, error) {
+func (l *MemLocker) wait(ctx context.Context, req lockstore.Request, m uint64, lin []anc, w *waiter) (lockstore.Lease, error) {
 	n := w.node
 	timer := time.NewTimer(req.Wait)
 	defer timer.Stop()
@@ -816,8 +663,8 @@ func (l *MemLocker) wait(ctx context.Context, req Request, m uint64, lin []anc, 
 
 // release gives back a lock of kind on n, of lineage lin; the caller holds
 // n's shard set.
-func (l *MemLocker) release(n *node, kind Kind, lin []anc) {
-	if kind == Exclusive {
+func (l *MemLocker) release(n *node, kind lockstore.Kind, lin []anc) {
+	if kind == lockstore.Exclusive {
 		n.excl = false
 	} else {
 		n.shared--
@@ -833,7 +680,7 @@ func (l *MemLocker) release(n *node, kind Kind, lin []anc) {
 	l.wake(n, lin)
 	for i, a := range lin {
 		an := l.lookup(a)
-		if kind == Exclusive {
+		if kind == lockstore.Exclusive {
 			an.belowExcl--
 		} else {
 			an.belowShared--
@@ -878,7 +725,7 @@ func (l *MemLocker) wake(n *node, lin []anc) {
 // release keeps at most leaseBlock*16 bytes alive.
 type memLease struct {
 	n    *node
-	kind Kind
+	kind lockstore.Kind
 	// done is set by the first Release. It is guarded by n.shard's
 	// mutex; until it is set, n is held by this lease and is not
 	// recycled.
@@ -886,13 +733,17 @@ type memLease struct {
 	queued bool // granted after waiting in the queue
 }
 
-// Queued implements QueuedLease.
+// Queued implements Lease.
 func (ls *memLease) Queued() bool { return ls.queued }
+
+// ExplicitLocksInZone implements Lease: the in-memory table cannot tell,
+// and asking the zone's explicit store in memory costs no round trip.
+func (ls *memLease) ExplicitLocksInZone() bool { return true }
 
 const leaseBlock = 8
 
 // newLease hands out a lease of kind on n; the caller holds n's shard.
-func newLease(n *node, kind Kind) *memLease {
+func newLease(n *node, kind lockstore.Kind) *memLease {
 	s := n.shard
 	if s.leases == nil || s.nextLease == leaseBlock {
 		s.leases, s.nextLease = new([leaseBlock]memLease), 0
@@ -949,7 +800,7 @@ func (ls *memLease) releaseHierarchy() {
 }
 
 var (
-	_ Locker      = (*MemLocker)(nil)
-	_ Lease       = (*memLease)(nil)
-	_ QueuedLease = (*memLease)(nil)
+	_ lockstore.Locker = (*MemLocker)(nil)
+	_ lockstore.Lease  = (*memLease)(nil)
+	_ lockstore.Lease  = (*memLease)(nil)
 )

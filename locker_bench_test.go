@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"golang.org/x/net/webdav"
 )
 
@@ -95,10 +97,10 @@ func runWorkers(b *testing.B, keys workload, op func(key string) bool) {
 	b.ReportMetric(float64(refused.Load())/float64(b.N), "refused/op")
 }
 
-func benchLocker(b *testing.B, l Locker, kind Kind, keys workload) {
+func benchLocker(b *testing.B, l lockstore.Locker, kind lockstore.Kind, keys workload) {
 	ctx := context.Background()
 	runWorkers(b, keys, func(key string) bool {
-		ls, err := l.Acquire(ctx, Request{Key: key, Kind: kind})
+		ls, err := l.Acquire(ctx, lockstore.Request{Key: key, Kind: kind})
 		if err != nil {
 			return false // a hot key taken by another worker
 		}
@@ -149,13 +151,13 @@ func BenchmarkLocker(b *testing.B) {
 	// Make the keys before timing, for as many workers as RunParallel
 	// starts.
 	workerKeys(runtime.GOMAXPROCS(0))
-	b.Run("distinct/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), Exclusive, distinct) })
+	b.Run("distinct/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), lockstore.Exclusive, distinct) })
 	b.Run("distinct/webdav", func(b *testing.B) { benchWebDAV(b, distinct) })
 	b.Run("distinct/64-mutexes", func(b *testing.B) { benchMutexes(b, distinct) })
-	b.Run("hot/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), Exclusive, hot) })
+	b.Run("hot/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), lockstore.Exclusive, hot) })
 	b.Run("hot/webdav", func(b *testing.B) { benchWebDAV(b, hot) })
-	b.Run("shared/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), Shared, hot) })
+	b.Run("shared/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), lockstore.Shared, hot) })
 	// x/net/webdav's lock system always covers the keys below a lock:
 	// this is the like-for-like comparison with it.
-	b.Run("distinct-hierarchy/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(true, 0, 0), Exclusive, distinct) })
+	b.Run("distinct-hierarchy/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(true, 0, 0), lockstore.Exclusive, distinct) })
 }

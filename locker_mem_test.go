@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"strconv"
 	"testing"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
 // heapInUse returns the bytes of live heap objects after a full collection.
@@ -43,13 +45,13 @@ func TestMemoryPerHeldLock(t *testing.T) {
 	for i := range keys {
 		keys[i] = "/docs/" + strconv.Itoa(i)
 	}
-	leases := make([]Lease, memHeldLocks)
+	leases := make([]lockstore.Lease, memHeldLocks)
 	l := NewMemLocker(false, memHeldLocks, 0)
 	ctx := context.Background()
 
 	before := heapInUse()
 	for i, k := range keys {
-		ls, err := l.Acquire(ctx, Request{Key: k, Kind: Exclusive})
+		ls, err := l.Acquire(ctx, lockstore.Request{Key: k, Kind: lockstore.Exclusive})
 		if err != nil {
 			t.Fatalf("acquiring lock %d of %d on %s: %v", i+1, memHeldLocks, k, err)
 		}

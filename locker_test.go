@@ -14,25 +14,27 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
-func mustAcquire(t *testing.T, l Locker, key string, kind Kind) Lease {
+func mustAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) lockstore.Lease {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
 	if err != nil {
 		t.Fatalf("acquire %s %s: %v", kind, key, err)
 	}
 	return ls
 }
 
-func mustConflict(t *testing.T, l Locker, key string, kind Kind) *ConflictError {
+func mustConflict(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *lockstore.ConflictError {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
 	if err == nil {
 		ls.Release()
 		t.Fatalf("acquire %s %s: granted, want conflict", kind, key)
 	}
-	var c *ConflictError
+	var c *lockstore.ConflictError
 	if !errors.As(err, &c) {
 		t.Fatalf("acquire %s %s: %v, want *ConflictError", kind, key, err)
 	}
@@ -61,19 +63,19 @@ func reserved(l *MemLocker) int64 {
 
 func TestLockerExclusiveShared(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
-	a := mustAcquire(t, l, "/a", Exclusive)
-	c := mustConflict(t, l, "/a", Exclusive)
-	if c.Key != "/a" || c.Kind != Exclusive || c.RetryAfter < time.Second || c.HeldFor <= 0 {
+	a := mustAcquire(t, l, "/a", lockstore.Exclusive)
+	c := mustConflict(t, l, "/a", lockstore.Exclusive)
+	if c.Key != "/a" || c.Kind != lockstore.Exclusive || c.RetryAfter < time.Second || c.HeldFor <= 0 {
 		t.Fatalf("conflict = %+v", c)
 	}
-	mustConflict(t, l, "/a", Shared)
-	b := mustAcquire(t, l, "/b", Exclusive) // distinct keys do not conflict
+	mustConflict(t, l, "/a", lockstore.Shared)
+	b := mustAcquire(t, l, "/b", lockstore.Exclusive) // distinct keys do not conflict
 	a.Release()
 	a.Release() // a second release changes nothing
-	s1 := mustAcquire(t, l, "/a", Shared)
+	s1 := mustAcquire(t, l, "/a", lockstore.Shared)
 	a.Release() // a stale lease does not release its key's next holder
-	s2 := mustAcquire(t, l, "/a", Shared)
-	if c := mustConflict(t, l, "/a", Exclusive); c.Kind != Shared {
+	s2 := mustAcquire(t, l, "/a", lockstore.Shared)
+	if c := mustConflict(t, l, "/a", lockstore.Exclusive); c.Kind != lockstore.Shared {
 		t.Fatalf("conflict kind = %v, want shared", c.Kind)
 	}
 	var wg sync.WaitGroup
@@ -86,10 +88,10 @@ func TestLockerExclusiveShared(t *testing.T) {
 		t.Fatalf("held = %d, want 3", held)
 	}
 	s1.Release()
-	mustConflict(t, l, "/a", Exclusive)
+	mustConflict(t, l, "/a", lockstore.Exclusive)
 	s2.Release()
 	b.Release()
-	mustAcquire(t, l, "/a", Exclusive).Release()
+	mustAcquire(t, l, "/a", lockstore.Exclusive).Release()
 	assertEmpty(t, l)
 }
 
@@ -111,10 +113,10 @@ func TestLockerHierarchy(t *testing.T) {
 	} {
 		t.Run(tc.held+" vs "+tc.want, func(t *testing.T) {
 			l := NewMemLocker(true, 0, 0)
-			h := mustAcquire(t, l, tc.held, Exclusive)
+			h := mustAcquire(t, l, tc.held, lockstore.Exclusive)
 			if tc.conflict {
-				c := mustConflict(t, l, tc.want, Exclusive)
-				mustConflict(t, l, tc.want, Shared)
+				c := mustConflict(t, l, tc.want, lockstore.Exclusive)
+				mustConflict(t, l, tc.want, lockstore.Shared)
 				if len(tc.held) < len(tc.want) && c.Key != tc.held {
 					t.Fatalf("conflict key = %q, want the ancestor %q", c.Key, tc.held)
 				}
@@ -122,10 +124,10 @@ func TestLockerHierarchy(t *testing.T) {
 					t.Fatalf("conflict %+v should say the lock is below", c)
 				}
 			} else {
-				mustAcquire(t, l, tc.want, Exclusive).Release()
+				mustAcquire(t, l, tc.want, lockstore.Exclusive).Release()
 			}
 			h.Release()
-			mustAcquire(t, l, tc.want, Exclusive).Release()
+			mustAcquire(t, l, tc.want, lockstore.Exclusive).Release()
 			assertEmpty(t, l)
 		})
 	}
@@ -133,18 +135,18 @@ func TestLockerHierarchy(t *testing.T) {
 	// Shared locks coexist across levels; an exclusive one anywhere on
 	// the path does not.
 	l := NewMemLocker(true, 0, 0)
-	s1 := mustAcquire(t, l, "/a", Shared)
-	s2 := mustAcquire(t, l, "/a/b", Shared)
-	mustConflict(t, l, "/a/b/c", Exclusive)
-	mustConflict(t, l, "/", Exclusive)
+	s1 := mustAcquire(t, l, "/a", lockstore.Shared)
+	s2 := mustAcquire(t, l, "/a/b", lockstore.Shared)
+	mustConflict(t, l, "/a/b/c", lockstore.Exclusive)
+	mustConflict(t, l, "/", lockstore.Exclusive)
 	s1.Release()
 	s2.Release()
 	assertEmpty(t, l)
 
 	// Without hierarchy, nested paths are independent.
 	flat := NewMemLocker(false, 0, 0)
-	x := mustAcquire(t, flat, "/a", Exclusive)
-	mustAcquire(t, flat, "/a/b", Exclusive).Release()
+	x := mustAcquire(t, flat, "/a", lockstore.Exclusive)
+	mustAcquire(t, flat, "/a/b", lockstore.Exclusive).Release()
 	x.Release()
 	assertEmpty(t, flat)
 }
@@ -169,14 +171,14 @@ func TestLockerFIFO(t *testing.T) {
 	for _, hierarchy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
 			l := NewMemLocker(hierarchy, 0, 0)
-			first := mustAcquire(t, l, "/doc", Exclusive)
+			first := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 			order := make(chan int, 10)
 			var wg sync.WaitGroup
 			for i := range 5 {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Exclusive, Wait: 10 * time.Second})
+					ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/doc", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
 					if err != nil {
 						t.Errorf("waiter %d: %v", i, err)
 						return
@@ -205,10 +207,10 @@ func TestLockerFIFO(t *testing.T) {
 
 func TestLockerNoOvertaking(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
-	held := mustAcquire(t, l, "/doc", Exclusive)
+	held := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 	got := make(chan error, 1)
 	go func() {
-		ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Shared, Wait: 10 * time.Second})
+		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/doc", Kind: lockstore.Shared, Wait: 10 * time.Second})
 		if err == nil {
 			ls.Release() // before reporting, so the table is empty then
 		}
@@ -222,10 +224,10 @@ func TestLockerNoOvertaking(t *testing.T) {
 	assertEmpty(t, l)
 
 	// While a writer waits behind readers, new readers queue behind it.
-	r1 := mustAcquire(t, l, "/doc", Shared)
-	writer := acquireAsync(t, l, "/doc", Exclusive, 10*time.Second)
+	r1 := mustAcquire(t, l, "/doc", lockstore.Shared)
+	writer := acquireAsync(t, l, "/doc", lockstore.Exclusive, 10*time.Second)
 	waitForQueue(t, l, 1)
-	mustConflict(t, l, "/doc", Shared)
+	mustConflict(t, l, "/doc", lockstore.Shared)
 	r1.Release()
 	w := <-writer
 	if w == nil {
@@ -237,7 +239,7 @@ func TestLockerNoOvertaking(t *testing.T) {
 
 func TestLockerSharedWaitersGrantedTogether(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
-	w := mustAcquire(t, l, "/doc", Exclusive)
+	w := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 	var inside, peak atomic.Int32
 	release := make(chan struct{})
 	var wg sync.WaitGroup
@@ -245,7 +247,7 @@ func TestLockerSharedWaitersGrantedTogether(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ls, err := l.Acquire(context.Background(), Request{Key: "/doc", Kind: Shared, Wait: 10 * time.Second})
+			ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/doc", Kind: lockstore.Shared, Wait: 10 * time.Second})
 			if err != nil {
 				t.Error(err)
 				return
@@ -280,13 +282,13 @@ func TestLockerWaitTimeoutAndCancel(t *testing.T) {
 	for _, hierarchy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
 			l := NewMemLocker(hierarchy, 0, 0)
-			held := mustAcquire(t, l, "/a", Exclusive)
+			held := mustAcquire(t, l, "/a", lockstore.Exclusive)
 			key := "/a"
 			if hierarchy {
 				key = "/a/b" // blocked by the ancestor
 			}
-			_, err := l.Acquire(context.Background(), Request{Key: key, Kind: Exclusive, Wait: 20 * time.Millisecond})
-			var c *ConflictError
+			_, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: lockstore.Exclusive, Wait: 20 * time.Millisecond})
+			var c *lockstore.ConflictError
 			if !errors.As(err, &c) || c.Key != "/a" {
 				t.Fatalf("after waiting: %v, want a conflict on /a", err)
 			}
@@ -296,13 +298,13 @@ func TestLockerWaitTimeoutAndCancel(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			first := make(chan error, 1)
 			go func() {
-				_, err := l.Acquire(ctx, Request{Key: key, Kind: Exclusive, Wait: time.Minute})
+				_, err := l.Acquire(ctx, lockstore.Request{Key: key, Kind: lockstore.Exclusive, Wait: time.Minute})
 				first <- err
 			}()
 			waitForQueue(t, l, 1)
-			second := make(chan Lease, 1)
+			second := make(chan lockstore.Lease, 1)
 			go func() {
-				ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: Exclusive, Wait: time.Minute})
+				ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: lockstore.Exclusive, Wait: time.Minute})
 				if err != nil {
 					t.Error(err)
 				}
@@ -327,19 +329,19 @@ func TestLockerWaitTimeoutAndCancel(t *testing.T) {
 
 func TestLockerMaxWaiters(t *testing.T) {
 	l := NewMemLocker(false, 0, 2)
-	held := mustAcquire(t, l, "/a", Exclusive)
+	held := mustAcquire(t, l, "/a", lockstore.Exclusive)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	for range 2 {
 		go func() {
-			_, _ = l.Acquire(ctx, Request{Key: "/a", Kind: Exclusive, Wait: time.Minute})
+			_, _ = l.Acquire(ctx, lockstore.Request{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Minute})
 			done <- struct{}{}
 		}()
 	}
 	waitForQueue(t, l, 2)
 	start := time.Now()
-	_, err := l.Acquire(context.Background(), Request{Key: "/a", Kind: Exclusive, Wait: time.Minute})
-	if !errors.As(err, new(*ConflictError)) {
+	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Minute})
+	if !errors.As(err, new(*lockstore.ConflictError)) {
 		t.Fatalf("third waiter: %v, want an immediate conflict", err)
 	}
 	if time.Since(start) > 10*time.Second {
@@ -354,19 +356,19 @@ func TestLockerMaxWaiters(t *testing.T) {
 
 func TestLockerMaxLocks(t *testing.T) {
 	l := NewMemLocker(false, 3, 0)
-	var leases []Lease
+	var leases []lockstore.Lease
 	for i := range 3 {
-		leases = append(leases, mustAcquire(t, l, fmt.Sprintf("/k%d", i), Exclusive))
+		leases = append(leases, mustAcquire(t, l, fmt.Sprintf("/k%d", i), lockstore.Exclusive))
 	}
-	if _, err := l.Acquire(context.Background(), Request{Key: "/other", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+	if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/other", Kind: lockstore.Exclusive}); !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("fourth lock: %v, want ErrFull", err)
 	}
 	// Nothing was evicted: all three still conflict.
 	for i := range 3 {
-		mustConflict(t, l, fmt.Sprintf("/k%d", i), Exclusive)
+		mustConflict(t, l, fmt.Sprintf("/k%d", i), lockstore.Exclusive)
 	}
 	leases[0].Release()
-	leases[0] = mustAcquire(t, l, "/other", Exclusive)
+	leases[0] = mustAcquire(t, l, "/other", lockstore.Exclusive)
 	for _, ls := range leases {
 		ls.Release()
 	}
@@ -394,7 +396,7 @@ func TestLockerStress(t *testing.T) {
 				return len(a) < len(b) && b[:len(a)] == a && b[len(a)] == '/' ||
 					len(b) < len(a) && a[:len(b)] == b && a[len(b)] == '/'
 			}
-			enter := func(key string, kind Kind) {
+			enter := func(key string, kind lockstore.Kind) {
 				mu.Lock()
 				defer mu.Unlock()
 				for k, n := range excl {
@@ -402,7 +404,7 @@ func TestLockerStress(t *testing.T) {
 						t.Errorf("%s %s granted while %s is held exclusively", kind, key, k)
 					}
 				}
-				if kind == Exclusive {
+				if kind == lockstore.Exclusive {
 					for k, n := range shared {
 						if n > 0 && related(k, key) {
 							t.Errorf("exclusive %s granted while %s is held shared", key, k)
@@ -413,10 +415,10 @@ func TestLockerStress(t *testing.T) {
 					shared[key]++
 				}
 			}
-			leave := func(key string, kind Kind) {
+			leave := func(key string, kind lockstore.Kind) {
 				mu.Lock()
 				defer mu.Unlock()
-				if kind == Exclusive {
+				if kind == lockstore.Exclusive {
 					excl[key]--
 				} else {
 					shared[key]--
@@ -430,15 +432,15 @@ func TestLockerStress(t *testing.T) {
 					defer wg.Done()
 					for i := range 300 {
 						key := keys[(g+i)%len(keys)]
-						kind := Exclusive
+						kind := lockstore.Exclusive
 						if (g+i)%3 == 0 {
-							kind = Shared
+							kind = lockstore.Shared
 						}
 						var wait time.Duration
 						if g%2 == 0 {
 							wait = 50 * time.Millisecond
 						}
-						ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind, Wait: wait})
+						ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind, Wait: wait})
 						if err != nil {
 							continue
 						}
@@ -467,14 +469,14 @@ func TestConflictHeldFor(t *testing.T) {
 	for _, hierarchy := range []bool{false, true} {
 		l := NewMemLocker(hierarchy, 0, 0)
 		start := time.Now()
-		h := mustAcquire(t, l, "/a/b", Exclusive)
+		h := mustAcquire(t, l, "/a/b", lockstore.Exclusive)
 		time.Sleep(30 * time.Millisecond)
-		c := mustConflict(t, l, "/a/b", Exclusive)
+		c := mustConflict(t, l, "/a/b", lockstore.Exclusive)
 		if min := time.Since(start) - time.Millisecond; c.HeldFor < 30*time.Millisecond || c.HeldFor > min+time.Second {
 			t.Fatalf("HeldFor = %v after holding for about %v", c.HeldFor, min)
 		}
 		if hierarchy {
-			below := mustConflict(t, l, "/a", Exclusive)
+			below := mustConflict(t, l, "/a", lockstore.Exclusive)
 			if !below.Below || below.HeldFor < 30*time.Millisecond {
 				t.Fatalf("conflict below = %+v", below)
 			}
@@ -508,13 +510,13 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 	other.mu.Lock()
 	other.observeHold(2500 * time.Millisecond)
 	other.mu.Unlock()
-	h := mustAcquire(t, l, keys[0], Exclusive)
-	c := mustConflict(t, l, keys[0], Exclusive)
+	h := mustAcquire(t, l, keys[0], lockstore.Exclusive)
+	c := mustConflict(t, l, keys[0], lockstore.Exclusive)
 	if c.RetryAfter != 3*time.Second {
 		t.Fatalf("RetryAfter = %v, want 3s (2.5s rounded up)", c.RetryAfter)
 	}
 	h.Release()
-	mustAcquire(t, l, keys[0], Exclusive).Release()
+	mustAcquire(t, l, keys[0], lockstore.Exclusive).Release()
 	if est := l.holdEstimate(); est >= 2500*time.Millisecond {
 		t.Fatalf("average hold %v did not move towards the short holds just seen", est)
 	}
@@ -528,17 +530,17 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 func TestHoldEstimateZoneWide(t *testing.T) {
 	l := NewMemLocker(false, 0, 0)
 	keys := keysInDistinctShards(l, 4)
-	var leases []Lease
+	var leases []lockstore.Lease
 	for _, k := range keys[:3] {
-		leases = append(leases, mustAcquire(t, l, k, Exclusive))
+		leases = append(leases, mustAcquire(t, l, k, lockstore.Exclusive))
 	}
 	time.Sleep(300 * time.Millisecond)
 	for _, ls := range leases {
 		ls.Release()
 	}
-	h := mustAcquire(t, l, keys[3], Exclusive)
+	h := mustAcquire(t, l, keys[3], lockstore.Exclusive)
 	defer h.Release()
-	c := mustConflict(t, l, keys[3], Exclusive)
+	c := mustConflict(t, l, keys[3], lockstore.Exclusive)
 	if est := l.holdEstimate(); est < 200*time.Millisecond || est > 2*time.Second {
 		t.Fatalf("zone's hold estimate = %v after three holds of 300ms, want about 300ms", est)
 	}
@@ -557,10 +559,10 @@ func TestLockerMemoryHierarchy(t *testing.T) {
 		keys[i] = fmt.Sprintf("/docs/%d/report.odt", i)
 	}
 	l := NewMemLocker(true, 0, 0)
-	leases := make([]Lease, n)
+	leases := make([]lockstore.Lease, n)
 	base := heapInUse()
 	for i, k := range keys {
-		leases[i] = mustAcquire(t, l, k, Exclusive)
+		leases[i] = mustAcquire(t, l, k, lockstore.Exclusive)
 	}
 	// Two nodes per lock: the key's and its parent's.
 	if perLock := (heapInUse() - base) / n; perLock > 2*256 {
@@ -593,25 +595,25 @@ func TestShardSize(t *testing.T) {
 func TestLockerMaxLocksAcrossShards(t *testing.T) {
 	const limit = 3 * tightFree
 	l := NewMemLocker(false, limit, 0)
-	fill := func(prefix string, n int) []Lease {
+	fill := func(prefix string, n int) []lockstore.Lease {
 		t.Helper()
-		leases := make([]Lease, n)
+		leases := make([]lockstore.Lease, n)
 		for i := range leases {
-			leases[i] = mustAcquire(t, l, fmt.Sprintf("/%s/%d", prefix, i), Exclusive)
+			leases[i] = mustAcquire(t, l, fmt.Sprintf("/%s/%d", prefix, i), lockstore.Exclusive)
 		}
 		return leases
 	}
 	full := func() {
 		t.Helper()
-		if _, err := l.Acquire(context.Background(), Request{Key: "/one/more", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+		if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/one/more", Kind: lockstore.Exclusive}); !errors.Is(err, lockstore.ErrFull) {
 			t.Fatalf("past max_locks: %v, want ErrFull", err)
 		}
 	}
 	leases := fill("a", limit)
 	full()
-	mustConflict(t, l, "/a/7", Exclusive) // the lock in the way comes first
+	mustConflict(t, l, "/a/7", lockstore.Exclusive) // the lock in the way comes first
 	leases[5].Release()
-	leases[5] = mustAcquire(t, l, "/b/5", Exclusive)
+	leases[5] = mustAcquire(t, l, "/b/5", lockstore.Exclusive)
 	full()
 	for _, ls := range leases {
 		ls.Release()
@@ -622,14 +624,14 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 	// limit between them, and get all of it.
 	var granted atomic.Int64
 	var wg sync.WaitGroup
-	held := make([][]Lease, 8)
+	held := make([][]lockstore.Lease, 8)
 	for g := range held {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := 0; ; i++ {
-				ls, err := l.Acquire(context.Background(), Request{Key: fmt.Sprintf("/g%d/%d", g, i), Kind: Exclusive})
-				if errors.Is(err, ErrFull) {
+				ls, err := l.Acquire(context.Background(), lockstore.Request{Key: fmt.Sprintf("/g%d/%d", g, i), Kind: lockstore.Exclusive})
+				if errors.Is(err, lockstore.ErrFull) {
 					return
 				}
 				if err != nil {
@@ -655,7 +657,7 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 	// A lower limit applies to new locks at once, even to shards that
 	// took credit under the old one; a higher one frees room at once.
 	for i := range tightFree {
-		mustAcquire(t, l, fmt.Sprintf("/credit/%d", i), Exclusive).Release()
+		mustAcquire(t, l, fmt.Sprintf("/credit/%d", i), lockstore.Exclusive).Release()
 	}
 	l.SetLimits(1000, 0)
 	if credit := max(l.maxLocks.Load()-l.free.Load()-reserved(l), 0); credit > 0 {
@@ -694,7 +696,7 @@ func TestLimitsDefaults(t *testing.T) {
 		{"memory", ml.SetLimits, func() (int64, int64) { return ml.maxLocks.Load(), ml.maxWaiters.Load() }},
 		{"redis", rl.SetLimits, func() (int64, int64) { return rl.maxLocks.Load(), rl.maxWaiters.Load() }},
 	} {
-		if locks, waiters := tbl.limits(); locks != DefaultMaxLocks || waiters != DefaultMaxWaiters {
+		if locks, waiters := tbl.limits(); locks != lockstore.DefaultMaxLocks || waiters != lockstore.DefaultMaxWaiters {
 			t.Errorf("%s table created with 0, -1: limits %d, %d; want the defaults", tbl.name, locks, waiters)
 		}
 		tbl.set(7, 3)
@@ -702,7 +704,7 @@ func TestLimitsDefaults(t *testing.T) {
 			t.Errorf("%s table after SetLimits(7, 3): limits %d, %d", tbl.name, locks, waiters)
 		}
 		tbl.set(-5, 0)
-		if locks, waiters := tbl.limits(); locks != DefaultMaxLocks || waiters != DefaultMaxWaiters {
+		if locks, waiters := tbl.limits(); locks != lockstore.DefaultMaxLocks || waiters != lockstore.DefaultMaxWaiters {
 			t.Errorf("%s table after SetLimits(-5, 0): limits %d, %d; want the defaults", tbl.name, locks, waiters)
 		}
 	}
@@ -721,7 +723,7 @@ func TestLineageHashes(t *testing.T) {
 		"/" + strings.Repeat("w", 300) + "/b/" + strings.Repeat("v", 200) + "/c", // segments longer than the buffer
 	} {
 		var want []anc
-		ancestors(key, func(a string) bool {
+		lockstore.Ancestors(key, func(a string) bool {
 			want = append(want, anc{key: a, hash: maphash.String(l.seed, a)})
 			return true
 		})
@@ -740,26 +742,26 @@ func deepKey(n int) string { return strings.Repeat("/a", n) }
 // MaxHierarchyDepth with ErrTooDeep, take one just at the bound, and do
 // not bound keys in a zone without hierarchy, which walks no ancestors.
 func TestHierarchyDepthBound(t *testing.T) {
-	stores := map[string]func(t *testing.T, hierarchy bool) Locker{
-		"memory": func(t *testing.T, hierarchy bool) Locker { return NewMemLocker(hierarchy, 0, 0) },
-		"redis": func(t *testing.T, hierarchy bool) Locker {
+	stores := map[string]func(t *testing.T, hierarchy bool) lockstore.Locker{
+		"memory": func(t *testing.T, hierarchy bool) lockstore.Locker { return NewMemLocker(hierarchy, 0, 0) },
+		"redis": func(t *testing.T, hierarchy bool) lockstore.Locker {
 			return newRedisLocker(t, startRedis(t), t.Name(), redisOpts{hierarchy: hierarchy})
 		},
 	}
 	for name, newLocker := range stores {
 		t.Run(name, func(t *testing.T) {
 			l := newLocker(t, true)
-			ls, err := l.Acquire(context.Background(), Request{Key: deepKey(MaxHierarchyDepth), Kind: Exclusive})
+			ls, err := l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth), Kind: lockstore.Exclusive})
 			if err != nil {
-				t.Fatalf("acquire at %d segments: %v", MaxHierarchyDepth, err)
+				t.Fatalf("acquire at %d segments: %v", lockstore.MaxHierarchyDepth, err)
 			}
 			ls.Release()
-			ls, err = l.Acquire(context.Background(), Request{Key: deepKey(MaxHierarchyDepth + 1), Kind: Shared})
-			if !errors.Is(err, ErrTooDeep) {
+			ls, err = l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth + 1), Kind: lockstore.Shared})
+			if !errors.Is(err, lockstore.ErrTooDeep) {
 				if ls != nil {
 					ls.Release()
 				}
-				t.Fatalf("acquire at %d segments: %v, want ErrTooDeep", MaxHierarchyDepth+1, err)
+				t.Fatalf("acquire at %d segments: %v, want ErrTooDeep", lockstore.MaxHierarchyDepth+1, err)
 			}
 			if !strings.Contains(err.Error(), "256 segments") {
 				t.Fatalf("error %q does not say how deep the key is", err)
@@ -769,7 +771,7 @@ func TestHierarchyDepthBound(t *testing.T) {
 			}
 
 			flat := newLocker(t, false)
-			ls, err = flat.Acquire(context.Background(), Request{Key: deepKey(8000), Kind: Exclusive})
+			ls, err = flat.Acquire(context.Background(), lockstore.Request{Key: deepKey(8000), Kind: lockstore.Exclusive})
 			if err != nil {
 				t.Fatalf("acquire without hierarchy at 8000 segments: %v", err)
 			}
@@ -781,10 +783,10 @@ func TestHierarchyDepthBound(t *testing.T) {
 // acquireAsync asks l for a lock that may wait, from a goroutine of its
 // own; the channel yields the lease (nil, with the test failed, on an
 // error).
-func acquireAsync(t *testing.T, l Locker, key string, kind Kind, wait time.Duration) <-chan Lease {
-	got := make(chan Lease, 1)
+func acquireAsync(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind, wait time.Duration) <-chan lockstore.Lease {
+	got := make(chan lockstore.Lease, 1)
 	go func() {
-		ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind, Wait: wait})
+		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind, Wait: wait})
 		if err != nil {
 			t.Error(err)
 		}
@@ -797,13 +799,13 @@ func acquireAsync(t *testing.T, l Locker, key string, kind Kind, wait time.Durat
 // queue, and one granted after waiting says it did, on either store:
 // the handler's "waited" result rests on that, not on how long Acquire
 // took.
-func assertQueuedLease(t *testing.T, l Locker, queuedOne func()) {
+func assertQueuedLease(t *testing.T, l lockstore.Locker, queuedOne func()) {
 	t.Helper()
-	first := mustAcquire(t, l, "/q", Exclusive).(QueuedLease)
+	first := mustAcquire(t, l, "/q", lockstore.Exclusive)
 	if first.Queued() {
 		t.Fatal("a lease granted at once says it queued")
 	}
-	got := acquireAsync(t, l, "/q", Exclusive, 10*time.Second)
+	got := acquireAsync(t, l, "/q", lockstore.Exclusive, 10*time.Second)
 	queuedOne()
 	first.Release()
 	second := <-got
@@ -811,7 +813,7 @@ func assertQueuedLease(t *testing.T, l Locker, queuedOne func()) {
 		t.FailNow()
 	}
 	defer second.Release()
-	if !second.(QueuedLease).Queued() {
+	if !second.Queued() {
 		t.Fatal("a lease granted after waiting says it did not queue")
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -156,10 +158,10 @@ type Handler struct {
 	// such as handlers of one zone that disagree, name it.
 	Source string `json:"source,omitempty"`
 
-	store   Store
+	store   lockstore.Store
 	trouble *troubleLog
-	kinds   map[string]Kind // method -> kind; absent takes no lock unless defaultExclusive
-	defExcl bool            // methods not listed take an exclusive lock
+	kinds   map[string]lockstore.Kind // method -> kind; absent takes no lock unless defaultExclusive
+	defExcl bool                      // methods not listed take an exclusive lock
 	zone    *zone
 	shared  *zoneSettings // this handler's part in the zone's settings
 	metrics zoneMetrics
@@ -189,13 +191,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.WebDAV {
 		h.provisionDAV()
 	}
-	h.kinds = make(map[string]Kind)
+	h.kinds = make(map[string]lockstore.Kind)
 	h.defExcl = len(h.Exclusive) == 0
 	for _, m := range h.Exclusive {
-		h.kinds[strings.ToUpper(m)] = Exclusive
+		h.kinds[strings.ToUpper(m)] = lockstore.Exclusive
 	}
 	for _, m := range h.Shared {
-		h.kinds[strings.ToUpper(m)] = Shared
+		h.kinds[strings.ToUpper(m)] = lockstore.Shared
 	}
 	h.trouble = new(troubleLog)
 	h.keyParts = parseKeyParts(h.Key)
@@ -204,9 +206,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("lock zone %q: loading store: %w", h.Zone, err)
 		}
-		h.store = mod.(Store)
+		h.store = mod.(lockstore.Store)
+	} else {
+		h.store = new(memoryStore)
 	}
-	if h.FenceHeader != "" && h.store == nil {
+	if _, inMemory := h.store.(*memoryStore); inMemory && h.FenceHeader != "" {
 		return fmt.Errorf("lock: fence_header %q needs a store that issues fencing numbers, such as store redis", h.FenceHeader)
 	}
 	poolKey := zoneTableKey(h.Zone, h.Hierarchy, h.store)
@@ -307,22 +311,21 @@ func validMethod(m string) bool {
 // compared upper-cased, as the lists are kept: HTTP methods are
 // case-sensitive, but frameworks that upper-case them would take "put"
 // for a PUT, so it must not pass a lock that PUT takes.
-func (h *Handler) kindOf(method string) (Kind, bool) {
+func (h *Handler) kindOf(method string) (lockstore.Kind, bool) {
 	method = strings.ToUpper(method) // no copy when already upper-case
 	if k, ok := h.kinds[method]; ok {
 		return k, true
 	}
 	if h.defExcl && !slices.Contains(readMethods, method) {
-		return Exclusive, true
+		return lockstore.Exclusive, true
 	}
 	return 0, false
 }
 
 // queued reports whether lease was granted after its request waited in
 // the queue: that, not how long Acquire took, makes the result "waited".
-func queued(lease Lease) bool {
-	q, ok := lease.(QueuedLease)
-	return ok && q.Queued()
+func queued(lease lockstore.Lease) bool {
+	return lease.Queued()
 }
 
 // Placeholder values of {http.lock.result}.
@@ -376,7 +379,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	z := h.zone
-	if z.close != nil {
+	if z.drain {
 		var borrowed bool
 		var err error
 		if z, borrowed, err = h.enter(); err != nil {
@@ -413,10 +416,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	abort := abortReads(w, r) // for max_hold; before anything reads the body
 	bw := h.newBodyWait(w, r)
 	defer bw.end()
-	lease, err := bw.acquire(z.locker, Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
+	lease, err := bw.acquire(z.locker, lockstore.Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
 	waited := h.recordWait(repl, start)
 	if err != nil {
-		if errors.Is(err, ErrStoreUnavailable) && h.store != nil && h.store.FailOpen() {
+		if errors.Is(err, lockstore.ErrStoreUnavailable) && h.store.FailOpen() {
 			// With the body it may have begun to read.
 			if err := bw.ready(r.Context()); err != nil {
 				return bw.abandon(key, err)
@@ -446,7 +449,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		guard.stop()
 		hc.finish()
 	}()
-	if kind == Exclusive {
+	if kind == lockstore.Exclusive {
 		// It counts the request, by how it ends.
 		if refused, err := h.refuseMaintenance(w, r, repl, z, key, lease, result); refused {
 			return err
@@ -478,7 +481,7 @@ func (h *Handler) recordWait(repl *caddy.Replacer, start time.Time) time.Duratio
 // zone earlier in its route, a lock that this handler has nothing to add
 // to: the lock it would take (kind, when locks), or any lock when it takes
 // none for the method.
-func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind Kind, locks bool) bool {
+func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind lockstore.Kind, locks bool) bool {
 	if h.WebDAV {
 		return false
 	}
@@ -490,7 +493,7 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind Kind, l
 		return true
 	}
 	key, err := h.keyOf(r, repl)
-	return err == nil && (c.kind == Exclusive || kind == Shared) && c.key == key
+	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && c.key == key
 }
 
 // enter returns the zone that a request in a handler whose zone has a
@@ -575,13 +578,15 @@ var zones = caddy.NewUsagePool()
 type zone struct {
 	poolKey string
 	name    string
-	locker  Locker
+	locker  lockstore.Locker
 	// explicit holds the zone's WebDAV and admin locks.
-	explicit LockStore
-	// close lets go of a store's connections; nil in memory.
+	explicit lockstore.LockStore
+	// close lets go of the tables (see lockstore.ZoneTables).
 	close func() error
+	// drain: close waits for the requests under way (see enter).
+	drain bool
 	// active counts the requests under way in handlers of this zone (when
-	// it has a close) and the admin API calls using it: Destruct closes
+	// it drains) and the admin API calls using it: Destruct closes
 	// the store only once they are done, since Caddy unloads a config
 	// while its requests may still run.
 	active atomic.Int64
@@ -654,40 +659,19 @@ func (s *zoneSettings) detach() {
 // apply sets the zone's tables to s; settingsMu is held.
 func (s *zoneSettings) apply() {
 	z := s.z
-	if ls, ok := z.locker.(limitSetter); ok {
-		ls.SetLimits(s.maxLocks, s.maxWaiters)
-	}
+	z.locker.SetLimits(s.maxLocks, s.maxWaiters)
 	z.caseInsensitive.Store(s.caseInsensitive)
-	if m, ok := z.explicit.(interface{ SetMax(int) }); ok {
-		m.SetMax(s.maxLocks)
-	}
-	if b, ok := z.explicit.(interface{ SetBudget(int64, int) }); ok {
-		b.SetBudget(s.maxLockBytes, s.maxLocksPerOwner)
-	}
+	z.explicit.SetLimits(s.maxLocks, s.maxLockBytes, s.maxLocksPerOwner)
 }
 
-// memExplicit holds the in-memory explicit lock stores by zone name.
-// Explicit locks do not depend on what gives a zone's in-flight locks a
-// new table (hierarchy), so all in-memory tables of one name share one
-// store: a reload that changes hierarchy keeps the zone's WebDAV and
-// maintenance locks. (In Redis they are kept by the zone's name anyway.)
-var memExplicit = caddy.NewUsagePool()
-
-// memExplicitStore is a MemLockStore in memExplicit.
-type memExplicitStore struct{ *MemLockStore }
-
-// Destruct implements caddy.Destructor: it stops the expiry timer.
-func (s memExplicitStore) Destruct() error {
-	s.Close()
-	return nil
-}
-
-// Destruct implements caddy.Destructor: it lets go of the explicit store
-// in memory, and of the store's connections otherwise.
+// Destruct implements caddy.Destructor: it lets go of the zone's tables,
+// once the requests under way are done when the tables drain.
 func (z *zone) Destruct() error {
 	if z.close == nil {
-		_, err := memExplicit.Delete(z.name)
-		return err
+		return nil
+	}
+	if !z.drain {
+		return z.close()
 	}
 	z.unloaded.Store(true)
 	if z.active.Load() == 0 {
@@ -714,13 +698,13 @@ const zoneIdlePoll = 100 * time.Millisecond
 // part of the table's structure, so a zone whose hierarchy setting
 // changes starts a new table; so does one whose store configuration
 // changes.
-func zoneTableKey(name string, hierarchy bool, store Store) string {
+func zoneTableKey(name string, hierarchy bool, store lockstore.Store) string {
 	poolKey := name
 	if hierarchy {
 		poolKey += "\x00hierarchy"
 	}
-	if store != nil {
-		poolKey += "\x00" + store.TableKey()
+	if k := store.TableKey(); k != "" {
+		poolKey += "\x00" + k
 	}
 	return poolKey
 }
@@ -803,22 +787,13 @@ func onOff(b bool) string {
 
 // loadZone returns the zone's table under poolKey (from zoneTableKey),
 // opening it if nothing uses it yet; loaded tells that something did.
-func loadZone(poolKey, name string, hierarchy bool, store Store) (z *zone, loaded bool, err error) {
+func loadZone(poolKey, name string, hierarchy bool, store lockstore.Store) (z *zone, loaded bool, err error) {
 	v, loaded, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		if store == nil {
-			x, _, err := memExplicit.LoadOrNew(name, func() (caddy.Destructor, error) {
-				return memExplicitStore{NewMemLockStore(0)}, nil
-			})
-			if err != nil {
-				return nil, fmt.Errorf("explicit lock store: %w", err)
-			}
-			return &zone{poolKey: poolKey, name: name, locker: NewMemLocker(hierarchy, 0, 0), explicit: x.(memExplicitStore).MemLockStore}, nil
-		}
 		t, err := store.OpenZone(name, hierarchy)
 		if err != nil {
 			return nil, err
 		}
-		return &zone{poolKey: poolKey, name: name, locker: t.Locker, explicit: t.Explicit, close: t.Close}, nil
+		return &zone{poolKey: poolKey, name: name, locker: t.Locker, explicit: t.Explicit, close: t.Close, drain: t.Drain}, nil
 	})
 	if err != nil {
 		return nil, false, err

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -87,7 +89,7 @@ func benchRefusal(b *testing.B, zone, accept string) {
 	defer func() { _ = h.Cleanup() }()
 	// As in a Caddy that logs at INFO or above: debug lines are not written.
 	h.logger = zap.NewNop()
-	held, err := h.zone.locker.Acquire(context.Background(), Request{Key: "/hot", Kind: Exclusive})
+	held, err := h.zone.locker.Acquire(context.Background(), lockstore.Request{Key: "/hot", Kind: lockstore.Exclusive})
 	if err != nil {
 		b.Fatal(err)
 	}

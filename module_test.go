@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -1309,7 +1311,7 @@ func TestHierarchyTooDeepEndToEnd(t *testing.T) {
 	if writes, _, _ := b.counts(); writes != 0 {
 		t.Fatalf("backend writes = %d: the refused write reached the backend", writes)
 	}
-	mustDo(t, http.MethodPut, url+deepKey(MaxHierarchyDepth), nil, http.StatusOK)
+	mustDo(t, http.MethodPut, url+deepKey(lockstore.MaxHierarchyDepth), nil, http.StatusOK)
 	waitEmpty(t, zoneTable(t, "deep"))
 }
 

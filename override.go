@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -62,7 +64,7 @@ func (e *ambiguousError) Error() string { return e.title + ": " + e.detail }
 // methods and differing ones, which backends would read differently, and,
 // in webdav mode, overrides that the WebDAV checks cannot follow (see
 // davOverride).
-func (h *Handler) requestKind(r *http.Request) (kind Kind, ok bool, davMethod string, amb *ambiguousError) {
+func (h *Handler) requestKind(r *http.Request) (kind lockstore.Kind, ok bool, davMethod string, amb *ambiguousError) {
 	override, err := scanSpecialHeaders(r)
 	if err == nil {
 		override, err = queryOverride(r.URL.RawQuery, override)

@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -64,7 +66,7 @@ var errNULKey = errors.New("a NUL byte (%00) in the lock key")
 // it for a key too deep for hierarchy or with a NUL byte, which retrying
 // cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
-	var conflict *ConflictError
+	var conflict *lockstore.ConflictError
 	// Not errors.As: its target would escape, an allocation on every
 	// conflict; keyOf and destination return a *pathError unwrapped.
 	badPath, _ := err.(*pathError)
@@ -87,10 +89,10 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 			ce.Write(zap.String("key", key), zap.String("method", r.Method),
 				zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
 		}
-	case errors.Is(err, ErrTooDeep):
+	case errors.Is(err, lockstore.ErrTooDeep):
 		status, retry, result = http.StatusBadRequest, 0, resultTooDeep
 		p.Title = "Path too deep to lock"
-		p.Detail = fmt.Sprintf("zone %q locks a path with all its ancestors (hierarchy), which takes at most %d segments; %v", h.Zone, MaxHierarchyDepth, err)
+		p.Detail = fmt.Sprintf("zone %q locks a path with all its ancestors (hierarchy), which takes at most %d segments; %v", h.Zone, lockstore.MaxHierarchyDepth, err)
 		h.logger.Debug("lock key too deep", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.Error(err))
 	case errors.Is(err, errNULKey):
 		status, retry, result = http.StatusBadRequest, 0, resultBadKey
@@ -102,17 +104,17 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		p.Title = "Path cannot be locked"
 		p.Detail = badPath.Error() + "; see docs/path-readings.md"
 		h.logger.Debug("lock key refused", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.Error(err))
-	case errors.Is(err, ErrFull):
+	case errors.Is(err, lockstore.ErrFull):
 		p.Title = "Lock table is full"
 		p.Detail = fmt.Sprintf("zone %q holds its maximum of locks and waiters; try again later", h.Zone)
 		h.logger.Debug("lock table full", zap.String("key", key), zap.String("method", r.Method), zap.String("zone", h.Zone))
-	case errors.Is(err, ErrStoreFailed):
+	case errors.Is(err, lockstore.ErrStoreFailed):
 		// Never fail_open: the store is there and refuses (see ErrStoreFailed).
 		result = resultStoreError
 		p.Title = "Lock store failed"
 		p.Detail = fmt.Sprintf("the lock store of zone %q answered with an error; try again later", h.Zone)
 		h.storeTrouble(key, err)
-	case errors.Is(err, ErrStoreUnavailable): // before the context cases: it may wrap a timeout
+	case errors.Is(err, lockstore.ErrStoreUnavailable): // before the context cases: it may wrap a timeout
 		result = resultUnavailable
 		p.Title = "Lock store unavailable"
 		p.Detail = fmt.Sprintf("the lock store of zone %q could not be reached; try again later", h.Zone)

@@ -15,24 +15,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
 )
-
-// ErrStoreUnavailable means the shared lock table could not be reached (or
-// did not answer) within the configured timeout. Whether the request then
-// goes through unlocked or is refused is the caller's policy.
-var ErrStoreUnavailable = errors.New("lock store unavailable")
-
-// ErrStoreFailed means the lock store answered, but with an error: Redis
-// out of memory (maxmemory with noeviction), a script error, a wrong key
-// type, a refused command. The store is reachable and says it cannot do
-// what was asked, which a client may be able to bring about (a flood of
-// LOCKs filling maxmemory): it never lets a request pass unlocked, even
-// under fail_open, and is answered with 503.
-var ErrStoreFailed = errors.New("lock store answered with an error")
 
 // storeErr says why a call to Redis failed: ErrStoreFailed when Redis
 // answered with an error or an answer that makes no sense, else (no
@@ -46,14 +35,14 @@ func storeErr(err error) error {
 	var bad *badReplyError
 	switch {
 	case errors.As(err, &bad):
-		return ErrStoreFailed
+		return lockstore.ErrStoreFailed
 	case !errors.As(err, &reply):
-		return ErrStoreUnavailable
+		return lockstore.ErrStoreUnavailable
 	case redis.IsLoadingError(err), redis.IsReadOnlyError(err), redis.IsMasterDownError(err),
 		redis.IsClusterDownError(err), redis.IsTryAgainError(err), redis.IsMaxClientsError(err):
-		return ErrStoreUnavailable
+		return lockstore.ErrStoreUnavailable
 	}
-	return ErrStoreFailed
+	return lockstore.ErrStoreFailed
 }
 
 // badReplyError is a script reply of an unexpected shape.
@@ -177,21 +166,6 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 		opts.TLSConfig = tc
 	}
 	return redis.NewUniversalClient(opts), nil
-}
-
-// Fenced is implemented by leases that carry a fencing number: numbers
-// grow strictly with every grant in a zone, so a backend that remembers the
-// highest number it has seen can reject writes from a holder whose lock
-// was meanwhile granted to somebody else.
-type Fenced interface {
-	Fence() int64
-}
-
-// Revocable is implemented by leases that can be lost before Release, such
-// as Redis leases whose renewal failed. The channel is closed when the
-// lock is known (or must be assumed) to be no longer held.
-type Revocable interface {
-	Lost() <-chan struct{}
 }
 
 // Tuning that is not configuration.
@@ -361,7 +335,7 @@ func checkRedisZone(zone string) error {
 // MemLocker.SetLimits does; values <= 0 mean the defaults. Every node of a
 // zone should use the same limits, since each acquisition checks its own.
 func (l *RedisLocker) SetLimits(maxLocks, maxWaiters int) {
-	locks, waiters := zoneLimits(maxLocks, maxWaiters)
+	locks, waiters := lockstore.Limits(maxLocks, maxWaiters)
 	l.maxLocks.Store(locks)
 	l.maxWaiters.Store(waiters)
 }
@@ -449,11 +423,11 @@ func (l *RedisLocker) Stats(ctx context.Context) (RedisStats, error) {
 // now is a monotonic clock reading, for local lease bookkeeping.
 func (l *RedisLocker) now() int64 { return int64(time.Since(l.epoch)) }
 
-func newToken(kind Kind) string {
+func newToken(kind lockstore.Kind) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	c := "S"
-	if kind == Exclusive {
+	if kind == lockstore.Exclusive {
 		c = "X"
 	}
 	return c + hex.EncodeToString(b[:])
@@ -693,7 +667,7 @@ if s then
   -- one sets the estimate instead of moving it part of the way from
   -- zero; after that each weighs 1/holdWindow (as in the memory store).
   local avg = tonumber(redis.call('HGET', KEYS[4], 'avg') or '0') or 0
-  local n = math.min((tonumber(redis.call('HGET', KEYS[4], 'holds') or '0') or 0) + 1, ` + strconv.Itoa(holdWindow) + `)
+  local n = math.min((tonumber(redis.call('HGET', KEYS[4], 'holds') or '0') or 0) + 1, ` + strconv.Itoa(lockstore.HoldWindow) + `)
   avg = avg + ((nowus - s) / 1000 - avg) / n
   redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg)), 'holds', n)
 end
@@ -749,7 +723,7 @@ type acquireResult struct {
 	full     bool
 	fence    int64
 	explicit bool // the zone held explicit locks at the grant
-	conflict *ConflictError
+	conflict *lockstore.ConflictError
 	queued   bool
 	head     bool // first in the key's queue
 }
@@ -770,7 +744,7 @@ func descRange(key string) (lo, hi string) {
 	return "[" + key + "/", "(" + key + "0"
 }
 
-func (l *RedisLocker) acquireArgs(req Request, tok, wtok string) []any {
+func (l *RedisLocker) acquireArgs(req lockstore.Request, tok, wtok string) []any {
 	hier := ""
 	if l.hierarchy {
 		hier = "1"
@@ -816,9 +790,9 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 		return acquireResult{
 			queued: queued != 0,
 			head:   queued == 1,
-			conflict: &ConflictError{
+			conflict: &lockstore.ConflictError{
 				Key:        key,
-				Kind:       Kind(kind),
+				Kind:       lockstore.Kind(kind),
 				HeldFor:    held,
 				Below:      below == 1,
 				RetryAfter: max(1, (remaining+time.Second-1)/time.Second) * time.Second,
@@ -835,8 +809,8 @@ func (l *RedisLocker) runAcquire(ctx context.Context, args []any) (acquireResult
 // lease is a *RedisLease. With hierarchy, a key longer than
 // RedisMaxKeyBytes is locked as its longest ancestor within the limit:
 // the lease's Key tells which.
-func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
-	if req.Kind != Shared && req.Kind != Exclusive {
+func (l *RedisLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
+	if req.Kind != lockstore.Shared && req.Kind != lockstore.Exclusive {
 		return nil, fmt.Errorf("redis lock acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
 	l.calls.Add(1)
@@ -846,7 +820,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	}
 	if l.hierarchy {
 		// The script walks every ancestor too: refuse what MemLocker does.
-		if err := checkDepth(req.Key); err != nil {
+		if err := lockstore.CheckDepth(req.Key); err != nil {
 			return nil, fmt.Errorf("redis lock acquire: %w", err)
 		}
 		if cut, ok := cutKey(req.Key, RedisMaxKeyBytes); ok {
@@ -855,7 +829,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		}
 	}
 	if l.closed.Load() {
-		return nil, fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, ErrStoreUnavailable)
+		return nil, fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, lockstore.ErrStoreUnavailable)
 	}
 	tok := newToken(req.Kind)
 	var wtok string
@@ -889,7 +863,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 			ls.confirmed.Store(sent)
 			if !l.track(ls) {
 				ls.Release()
-				return nil, fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, ErrStoreUnavailable)
+				return nil, fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, lockstore.ErrStoreUnavailable)
 			}
 			if err := ctx.Err(); err != nil {
 				// The caller left; do not hand it a lock it will not use.
@@ -898,7 +872,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 			}
 			return ls, nil
 		case res.full:
-			return nil, ErrFull
+			return nil, lockstore.ErrFull
 		case !res.queued:
 			return nil, res.conflict
 		}
@@ -927,7 +901,7 @@ func (l *RedisLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 		case <-ctx.Done():
 			err2 = ctx.Err()
 		case <-l.done:
-			err2 = fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, ErrStoreUnavailable)
+			err2 = fmt.Errorf("redis lock acquire %q: %w: locker closed", req.Key, lockstore.ErrStoreUnavailable)
 		}
 		poll.Stop()
 		if err2 != nil {
@@ -1182,7 +1156,7 @@ func (l *RedisLocker) wake(msg string) {
 		if named {
 			hit = w.wtok == wtok
 		} else {
-			hit = !w.behind.Load() && (w.key == key || (l.hierarchy && (covers(w.key, key) || covers(key, w.key))))
+			hit = !w.behind.Load() && (w.key == key || (l.hierarchy && (lockstore.Below(key, w.key) || lockstore.Below(w.key, key))))
 		}
 		if hit {
 			select {
@@ -1191,18 +1165,6 @@ func (l *RedisLocker) wake(msg string) {
 			}
 		}
 	}
-}
-
-// covers reports whether a is a proper ancestor of d, as ancestors()
-// defines it.
-func covers(a, d string) bool {
-	if len(a) == 0 || a[0] != '/' || len(d) < 2 || d[0] != '/' {
-		return false
-	}
-	if a == "/" {
-		return true
-	}
-	return strings.HasPrefix(d, a+"/")
 }
 
 // RedisLease is a lock granted by a RedisLocker. It implements Lease,
@@ -1223,11 +1185,11 @@ type RedisLease struct {
 // Key returns the locked key.
 func (ls *RedisLease) Key() string { return ls.key }
 
-// Queued implements QueuedLease.
+// Queued implements Lease.
 func (ls *RedisLease) Queued() bool { return ls.queued }
 
 // ExplicitLocksInZone reports whether the zone held explicit locks when
-// the lease was granted; see explicitHint.
+// the lease was granted; see Lease.
 func (ls *RedisLease) ExplicitLocksInZone() bool { return ls.explicit }
 
 // Fence returns the lease's fencing number: strictly greater than that of
@@ -1259,9 +1221,9 @@ func (ls *RedisLease) Release() {
 }
 
 var (
-	_ Locker      = (*RedisLocker)(nil)
-	_ Lease       = (*RedisLease)(nil)
-	_ QueuedLease = (*RedisLease)(nil)
-	_ Fenced      = (*RedisLease)(nil)
-	_ Revocable   = (*RedisLease)(nil)
+	_ lockstore.Locker    = (*RedisLocker)(nil)
+	_ lockstore.Lease     = (*RedisLease)(nil)
+	_ lockstore.Lease     = (*RedisLease)(nil)
+	_ lockstore.Fenced    = (*RedisLease)(nil)
+	_ lockstore.Revocable = (*RedisLease)(nil)
 )

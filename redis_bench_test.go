@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -25,12 +27,12 @@ func BenchmarkStores(b *testing.B) {
 	for _, wl := range []struct {
 		name      string
 		hierarchy bool
-		kind      Kind
+		kind      lockstore.Kind
 		key       workload
 	}{
-		{"distinct", false, Exclusive, distinct},
-		{"hot", false, Exclusive, hot},
-		{"distinct-hierarchy", true, Exclusive, distinct},
+		{"distinct", false, lockstore.Exclusive, distinct},
+		{"hot", false, lockstore.Exclusive, hot},
+		{"distinct-hierarchy", true, lockstore.Exclusive, distinct},
 	} {
 		b.Run(wl.name+"/memory", func(b *testing.B) {
 			benchLocker(b, NewMemLocker(wl.hierarchy, 0, 0), wl.kind, wl.key)
@@ -81,9 +83,9 @@ func BenchmarkHeldLocks(b *testing.B) {
 	for _, n := range []int{100, 10000} {
 		mem := NewMemLocker(false, 0, 0)
 		red := newRedisLocker(b, srv, fmt.Sprintf("bench-held-%d", n), redisOpts{})
-		for _, l := range []Locker{mem, red} {
+		for _, l := range []lockstore.Locker{mem, red} {
 			for i := range n {
-				ls, err := l.Acquire(context.Background(), Request{Key: fmt.Sprintf("/docs/%d", i), Kind: Exclusive})
+				ls, err := l.Acquire(context.Background(), lockstore.Request{Key: fmt.Sprintf("/docs/%d", i), Kind: lockstore.Exclusive})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -92,7 +94,7 @@ func BenchmarkHeldLocks(b *testing.B) {
 		}
 		for _, t := range []struct {
 			name string
-			l    heldLister
+			l    lockstore.Locker
 		}{{"memory", mem}, {"redis", red}} {
 			l := t.l
 			b.Run(fmt.Sprintf("%d/%s", n, t.name), func(b *testing.B) {

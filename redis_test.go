@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -55,19 +57,19 @@ func newRedisLocker(t testing.TB, srv *testRedis, zone string, o redisOpts) *Red
 	return l
 }
 
-func redisAcquire(t *testing.T, l Locker, key string, kind Kind) *RedisLease {
+func redisAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *RedisLease {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
+	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
 	if err != nil {
 		t.Fatalf("acquire %s %s: %v", kind, key, err)
 	}
 	return ls.(*RedisLease)
 }
 
-func redisConflict(t *testing.T, l Locker, key string, kind Kind) *ConflictError {
+func redisConflict(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *lockstore.ConflictError {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), Request{Key: key, Kind: kind})
-	var ce *ConflictError
+	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
+	var ce *lockstore.ConflictError
 	if !errors.As(err, &ce) {
 		if ls != nil {
 			ls.Release()
@@ -89,34 +91,34 @@ func redisStats(t *testing.T, l *RedisLocker) RedisStats {
 func TestRedisExclusiveConflict(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	a := redisAcquire(t, l, "/a", Exclusive)
+	a := redisAcquire(t, l, "/a", lockstore.Exclusive)
 	time.Sleep(20 * time.Millisecond)
-	ce := redisConflict(t, l, "/a", Exclusive)
-	if ce.Key != "/a" || ce.Kind != Exclusive || ce.Below || ce.HeldFor < 10*time.Millisecond || ce.RetryAfter < time.Second {
+	ce := redisConflict(t, l, "/a", lockstore.Exclusive)
+	if ce.Key != "/a" || ce.Kind != lockstore.Exclusive || ce.Below || ce.HeldFor < 10*time.Millisecond || ce.RetryAfter < time.Second {
 		t.Fatalf("conflict = %+v", ce)
 	}
-	if ce := redisConflict(t, l, "/a", Shared); ce.Kind != Exclusive {
+	if ce := redisConflict(t, l, "/a", lockstore.Shared); ce.Kind != lockstore.Exclusive {
 		t.Fatalf("conflict = %+v", ce)
 	}
 	// Other keys are independent.
-	redisAcquire(t, l, "/b", Exclusive).Release()
+	redisAcquire(t, l, "/b", lockstore.Exclusive).Release()
 	a.Release()
-	redisAcquire(t, l, "/a", Exclusive).Release()
+	redisAcquire(t, l, "/a", lockstore.Exclusive).Release()
 }
 
 func TestRedisShared(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	s1 := redisAcquire(t, l, "/s", Shared)
-	s2 := redisAcquire(t, l, "/s", Shared)
-	if ce := redisConflict(t, l, "/s", Exclusive); ce.Kind != Shared || ce.Key != "/s" {
+	s1 := redisAcquire(t, l, "/s", lockstore.Shared)
+	s2 := redisAcquire(t, l, "/s", lockstore.Shared)
+	if ce := redisConflict(t, l, "/s", lockstore.Exclusive); ce.Kind != lockstore.Shared || ce.Key != "/s" {
 		t.Fatalf("conflict = %+v", ce)
 	}
 	s1.Release()
-	redisConflict(t, l, "/s", Exclusive)
+	redisConflict(t, l, "/s", lockstore.Exclusive)
 	s2.Release()
-	x := redisAcquire(t, l, "/s", Exclusive)
-	if ce := redisConflict(t, l, "/s", Shared); ce.Kind != Exclusive {
+	x := redisAcquire(t, l, "/s", lockstore.Exclusive)
+	if ce := redisConflict(t, l, "/s", lockstore.Shared); ce.Kind != lockstore.Exclusive {
 		t.Fatalf("conflict = %+v", ce)
 	}
 	x.Release()
@@ -130,49 +132,49 @@ func TestRedisHierarchy(t *testing.T) {
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
 
 	// Ancestor held blocks descendants.
-	a := redisAcquire(t, l, "/a", Exclusive)
-	if ce := redisConflict(t, l, "/a/b/c", Shared); ce.Key != "/a" || ce.Kind != Exclusive || ce.Below {
+	a := redisAcquire(t, l, "/a", lockstore.Exclusive)
+	if ce := redisConflict(t, l, "/a/b/c", lockstore.Shared); ce.Key != "/a" || ce.Kind != lockstore.Exclusive || ce.Below {
 		t.Fatalf("conflict = %+v", ce)
 	}
-	redisAcquire(t, l, "/ab", Exclusive).Release() // not below /a
-	redisAcquire(t, l, "/b/a", Exclusive).Release()
-	redisConflict(t, l, "/", Shared)
+	redisAcquire(t, l, "/ab", lockstore.Exclusive).Release() // not below /a
+	redisAcquire(t, l, "/b/a", lockstore.Exclusive).Release()
+	redisConflict(t, l, "/", lockstore.Shared)
 	a.Release()
 
 	// Descendant held blocks ancestors, reported as Below on the key.
-	c := redisAcquire(t, l, "/a/b/c", Exclusive)
+	c := redisAcquire(t, l, "/a/b/c", lockstore.Exclusive)
 	for _, k := range []string{"/a/b", "/a", "/"} {
-		if ce := redisConflict(t, l, k, Shared); ce.Key != k || !ce.Below || ce.Kind != Exclusive {
+		if ce := redisConflict(t, l, k, lockstore.Shared); ce.Key != k || !ce.Below || ce.Kind != lockstore.Exclusive {
 			t.Fatalf("%s: conflict = %+v", k, ce)
 		}
 	}
-	redisAcquire(t, l, "/a/b/d", Exclusive).Release() // sibling
-	redisAcquire(t, l, "/a/bc", Exclusive).Release()
+	redisAcquire(t, l, "/a/b/d", lockstore.Exclusive).Release() // sibling
+	redisAcquire(t, l, "/a/bc", lockstore.Exclusive).Release()
 	c.Release()
 
 	// Shared locks nest; an exclusive one does not fit under or over them.
-	s := redisAcquire(t, l, "/a", Shared)
-	s2 := redisAcquire(t, l, "/a/b", Shared)
-	redisConflict(t, l, "/a/b/c", Exclusive)
-	if ce := redisConflict(t, l, "/", Exclusive); !ce.Below || ce.Kind != Shared {
+	s := redisAcquire(t, l, "/a", lockstore.Shared)
+	s2 := redisAcquire(t, l, "/a/b", lockstore.Shared)
+	redisConflict(t, l, "/a/b/c", lockstore.Exclusive)
+	if ce := redisConflict(t, l, "/", lockstore.Exclusive); !ce.Below || ce.Kind != lockstore.Shared {
 		t.Fatalf("conflict = %+v", ce)
 	}
 	s.Release()
 	s2.Release()
-	redisAcquire(t, l, "/", Exclusive).Release()
+	redisAcquire(t, l, "/", lockstore.Exclusive).Release()
 
 	// Keys that are not rooted at "/" have no hierarchy.
-	x := redisAcquire(t, l, "x", Exclusive)
-	redisAcquire(t, l, "x/y", Exclusive).Release()
+	x := redisAcquire(t, l, "x", lockstore.Exclusive)
+	redisAcquire(t, l, "x/y", lockstore.Exclusive).Release()
 	x.Release()
 }
 
 func TestRedisNoHierarchy(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	a := redisAcquire(t, l, "/a", Exclusive)
-	b := redisAcquire(t, l, "/a/b", Exclusive)
-	r := redisAcquire(t, l, "/", Exclusive)
+	a := redisAcquire(t, l, "/a", lockstore.Exclusive)
+	b := redisAcquire(t, l, "/a/b", lockstore.Exclusive)
+	r := redisAcquire(t, l, "/", lockstore.Exclusive)
 	a.Release()
 	b.Release()
 	r.Release()
@@ -181,12 +183,12 @@ func TestRedisNoHierarchy(t *testing.T) {
 func TestRedisDoubleRelease(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	a := redisAcquire(t, l, "/k", Exclusive)
+	a := redisAcquire(t, l, "/k", lockstore.Exclusive)
 	a.Release()
 	a.Release()
-	b := redisAcquire(t, l, "/k", Exclusive)
+	b := redisAcquire(t, l, "/k", lockstore.Exclusive)
 	a.Release() // must not free b's lock
-	redisConflict(t, l, "/k", Exclusive)
+	redisConflict(t, l, "/k", lockstore.Exclusive)
 	b.Release()
 	if s := redisStats(t, l); s.Held != 0 {
 		t.Fatalf("stats = %+v", s)
@@ -220,16 +222,16 @@ func TestRedisTwoNodesExclusion(t *testing.T) {
 				defer wg.Done()
 				for r := range rounds {
 					k := (g + r) % keys
-					kind := Exclusive
+					kind := lockstore.Exclusive
 					if (g+r)%3 == 0 {
-						kind = Shared
+						kind = lockstore.Shared
 					}
-					req := Request{Key: "/k" + strconv.Itoa(k), Kind: kind}
+					req := lockstore.Request{Key: "/k" + strconv.Itoa(k), Kind: kind}
 					if g%2 == 0 {
 						req.Wait = 5 * time.Second
 					}
 					ls, err := l.Acquire(context.Background(), req)
-					var ce *ConflictError
+					var ce *lockstore.ConflictError
 					if errors.As(err, &ce) {
 						conflicts.Add(1)
 						continue
@@ -239,7 +241,7 @@ func TestRedisTwoNodesExclusion(t *testing.T) {
 						return
 					}
 					grants.Add(1)
-					if kind == Exclusive {
+					if kind == lockstore.Exclusive {
 						if excl[k].Add(1) != 1 || shared[k].Load() != 0 {
 							fail(fmt.Errorf("exclusive lock on key %d granted twice", k))
 						}
@@ -289,7 +291,7 @@ func TestRedisFIFOAcrossNodes(t *testing.T) {
 	srv := startRedis(t)
 	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
 	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, l1, "/f", Exclusive)
+	hold := redisAcquire(t, l1, "/f", lockstore.Exclusive)
 
 	const n = 6
 	var mu sync.Mutex
@@ -300,14 +302,14 @@ func TestRedisFIFOAcrossNodes(t *testing.T) {
 		if i%2 == 1 {
 			l = l2
 		}
-		kind := Exclusive
+		kind := lockstore.Exclusive
 		if i == 2 || i == 3 {
-			kind = Shared // consecutive shared waiters may run together
+			kind = lockstore.Shared // consecutive shared waiters may run together
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ls, err := l.Acquire(context.Background(), Request{Key: "/f", Kind: kind, Wait: 10 * time.Second})
+			ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/f", Kind: kind, Wait: 10 * time.Second})
 			if err != nil {
 				t.Errorf("waiter %d: %v", i, err)
 				return
@@ -333,10 +335,10 @@ func TestRedisFIFOAcrossNodes(t *testing.T) {
 func TestRedisNoOvertaking(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
-	parent := redisAcquire(t, l, "/p", Exclusive)
+	parent := redisAcquire(t, l, "/p", lockstore.Exclusive)
 	done := make(chan error, 1)
 	go func() {
-		ls, err := l.Acquire(context.Background(), Request{Key: "/p/c", Kind: Exclusive, Wait: 5 * time.Second})
+		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/p/c", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
 		if err == nil {
 			ls.Release()
 		}
@@ -344,7 +346,7 @@ func TestRedisNoOvertaking(t *testing.T) {
 	}()
 	waitFor(t, 2*time.Second, "waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
 	// The queue on /p/c is not empty: no newcomer gets /p/c, even shared.
-	if ce := redisConflict(t, l, "/p/c", Shared); ce.Key != "/p" {
+	if ce := redisConflict(t, l, "/p/c", lockstore.Shared); ce.Key != "/p" {
 		t.Fatalf("conflict = %+v", ce)
 	}
 	parent.Release()
@@ -355,17 +357,17 @@ func TestRedisNoOvertaking(t *testing.T) {
 	// Where only the queue stands in the way: a reader arriving while a
 	// writer waits behind another reader would be granted beside that
 	// reader, and is refused instead.
-	r1 := redisAcquire(t, l, "/q", Shared)
+	r1 := redisAcquire(t, l, "/q", lockstore.Shared)
 	writer := make(chan error, 1)
 	go func() {
-		ls, err := l.Acquire(context.Background(), Request{Key: "/q", Kind: Exclusive, Wait: 5 * time.Second})
+		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/q", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
 		if err == nil {
 			ls.Release()
 		}
 		writer <- err
 	}()
 	waitFor(t, 2*time.Second, "the writer to queue", func() bool { return redisStats(t, l).Waiting == 1 })
-	if ce := redisConflict(t, l, "/q", Shared); ce.Key != "/q" {
+	if ce := redisConflict(t, l, "/q", lockstore.Shared); ce.Key != "/q" {
 		t.Fatalf("conflict = %+v", ce)
 	}
 	r1.Release()
@@ -411,11 +413,11 @@ func TestRedisHandlerReaderQueuesBehindWriter(t *testing.T) {
 func TestRedisWaitTimeout(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, l, "/w", Exclusive)
+	hold := redisAcquire(t, l, "/w", lockstore.Exclusive)
 	defer hold.Release()
 	start := time.Now()
-	_, err := l.Acquire(context.Background(), Request{Key: "/w", Kind: Exclusive, Wait: 300 * time.Millisecond})
-	var ce *ConflictError
+	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/w", Kind: lockstore.Exclusive, Wait: 300 * time.Millisecond})
+	var ce *lockstore.ConflictError
 	if !errors.As(err, &ce) || ce.Key != "/w" {
 		t.Fatalf("err = %v", err)
 	}
@@ -431,16 +433,16 @@ func TestRedisCancelWhileWaiting(t *testing.T) {
 	srv := startRedis(t)
 	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
 	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, l1, "/c", Exclusive)
+	hold := redisAcquire(t, l1, "/c", lockstore.Exclusive)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() {
-		_, err := l1.Acquire(ctx, Request{Key: "/c", Kind: Exclusive, Wait: 10 * time.Second})
+		_, err := l1.Acquire(ctx, lockstore.Request{Key: "/c", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
 		first <- err
 	}()
 	waitFor(t, 2*time.Second, "first waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
-	second := acquireAsync(t, l2, "/c", Exclusive, 10*time.Second)
+	second := acquireAsync(t, l2, "/c", lockstore.Exclusive, 10*time.Second)
 	waitFor(t, 2*time.Second, "second waiter", func() bool { return redisStats(t, l1).Waiting == 2 })
 
 	start := time.Now()
@@ -472,10 +474,10 @@ func TestRedisWakeByNotification(t *testing.T) {
 	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
 	l2.poll = time.Minute
 	for _, tc := range []struct{ held, want string }{{"/n", "/n"}, {"/n", "/n/x"}, {"/n/x/y", "/n"}} {
-		hold := redisAcquire(t, l1, tc.held, Exclusive)
+		hold := redisAcquire(t, l1, tc.held, lockstore.Exclusive)
 		got := make(chan time.Time, 1)
 		go func() {
-			ls, err := l2.Acquire(context.Background(), Request{Key: tc.want, Kind: Exclusive, Wait: 10 * time.Second})
+			ls, err := l2.Acquire(context.Background(), lockstore.Request{Key: tc.want, Kind: lockstore.Exclusive, Wait: 10 * time.Second})
 			if err != nil {
 				t.Error(err)
 				got <- time.Time{}
@@ -502,27 +504,27 @@ func TestRedisWakeByNotification(t *testing.T) {
 func TestRedisMaxWaiters(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{maxWaiters: 2})
-	hold := redisAcquire(t, l, "/m", Exclusive)
+	hold := redisAcquire(t, l, "/m", lockstore.Exclusive)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = l.Acquire(ctx, Request{Key: "/m", Kind: Exclusive, Wait: 10 * time.Second})
+			_, _ = l.Acquire(ctx, lockstore.Request{Key: "/m", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
 		}()
 	}
 	waitFor(t, 2*time.Second, "waiters", func() bool { return redisStats(t, l).Waiting == 2 })
 	start := time.Now()
-	_, err := l.Acquire(context.Background(), Request{Key: "/m", Kind: Exclusive, Wait: 10 * time.Second})
-	var ce *ConflictError
+	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/m", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
+	var ce *lockstore.ConflictError
 	if !errors.As(err, &ce) || time.Since(start) > time.Second {
 		t.Fatalf("third waiter: %v after %s", err, time.Since(start))
 	}
 	// Other keys have their own queue.
-	hold2 := redisAcquire(t, l, "/m2", Exclusive)
+	hold2 := redisAcquire(t, l, "/m2", lockstore.Exclusive)
 	go func() {
-		_, _ = l.Acquire(ctx, Request{Key: "/m2", Kind: Exclusive, Wait: 10 * time.Second})
+		_, _ = l.Acquire(ctx, lockstore.Request{Key: "/m2", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
 	}()
 	waitFor(t, 2*time.Second, "waiter on /m2", func() bool { return redisStats(t, l).Waiting == 3 })
 	cancel()
@@ -535,16 +537,16 @@ func TestRedisMaxLocks(t *testing.T) {
 	srv := startRedis(t)
 	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 3})
 	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 3})
-	a := redisAcquire(t, l1, "/1", Exclusive)
-	b := redisAcquire(t, l2, "/2", Exclusive)
-	c := redisAcquire(t, l1, "/3", Shared)
+	a := redisAcquire(t, l1, "/1", lockstore.Exclusive)
+	b := redisAcquire(t, l2, "/2", lockstore.Exclusive)
+	c := redisAcquire(t, l1, "/3", lockstore.Shared)
 	for _, l := range []*RedisLocker{l1, l2} {
-		if _, err := l.Acquire(context.Background(), Request{Key: "/4", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+		if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/4", Kind: lockstore.Exclusive}); !errors.Is(err, lockstore.ErrFull) {
 			t.Fatalf("want ErrFull, got %v", err)
 		}
 		// Full for a free key, and for shared locks on a key already
 		// held shared.
-		if _, err := l.Acquire(context.Background(), Request{Key: "/3", Kind: Shared}); !errors.Is(err, ErrFull) {
+		if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/3", Kind: lockstore.Shared}); !errors.Is(err, lockstore.ErrFull) {
 			t.Fatalf("want ErrFull, got %v", err)
 		}
 	}
@@ -554,17 +556,17 @@ func TestRedisMaxLocks(t *testing.T) {
 	}
 	b.Release()
 	for _, k := range []string{"/1", "/3"} {
-		redisConflict(t, l2, k, Exclusive)
+		redisConflict(t, l2, k, lockstore.Exclusive)
 	}
 	// A waiter takes a place too.
 	go func() {
-		ls, err := l2.Acquire(context.Background(), Request{Key: "/1", Kind: Exclusive, Wait: 5 * time.Second})
+		ls, err := l2.Acquire(context.Background(), lockstore.Request{Key: "/1", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
 		if err == nil {
 			ls.Release()
 		}
 	}()
 	waitFor(t, 2*time.Second, "waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
-	if _, err := l1.Acquire(context.Background(), Request{Key: "/5", Kind: Exclusive}); !errors.Is(err, ErrFull) {
+	if _, err := l1.Acquire(context.Background(), lockstore.Request{Key: "/5", Kind: lockstore.Exclusive}); !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("want ErrFull, got %v", err)
 	}
 	a.Release()
@@ -578,7 +580,7 @@ func TestRedisLeaseExpiry(t *testing.T) {
 	const lease = time.Second
 	dead := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease})
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease})
-	ls := redisAcquire(t, dead, "/e", Exclusive)
+	ls := redisAcquire(t, dead, "/e", lockstore.Exclusive)
 	dead.Close() // stops renewals without releasing
 	select {
 	case <-ls.Lost():
@@ -586,7 +588,7 @@ func TestRedisLeaseExpiry(t *testing.T) {
 		t.Fatal("Close did not mark the lease lost")
 	}
 	start := time.Now()
-	got, err := l.Acquire(context.Background(), Request{Key: "/e", Kind: Exclusive, Wait: 5 * time.Second})
+	got, err := l.Acquire(context.Background(), lockstore.Request{Key: "/e", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,11 +604,11 @@ func TestRedisRenewal(t *testing.T) {
 	srv := startRedis(t)
 	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
 	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
-	a := redisAcquire(t, l1, "/r", Exclusive)
-	b := redisAcquire(t, l1, "/r2", Shared)
+	a := redisAcquire(t, l1, "/r", lockstore.Exclusive)
+	b := redisAcquire(t, l1, "/r2", lockstore.Shared)
 	time.Sleep(3500 * time.Millisecond)
-	redisConflict(t, l2, "/r", Shared)
-	redisConflict(t, l2, "/r2", Exclusive)
+	redisConflict(t, l2, "/r", lockstore.Shared)
+	redisConflict(t, l2, "/r2", lockstore.Exclusive)
 	for _, ls := range []*RedisLease{a, b} {
 		select {
 		case <-ls.Lost():
@@ -616,7 +618,7 @@ func TestRedisRenewal(t *testing.T) {
 	}
 	a.Release()
 	b.Release()
-	redisAcquire(t, l2, "/r", Exclusive).Release()
+	redisAcquire(t, l2, "/r", lockstore.Exclusive).Release()
 }
 
 // All of a locker's leases are renewed in one script call per tick, not
@@ -627,7 +629,7 @@ func TestRedisRenewalBatched(t *testing.T) {
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease, timeout: 100 * time.Millisecond})
 	var held []*RedisLease
 	for i := range 6 {
-		held = append(held, redisAcquire(t, l, "/b"+strconv.Itoa(i), Exclusive))
+		held = append(held, redisAcquire(t, l, "/b"+strconv.Itoa(i), lockstore.Exclusive))
 	}
 	if err := l.client.ConfigResetStat(context.Background()).Err(); err != nil {
 		t.Fatal(err)
@@ -655,12 +657,12 @@ func TestRedisRenewalBatched(t *testing.T) {
 func TestRedisRetryAfterFromFirstHold(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	ls := redisAcquire(t, l, "/slow", Exclusive)
+	ls := redisAcquire(t, l, "/slow", lockstore.Exclusive)
 	time.Sleep(1500 * time.Millisecond)
 	ls.Release()
-	h := redisAcquire(t, l, "/next", Exclusive)
+	h := redisAcquire(t, l, "/next", lockstore.Exclusive)
 	defer h.Release()
-	if c := redisConflict(t, l, "/next", Exclusive); c.RetryAfter != 2*time.Second {
+	if c := redisConflict(t, l, "/next", lockstore.Exclusive); c.RetryAfter != 2*time.Second {
 		t.Fatalf("RetryAfter = %v after one hold of 1.5s, want 2s", c.RetryAfter)
 	}
 }
@@ -675,8 +677,8 @@ func TestRedisQueuedLease(t *testing.T) {
 func TestRedisLost(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Second})
-	ls := redisAcquire(t, l, "/lost", Exclusive)
-	keep := redisAcquire(t, l, "/kept", Exclusive)
+	ls := redisAcquire(t, l, "/lost", lockstore.Exclusive)
+	keep := redisAcquire(t, l, "/kept", lockstore.Exclusive)
 	// Somebody removes the holder from Redis (as a failover might).
 	if err := l.client.ZRem(context.Background(), l.kExp, ls.member).Err(); err != nil {
 		t.Fatal(err)
@@ -705,8 +707,8 @@ func TestRedisFencing(t *testing.T) {
 		if i%2 == 1 {
 			l = l2
 		}
-		ls := redisAcquire(t, l, "/f"+strconv.Itoa(i%3), Exclusive)
-		var f Fenced = ls
+		ls := redisAcquire(t, l, "/f"+strconv.Itoa(i%3), lockstore.Exclusive)
+		var f lockstore.Fenced = ls
 		if f.Fence() <= last {
 			t.Fatalf("fence %d after %d", f.Fence(), last)
 		}
@@ -757,8 +759,8 @@ func TestRedisScriptIdempotent(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
 	ctx := context.Background()
-	tok := newToken(Exclusive)
-	args := l.acquireArgs(Request{Key: "/i", Kind: Exclusive}, tok, "")
+	tok := newToken(lockstore.Exclusive)
+	args := l.acquireArgs(lockstore.Request{Key: "/i", Kind: lockstore.Exclusive}, tok, "")
 	r1, err := l.runAcquire(ctx, args)
 	if err != nil || !r1.granted {
 		t.Fatalf("first run: %+v, %v", r1, err)
@@ -771,8 +773,8 @@ func TestRedisScriptIdempotent(t *testing.T) {
 		t.Fatalf("stats = %+v", s)
 	}
 	// A queued waiter keeps one place when its attempt is repeated.
-	wtok := newToken(Exclusive)
-	wargs := l.acquireArgs(Request{Key: "/i", Kind: Exclusive}, newToken(Exclusive), wtok)
+	wtok := newToken(lockstore.Exclusive)
+	wargs := l.acquireArgs(lockstore.Request{Key: "/i", Kind: lockstore.Exclusive}, newToken(lockstore.Exclusive), wtok)
 	for range 2 {
 		r, err := l.runAcquire(ctx, wargs)
 		if err != nil || r.granted || !r.queued {
@@ -813,12 +815,12 @@ func commandCalls(t *testing.T, c redis.UniversalClient) map[string]int {
 func TestRedisOneRoundTrip(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute})
-	redisAcquire(t, l, "/warm", Exclusive).Release() // loads the scripts
+	redisAcquire(t, l, "/warm", lockstore.Exclusive).Release() // loads the scripts
 	ctx := context.Background()
 	if err := l.client.ConfigResetStat(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	ls := redisAcquire(t, l, "/one", Exclusive)
+	ls := redisAcquire(t, l, "/one", lockstore.Exclusive)
 	calls := commandCalls(t, l.client)
 	if calls["evalsha"] != 1 || calls["eval"] != 0 {
 		t.Fatalf("acquire: command stats %v", calls)
@@ -838,7 +840,7 @@ func TestRedisLostBeforeExpiry(t *testing.T) {
 	const lease = 3 * time.Second
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: lease, timeout: 300 * time.Millisecond})
 	sent := time.Now()
-	ls := redisAcquire(t, l, "/doc", Exclusive)
+	ls := redisAcquire(t, l, "/doc", lockstore.Exclusive)
 	srv.Stop()
 	select {
 	case <-ls.Lost():
@@ -855,18 +857,18 @@ func TestRedisUnavailable(t *testing.T) {
 	srv := startRedis(t)
 	const timeout = 300 * time.Millisecond
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: timeout, lease: time.Second})
-	redisAcquire(t, l, "/u", Exclusive).Release()
-	held := redisAcquire(t, l, "/held", Exclusive)
+	redisAcquire(t, l, "/u", lockstore.Exclusive).Release()
+	held := redisAcquire(t, l, "/held", lockstore.Exclusive)
 	// Start the subscription before the outage.
-	if _, err := l.Acquire(context.Background(), Request{Key: "/held", Kind: Exclusive, Wait: 10 * time.Millisecond}); err == nil {
+	if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/held", Kind: lockstore.Exclusive, Wait: 10 * time.Millisecond}); err == nil {
 		t.Fatal("granted twice")
 	}
 
 	srv.Stop()
 	for _, wait := range []time.Duration{0, 5 * time.Second} {
 		start := time.Now()
-		_, err := l.Acquire(context.Background(), Request{Key: "/u", Kind: Exclusive, Wait: wait})
-		if !errors.Is(err, ErrStoreUnavailable) {
+		_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/u", Kind: lockstore.Exclusive, Wait: wait})
+		if !errors.Is(err, lockstore.ErrStoreUnavailable) {
 			t.Fatalf("wait %s: want ErrStoreUnavailable, got %v", wait, err)
 		}
 		if d := time.Since(start); d > 4*timeout {
@@ -887,7 +889,7 @@ func TestRedisUnavailable(t *testing.T) {
 
 	srv.Start()
 	waitFor(t, 5*time.Second, "locking to work again", func() bool {
-		ls, err := l.Acquire(context.Background(), Request{Key: "/u", Kind: Exclusive})
+		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/u", Kind: lockstore.Exclusive})
 		if err != nil {
 			return false
 		}
@@ -899,11 +901,11 @@ func TestRedisUnavailable(t *testing.T) {
 	// back by itself.
 	l.poll = time.Minute
 	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: timeout, lease: time.Second})
-	hold := redisAcquire(t, l2, "/n", Exclusive)
+	hold := redisAcquire(t, l2, "/n", lockstore.Exclusive)
 	waitFor(t, 5*time.Second, "a notification to arrive", func() bool {
 		got := make(chan time.Time, 1)
 		go func() {
-			ls, err := l.Acquire(context.Background(), Request{Key: "/n", Kind: Exclusive, Wait: 2 * time.Second})
+			ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/n", Kind: lockstore.Exclusive, Wait: 2 * time.Second})
 			at := time.Now()
 			if err == nil {
 				ls.Release()
@@ -914,7 +916,7 @@ func TestRedisUnavailable(t *testing.T) {
 		released := time.Now()
 		hold.Release()
 		d := (<-got).Sub(released)
-		hold = redisAcquire(t, l2, "/n", Exclusive)
+		hold = redisAcquire(t, l2, "/n", lockstore.Exclusive)
 		return d < 300*time.Millisecond
 	})
 	hold.Release()
@@ -999,14 +1001,14 @@ func TestRedisNoGoroutineLeak(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hold := redisAcquire(t, l, "/g", Exclusive)
+		hold := redisAcquire(t, l, "/g", lockstore.Exclusive)
 		// A waiter starts the subscription; let it time out.
-		_, _ = l.Acquire(context.Background(), Request{Key: "/g/x", Kind: Shared, Wait: 300 * time.Millisecond})
+		_, _ = l.Acquire(context.Background(), lockstore.Request{Key: "/g/x", Kind: lockstore.Shared, Wait: 300 * time.Millisecond})
 		// A waiter whose client leaves while it is queued.
 		ctx, cancel := context.WithCancel(context.Background())
 		left := make(chan error, 1)
 		go func() {
-			_, err := l.Acquire(ctx, Request{Key: "/g", Kind: Shared, Wait: 5 * time.Second})
+			_, err := l.Acquire(ctx, lockstore.Request{Key: "/g", Kind: lockstore.Shared, Wait: 5 * time.Second})
 			left <- err
 		}()
 		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
@@ -1018,7 +1020,7 @@ func TestRedisNoGoroutineLeak(t *testing.T) {
 			t.Fatal("no goroutine of the locker carries the test's label: the count below would prove nothing")
 		}
 		hold.Release()
-		redisAcquire(t, l, "/g", Exclusive) // left held: Close must cope
+		redisAcquire(t, l, "/g", lockstore.Exclusive) // left held: Close must cope
 		l.Close()
 	})
 	var stacks []string
@@ -1040,9 +1042,9 @@ func TestRedisTwoNodesHierarchy(t *testing.T) {
 	o := redisOpts{hierarchy: true, timeout: 2 * time.Second, lease: 10 * time.Second}
 	nodes := []*RedisLocker{newRedisLocker(t, srv, t.Name(), o), newRedisLocker(t, srv, t.Name(), o)}
 	keys := []string{"/", "/h", "/h/a", "/h/b", "/h/a/x", "/h/ax"}
-	related := func(a, b string) bool { return a == b || covers(a, b) || covers(b, a) }
+	related := func(a, b string) bool { return a == b || lockstore.Below(b, a) || lockstore.Below(a, b) }
 	var mu sync.Mutex
-	holders := map[string]map[Kind]int{}
+	holders := map[string]map[lockstore.Kind]int{}
 	var grants atomic.Int64
 	var wg sync.WaitGroup
 	for _, l := range nodes {
@@ -1052,13 +1054,13 @@ func TestRedisTwoNodesHierarchy(t *testing.T) {
 				defer wg.Done()
 				for r := range 15 {
 					key := keys[(g*7+r)%len(keys)]
-					kind := Kind(1 + (g+r)%2)
-					req := Request{Key: key, Kind: kind}
+					kind := lockstore.Kind(1 + (g+r)%2)
+					req := lockstore.Request{Key: key, Kind: kind}
 					if r%2 == 0 {
 						req.Wait = 5 * time.Second
 					}
 					ls, err := l.Acquire(context.Background(), req)
-					var ce *ConflictError
+					var ce *lockstore.ConflictError
 					if errors.As(err, &ce) {
 						continue
 					}
@@ -1069,12 +1071,12 @@ func TestRedisTwoNodesHierarchy(t *testing.T) {
 					grants.Add(1)
 					mu.Lock()
 					for k, h := range holders {
-						if related(k, key) && (h[Exclusive] > 0 || (kind == Exclusive && h[Shared] > 0)) {
+						if related(k, key) && (h[lockstore.Exclusive] > 0 || (kind == lockstore.Exclusive && h[lockstore.Shared] > 0)) {
 							t.Errorf("%s %s granted while %s is held %v", kind, key, k, h)
 						}
 					}
 					if holders[key] == nil {
-						holders[key] = map[Kind]int{}
+						holders[key] = map[lockstore.Kind]int{}
 					}
 					holders[key][kind]++
 					mu.Unlock()
@@ -1124,10 +1126,10 @@ func TestRedisConfigErrors(t *testing.T) {
 	if l.lease != DefaultRedisLease || l.timeout != DefaultRedisTimeout || l.kExp != "{caddy-lock:z}:exp" {
 		t.Errorf("defaults: lease %s timeout %s key %s", l.lease, l.timeout, l.kExp)
 	}
-	if _, err := l.Acquire(context.Background(), Request{Key: "a\x00b", Kind: Exclusive}); err == nil {
+	if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "a\x00b", Kind: lockstore.Exclusive}); err == nil {
 		t.Error("key with NUL accepted")
 	}
-	if _, err := l.Acquire(context.Background(), Request{Key: "/a", Kind: 7}); err == nil {
+	if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/a", Kind: 7}); err == nil {
 		t.Error("bad kind accepted")
 	}
 }
@@ -1137,23 +1139,23 @@ func TestRedisConfigErrors(t *testing.T) {
 // would queue is refused as full, since its waiter needs a place.
 func TestFullTableReportsConflict(t *testing.T) {
 	srv := startRedis(t)
-	for name, l := range map[string]Locker{
+	for name, l := range map[string]lockstore.Locker{
 		"memory": NewMemLocker(false, 2, 0),
 		"redis":  newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 2}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			a := mustAcquire(t, l, "/a", Exclusive)
-			b := mustAcquire(t, l, "/b", Shared)
-			if ce := mustConflict(t, l, "/a", Shared); ce.Key != "/a" || ce.Kind != Exclusive {
+			a := mustAcquire(t, l, "/a", lockstore.Exclusive)
+			b := mustAcquire(t, l, "/b", lockstore.Shared)
+			if ce := mustConflict(t, l, "/a", lockstore.Shared); ce.Key != "/a" || ce.Kind != lockstore.Exclusive {
 				t.Fatalf("conflict = %+v", ce)
 			}
-			mustConflict(t, l, "/b", Exclusive)
-			for _, req := range []Request{
-				{Key: "/c", Kind: Exclusive},
-				{Key: "/b", Kind: Shared},
-				{Key: "/a", Kind: Exclusive, Wait: time.Second},
+			mustConflict(t, l, "/b", lockstore.Exclusive)
+			for _, req := range []lockstore.Request{
+				{Key: "/c", Kind: lockstore.Exclusive},
+				{Key: "/b", Kind: lockstore.Shared},
+				{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Second},
 			} {
-				if ls, err := l.Acquire(context.Background(), req); !errors.Is(err, ErrFull) {
+				if ls, err := l.Acquire(context.Background(), req); !errors.Is(err, lockstore.ErrFull) {
 					if ls != nil {
 						ls.Release()
 					}
@@ -1225,7 +1227,7 @@ func TestRedisAbandonLateWaiter(t *testing.T) {
 	// Long enough that only the abandon can take the entry out.
 	l.waiterTTL = time.Minute
 	other := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, other, "/late", Exclusive)
+	hold := redisAcquire(t, other, "/late", lockstore.Exclusive)
 	hook := &lateAcquire{raw: redisClient(t, srv), arrived: make(chan error, 1)}
 	// Loaded, so that the leave is the one EVALSHA the hook waits for.
 	if err := leaveScript.Load(context.Background(), hook.raw).Err(); err != nil {
@@ -1233,8 +1235,8 @@ func TestRedisAbandonLateWaiter(t *testing.T) {
 	}
 	l.client.AddHook(hook)
 	hook.armed.Store(true)
-	_, err := l.Acquire(context.Background(), Request{Key: "/late", Kind: Exclusive, Wait: 10 * time.Second})
-	if !errors.Is(err, ErrStoreUnavailable) {
+	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/late", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
+	if !errors.Is(err, lockstore.ErrStoreUnavailable) {
 		t.Fatalf("acquire: %v, want ErrStoreUnavailable", err)
 	}
 	select {
@@ -1247,14 +1249,14 @@ func TestRedisAbandonLateWaiter(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the late waiter to be taken out", func() bool { return redisStats(t, l).Waiting == 0 })
 	hold.Release()
-	redisAcquire(t, other, "/late", Exclusive).Release()
+	redisAcquire(t, other, "/late", lockstore.Exclusive).Release()
 }
 
 // lockOutcome describes the result of an acquire for comparing stores.
 // The kind of a conflict below the key is left out: with several locks
 // below, the memory store reports the strongest and Redis the first.
 func lockOutcome(err error) string {
-	var ce *ConflictError
+	var ce *lockstore.ConflictError
 	switch {
 	case err == nil:
 		return "granted"
@@ -1262,7 +1264,7 @@ func lockOutcome(err error) string {
 		return "conflict below " + ce.Key
 	case errors.As(err, &ce):
 		return "conflict " + ce.Kind.String() + " on " + ce.Key
-	case errors.Is(err, ErrFull):
+	case errors.Is(err, lockstore.ErrFull):
 		return "full"
 	}
 	return "error: " + err.Error()
@@ -1279,7 +1281,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 			maxLocks := 3 + rng.IntN(5)
 			mem := NewMemLocker(hier, maxLocks, 0)
 			rl := newRedisLocker(t, srv, fmt.Sprintf("%s-%v-%d", t.Name(), hier, seed), redisOpts{hierarchy: hier, maxLocks: maxLocks})
-			var held [][2]Lease
+			var held [][2]lockstore.Lease
 			var steps []string
 			for range 60 {
 				if len(held) > 0 && rng.IntN(3) == 0 {
@@ -1290,9 +1292,9 @@ func TestRedisMatchesMemory(t *testing.T) {
 					steps = append(steps, fmt.Sprintf("release #%d", i))
 					continue
 				}
-				req := Request{Key: keys[rng.IntN(len(keys))], Kind: Shared}
+				req := lockstore.Request{Key: keys[rng.IntN(len(keys))], Kind: lockstore.Shared}
 				if rng.IntN(2) == 0 {
-					req.Kind = Exclusive
+					req.Kind = lockstore.Exclusive
 				}
 				ml, merr := mem.Acquire(context.Background(), req)
 				rl2, rerr := rl.Acquire(context.Background(), req)
@@ -1302,7 +1304,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 					t.Fatalf("hierarchy %v, max_locks %d: Redis answered %q, memory:\n%s", hier, maxLocks, ro, strings.Join(steps, "\n"))
 				}
 				if merr == nil {
-					held = append(held, [2]Lease{ml, rl2})
+					held = append(held, [2]lockstore.Lease{ml, rl2})
 				}
 			}
 			for _, ls := range held {
@@ -1340,7 +1342,7 @@ func bytesPerAcquire(t *testing.T, l *RedisLocker, key string) (int64, *RedisLea
 	before := netInput(t, l.client)
 	idle := netInput(t, l.client) - before // one INFO call
 	before = netInput(t, l.client)
-	ls := redisAcquire(t, l, key, Exclusive)
+	ls := redisAcquire(t, l, key, lockstore.Exclusive)
 	return netInput(t, l.client) - before - idle, ls
 }
 
@@ -1350,8 +1352,8 @@ func bytesPerAcquire(t *testing.T, l *RedisLocker, key string) (int64, *RedisLea
 func TestRedisDeepKeySentOnce(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true, lease: time.Minute})
-	redisAcquire(t, l, "/warm", Exclusive).Release() // loads the scripts
-	key := deepRedisKey(250, 16)                     // 4000 bytes
+	redisAcquire(t, l, "/warm", lockstore.Exclusive).Release() // loads the scripts
+	key := deepRedisKey(250, 16)                               // 4000 bytes
 	n, ls := bytesPerAcquire(t, l, key)
 	t.Logf("acquire of a %d-byte key of 250 segments: %d bytes to Redis", len(key), n)
 	if max := int64(len(key) + 1024); n > max {
@@ -1361,8 +1363,8 @@ func TestRedisDeepKeySentOnce(t *testing.T) {
 		t.Fatalf("a key within the limit was locked as %q", ls.Key())
 	}
 	// The script still finds the conflicts on ancestors and below.
-	redisConflict(t, l, key[:len(key)/2], Exclusive)
-	redisConflict(t, l, key+"/below", Shared)
+	redisConflict(t, l, key[:len(key)/2], lockstore.Exclusive)
+	redisConflict(t, l, key+"/below", lockstore.Shared)
 	ls.Release()
 }
 
@@ -1373,7 +1375,7 @@ func TestRedisDeepKeySentOnce(t *testing.T) {
 func TestRedisLongKeyCut(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true, lease: time.Minute})
-	redisAcquire(t, l, "/warm", Exclusive).Release()
+	redisAcquire(t, l, "/warm", lockstore.Exclusive).Release()
 	key := deepRedisKey(200, 75) // 15 000 bytes, as a path within Caddy's default header limit
 	n, ls := bytesPerAcquire(t, l, key)
 	t.Logf("acquire of a %d-byte key of 200 segments: %d bytes to Redis", len(key), n)
@@ -1385,13 +1387,13 @@ func TestRedisLongKeyCut(t *testing.T) {
 		t.Fatalf("a %d-byte key was locked as %d bytes, want its %d-byte ancestor", len(key), len(ls.Key()), len(want))
 	}
 	other := want + deepRedisKey(100, 100)
-	if ce := redisConflict(t, l, other, Shared); ce.Key != want {
+	if ce := redisConflict(t, l, other, lockstore.Shared); ce.Key != want {
 		t.Fatalf("another key cut to the same ancestor conflicts on %d bytes, want %d", len(ce.Key), len(want))
 	}
-	redisConflict(t, l, want, Shared)
-	redisAcquire(t, l, "/beside"+deepRedisKey(3, 75), Exclusive).Release()
+	redisConflict(t, l, want, lockstore.Shared)
+	redisAcquire(t, l, "/beside"+deepRedisKey(3, 75), lockstore.Exclusive).Release()
 	ls.Release()
-	redisAcquire(t, l, other, Exclusive).Release()
+	redisAcquire(t, l, other, lockstore.Exclusive).Release()
 }
 
 func TestCutKey(t *testing.T) {
@@ -1413,7 +1415,7 @@ func TestCutKey(t *testing.T) {
 		if got != c.want || cut != c.cut {
 			t.Errorf("cutKey(%q, %d) = %q, %v; want %q, %v", c.key, c.max, got, cut, c.want, c.cut)
 		}
-		if cut && !covers(got, c.key) {
+		if cut && !lockstore.Below(c.key, got) {
 			t.Errorf("cutKey(%q, %d) = %q is not an ancestor", c.key, c.max, got)
 		}
 	}
@@ -1428,7 +1430,7 @@ func TestRedisStoreDeepKeySentOnce(t *testing.T) {
 	c := redisClient(t, srv)
 	ctx := context.Background()
 	key := deepRedisKey(250, 16) // 4000 bytes
-	top := mustCreate(t, s, xlock(key[:16], Exclusive, DepthInfinity))
+	top := mustCreate(t, s, xlock(key[:16], lockstore.Exclusive, lockstore.DepthInfinity))
 	if _, err := s.Affecting(ctx, "/warm", true); err != nil { // loads the script
 		t.Fatal(err)
 	}
@@ -1445,9 +1447,9 @@ func TestRedisStoreDeepKeySentOnce(t *testing.T) {
 	if max := int64(3*len(key) + 1024); n > max {
 		t.Fatalf("checking a %d-byte key sent %d bytes to Redis, want at most %d", len(key), n, max)
 	}
-	l := xlock(key, Shared, DepthZero)
+	l := xlock(key, lockstore.Shared, lockstore.DepthZero)
 	l.Token = "deep-token"
-	if _, err := s.Create(ctx, l); !errors.As(err, new(*LockConflictError)) {
+	if _, err := s.Create(ctx, l); !errors.As(err, new(*lockstore.LockConflictError)) {
 		t.Fatalf("LOCK below an exclusive infinite lock: %v, want a conflict", err)
 	}
 }

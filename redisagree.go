@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -125,7 +127,7 @@ func (l *RedisLocker) agree(ctx context.Context, settings string) error {
 		return nil
 	}
 	if len(v) != 4 {
-		return fmt.Errorf("redis lock zone settings: %w: %w", ErrStoreFailed, &badReplyError{v})
+		return fmt.Errorf("redis lock zone settings: %w: %w", lockstore.ErrStoreFailed, &badReplyError{v})
 	}
 	other, _ := v[1].(string)
 	theirs, _ := v[2].(string)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -89,12 +91,12 @@ func TestRedisClusterMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l2.Close()
-			held := redisAcquire(t, l1, "/a", Exclusive)
-			redisConflict(t, l2, "/a/b", Shared)
+			held := redisAcquire(t, l1, "/a", lockstore.Exclusive)
+			redisConflict(t, l2, "/a/b", lockstore.Shared)
 			// A waiter on the other client is woken by the release.
 			got := make(chan error, 1)
 			go func() {
-				ls, err := l2.Acquire(ctx, Request{Key: "/a/b", Kind: Exclusive, Wait: 5 * time.Second})
+				ls, err := l2.Acquire(ctx, lockstore.Request{Key: "/a/b", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
 				if err == nil {
 					ls.Release()
 				}
@@ -114,8 +116,8 @@ func TestRedisClusterMode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l := mustCreate(t, s1, xlock("/docs", Exclusive, DepthInfinity))
-			if _, err := s2.Create(ctx, xlock("/docs/x", Shared, DepthZero)); !errors.As(err, new(*LockConflictError)) {
+			l := mustCreate(t, s1, xlock("/docs", lockstore.Exclusive, lockstore.DepthInfinity))
+			if _, err := s2.Create(ctx, xlock("/docs/x", lockstore.Shared, lockstore.DepthZero)); !errors.As(err, new(*lockstore.LockConflictError)) {
 				t.Fatalf("explicit lock through the other client: %v", err)
 			}
 			if all, err := s2.List(ctx); err != nil || len(all) != 1 || all[0].Token != l.Token {

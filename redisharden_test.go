@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/redis/go-redis/v9"
@@ -134,16 +136,16 @@ func TestStoreErrClassified(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := c.ZAdd(ctx, "s", redis.Z{Member: "m"}).Err() // WRONGTYPE
-	if got := storeErr(err); got != ErrStoreFailed {
+	if got := storeErr(err); got != lockstore.ErrStoreFailed {
 		t.Fatalf("WRONGTYPE: %v, want ErrStoreFailed", got)
 	}
 	err = c.Eval(ctx, "return redis.call('NOSUCHCOMMAND')", nil).Err()
-	if got := storeErr(err); got != ErrStoreFailed {
+	if got := storeErr(err); got != lockstore.ErrStoreFailed {
 		t.Fatalf("script error %v: %v, want ErrStoreFailed", err, got)
 	}
 	srv.Stop()
 	err = c.Ping(ctx).Err()
-	if got := storeErr(err); got != ErrStoreUnavailable {
+	if got := storeErr(err); got != lockstore.ErrStoreUnavailable {
 		t.Fatalf("server down %v: %v, want ErrStoreUnavailable", err, got)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/redis/go-redis/v9"
 )
 
@@ -47,8 +49,8 @@ return out
 // per call, each call bounded by the timeout; the table itself is bounded
 // by max_locks. The list is consistent per step only: a lock taken or
 // released meanwhile may be missing or listed.
-func (l *RedisLocker) HeldLocks(ctx context.Context) ([]HeldLock, error) {
-	byKey := map[string]*HeldLock{}
+func (l *RedisLocker) HeldLocks(ctx context.Context) ([]lockstore.HeldLock, error) {
+	byKey := map[string]*lockstore.HeldLock{}
 	seen := map[string]bool{} // ZSCAN may return an entry twice
 	err := l.scanLive(ctx, l.kExp, l.kInfo, func(member, info string) {
 		key, tok, ok := splitMember(member)
@@ -58,12 +60,12 @@ func (l *RedisLocker) HeldLocks(ctx context.Context) ([]HeldLock, error) {
 		seen[member] = true
 		h := byKey[key]
 		if h == nil {
-			h = &HeldLock{Key: key, Kind: Shared}
+			h = &lockstore.HeldLock{Key: key, Kind: lockstore.Shared}
 			byKey[key] = h
 		}
 		h.Holders++
 		if tok[0] == 'X' {
-			h.Kind = Exclusive
+			h.Kind = lockstore.Exclusive
 		}
 		// info is "grant-µs fence".
 		us, _, _ := strings.Cut(info, " ")
@@ -87,11 +89,11 @@ func (l *RedisLocker) HeldLocks(ctx context.Context) ([]HeldLock, error) {
 	if err != nil {
 		return nil, l.listErr(ctx, err)
 	}
-	out := make([]HeldLock, 0, len(byKey))
+	out := make([]lockstore.HeldLock, 0, len(byKey))
 	for _, h := range byKey {
 		out = append(out, *h)
 	}
-	slices.SortFunc(out, func(a, b HeldLock) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(out, func(a, b lockstore.HeldLock) int { return strings.Compare(a.Key, b.Key) })
 	return out, nil
 }
 

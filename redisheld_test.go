@@ -6,15 +6,17 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
-func heldLocks(t *testing.T, l *RedisLocker) map[string]HeldLock {
+func heldLocks(t *testing.T, l *RedisLocker) map[string]lockstore.HeldLock {
 	t.Helper()
 	hs, err := l.HeldLocks(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(map[string]HeldLock, len(hs))
+	out := make(map[string]lockstore.HeldLock, len(hs))
 	for _, h := range hs {
 		if _, dup := out[h.Key]; dup {
 			t.Fatalf("%s listed twice in %v", h.Key, hs)
@@ -34,12 +36,12 @@ func TestRedisHeldLocks(t *testing.T) {
 	dead := newRedisLocker(t, srv, t.Name(), o)
 
 	before := time.Now()
-	redisAcquire(t, dead, "/dead", Exclusive)
-	x := redisAcquire(t, a, "/x", Exclusive)
-	s1 := redisAcquire(t, a, "/s", Shared)
-	s2 := redisAcquire(t, b, "/s", Shared)
+	redisAcquire(t, dead, "/dead", lockstore.Exclusive)
+	x := redisAcquire(t, a, "/x", lockstore.Exclusive)
+	s1 := redisAcquire(t, a, "/s", lockstore.Shared)
+	s2 := redisAcquire(t, b, "/s", lockstore.Shared)
 	after := time.Now()
-	if h, ok := heldLocks(t, b)["/dead"]; !ok || h.Kind != Exclusive || h.Holders != 1 {
+	if h, ok := heldLocks(t, b)["/dead"]; !ok || h.Kind != lockstore.Exclusive || h.Holders != 1 {
 		t.Fatalf("/dead listed as %+v (%v) while its lease runs", h, ok)
 	}
 	dead.Close() // stops renewing; the lease stays in Redis until purged
@@ -51,7 +53,7 @@ func TestRedisHeldLocks(t *testing.T) {
 	// A waiter from node b queues on /x.
 	waited := make(chan error, 1)
 	go func() {
-		ls, err := b.Acquire(context.Background(), Request{Key: "/x", Kind: Shared, Wait: 10 * time.Second})
+		ls, err := b.Acquire(context.Background(), lockstore.Request{Key: "/x", Kind: lockstore.Shared, Wait: 10 * time.Second})
 		if err == nil {
 			ls.Release()
 		}
@@ -64,10 +66,10 @@ func TestRedisHeldLocks(t *testing.T) {
 		if len(got) != 2 {
 			t.Fatalf("listing %v, want /x and /s", got)
 		}
-		if h := got["/x"]; h.Kind != Exclusive || h.Holders != 1 || h.Waiting != 1 {
+		if h := got["/x"]; h.Kind != lockstore.Exclusive || h.Holders != 1 || h.Waiting != 1 {
 			t.Errorf("/x listed as %+v, want exclusive, 1 holder, 1 waiting", h)
 		}
-		if h := got["/s"]; h.Kind != Shared || h.Holders != 2 || h.Waiting != 0 {
+		if h := got["/s"]; h.Kind != lockstore.Shared || h.Holders != 2 || h.Waiting != 0 {
 			t.Errorf("/s listed as %+v, want shared, 2 holders", h)
 		}
 		for _, h := range got {
@@ -95,7 +97,7 @@ func TestRedisHeldLocksPages(t *testing.T) {
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
 	const n = 3*redisListPage + 7
 	for i := range n {
-		ls := redisAcquire(t, l, fmt.Sprintf("/p/%d", i), Exclusive)
+		ls := redisAcquire(t, l, fmt.Sprintf("/p/%d", i), lockstore.Exclusive)
 		t.Cleanup(ls.Release)
 	}
 	got := heldLocks(t, l)
@@ -113,11 +115,11 @@ func TestRedisHeldLocksPages(t *testing.T) {
 func TestRedisHeldLocksUnavailable(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{timeout: 200 * time.Millisecond})
-	redisAcquire(t, l, "/a", Exclusive).Release()
+	redisAcquire(t, l, "/a", lockstore.Exclusive).Release()
 	srv.Stop()
 	start := time.Now()
 	_, err := l.HeldLocks(context.Background())
-	if !errors.Is(err, ErrStoreUnavailable) {
+	if !errors.Is(err, lockstore.ErrStoreUnavailable) {
 		t.Fatalf("listing with Redis down: %v, want ErrStoreUnavailable", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {

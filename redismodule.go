@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -156,22 +158,22 @@ func (s *RedisStore) FailOpen() bool { return s.OnError == OnErrorFailOpen }
 
 // OpenZone implements Store: one client per zone, whose commands are
 // timed for the metrics, a RedisLocker and a RedisLockStore over it.
-func (s *RedisStore) OpenZone(zone string, hierarchy bool) (ZoneTables, error) {
+func (s *RedisStore) OpenZone(zone string, hierarchy bool) (lockstore.ZoneTables, error) {
 	client, err := NewRedisClient(s.RedisConfig)
 	if err != nil {
-		return ZoneTables{}, err
+		return lockstore.ZoneTables{}, err
 	}
 	client.AddHook(redisMetricsHook{zone: zone})
 	locker, err := NewRedisLocker(client, zone, s.RedisConfig, hierarchy, 0, 0)
 	if err != nil {
 		client.Close()
-		return ZoneTables{}, err
+		return lockstore.ZoneTables{}, err
 	}
 	explicit, err := NewRedisLockStore(client, zone, s.RedisConfig)
 	if err != nil {
-		return ZoneTables{}, errors.Join(err, locker.Close(), client.Close())
+		return lockstore.ZoneTables{}, errors.Join(err, locker.Close(), client.Close())
 	}
-	return ZoneTables{
+	return lockstore.ZoneTables{
 		Locker:   locker,
 		Explicit: explicit,
 		Close: func() error {
@@ -188,6 +190,7 @@ func (s *RedisStore) OpenZone(zone string, hierarchy bool) (ZoneTables, error) {
 			}()
 			return nil
 		},
+		Drain: true,
 	}, nil
 }
 
@@ -357,7 +360,7 @@ func (s *RedisStore) unmarshalTLS(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ Store                 = (*RedisStore)(nil)
+	_ lockstore.Store       = (*RedisStore)(nil)
 	_ caddy.Provisioner     = (*RedisStore)(nil)
 	_ caddy.Validator       = (*RedisStore)(nil)
 	_ caddyfile.Unmarshaler = (*RedisStore)(nil)

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -234,7 +236,7 @@ func TestRedisZoneCloseWaitsForRelease(t *testing.T) {
 	l := tables.Locker.(*RedisLocker)
 	gate := &releaseGate{entered: make(chan struct{}), open: make(chan struct{})}
 	l.client.AddHook(gate)
-	ls := redisAcquire(t, l, "/doc", Exclusive)
+	ls := redisAcquire(t, l, "/doc", lockstore.Exclusive)
 
 	gate.armed.Store(true)
 	released := make(chan struct{})
@@ -260,6 +262,6 @@ func TestRedisZoneCloseWaitsForRelease(t *testing.T) {
 
 	// The lock is gone from Redis: another node takes it at once.
 	other := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute})
-	redisAcquire(t, other, "/doc", Exclusive).Release()
+	redisAcquire(t, other, "/doc", lockstore.Exclusive).Release()
 	waitFor(t, 5*time.Second, "the idle tables to close", l.closed.Load)
 }

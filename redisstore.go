@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/redis/go-redis/v9"
 )
 
@@ -86,10 +88,10 @@ func NewRedisLockStore(client redis.UniversalClient, zone string, cfg RedisConfi
 // zone should use the same limits.
 func (s *RedisLockStore) SetBudget(maxBytes int64, perOwner int) {
 	if maxBytes <= 0 {
-		maxBytes = DefaultMaxLockBytes
+		maxBytes = lockstore.DefaultMaxLockBytes
 	}
 	if perOwner <= 0 {
-		perOwner = DefaultMaxLocksPerOwner
+		perOwner = lockstore.DefaultMaxLocksPerOwner
 	}
 	s.maxBytes.Store(maxBytes)
 	s.perOwner.Store(int64(perOwner))
@@ -109,7 +111,7 @@ func (s *RedisLockStore) Usage(ctx context.Context, owner string) (bytes int64, 
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return 0, 0, fmt.Errorf("redis explicit lock usage: %w: %w", ErrStoreUnavailable, err)
+		return 0, 0, fmt.Errorf("redis explicit lock usage: %w: %w", lockstore.ErrStoreUnavailable, err)
 	}
 	bytes, _ = strconv.ParseInt(b.Val(), 10, 64)
 	owned, _ = strconv.ParseInt(o.Val(), 10, 64)
@@ -121,9 +123,15 @@ func (s *RedisLockStore) Usage(ctx context.Context, owner string) (bytes int64, 
 // are never dropped. Every node of a zone should use the same limit.
 func (s *RedisLockStore) SetMax(maxLocks int) {
 	if maxLocks <= 0 {
-		maxLocks = DefaultMaxLocks
+		maxLocks = lockstore.DefaultMaxLocks
 	}
 	s.max.Store(int64(maxLocks))
+}
+
+// SetLimits implements LockStore.
+func (s *RedisLockStore) SetLimits(maxLocks int, maxBytes int64, perOwner int) {
+	s.SetMax(maxLocks)
+	s.SetBudget(maxBytes, perOwner)
 }
 
 // Tuning that is not configuration.
@@ -375,67 +383,67 @@ func checkToken(op, token string) error {
 }
 
 // Create implements LockStore.
-func (s *RedisLockStore) Create(ctx context.Context, l ExplicitLock) (ExplicitLock, error) {
+func (s *RedisLockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (lockstore.ExplicitLock, error) {
 	if err := checkToken("create", l.Token); err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	if l.Root == "" || strings.IndexByte(l.Root, 0) >= 0 {
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: invalid root %q", l.Root)
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock create: invalid root %q", l.Root)
 	}
-	if l.Scope != Shared && l.Scope != Exclusive {
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: invalid scope %v", l.Scope)
+	if l.Scope != lockstore.Shared && l.Scope != lockstore.Exclusive {
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock create: invalid scope %v", l.Scope)
 	}
-	if l.Depth != DepthZero && l.Depth != DepthInfinity {
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: depth must be 0 or infinity, got %v", l.Depth)
+	if l.Depth != lockstore.DepthZero && l.Depth != lockstore.DepthInfinity {
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock create: depth must be 0 or infinity, got %v", l.Depth)
 	}
 	if l.Timeout < time.Millisecond {
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: timeout %s is too short", l.Timeout)
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock create: timeout %s is too short", l.Timeout)
 	}
 	scope, depth := "S", "0"
-	if l.Scope == Exclusive {
+	if l.Scope == lockstore.Exclusive {
 		scope = "X"
 	}
 	lo, hi := "", ""
-	if l.Depth == DepthInfinity {
+	if l.Depth == lockstore.DepthInfinity {
 		depth = "I"
 		lo, hi = descRange(l.Root)
 	}
 	perOwner := s.perOwner.Load()
-	if !limitsOwner(l.Creator) {
+	if !l.OwnerLimited() {
 		perOwner = 0
 	}
 	args := []any{l.Root, l.Token, scope, depth, l.Href, l.Owner, l.Creator, l.Timeout.Milliseconds(), lo, hi,
-		s.base + "x:", s.max.Load(), lockBytes(&l), s.maxBytes.Load(), perOwner}
+		s.base + "x:", s.max.Load(), lockstore.LockBytes(&l), s.maxBytes.Load(), perOwner}
 	v, err := s.call(ctx, "create", xCreateScript, []string{s.kIdx, s.kExp, s.hashKey(l.Token)}, args...)
 	if err != nil {
 		// The script may have run though its reply was lost; nobody has
 		// the token to unlock what it made.
 		s.forget(l.Token)
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	reply, _ := v.([]any)
 	if len(reply) == 1 {
 		code, _ := reply[0].(int64)
-		lim := &ExplicitLimitError{Limit: limitLocks, Max: s.max.Load()}
+		lim := &lockstore.ExplicitLimitError{Limit: lockstore.LimitLocks, Max: s.max.Load()}
 		switch code {
 		case 3:
-			lim = &ExplicitLimitError{Limit: limitLockBytes, Max: s.maxBytes.Load()}
+			lim = &lockstore.ExplicitLimitError{Limit: lockstore.LimitLockBytes, Max: s.maxBytes.Load()}
 		case 4:
-			lim = &ExplicitLimitError{Limit: limitLocksPerOwner, Max: s.perOwner.Load()}
+			lim = &lockstore.ExplicitLimitError{Limit: lockstore.LimitLocksPerOwner, Max: s.perOwner.Load()}
 		}
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock create on %s: %w", l.Root, lim)
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock create on %s: %w", l.Root, lim)
 	}
 	if len(reply) != 2 {
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock create: unexpected reply %v", v)
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock create: unexpected reply %v", v)
 	}
 	if ok, _ := reply[0].(int64); ok == 1 {
 		return decodeLock(l.Token, reply[1])
 	}
 	conflicts, err := decodeLocks(reply[1])
 	if err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
-	return ExplicitLock{}, &LockConflictError{Conflicts: conflicts}
+	return lockstore.ExplicitLock{}, &lockstore.LockConflictError{Conflicts: conflicts}
 }
 
 // forget removes, in the background, the lock of a create call that got
@@ -456,42 +464,42 @@ func (s *RedisLockStore) forget(token string) {
 }
 
 // Refresh implements LockStore.
-func (s *RedisLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (ExplicitLock, error) {
+func (s *RedisLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (lockstore.ExplicitLock, error) {
 	if err := checkToken("refresh", token); err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	if timeout < time.Millisecond {
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock refresh: timeout %s is too short", timeout)
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock refresh: timeout %s is too short", timeout)
 	}
 	v, err := s.call(ctx, "refresh", xRefreshScript, []string{s.kIdx, s.kExp, s.hashKey(token)}, timeout.Milliseconds())
 	if err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	return decodeLock(token, v)
 }
 
 // Get implements LockStore. Redis drops a lock's hash when its timeout
 // ends, so what it returns is live.
-func (s *RedisLockStore) Get(ctx context.Context, token string) (ExplicitLock, error) {
+func (s *RedisLockStore) Get(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
 	if err := checkToken("get", token); err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	v, err := s.client.HGetAll(cctx, s.hashKey(token)).Result()
 	if err != nil {
 		if ctx.Err() != nil {
-			return ExplicitLock{}, ctx.Err()
+			return lockstore.ExplicitLock{}, ctx.Err()
 		}
-		return ExplicitLock{}, fmt.Errorf("redis explicit lock get: %w: %w", storeErr(err), err)
+		return lockstore.ExplicitLock{}, fmt.Errorf("redis explicit lock get: %w: %w", storeErr(err), err)
 	}
 	return lockFromMap(token, v)
 }
 
 // Remove implements LockStore.
-func (s *RedisLockStore) Remove(ctx context.Context, token string) (ExplicitLock, error) {
+func (s *RedisLockStore) Remove(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
 	if err := checkToken("remove", token); err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	var nonce [12]byte
 	_, _ = rand.Read(nonce[:])
@@ -499,13 +507,13 @@ func (s *RedisLockStore) Remove(ctx context.Context, token string) (ExplicitLock
 		[]string{s.kIdx, s.kExp, s.hashKey(token), s.base + "xgone:" + token},
 		hex.EncodeToString(nonce[:]), xGoneTTL.Milliseconds())
 	if err != nil {
-		return ExplicitLock{}, err
+		return lockstore.ExplicitLock{}, err
 	}
 	return decodeLock(token, v)
 }
 
 // Affecting implements LockStore.
-func (s *RedisLockStore) Affecting(ctx context.Context, key string, below bool) ([]ExplicitLock, error) {
+func (s *RedisLockStore) Affecting(ctx context.Context, key string, below bool) ([]lockstore.ExplicitLock, error) {
 	lo, hi := "", ""
 	if below {
 		lo, hi = descRange(key)
@@ -520,12 +528,12 @@ func (s *RedisLockStore) Affecting(ctx context.Context, key string, below bool) 
 
 // decodeLocks decodes a script's list of HGETALL replies, sorted; the
 // replies of locks that vanished meanwhile are skipped.
-func decodeLocks(v any) ([]ExplicitLock, error) {
+func decodeLocks(v any) ([]lockstore.ExplicitLock, error) {
 	rows, _ := v.([]any)
-	locks := make([]ExplicitLock, 0, len(rows))
+	locks := make([]lockstore.ExplicitLock, 0, len(rows))
 	for _, row := range rows {
 		l, err := decodeLock("", row)
-		if errors.Is(err, ErrNoSuchLock) {
+		if errors.Is(err, lockstore.ErrNoSuchLock) {
 			continue
 		}
 		if err != nil {
@@ -533,7 +541,7 @@ func decodeLocks(v any) ([]ExplicitLock, error) {
 		}
 		locks = append(locks, l)
 	}
-	sortLocks(locks)
+	lockstore.SortLocks(locks)
 	return locks, nil
 }
 
@@ -563,8 +571,8 @@ func (s *RedisLockStore) RemoveUnder(ctx context.Context, key string) (int, erro
 // List implements LockStore. It walks the zone's index with ZSCAN (never
 // KEYS, never one unbounded call) and reads each page's locks in one
 // pipelined round trip.
-func (s *RedisLockStore) List(ctx context.Context) ([]ExplicitLock, error) {
-	var locks []ExplicitLock
+func (s *RedisLockStore) List(ctx context.Context) ([]lockstore.ExplicitLock, error) {
+	var locks []lockstore.ExplicitLock
 	seen := map[string]bool{} // ZSCAN may return an entry twice
 	var cursor uint64
 	for {
@@ -601,7 +609,7 @@ func (s *RedisLockStore) List(ctx context.Context) ([]ExplicitLock, error) {
 			break
 		}
 	}
-	sortLocks(locks)
+	lockstore.SortLocks(locks)
 	return locks, nil
 }
 
@@ -623,7 +631,7 @@ func xTokenOf(m string) string {
 
 // decodeLock decodes a script's HGETALL reply (a flat list of fields and
 // values); a false reply (nil) means there is no such lock.
-func decodeLock(token string, v any) (ExplicitLock, error) {
+func decodeLock(token string, v any) (lockstore.ExplicitLock, error) {
 	flat, _ := v.([]any)
 	m := make(map[string]string, len(flat)/2)
 	for i := 0; i+1 < len(flat); i += 2 {
@@ -639,20 +647,20 @@ func decodeLock(token string, v any) (ExplicitLock, error) {
 
 // lockFromMap builds a lock from its hash; an empty hash means there is
 // no such lock.
-func lockFromMap(token string, m map[string]string) (ExplicitLock, error) {
+func lockFromMap(token string, m map[string]string) (lockstore.ExplicitLock, error) {
 	if len(m) == 0 || m["root"] == "" {
-		return ExplicitLock{}, ErrNoSuchLock
+		return lockstore.ExplicitLock{}, lockstore.ErrNoSuchLock
 	}
 	num := func(f string) int64 {
 		n, _ := strconv.ParseInt(m[f], 10, 64)
 		return n
 	}
-	l := ExplicitLock{
+	l := lockstore.ExplicitLock{
 		Token:   token,
 		Root:    m["root"],
 		Href:    m["href"],
-		Scope:   Shared,
-		Depth:   DepthZero,
+		Scope:   lockstore.Shared,
+		Depth:   lockstore.DepthZero,
 		Creator: m["creator"],
 		Created: time.UnixMilli(num("created")),
 		Timeout: time.Duration(num("timeout")) * time.Millisecond,
@@ -662,12 +670,12 @@ func lockFromMap(token string, m map[string]string) (ExplicitLock, error) {
 		l.Owner = []byte(m["owner"])
 	}
 	if m["scope"] == "X" {
-		l.Scope = Exclusive
+		l.Scope = lockstore.Exclusive
 	}
 	if m["depth"] == "I" {
-		l.Depth = DepthInfinity
+		l.Depth = lockstore.DepthInfinity
 	}
 	return l, nil
 }
 
-var _ LockStore = (*RedisLockStore)(nil)
+var _ lockstore.LockStore = (*RedisLockStore)(nil)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -33,8 +35,8 @@ func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *RedisLockStor
 }
 
 // xlock is an explicit lock to create in a test.
-func xlock(root string, scope Kind, depth Depth) ExplicitLock {
-	return ExplicitLock{
+func xlock(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
+	return lockstore.ExplicitLock{
 		Token:   "urn:uuid:" + NewLockToken(),
 		Root:    root,
 		Href:    root,
@@ -45,7 +47,7 @@ func xlock(root string, scope Kind, depth Depth) ExplicitLock {
 	}
 }
 
-func mustCreate(t *testing.T, s LockStore, l ExplicitLock) ExplicitLock {
+func mustCreate(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
 	t.Helper()
 	got, err := s.Create(context.Background(), l)
 	if err != nil {
@@ -54,7 +56,7 @@ func mustCreate(t *testing.T, s LockStore, l ExplicitLock) ExplicitLock {
 	return got
 }
 
-func roots(locks []ExplicitLock) []string {
+func roots(locks []lockstore.ExplicitLock) []string {
 	var r []string
 	for _, l := range locks {
 		r = append(r, l.Root)
@@ -65,13 +67,13 @@ func roots(locks []ExplicitLock) []string {
 func TestRedisStoreCreateGet(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
-	want := xlock("/docs/a.txt", Exclusive, DepthInfinity)
+	want := xlock("/docs/a.txt", lockstore.Exclusive, lockstore.DepthInfinity)
 	want.Href = "/docs/a%2Etxt"
 	want.Creator = "alice"
 	before := time.Now()
 	got := mustCreate(t, s, want)
-	if got.Token != want.Token || got.Root != want.Root || got.Href != want.Href || got.Scope != Exclusive ||
-		got.Depth != DepthInfinity || string(got.Owner) != string(want.Owner) || got.Creator != "alice" || got.Timeout != time.Minute {
+	if got.Token != want.Token || got.Root != want.Root || got.Href != want.Href || got.Scope != lockstore.Exclusive ||
+		got.Depth != lockstore.DepthInfinity || string(got.Owner) != string(want.Owner) || got.Creator != "alice" || got.Timeout != time.Minute {
 		t.Fatalf("created %+v\nfrom %+v", got, want)
 	}
 	// Times come from the Redis server's clock, here the same machine's.
@@ -85,14 +87,14 @@ func TestRedisStoreCreateGet(t *testing.T) {
 	if err != nil || !again.Created.Equal(got.Created) || again.Root != got.Root || string(again.Owner) != string(got.Owner) {
 		t.Fatalf("get: %+v %v", again, err)
 	}
-	if _, err := s.Get(context.Background(), "urn:uuid:"+NewLockToken()); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Get(context.Background(), "urn:uuid:"+NewLockToken()); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("get of an unknown token: %v", err)
 	}
-	for _, bad := range []ExplicitLock{
-		{Token: "t", Root: "/a", Scope: Exclusive, Depth: DepthOne, Timeout: time.Second},
-		{Token: "t", Root: "/a", Scope: 0, Depth: DepthZero, Timeout: time.Second},
-		{Token: "", Root: "/a", Scope: Shared, Depth: DepthZero, Timeout: time.Second},
-		{Token: "t", Root: "/a", Scope: Shared, Depth: DepthZero},
+	for _, bad := range []lockstore.ExplicitLock{
+		{Token: "t", Root: "/a", Scope: lockstore.Exclusive, Depth: lockstore.DepthOne, Timeout: time.Second},
+		{Token: "t", Root: "/a", Scope: 0, Depth: lockstore.DepthZero, Timeout: time.Second},
+		{Token: "", Root: "/a", Scope: lockstore.Shared, Depth: lockstore.DepthZero, Timeout: time.Second},
+		{Token: "t", Root: "/a", Scope: lockstore.Shared, Depth: lockstore.DepthZero},
 	} {
 		if _, err := s.Create(context.Background(), bad); err == nil {
 			t.Errorf("created %+v", bad)
@@ -104,10 +106,10 @@ func TestRedisStoreConflicts(t *testing.T) {
 	srv := startRedis(t)
 	type spec struct {
 		root  string
-		scope Kind
-		depth Depth
+		scope lockstore.Kind
+		depth lockstore.Depth
 	}
-	X, S, Z, I := Exclusive, Shared, DepthZero, DepthInfinity
+	X, S, Z, I := lockstore.Exclusive, lockstore.Shared, lockstore.DepthZero, lockstore.DepthInfinity
 	for i, tc := range []struct {
 		held, want spec
 		conflict   bool
@@ -135,14 +137,14 @@ func TestRedisStoreConflicts(t *testing.T) {
 		held := mustCreate(t, s, xlock(tc.held.root, tc.held.scope, tc.held.depth))
 		l := xlock(tc.want.root, tc.want.scope, tc.want.depth)
 		_, err := s.Create(context.Background(), l)
-		var ce *LockConflictError
+		var ce *lockstore.LockConflictError
 		switch {
 		case tc.conflict && !errors.As(err, &ce):
 			t.Errorf("%s: want a conflict, got %v", name, err)
 		case tc.conflict && (len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token):
 			t.Errorf("%s: conflicts %+v, want the held lock", name, ce.Conflicts)
 		case tc.conflict:
-			if _, err := s.Get(context.Background(), l.Token); !errors.Is(err, ErrNoSuchLock) {
+			if _, err := s.Get(context.Background(), l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 				t.Errorf("%s: a refused lock was added: %v", name, err)
 			}
 		case err != nil:
@@ -157,11 +159,11 @@ func TestRedisStoreConflictList(t *testing.T) {
 	s := newRedisLockStore(t, srv, t.Name())
 	var want []string
 	for _, r := range []string{"/d/z", "/d/b", "/d/b", "/d"} {
-		want = append(want, mustCreate(t, s, xlock(r, Shared, DepthZero)).Root)
+		want = append(want, mustCreate(t, s, xlock(r, lockstore.Shared, lockstore.DepthZero)).Root)
 	}
-	mustCreate(t, s, xlock("/e", Exclusive, DepthZero)) // not in the way
-	_, err := s.Create(context.Background(), xlock("/d", Exclusive, DepthInfinity))
-	var ce *LockConflictError
+	mustCreate(t, s, xlock("/e", lockstore.Exclusive, lockstore.DepthZero)) // not in the way
+	_, err := s.Create(context.Background(), xlock("/d", lockstore.Exclusive, lockstore.DepthInfinity))
+	var ce *lockstore.LockConflictError
 	if !errors.As(err, &ce) {
 		t.Fatalf("want a conflict, got %v", err)
 	}
@@ -169,7 +171,7 @@ func TestRedisStoreConflictList(t *testing.T) {
 	if got := roots(ce.Conflicts); !slices.Equal(got, want) {
 		t.Fatalf("conflicts on %v, want %v", got, want)
 	}
-	if !slices.IsSortedFunc(ce.Conflicts, func(a, b ExplicitLock) int {
+	if !slices.IsSortedFunc(ce.Conflicts, func(a, b lockstore.ExplicitLock) int {
 		return strings.Compare(a.Root+"\x00"+a.Token, b.Root+"\x00"+b.Token)
 	}) {
 		t.Fatal("conflicts are not ordered by Root, then Token")
@@ -180,7 +182,7 @@ func TestRedisStoreRefreshRemove(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	l := mustCreate(t, s, xlock("/r", Exclusive, DepthZero))
+	l := mustCreate(t, s, xlock("/r", lockstore.Exclusive, lockstore.DepthZero))
 	r, err := s.Refresh(ctx, l.Token, time.Hour)
 	if err != nil || r.Timeout != time.Hour || !r.Expires.After(l.Expires) || !r.Created.Equal(l.Created) {
 		t.Fatalf("refresh: %+v %v", r, err)
@@ -188,23 +190,23 @@ func TestRedisStoreRefreshRemove(t *testing.T) {
 	if g, _ := s.Get(ctx, l.Token); !g.Expires.Equal(r.Expires) {
 		t.Fatalf("get after refresh: expires %s, want %s", g.Expires, r.Expires)
 	}
-	if _, err := s.Refresh(ctx, "urn:uuid:"+NewLockToken(), time.Hour); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Refresh(ctx, "urn:uuid:"+NewLockToken(), time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("refresh of an unknown token: %v", err)
 	}
 	gone, err := s.Remove(ctx, l.Token)
 	if err != nil || gone.Token != l.Token || gone.Root != "/r" {
 		t.Fatalf("remove: %+v %v", gone, err)
 	}
-	if _, err := s.Remove(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Remove(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("second remove: %v", err)
 	}
-	if _, err := s.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("get after remove: %v", err)
 	}
-	if _, err := s.Refresh(ctx, l.Token, time.Hour); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Refresh(ctx, l.Token, time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("refresh after remove: %v", err)
 	}
-	mustCreate(t, s, xlock("/r", Exclusive, DepthZero)) // the root is free again
+	mustCreate(t, s, xlock("/r", lockstore.Exclusive, lockstore.DepthZero)) // the root is free again
 }
 
 func TestRedisStoreAffectingRemoveUnderList(t *testing.T) {
@@ -213,9 +215,9 @@ func TestRedisStoreAffectingRemoveUnderList(t *testing.T) {
 	ctx := context.Background()
 	for _, sp := range []struct {
 		root  string
-		depth Depth
-	}{{"/", DepthZero}, {"/a", DepthInfinity}, {"/a/b", DepthZero}, {"/a/b", DepthZero}, {"/a/b/c", DepthZero}, {"/a/bc", DepthZero}, {"/x", DepthInfinity}, {"/a/b/d", DepthInfinity}} {
-		mustCreate(t, s, xlock(sp.root, Shared, sp.depth))
+		depth lockstore.Depth
+	}{{"/", lockstore.DepthZero}, {"/a", lockstore.DepthInfinity}, {"/a/b", lockstore.DepthZero}, {"/a/b", lockstore.DepthZero}, {"/a/b/c", lockstore.DepthZero}, {"/a/bc", lockstore.DepthZero}, {"/x", lockstore.DepthInfinity}, {"/a/b/d", lockstore.DepthInfinity}} {
+		mustCreate(t, s, xlock(sp.root, lockstore.Shared, sp.depth))
 	}
 	check := func(key string, below bool, want ...string) {
 		t.Helper()
@@ -226,7 +228,7 @@ func TestRedisStoreAffectingRemoveUnderList(t *testing.T) {
 		if !slices.Equal(roots(got), want) {
 			t.Fatalf("affecting %s below=%v: %v, want %v", key, below, roots(got), want)
 		}
-		if !slices.IsSortedFunc(got, func(a, b ExplicitLock) int {
+		if !slices.IsSortedFunc(got, func(a, b lockstore.ExplicitLock) int {
 			return strings.Compare(a.Root+"\x00"+a.Token, b.Root+"\x00"+b.Token)
 		}) {
 			t.Fatal("not ordered by Root, then Token")
@@ -270,9 +272,9 @@ func TestRedisStoreManyLocks(t *testing.T) {
 	const n = 1200
 	s.SetBudget(0, n+1) // one anonymous owner holds them all
 	for i := range n {
-		mustCreate(t, s, xlock(fmt.Sprintf("/big/%04d", i), Exclusive, DepthZero))
+		mustCreate(t, s, xlock(fmt.Sprintf("/big/%04d", i), lockstore.Exclusive, lockstore.DepthZero))
 	}
-	mustCreate(t, s, xlock("/other", Exclusive, DepthZero))
+	mustCreate(t, s, xlock("/other", lockstore.Exclusive, lockstore.DepthZero))
 	all, err := s.List(ctx)
 	if err != nil || len(all) != n+1 {
 		t.Fatalf("list: %d locks, %v; want %d", len(all), err, n+1)
@@ -282,8 +284,8 @@ func TestRedisStoreManyLocks(t *testing.T) {
 			t.Fatalf("list[%d] = %s", i, all[i].Root)
 		}
 	}
-	_, err = s.Create(ctx, xlock("/big", Exclusive, DepthInfinity))
-	var ce *LockConflictError
+	_, err = s.Create(ctx, xlock("/big", lockstore.Exclusive, lockstore.DepthInfinity))
+	var ce *lockstore.LockConflictError
 	if !errors.As(err, &ce) || len(ce.Conflicts) == 0 {
 		t.Fatalf("an infinite lock over %d locks: %v", n, err)
 	}
@@ -300,16 +302,16 @@ func TestRedisStoreExpiry(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	short := xlock("/e", Exclusive, DepthInfinity)
+	short := xlock("/e", lockstore.Exclusive, lockstore.DepthInfinity)
 	short.Timeout = 150 * time.Millisecond
 	l := mustCreate(t, s, short)
-	keep := mustCreate(t, s, xlock("/k", Exclusive, DepthZero))
-	if _, err := s.Create(ctx, xlock("/e/x", Exclusive, DepthZero)); err == nil {
+	keep := mustCreate(t, s, xlock("/k", lockstore.Exclusive, lockstore.DepthZero))
+	if _, err := s.Create(ctx, xlock("/e/x", lockstore.Exclusive, lockstore.DepthZero)); err == nil {
 		t.Fatal("created under a live exclusive lock")
 	}
 	waitFor(t, 3*time.Second, "the lock to expire", func() bool {
 		_, err := s.Get(ctx, l.Token)
-		return errors.Is(err, ErrNoSuchLock)
+		return errors.Is(err, lockstore.ErrNoSuchLock)
 	})
 	if got, _ := s.Affecting(ctx, "/e/x", true); len(got) != 0 {
 		t.Fatalf("affecting after expiry: %v", roots(got))
@@ -317,10 +319,10 @@ func TestRedisStoreExpiry(t *testing.T) {
 	if all, _ := s.List(ctx); len(all) != 1 || all[0].Token != keep.Token {
 		t.Fatalf("list after expiry: %v", roots(all))
 	}
-	if _, err := s.Refresh(ctx, l.Token, time.Minute); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Refresh(ctx, l.Token, time.Minute); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("refresh after expiry: %v", err)
 	}
-	mustCreate(t, s, xlock("/e/x", Exclusive, DepthZero))
+	mustCreate(t, s, xlock("/e/x", lockstore.Exclusive, lockstore.DepthZero))
 	// The expired entry is purged from the index, not only ignored.
 	c := redisClient(t, srv)
 	if n, _ := c.ZCard(ctx, s.kExp).Result(); n != 2 {
@@ -334,7 +336,7 @@ func TestRedisStoreScriptsIdempotent(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	l := xlock("/i", Exclusive, DepthZero)
+	l := xlock("/i", lockstore.Exclusive, lockstore.DepthZero)
 	first := mustCreate(t, s, l)
 	time.Sleep(5 * time.Millisecond)
 	second := mustCreate(t, s, l) // the same token again: a retry
@@ -352,10 +354,10 @@ func TestRedisStoreScriptsIdempotent(t *testing.T) {
 		}
 	}
 	v, err := s.call(ctx, "remove", xRemoveScript, keys, "nonce-2", 10000)
-	if _, derr := decodeLock(l.Token, v); err != nil || !errors.Is(derr, ErrNoSuchLock) {
+	if _, derr := decodeLock(l.Token, v); err != nil || !errors.Is(derr, lockstore.ErrNoSuchLock) {
 		t.Fatalf("another call's remove: %v %v", err, derr)
 	}
-	if _, err := s.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := s.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("the tombstone is visible: %v", err)
 	}
 }
@@ -366,8 +368,8 @@ func TestRedisStoreTwoNodes(t *testing.T) {
 	srv := startRedis(t)
 	a, b := newRedisLockStore(t, srv, "shared"), newRedisLockStore(t, srv, "shared")
 	ctx := context.Background()
-	l := mustCreate(t, a, xlock("/doc", Exclusive, DepthZero))
-	if _, err := b.Create(ctx, xlock("/doc", Shared, DepthZero)); !errors.As(err, new(*LockConflictError)) {
+	l := mustCreate(t, a, xlock("/doc", lockstore.Exclusive, lockstore.DepthZero))
+	if _, err := b.Create(ctx, xlock("/doc", lockstore.Shared, lockstore.DepthZero)); !errors.As(err, new(*lockstore.LockConflictError)) {
 		t.Fatalf("second node: %v", err)
 	}
 	if g, err := b.Get(ctx, l.Token); err != nil || g.Root != "/doc" {
@@ -376,10 +378,10 @@ func TestRedisStoreTwoNodes(t *testing.T) {
 	if _, err := b.Remove(ctx, l.Token); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Get(ctx, l.Token); !errors.Is(err, ErrNoSuchLock) {
+	if _, err := a.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("first node after removal by the second: %v", err)
 	}
-	mustCreate(t, a, xlock("/doc2", Exclusive, DepthZero))
+	mustCreate(t, a, xlock("/doc2", lockstore.Exclusive, lockstore.DepthZero))
 	keys, err := redisClient(t, srv).Keys(ctx, "*").Result() // a test may use KEYS
 	if err != nil {
 		t.Fatal(err)
@@ -395,11 +397,14 @@ func TestRedisStoreUnavailable(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	l := mustCreate(t, s, xlock("/u", Exclusive, DepthZero))
+	l := mustCreate(t, s, xlock("/u", lockstore.Exclusive, lockstore.DepthZero))
 	srv.Stop()
 	start := time.Now()
 	for name, call := range map[string]func() error{
-		"create":       func() error { _, err := s.Create(ctx, xlock("/v", Exclusive, DepthZero)); return err },
+		"create": func() error {
+			_, err := s.Create(ctx, xlock("/v", lockstore.Exclusive, lockstore.DepthZero))
+			return err
+		},
 		"refresh":      func() error { _, err := s.Refresh(ctx, l.Token, time.Minute); return err },
 		"get":          func() error { _, err := s.Get(ctx, l.Token); return err },
 		"remove":       func() error { _, err := s.Remove(ctx, l.Token); return err },
@@ -407,7 +412,7 @@ func TestRedisStoreUnavailable(t *testing.T) {
 		"remove under": func() error { _, err := s.RemoveUnder(ctx, "/u"); return err },
 		"list":         func() error { _, err := s.List(ctx); return err },
 	} {
-		if err := call(); !errors.Is(err, ErrStoreUnavailable) {
+		if err := call(); !errors.Is(err, lockstore.ErrStoreUnavailable) {
 			t.Errorf("%s with Redis down: %v", name, err)
 		}
 	}
@@ -440,7 +445,7 @@ func TestRedisStoreZoneTables(t *testing.T) {
 	if _, ok := z.locker.(*RedisLocker); !ok {
 		t.Fatalf("zone rzone's locker is a %T", z.locker)
 	}
-	l := mustCreate(t, z.explicit, xlock("/doc", Exclusive, DepthInfinity))
+	l := mustCreate(t, z.explicit, xlock("/doc", lockstore.Exclusive, lockstore.DepthInfinity))
 	other := newRedisLockStore(t, srv, "rzone")
 	if got, err := other.Affecting(context.Background(), "/doc/page", false); err != nil || len(got) != 1 || got[0].Token != l.Token {
 		t.Fatalf("the other node sees %v, %v", roots(got), err)
@@ -454,18 +459,18 @@ func TestRedisStoreFull(t *testing.T) {
 	s := newRedisLockStore(t, srv, t.Name())
 	s.SetMax(2)
 	ctx := context.Background()
-	short := xlock("/short", Exclusive, DepthZero)
+	short := xlock("/short", lockstore.Exclusive, lockstore.DepthZero)
 	short.Timeout = 100 * time.Millisecond
 	mustCreate(t, s, short)
-	kept := mustCreate(t, s, xlock("/kept", Exclusive, DepthZero))
-	if _, err := s.Create(ctx, xlock("/x", Exclusive, DepthZero)); !errors.Is(err, ErrFull) {
+	kept := mustCreate(t, s, xlock("/kept", lockstore.Exclusive, lockstore.DepthZero))
+	if _, err := s.Create(ctx, xlock("/x", lockstore.Exclusive, lockstore.DepthZero)); !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("past the limit: %v, want ErrFull", err)
 	}
 	if _, err := s.Get(ctx, kept.Token); err != nil {
 		t.Fatalf("a held lock was evicted: %v", err)
 	}
 	waitFor(t, 3*time.Second, "room after the short lock expires", func() bool {
-		_, err := s.Create(ctx, xlock("/x", Exclusive, DepthZero))
+		_, err := s.Create(ctx, xlock("/x", lockstore.Exclusive, lockstore.DepthZero))
 		return err == nil
 	})
 }
@@ -474,7 +479,7 @@ func TestRedisStoreFull(t *testing.T) {
 func TestRedisLockStoreContract(t *testing.T) {
 	srv := startRedis(t)
 	n := 0
-	testLockStoreContract(t, func(t *testing.T) LockStore {
+	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
 		n++
 		return newRedisLockStore(t, srv, fmt.Sprintf("contract-%d", n))
 	})
@@ -489,13 +494,13 @@ func TestLockStoresAgree(t *testing.T) {
 	keys := []string{"/", "/a", "/ab", "/a/b", "/a/bc", "/a/b/c", "/ab/c", "/b"}
 	// describe renders a result without the parts a store is free to
 	// word or time differently (error texts, timestamps).
-	describe := func(ls []ExplicitLock, err error) string {
-		var ce *LockConflictError
+	describe := func(ls []lockstore.ExplicitLock, err error) string {
+		var ce *lockstore.LockConflictError
 		switch {
 		case errors.As(err, &ce):
 			ls, err = ce.Conflicts, errors.New("conflict")
-		case errors.Is(err, ErrFull):
-			err = ErrFull
+		case errors.Is(err, lockstore.ErrFull):
+			err = lockstore.ErrFull
 		}
 		s := fmt.Sprint(err)
 		for _, l := range ls {
@@ -503,11 +508,11 @@ func TestLockStoresAgree(t *testing.T) {
 		}
 		return s
 	}
-	one := func(l ExplicitLock, err error) string {
+	one := func(l lockstore.ExplicitLock, err error) string {
 		if err != nil {
 			return describe(nil, err)
 		}
-		return describe([]ExplicitLock{l}, nil)
+		return describe([]lockstore.ExplicitLock{l}, nil)
 	}
 	for seed := range uint64(60) {
 		rng := rand.New(rand.NewPCG(seed, 1))
@@ -521,12 +526,12 @@ func TestLockStoresAgree(t *testing.T) {
 			var op, a, b string
 			switch rng.IntN(4) {
 			case 0, 1:
-				scope, depth := Shared, DepthZero
+				scope, depth := lockstore.Shared, lockstore.DepthZero
 				if rng.IntN(2) == 0 {
-					scope = Exclusive
+					scope = lockstore.Exclusive
 				}
 				if rng.IntN(2) == 0 {
-					depth = DepthInfinity
+					depth = lockstore.DepthInfinity
 				}
 				l := xlock(keys[rng.IntN(len(keys))], scope, depth)
 				l.Timeout = time.Hour
@@ -586,19 +591,19 @@ func TestRedisCreateReplyLost(t *testing.T) {
 	ctx := context.Background()
 	h := &lostReply{script: xCreateScript.Hash()}
 	s.client.AddHook(h)
-	if _, err := s.Create(ctx, xlock("/warm", Exclusive, DepthZero)); err != nil {
+	if _, err := s.Create(ctx, xlock("/warm", lockstore.Exclusive, lockstore.DepthZero)); err != nil {
 		t.Fatal(err) // loads the script, so that the next create is one evalsha
 	}
 	h.armed.Store(true)
-	l := xlock("/a", Exclusive, DepthInfinity)
-	if _, err := s.Create(ctx, l); !errors.Is(err, ErrStoreUnavailable) {
+	l := xlock("/a", lockstore.Exclusive, lockstore.DepthInfinity)
+	if _, err := s.Create(ctx, l); !errors.Is(err, lockstore.ErrStoreUnavailable) {
 		t.Fatalf("create with its reply lost: %v, want ErrStoreUnavailable", err)
 	}
 	waitFor(t, 5*time.Second, "the lock of the lost reply to go", func() bool {
 		_, err := s.Get(ctx, l.Token)
-		return errors.Is(err, ErrNoSuchLock)
+		return errors.Is(err, lockstore.ErrNoSuchLock)
 	})
-	if _, err := s.Create(ctx, xlock("/a", Exclusive, DepthInfinity)); err != nil {
+	if _, err := s.Create(ctx, xlock("/a", lockstore.Exclusive, lockstore.DepthInfinity)); err != nil {
 		t.Fatalf("a new lock on the path: %v", err)
 	}
 }

@@ -17,47 +17,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/lockstore"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
-
-// Store is implemented by the modules of the http.handlers.lock.stores
-// namespace.
-type Store interface {
-	// TableKey identifies the tables this configuration reaches. Handlers
-	// whose zone and table key agree share one set of tables, which
-	// outlives a reload that leaves both unchanged; a changed key opens
-	// new ones.
-	TableKey() string
-	// OpenZone connects to the tables of a zone. The caller closes them
-	// when no loaded config uses them any more.
-	OpenZone(zone string, hierarchy bool) (ZoneTables, error)
-	// FailOpen reports whether a request passes unlocked when the store
-	// cannot be reached (fail_open), instead of being refused with 503
-	// (fail_closed).
-	FailOpen() bool
-}
-
-// ZoneTables are a zone's lock tables in a store.
-type ZoneTables struct {
-	// Locker holds the in-flight locks.
-	Locker Locker
-	// Explicit holds the explicit (LOCK and admin) locks.
-	Explicit LockStore
-	// Close lets go of the tables' connections, once the locks taken
-	// through them are released (without blocking); locks stay in the
-	// store.
-	Close func() error
-}
-
-// limitSetter is implemented by lockers whose limits a (re)loaded config
-// may change.
-type limitSetter interface {
-	SetLimits(maxLocks, maxWaiters int)
-}
 
 // Results of {http.lock.result} and the requests metric when the store
 // cannot be reached.
@@ -79,7 +46,7 @@ func unmarshalStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
 	}
 	name := d.Val()
 	if _, err := caddy.GetModule("http.handlers.lock.stores." + name); err != nil {
-		return nil, d.Errf("lock: store: unknown store type %q; expected redis", name)
+		return nil, d.Errf("lock: store: unknown store type %q; expected memory or redis", name)
 	}
 	unm, err := caddyfile.UnmarshalModule(d, "http.handlers.lock.stores."+name)
 	if err != nil {
@@ -116,9 +83,9 @@ func (h *Handler) storeTrouble(key string, err error) {
 	}
 	h.trouble.count.Add(-n)
 	msg, policy := "lock store unavailable: refusing requests with 503", "fail_closed"
-	if errors.Is(err, ErrStoreFailed) {
+	if errors.Is(err, lockstore.ErrStoreFailed) {
 		msg = "lock store answered with an error: refusing requests with 503, whatever on_error says"
-	} else if h.store != nil && h.store.FailOpen() {
+	} else if h.store.FailOpen() {
 		msg, policy = "lock store unavailable: passing requests WITHOUT locks", "fail_open"
 	}
 	h.logger.Warn(msg, zap.String("zone", h.Zone), zap.String("on_error", policy),
@@ -136,8 +103,8 @@ func (h *Handler) failOpen(w http.ResponseWriter, r *http.Request, repl *caddy.R
 
 // granted publishes a lease's fencing number, if it has one, as
 // {http.lock.fence} and in the fence header.
-func (h *Handler) granted(r *http.Request, repl *caddy.Replacer, lease Lease) {
-	f, ok := lease.(Fenced)
+func (h *Handler) granted(r *http.Request, repl *caddy.Replacer, lease lockstore.Lease) {
+	f, ok := lease.(lockstore.Fenced)
 	if !ok {
 		return
 	}
@@ -170,8 +137,8 @@ type leaseGuard struct {
 
 // guardLease starts watching lease, held with hc, and returns the guard
 // and ctx (hc or a context derived from it) with the guard's trace.
-func (h *Handler) guardLease(ctx context.Context, hc *holdContext, lease Lease, key string) (*leaseGuard, context.Context) {
-	rv, ok := lease.(Revocable)
+func (h *Handler) guardLease(ctx context.Context, hc *holdContext, lease lockstore.Lease, key string) (*leaseGuard, context.Context) {
+	rv, ok := lease.(lockstore.Revocable)
 	if !ok {
 		return nil, ctx
 	}
@@ -187,7 +154,7 @@ func (h *Handler) guardLease(ctx context.Context, hc *holdContext, lease Lease, 
 		}
 		countLostLease(h.Zone)
 		fence := ""
-		if f, ok := lease.(Fenced); ok {
+		if f, ok := lease.(lockstore.Fenced); ok {
 			fence = strconv.FormatInt(f.Fence(), 10)
 		}
 		if g.state.CompareAndSwap(leasePending, leaseLost) {

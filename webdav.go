@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
 // ---------------------------------------------------------------------------
@@ -592,41 +594,18 @@ func FormatTimeout(remaining time.Duration, infinite bool) string {
 // ---------------------------------------------------------------------------
 // Depth header (RFC 4918 section 10.2)
 
-// Depth is the value of a Depth header.
-type Depth int
-
-// Depth values.
-const (
-	DepthZero     Depth = 0
-	DepthOne      Depth = 1
-	DepthInfinity Depth = -1
-)
-
-// String returns the header form: "0", "1" or "infinity".
-func (d Depth) String() string {
-	switch d {
-	case DepthZero:
-		return "0"
-	case DepthOne:
-		return "1"
-	case DepthInfinity:
-		return "infinity"
-	}
-	return fmt.Sprintf("Depth(%d)", int(d))
-}
-
 // ParseDepth parses a Depth header: "0", "1" or "infinity" (matched
 // case-insensitively); an empty header gives def.
-func ParseDepth(s string, def Depth) (Depth, error) {
+func ParseDepth(s string, def lockstore.Depth) (lockstore.Depth, error) {
 	switch v := strings.Trim(s, " \t"); {
 	case v == "":
 		return def, nil
 	case v == "0":
-		return DepthZero, nil
+		return lockstore.DepthZero, nil
 	case v == "1":
-		return DepthOne, nil
+		return lockstore.DepthOne, nil
 	case strings.EqualFold(v, "infinity"):
-		return DepthInfinity, nil
+		return lockstore.DepthInfinity, nil
 	}
 	return 0, fmt.Errorf(`invalid Depth header %.40q: expected "0", "1" or "infinity"`, s)
 }
@@ -634,12 +613,12 @@ func ParseDepth(s string, def Depth) (Depth, error) {
 // ParseLockDepth parses the Depth header of a LOCK request, where only "0"
 // and "infinity" are allowed and a missing header means infinity (RFC 4918
 // section 9.10.3).
-func ParseLockDepth(s string) (Depth, error) {
-	d, err := ParseDepth(s, DepthInfinity)
+func ParseLockDepth(s string) (lockstore.Depth, error) {
+	d, err := ParseDepth(s, lockstore.DepthInfinity)
 	if err != nil {
 		return 0, err
 	}
-	if d == DepthOne {
+	if d == lockstore.DepthOne {
 		return 0, errors.New(`invalid Depth header for LOCK: "1" is not allowed, use "0" or "infinity"`)
 	}
 	return d, nil
@@ -711,7 +690,7 @@ var (
 // LockInfo is the content of a LOCK request body (DAV:lockinfo).
 type LockInfo struct {
 	// Scope is Exclusive or Shared.
-	Scope Kind
+	Scope lockstore.Kind
 	// Type is the lock type; "write" is the only one RFC 4918 defines.
 	Type string
 	// Owner is the content of DAV:owner, re-serialised so that it is
@@ -982,8 +961,8 @@ func unexpectedEOF(err error) error {
 }
 
 // lockscope parses the content of DAV:lockscope.
-func (p *lockInfoParser) lockscope() (Kind, error) {
-	var k Kind
+func (p *lockInfoParser) lockscope() (lockstore.Kind, error) {
+	var k lockstore.Kind
 	for {
 		tok, err := p.next()
 		if err != nil {
@@ -996,13 +975,13 @@ func (p *lockInfoParser) lockscope() (Kind, error) {
 			}
 			return k, nil
 		case xml.StartElement:
-			var v Kind
+			var v lockstore.Kind
 			if t.Name.Space == davNS {
 				switch t.Name.Local {
 				case "exclusive":
-					v = Exclusive
+					v = lockstore.Exclusive
 				case "shared":
-					v = Shared
+					v = lockstore.Shared
 				}
 			}
 			if v != 0 && k != 0 {
@@ -1200,9 +1179,9 @@ type ActiveLock struct {
 	// Token is the lock token; DAV:locktoken is left out when it is "".
 	Token string
 	// Scope is Shared or Exclusive; anything but Shared reports exclusive.
-	Scope Kind
+	Scope lockstore.Kind
 	// Depth is DepthZero or DepthInfinity.
-	Depth Depth
+	Depth lockstore.Depth
 	// Owner is LockInfo.Owner, inserted verbatim into DAV:owner; nil
 	// leaves DAV:owner out. It must be well-formed content, as
 	// ParseLockInfo produces.
@@ -1238,7 +1217,7 @@ func appendLockDiscovery(b []byte, locks []ActiveLock, declare bool) []byte {
 	b = append(b, '>')
 	for _, l := range locks {
 		scope := "exclusive"
-		if l.Scope == Shared {
+		if l.Scope == lockstore.Shared {
 			scope = "shared"
 		}
 		b = append(b, "<D:activelock><D:locktype><D:write/></D:locktype><D:lockscope><D:"+scope+"/></D:lockscope><D:depth>"...)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
 // Shorthands for expected If header values.
@@ -489,22 +491,22 @@ func TestFormatTimeout(t *testing.T) {
 func TestParseDepth(t *testing.T) {
 	for _, tc := range []struct {
 		in      string
-		def     Depth
-		want    Depth
+		def     lockstore.Depth
+		want    lockstore.Depth
 		wantErr bool
 	}{
-		{"", DepthInfinity, DepthInfinity, false},
-		{"", DepthZero, DepthZero, false},
-		{"0", DepthInfinity, DepthZero, false},
-		{"1", DepthInfinity, DepthOne, false},
-		{"infinity", DepthZero, DepthInfinity, false},
-		{"Infinity", DepthZero, DepthInfinity, false},
-		{" INFINITY ", DepthZero, DepthInfinity, false},
-		{"2", DepthZero, 0, true},
-		{"-1", DepthZero, 0, true},
-		{"00", DepthZero, 0, true},
-		{"infinite", DepthZero, 0, true},
-		{"0,1", DepthZero, 0, true},
+		{"", lockstore.DepthInfinity, lockstore.DepthInfinity, false},
+		{"", lockstore.DepthZero, lockstore.DepthZero, false},
+		{"0", lockstore.DepthInfinity, lockstore.DepthZero, false},
+		{"1", lockstore.DepthInfinity, lockstore.DepthOne, false},
+		{"infinity", lockstore.DepthZero, lockstore.DepthInfinity, false},
+		{"Infinity", lockstore.DepthZero, lockstore.DepthInfinity, false},
+		{" INFINITY ", lockstore.DepthZero, lockstore.DepthInfinity, false},
+		{"2", lockstore.DepthZero, 0, true},
+		{"-1", lockstore.DepthZero, 0, true},
+		{"00", lockstore.DepthZero, 0, true},
+		{"infinite", lockstore.DepthZero, 0, true},
+		{"0,1", lockstore.DepthZero, 0, true},
 	} {
 		got, err := ParseDepth(tc.in, tc.def)
 		if (err != nil) != tc.wantErr || (!tc.wantErr && got != tc.want) {
@@ -514,7 +516,7 @@ func TestParseDepth(t *testing.T) {
 			t.Errorf("ParseDepth(%q) error %q does not say what is expected", tc.in, err)
 		}
 	}
-	for d, s := range map[Depth]string{DepthZero: "0", DepthOne: "1", DepthInfinity: "infinity", 7: "Depth(7)"} {
+	for d, s := range map[lockstore.Depth]string{lockstore.DepthZero: "0", lockstore.DepthOne: "1", lockstore.DepthInfinity: "infinity", 7: "Depth(7)"} {
 		if d.String() != s {
 			t.Errorf("Depth(%d).String() = %q, want %q", int(d), d.String(), s)
 		}
@@ -522,7 +524,7 @@ func TestParseDepth(t *testing.T) {
 }
 
 func TestParseLockDepth(t *testing.T) {
-	for in, want := range map[string]Depth{"": DepthInfinity, "0": DepthZero, "infinity": DepthInfinity} {
+	for in, want := range map[string]lockstore.Depth{"": lockstore.DepthInfinity, "0": lockstore.DepthZero, "infinity": lockstore.DepthInfinity} {
 		if got, err := ParseLockDepth(in); err != nil || got != want {
 			t.Errorf("ParseLockDepth(%q) = %v, %v, want %v", in, got, err, want)
 		}
@@ -673,20 +675,20 @@ func TestParseLockInfo(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		body  string
-		scope Kind
+		scope lockstore.Kind
 		owner string // expected owner content, compared as XML trees
 	}{
-		{"rfc 9.10.7", rfcLockInfo, Exclusive, `<D:href xmlns:D="DAV:">http://example.org/~ejw/contact.html</D:href>`},
-		{"default namespace", `<lockinfo xmlns="DAV:"><lockscope><shared/></lockscope><locktype><write/></locktype><owner>Jane Smith</owner></lockinfo>`, Shared, `Jane Smith`},
-		{"other prefix", `<a:lockinfo xmlns:a="DAV:"><a:locktype><a:write/></a:locktype><a:lockscope><a:shared/></a:lockscope></a:lockinfo>`, Shared, ""},
-		{"prefix declared late", `<lockinfo xmlns="DAV:"><lockscope xmlns:q="DAV:"><q:exclusive/></lockscope><locktype><write/></locktype></lockinfo>`, Exclusive, ""},
-		{"unknown elements ignored", `<D:lockinfo xmlns:D="DAV:" xmlns:Z="urn:z"><Z:extra><D:lockscope><D:shared/></D:lockscope></Z:extra><D:lockscope><Z:x/><D:exclusive/></D:lockscope><D:future/><D:locktype><D:write><Z:y/></D:write></D:locktype></D:lockinfo>`, Exclusive, ""},
-		{"BOM and comments", "\xef\xbb\xbf<?xml version='1.0'?><!-- c --><D:lockinfo xmlns:D='DAV:'><!-- c --><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo><!-- c -->\n", Exclusive, ""},
+		{"rfc 9.10.7", rfcLockInfo, lockstore.Exclusive, `<D:href xmlns:D="DAV:">http://example.org/~ejw/contact.html</D:href>`},
+		{"default namespace", `<lockinfo xmlns="DAV:"><lockscope><shared/></lockscope><locktype><write/></locktype><owner>Jane Smith</owner></lockinfo>`, lockstore.Shared, `Jane Smith`},
+		{"other prefix", `<a:lockinfo xmlns:a="DAV:"><a:locktype><a:write/></a:locktype><a:lockscope><a:shared/></a:lockscope></a:lockinfo>`, lockstore.Shared, ""},
+		{"prefix declared late", `<lockinfo xmlns="DAV:"><lockscope xmlns:q="DAV:"><q:exclusive/></lockscope><locktype><write/></locktype></lockinfo>`, lockstore.Exclusive, ""},
+		{"unknown elements ignored", `<D:lockinfo xmlns:D="DAV:" xmlns:Z="urn:z"><Z:extra><D:lockscope><D:shared/></D:lockscope></Z:extra><D:lockscope><Z:x/><D:exclusive/></D:lockscope><D:future/><D:locktype><D:write><Z:y/></D:write></D:locktype></D:lockinfo>`, lockstore.Exclusive, ""},
+		{"BOM and comments", "\xef\xbb\xbf<?xml version='1.0'?><!-- c --><D:lockinfo xmlns:D='DAV:'><!-- c --><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo><!-- c -->\n", lockstore.Exclusive, ""},
 		{"owner with foreign namespaces", `<D:lockinfo xmlns:D="DAV:" xmlns:E="urn:e"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>` +
 			`<D:owner><E:person E:id="7" plain="a&amp;&quot;b" xml:lang="en"><E:name>Ann &lt;ann@example.com&gt;</E:name><nons xmlns="">x</nons><D:href>http://x/</D:href></E:person></D:owner></D:lockinfo>`,
-			Exclusive,
+			lockstore.Exclusive,
 			`<p:person xmlns:p="urn:e" p:id="7" plain='a&amp;"b' xml:lang="en"><p:name>Ann &lt;ann@example.com></p:name><nons>x</nons><D:href xmlns:D="DAV:">http://x/</D:href></p:person>`},
-		{"empty owner", `<D:lockinfo xmlns:D="DAV:"><D:owner/><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>`, Exclusive, ""},
+		{"empty owner", `<D:lockinfo xmlns:D="DAV:"><D:owner/><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>`, lockstore.Exclusive, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			li, err := ParseLockInfo(strings.NewReader(tc.body), 0)
@@ -849,9 +851,9 @@ func (b neverEnding) Read(p []byte) (int, error) {
 func TestMarshalLockDiscovery(t *testing.T) {
 	owner := []byte(`<href xmlns="DAV:">http://example.org/~ejw/contact.html</href>`)
 	locks := []ActiveLock{
-		{Root: "/workspace/web dav/a&b<c>", Token: "urn:uuid:e71d4fae-5dec-22d6-fea5-00a0c91e6be4", Scope: Exclusive, Depth: DepthInfinity, Owner: owner, Timeout: 604800 * time.Second},
-		{Root: "/x", Token: "urn:x&y", Scope: Shared, Depth: DepthZero, Infinite: true},
-		{Root: "//evil.example/x", Scope: Shared, Depth: DepthZero, Timeout: 1500 * time.Millisecond},
+		{Root: "/workspace/web dav/a&b<c>", Token: "urn:uuid:e71d4fae-5dec-22d6-fea5-00a0c91e6be4", Scope: lockstore.Exclusive, Depth: lockstore.DepthInfinity, Owner: owner, Timeout: 604800 * time.Second},
+		{Root: "/x", Token: "urn:x&y", Scope: lockstore.Shared, Depth: lockstore.DepthZero, Infinite: true},
+		{Root: "//evil.example/x", Scope: lockstore.Shared, Depth: lockstore.DepthZero, Timeout: 1500 * time.Millisecond},
 	}
 	doc := MarshalLockDiscovery(locks...)
 	if !bytes.HasPrefix(doc, []byte(`<?xml version="1.0" encoding="utf-8"?>`)) {
@@ -903,7 +905,7 @@ func TestMarshalLockDiscovery(t *testing.T) {
 	}
 	// The exact layout of one lock, as in the RFC's examples.
 	want := `<?xml version="1.0" encoding="utf-8"?>` + "\n" + `<D:prop xmlns:D="DAV:"><D:lockdiscovery><D:activelock><D:locktype><D:write/></D:locktype><D:lockscope><D:exclusive/></D:lockscope><D:depth>infinity</D:depth><D:owner>o</D:owner><D:timeout>Second-3600</D:timeout><D:locktoken><D:href>urn:uuid:1</D:href></D:locktoken><D:lockroot><D:href>/x</D:href></D:lockroot></D:activelock></D:lockdiscovery></D:prop>`
-	if got := string(MarshalLockDiscovery(ActiveLock{Root: "/x", Token: "urn:uuid:1", Scope: Exclusive, Depth: DepthInfinity, Owner: []byte("o"), Timeout: time.Hour})); got != want {
+	if got := string(MarshalLockDiscovery(ActiveLock{Root: "/x", Token: "urn:uuid:1", Scope: lockstore.Exclusive, Depth: lockstore.DepthInfinity, Owner: []byte("o"), Timeout: time.Hour})); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }
@@ -917,7 +919,7 @@ func TestLockOwnerRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc := MarshalLockDiscovery(ActiveLock{Root: "/", Token: NewLockToken(), Scope: li.Scope, Depth: DepthZero, Owner: li.Owner, Timeout: time.Minute})
+	doc := MarshalLockDiscovery(ActiveLock{Root: "/", Token: NewLockToken(), Scope: li.Scope, Depth: lockstore.DepthZero, Owner: li.Owner, Timeout: time.Minute})
 	tree := parseXML(t, doc)
 	var owner *xmlNode
 	var find func(n *xmlNode)
@@ -944,7 +946,7 @@ func TestLockOwnerRoundTrip(t *testing.T) {
 }
 
 func TestLockDiscoveryElement(t *testing.T) {
-	for _, locks := range [][]ActiveLock{nil, {{Root: "/a", Token: "urn:uuid:1", Scope: Shared, Depth: DepthZero}}} {
+	for _, locks := range [][]ActiveLock{nil, {{Root: "/a", Token: "urn:uuid:1", Scope: lockstore.Shared, Depth: lockstore.DepthZero}}} {
 		el := LockDiscoveryElement(locks...)
 		if bytes.HasPrefix(el, []byte("<?xml")) {
 			t.Errorf("element starts with an XML declaration: %s", el)
@@ -1108,7 +1110,7 @@ func FuzzParseLockInfo(f *testing.F) {
 		if bytes.Contains(bytes.ToLower(body), []byte("<!doctype")) {
 			t.Fatalf("accepted a DOCTYPE: %q", body)
 		}
-		if li.Scope != Exclusive && li.Scope != Shared || li.Type != "write" {
+		if li.Scope != lockstore.Exclusive && li.Scope != lockstore.Shared || li.Type != "write" {
 			t.Fatalf("bad result %+v", li)
 		}
 		if len(li.Owner) > 2*len(body)+1024 {
@@ -1143,21 +1145,21 @@ func FuzzParseDepth(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		d, err := ParseDepth(s, DepthInfinity)
+		d, err := ParseDepth(s, lockstore.DepthInfinity)
 		if err != nil {
 			if _, lerr := ParseLockDepth(s); lerr == nil {
 				t.Fatalf("ParseLockDepth(%q) accepts what ParseDepth refuses", s)
 			}
 			return
 		}
-		if d != DepthZero && d != DepthOne && d != DepthInfinity {
+		if d != lockstore.DepthZero && d != lockstore.DepthOne && d != lockstore.DepthInfinity {
 			t.Fatalf("ParseDepth(%q) = %d", s, d)
 		}
-		if back, err := ParseDepth(d.String(), DepthZero); err != nil || back != d {
+		if back, err := ParseDepth(d.String(), lockstore.DepthZero); err != nil || back != d {
 			t.Fatalf("ParseDepth(%q) = %v; its String %q parses to %v, %v", s, d, d.String(), back, err)
 		}
 		ld, err := ParseLockDepth(s)
-		if (d == DepthOne) != (err != nil) || (err == nil && ld != d) {
+		if (d == lockstore.DepthOne) != (err != nil) || (err == nil && ld != d) {
 			t.Fatalf("ParseLockDepth(%q) = %v, %v; ParseDepth gave %v", s, ld, err, d)
 		}
 	})
