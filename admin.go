@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -237,7 +238,7 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 	}
 	depth := lockstore.DepthInfinity
 	if req.Depth != "" {
-		d, err := ParseLockDepth(req.Depth)
+		d, err := dav.ParseLockDepth(req.Depth)
 		if err != nil {
 			return badAdminRequest(`depth: expected "0" or "infinity", got %q`, req.Depth)
 		}
@@ -279,12 +280,12 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		return badAdminRequest("path: %q: %v", req.Path, errNULKey)
 	}
 	l, err := z.explicit.Create(r.Context(), lockstore.ExplicitLock{
-		Token:   NewLockToken(),
+		Token:   dav.NewLockToken(),
 		Root:    key,
 		Href:    req.Path,
 		Scope:   scope,
 		Depth:   depth,
-		Owner:   appendEscaped(nil, req.Owner, false),
+		Owner:   dav.OwnerText(req.Owner),
 		Creator: lockstore.AdminCreator,
 		Timeout: timeout,
 	})

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -84,7 +85,7 @@ handle {
 	if !strings.Contains(r.body, `"explicit":true`) || r.header.Get("Content-Type") != "application/problem+json" {
 		t.Fatalf("refusal: %s", r.body)
 	}
-	assertDAVError(t, davDo(t, "DELETE", url+"/billing", "", map[string]string{"Depth": "infinity"}), http.StatusLocked, CondLockTokenSubmitted, "/billing")
+	assertDAVError(t, davDo(t, "DELETE", url+"/billing", "", map[string]string{"Depth": "infinity"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/billing")
 	mustDo(t, "GET", url+"/billing/invoice/7", nil, http.StatusOK)
 	mustDo(t, "PUT", url+"/other", nil, http.StatusOK)
 	// Nobody can use the window's token through the proxy.
@@ -221,7 +222,7 @@ func TestAdminAPIOnWebDAVBackend(t *testing.T) {
 	if !slices.Equal(roots, []string{"/billing infinity"}) {
 		t.Fatalf("lockdiscovery of /billing/invoice: %q, want the maintenance lock on /billing", roots)
 	}
-	assertDAVError(t, davDo(t, "PUT", url+"/billing/invoice", "v2", map[string]string{"Accept": "text/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/billing")
+	assertDAVError(t, davDo(t, "PUT", url+"/billing/invoice", "v2", map[string]string{"Accept": "text/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/billing")
 	if n := b.saw("PUT /billing/invoice"); n != 0 {
 		t.Fatalf("%d refused writes reached the backend", n)
 	}
@@ -497,7 +498,7 @@ func TestTokensNotLoggedInFull(t *testing.T) {
 
 	b.put(t, "/doc", "x")
 	tok, _ := davLock(t, url+"/doc", "exclusive", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "PUT", url+"/doc", "y", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/doc")
+	assertDAVError(t, davDo(t, "PUT", url+"/doc", "y", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/doc")
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/doc", "", map[string]string{"Lock-Token": "<" + tok + ">"})
 	status, body := adminDo(t, admin, "POST", "/lock/"+t.Name(), `{"path": "/maint", "timeout": "1m"}`)
 	var maint struct{ Token string }
@@ -596,7 +597,7 @@ func TestAdminSharedLockNotOpenedByClientLock(t *testing.T) {
 		t.Fatalf("POST: %d %s", status, body)
 	}
 	tok, _ := davLock(t, url+"/f", "shared", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "PUT", url+"/f", "v2", map[string]string{"If": "(<" + tok + ">)", "Accept": "text/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/f")
+	assertDAVError(t, davDo(t, "PUT", url+"/f", "v2", map[string]string{"If": "(<" + tok + ">)", "Accept": "text/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/f")
 	if n := b.saw("PUT /f"); n != 0 {
 		t.Fatalf("%d writes under the maintenance lock reached the backend", n)
 	}

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -50,7 +51,7 @@ func (h *Handler) provisionDAV() {
 		h.DefaultTimeout = caddy.Duration(min(DefaultLockTimeout, time.Duration(h.MaxTimeout)))
 	}
 	if h.MaxLockBody == 0 {
-		h.MaxLockBody = DefaultMaxLockInfoBytes
+		h.MaxLockBody = dav.DefaultMaxLockInfoBytes
 	}
 }
 
@@ -120,11 +121,11 @@ type davRequest struct {
 	r    *http.Request
 	next caddyhttp.Handler
 	repl *caddy.Replacer
-	key  string   // lock key of the request URI
-	user string   // {http.auth.user.id}, "" when not authenticated
-	ifh  IfHeader // parsed If header; no lists when there was none
-	xml  bool     // the client speaks WebDAV: refusals are DAV:error XML
-	done func()   // releases the in-flight locks; nil when none are held
+	key  string       // lock key of the request URI
+	user string       // {http.auth.user.id}, "" when not authenticated
+	ifh  dav.IfHeader // parsed If header; no lists when there was none
+	xml  bool         // the client speaks WebDAV: refusals are DAV:error XML
+	done func()       // releases the in-flight locks; nil when none are held
 	// method is r.Method upper-cased, as kindOf compares it (a backend
 	// that upper-cases methods moves on "move"), or the method that an
 	// override names, whose checks cover both (see davOverride).
@@ -167,7 +168,7 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
 	if vals := r.Header.Values("If"); len(vals) > 0 {
-		ifh, err := ParseIf(strings.Join(vals, " "))
+		ifh, err := dav.ParseIf(strings.Join(vals, " "))
 		if err != nil {
 			return d.plain(http.StatusBadRequest, err.Error())
 		}
@@ -176,7 +177,7 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 	// Depth is 0, 1 or infinity for every method that takes one; which of
 	// them a method allows is for LOCK to say (ParseLockDepth) and for
 	// the backend otherwise. More than one Depth header is malformed too.
-	if _, err := ParseDepth(strings.Join(r.Header.Values("Depth"), ", "), lockstore.DepthInfinity); err != nil {
+	if _, err := dav.ParseDepth(strings.Join(r.Header.Values("Depth"), ", "), lockstore.DepthInfinity); err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
 	defer func() {
@@ -395,7 +396,7 @@ func (d *davRequest) forward(kind lockstore.Kind, locks bool) error {
 			touched = nil
 		}
 		if missing := d.missing(touched); len(missing) > 0 {
-			return d.refuseExplicit(missing, CondLockTokenSubmitted)
+			return d.refuseExplicit(missing, dav.CondLockTokenSubmitted)
 		}
 	}
 	d.stripIf()
@@ -688,7 +689,7 @@ func (d *davRequest) stripIf() {
 		return
 	}
 	l.Tag = ""
-	if v, ok := (IfHeader{Lists: []IfList{l}}).IfMatch(); ok {
+	if v, ok := (dav.IfHeader{Lists: []dav.IfList{l}}).IfMatch(); ok {
 		d.r.Header.Set("If-Match", v)
 	}
 }
@@ -696,22 +697,22 @@ func (d *davRequest) stripIf() {
 // timeout reads the Timeout header; "Second-0" gets the shortest lock
 // there is, one second.
 func (d *davRequest) timeout() (time.Duration, error) {
-	t, err := ParseTimeout(d.r.Header.Get("Timeout"), time.Duration(d.h.DefaultTimeout), time.Duration(d.h.MaxTimeout))
+	t, err := dav.ParseTimeout(d.r.Header.Get("Timeout"), time.Duration(d.h.DefaultTimeout), time.Duration(d.h.MaxTimeout))
 	return max(t, time.Second), err
 }
 
 // lock answers LOCK: a new lock, or a refresh when there is no body.
 func (d *davRequest) lock() error {
-	info, err := ParseLockInfo(d.r.Body, d.h.MaxLockBody)
+	info, err := dav.ParseLockInfo(d.r.Body, d.h.MaxLockBody)
 	switch {
-	case errors.Is(err, ErrNoBody):
+	case errors.Is(err, dav.ErrNoBody):
 		return d.refresh()
-	case errors.Is(err, ErrBodyTooLarge):
+	case errors.Is(err, dav.ErrBodyTooLarge):
 		return d.plain(http.StatusRequestEntityTooLarge, err.Error())
 	case err != nil:
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
-	depth, err := ParseLockDepth(d.r.Header.Get("Depth"))
+	depth, err := dav.ParseLockDepth(d.r.Header.Get("Depth"))
 	if err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
@@ -740,7 +741,7 @@ func (d *davRequest) lock() error {
 	}
 	exists := e == resourceExists
 	l, err := d.store().Create(d.ctx(), lockstore.ExplicitLock{
-		Token:   NewLockToken(),
+		Token:   dav.NewLockToken(),
 		Root:    d.key,
 		Href:    d.href(),
 		Scope:   info.Scope,
@@ -755,11 +756,11 @@ func (d *davRequest) lock() error {
 		// The locks in the way ended while the store read them (Redis:
 		// a lock's hash expired before its index entry was purged): a
 		// conflict with nothing to name, which a retry will likely pass.
-		return d.refuseExplicit(nil, CondNoConflictingLock)
+		return d.refuseExplicit(nil, dav.CondNoConflictingLock)
 	case errors.As(err, &conflict) && allBelow(conflict.Conflicts, d.key):
 		return d.refuseBelow(conflict.Conflicts)
 	case errors.As(err, &conflict):
-		return d.refuseExplicit(conflict.Conflicts, CondNoConflictingLock)
+		return d.refuseExplicit(conflict.Conflicts, dav.CondNoConflictingLock)
 	case err != nil:
 		return d.storeFailed(err)
 	}
@@ -781,7 +782,7 @@ func (d *davRequest) lock() error {
 	if created {
 		status = http.StatusCreated
 	}
-	return d.writeXML(status, MarshalLockDiscovery(d.active(l, true)))
+	return d.writeXML(status, dav.MarshalLockDiscovery(d.active(l, true)))
 }
 
 // create makes the empty resource of a LOCK on an unmapped URL with an
@@ -796,7 +797,7 @@ func (d *davRequest) create(l lockstore.ExplicitLock) (created, refused bool, er
 	}
 	ls = slices.DeleteFunc(ls, func(o lockstore.ExplicitLock) bool { return sameToken(o.Token, l.Token) })
 	if missing := d.missing(ls); len(missing) > 0 {
-		return false, true, d.refuseExplicit(missing, CondLockTokenSubmitted)
+		return false, true, d.refuseExplicit(missing, dav.CondLockTokenSubmitted)
 	}
 	// Through the whole server, as the client's own PUT would go: it
 	// meets the route's matchers and auth for PUT, which may ask more
@@ -917,7 +918,7 @@ func (d *davRequest) refresh() error {
 		return d.plain(http.StatusForbidden, "the lock belongs to another user")
 	}
 	if found == nil {
-		return d.davError(http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+		return d.davError(http.StatusPreconditionFailed, dav.CondLockTokenMatchesRequestURI)
 	}
 	if strings.Trim(d.r.Header.Get("Timeout"), " \t") == "" && found.Timeout > 0 {
 		// A refresh restarts the lock's own timeout (RFC 4918 section
@@ -929,24 +930,24 @@ func (d *davRequest) refresh() error {
 	}
 	l, err := d.store().Refresh(d.ctx(), found.Token, timeout)
 	if errors.Is(err, lockstore.ErrNoSuchLock) {
-		return d.davError(http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+		return d.davError(http.StatusPreconditionFailed, dav.CondLockTokenMatchesRequestURI)
 	}
 	if err != nil {
 		return d.storeFailed(err)
 	}
-	return d.writeXML(http.StatusOK, MarshalLockDiscovery(d.active(l, true)))
+	return d.writeXML(http.StatusOK, dav.MarshalLockDiscovery(d.active(l, true)))
 }
 
 // unlock answers UNLOCK; it takes no in-flight lock.
 func (d *davRequest) unlock() error {
 	d.result = resultNone
-	token, err := ParseLockToken(d.r.Header.Get("Lock-Token"))
+	token, err := dav.ParseLockToken(d.r.Header.Get("Lock-Token"))
 	if err != nil {
 		return d.plain(http.StatusBadRequest, err.Error())
 	}
 	l, err := d.store().Get(d.ctx(), token)
 	if errors.Is(err, lockstore.ErrNoSuchLock) || (err == nil && !l.Covers(d.key)) {
-		return d.davError(http.StatusConflict, CondLockTokenMatchesRequestURI)
+		return d.davError(http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
 	}
 	if err != nil {
 		return d.storeFailed(err)
@@ -955,7 +956,7 @@ func (d *davRequest) unlock() error {
 		return d.plain(http.StatusForbidden, "the lock belongs to another user")
 	}
 	if _, err := d.store().Remove(d.ctx(), token); errors.Is(err, lockstore.ErrNoSuchLock) {
-		return d.davError(http.StatusConflict, CondLockTokenMatchesRequestURI)
+		return d.davError(http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
 	} else if err != nil {
 		return d.storeFailed(err)
 	}
@@ -975,8 +976,8 @@ func (d *davRequest) href() string {
 
 // active describes l for DAV:lockdiscovery; the token only when the
 // client may use it.
-func (d *davRequest) active(l lockstore.ExplicitLock, withToken bool) ActiveLock {
-	a := ActiveLock{Root: l.Href, Scope: l.Scope, Depth: l.Depth, Owner: l.Owner, Timeout: max(0, time.Until(l.Expires))}
+func (d *davRequest) active(l lockstore.ExplicitLock, withToken bool) dav.ActiveLock {
+	a := dav.ActiveLock{Root: l.Href, Scope: l.Scope, Depth: l.Depth, Owner: l.Owner, Timeout: max(0, time.Until(l.Expires))}
 	if withToken && d.mayUse(l) {
 		a.Token = l.Token
 	}
@@ -1201,7 +1202,7 @@ func (d *davRequest) writeXML(status int, body []byte) error {
 
 // davError answers with a DAV:error document naming condition.
 func (d *davRequest) davError(status int, condition string, hrefs ...string) error {
-	return d.writeXML(status, MarshalDAVError(condition, hrefs...))
+	return d.writeXML(status, dav.MarshalDAVError(condition, hrefs...))
 }
 
 // storeFailed answers 503 when the lock store failed.
@@ -1261,9 +1262,9 @@ func (d *davRequest) refuseInflight(err error) error {
 		retry = time.Duration(d.h.RetryAfter)
 	}
 	d.setRetryAfter(retry)
-	cond := CondLockTokenSubmitted
+	cond := dav.CondLockTokenSubmitted
 	if d.method == "LOCK" {
-		cond = CondNoConflictingLock
+		cond = dav.CondNoConflictingLock
 	}
 	return d.davError(http.StatusLocked, cond, conflict.Key)
 }
@@ -1351,32 +1352,14 @@ func allBelow(locks []lockstore.ExplicitLock, key string) bool {
 // refreshed.
 func (d *davRequest) refuseBelow(locks []lockstore.ExplicitLock) error {
 	if len(locks) == 0 {
-		return d.refuseExplicit(nil, CondNoConflictingLock)
+		return d.refuseExplicit(nil, dav.CondNoConflictingLock)
 	}
 	d.settle(resultConflict)
 	hrefs, retry := lockRoots(locks)
 	d.h.logger.Debug("explicit lock conflict below", zap.String("key", d.key),
 		zap.String("lock_root", locks[0].Root), zap.String("token", tokenPrefix(locks[0].Token)), zap.Int("locks", len(locks)))
 	d.setRetryAfter(retry)
-	return d.writeXML(http.StatusMultiStatus, marshalLockFailure(hrefs, d.href()))
-}
-
-// marshalLockFailure returns the DAV:multistatus document of a LOCK
-// refused for locks below its request URI: a DAV:response with 423 for
-// each of blocked, then one with 424 for the request URI. Hrefs are
-// unescaped paths, URL-escaped here.
-func marshalLockFailure(blocked []string, requestURI string) []byte {
-	b := []byte(xmlDecl + `<D:multistatus xmlns:D="DAV:">`)
-	status := func(href, line string) {
-		b = append(b, "<D:response><D:href>"...)
-		b = appendEscaped(b, escapePath(href), false)
-		b = append(b, "</D:href><D:status>"+line+"</D:status></D:response>"...)
-	}
-	for _, h := range blocked {
-		status(h, "HTTP/1.1 423 Locked")
-	}
-	status(requestURI, "HTTP/1.1 424 Failed Dependency")
-	return append(b, "</D:multistatus>"...)
+	return d.writeXML(http.StatusMultiStatus, dav.MarshalLockFailure(hrefs, d.href()))
 }
 
 // refuseMaintenance refuses a write that an explicit lock covers in a
@@ -1416,7 +1399,7 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 		h.metrics.count(result)
 		return false, nil
 	}
-	return true, d.refuseExplicit(ls, CondLockTokenSubmitted)
+	return true, d.refuseExplicit(ls, dav.CondLockTokenSubmitted)
 }
 
 // Interface guards

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -308,10 +309,10 @@ func TestDAVLockWriteUnlock(t *testing.T) {
 
 	// Without the token: 423 naming the lock root, not forwarded.
 	r := davDo(t, "PUT", url+"/doc.txt", "intruder", map[string]string{"Accept": "application/xml"})
-	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/doc.txt")
+	assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/doc.txt")
 	for _, m := range []string{"DELETE", "PROPPATCH", "POST", "PATCH"} {
 		r := davDo(t, m, url+"/doc.txt", "", map[string]string{"Accept": "text/xml"})
-		assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/doc.txt")
+		assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/doc.txt")
 	}
 	if n := b.saw("PUT /doc.txt"); n != 1 { // the creating PUT only
 		t.Fatalf("backend saw %d PUTs, want only the one that created the resource", n)
@@ -339,9 +340,9 @@ func TestDAVLockWriteUnlock(t *testing.T) {
 	davMust(t, http.StatusBadRequest, "UNLOCK", url+"/doc.txt", "", nil)
 	davMust(t, http.StatusBadRequest, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": tok})
 	r = davDo(t, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<urn:uuid:00000000-0000-4000-8000-000000000000>"})
-	assertDAVError(t, r, http.StatusConflict, CondLockTokenMatchesRequestURI)
+	assertDAVError(t, r, http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
 	r = davDo(t, "UNLOCK", url+"/other", "", map[string]string{"Lock-Token": "<" + tok + ">"})
-	assertDAVError(t, r, http.StatusConflict, CondLockTokenMatchesRequestURI)
+	assertDAVError(t, r, http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<" + tok + ">"})
 	if b.saw("UNLOCK /doc.txt") != 0 {
 		t.Fatal("UNLOCK was forwarded to the backend")
@@ -349,7 +350,7 @@ func TestDAVLockWriteUnlock(t *testing.T) {
 	// Unlocked: anybody writes again; the token is gone.
 	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "free", nil)
 	r = davDo(t, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<" + tok + ">"})
-	assertDAVError(t, r, http.StatusConflict, CondLockTokenMatchesRequestURI)
+	assertDAVError(t, r, http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
 }
 
 func TestDAVRefresh(t *testing.T) {
@@ -369,9 +370,9 @@ func TestDAVRefresh(t *testing.T) {
 	}
 	// Unknown token, and a URL outside the lock: 412.
 	r = davDo(t, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<urn:uuid:00000000-0000-4000-8000-000000000000>)"})
-	assertDAVError(t, r, http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+	assertDAVError(t, r, http.StatusPreconditionFailed, dav.CondLockTokenMatchesRequestURI)
 	r = davDo(t, "LOCK", url+"/elsewhere", "", map[string]string{"If": "(<" + tok + ">)"})
-	assertDAVError(t, r, http.StatusPreconditionFailed, CondLockTokenMatchesRequestURI)
+	assertDAVError(t, r, http.StatusPreconditionFailed, dav.CondLockTokenMatchesRequestURI)
 	// No body and no If header: 400.
 	davMust(t, http.StatusBadRequest, "LOCK", url+"/r.txt", "", nil)
 	// Second-0 gets the shortest lock, not an error.
@@ -382,7 +383,7 @@ func TestDAVRefresh(t *testing.T) {
 	davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)"})
 	// A second exclusive lock: 423 no-conflicting-lock naming the root.
 	r = davDo(t, "LOCK", url+"/r.txt", fmt.Sprintf(lockBody, "exclusive", "b"), nil)
-	assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock, "/r.txt")
+	assertDAVError(t, r, http.StatusLocked, dav.CondNoConflictingLock, "/r.txt")
 }
 
 // A refresh without a Timeout header restarts the lock's own timeout
@@ -417,9 +418,9 @@ func TestDAVSharedLocks(t *testing.T) {
 		t.Fatalf("second shared lock %+v, token %s (first %s)", l2, t2, t1)
 	}
 	r := davDo(t, "LOCK", url+"/s.txt", fmt.Sprintf(lockBody, "exclusive", "c"), nil)
-	assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock, "/s.txt")
+	assertDAVError(t, r, http.StatusLocked, dav.CondNoConflictingLock, "/s.txt")
 	// Writing needs one of the shared tokens.
-	assertDAVError(t, davDo(t, "PUT", url+"/s.txt", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/s.txt")
+	assertDAVError(t, davDo(t, "PUT", url+"/s.txt", "y", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/s.txt")
 	davMust(t, http.StatusCreated, "PUT", url+"/s.txt", "y", ifToken(t2))
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/s.txt", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/s.txt", "", map[string]string{"Lock-Token": "<" + t2 + ">"})
@@ -435,21 +436,21 @@ func TestDAVCollections(t *testing.T) {
 
 	// Depth infinity covers everything below.
 	ti, _ := davLock(t, url+"/inf", "exclusive", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "PUT", url+"/inf/a", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/inf")
-	assertDAVError(t, davDo(t, "MKCOL", url+"/inf/sub", "", nil), http.StatusLocked, CondLockTokenSubmitted, "/inf")
+	assertDAVError(t, davDo(t, "PUT", url+"/inf/a", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/inf")
+	assertDAVError(t, davDo(t, "MKCOL", url+"/inf/sub", "", nil), http.StatusLocked, dav.CondLockTokenSubmitted, "/inf")
 	davMust(t, http.StatusCreated, "PUT", url+"/inf/a", "x", ifToken(ti))
 	davMust(t, http.StatusCreated, "PUT", url+"/inf/new", "x", map[string]string{"If": "</inf> (<" + ti + ">)"})
 	// A lock below an infinite exclusive lock conflicts.
-	assertDAVError(t, davDo(t, "LOCK", url+"/inf/a", fmt.Sprintf(lockBody, "shared", "b"), nil), http.StatusLocked, CondNoConflictingLock, "/inf")
+	assertDAVError(t, davDo(t, "LOCK", url+"/inf/a", fmt.Sprintf(lockBody, "shared", "b"), nil), http.StatusLocked, dav.CondNoConflictingLock, "/inf")
 
 	// Depth 0 on a collection protects its member list, not its members.
 	tz, _ := davLock(t, url+"/zero", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
 	davMust(t, http.StatusCreated, "PUT", url+"/zero/member", "changed", nil)
-	assertDAVError(t, davDo(t, "PUT", url+"/zero/new", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
-	assertDAVError(t, davDo(t, "DELETE", url+"/zero/member", "", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
-	assertDAVError(t, davDo(t, "MKCOL", url+"/zero/dir", "", nil), http.StatusLocked, CondLockTokenSubmitted, "/zero")
-	assertDAVError(t, davDo(t, "MOVE", url+"/zero/member", "", map[string]string{"Destination": url + "/moved"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
-	assertDAVError(t, davDo(t, "COPY", url+"/inf/a", "", map[string]string{"Destination": url + "/zero/copy"}), http.StatusLocked, CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "PUT", url+"/zero/new", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "DELETE", url+"/zero/member", "", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "MKCOL", url+"/zero/dir", "", nil), http.StatusLocked, dav.CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "MOVE", url+"/zero/member", "", map[string]string{"Destination": url + "/moved"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/zero")
+	assertDAVError(t, davDo(t, "COPY", url+"/inf/a", "", map[string]string{"Destination": url + "/zero/copy"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/zero")
 	if !b.exists("/zero/member") || b.exists("/zero/new") || b.exists("/zero/dir") || b.exists("/moved") || b.exists("/zero/copy") {
 		t.Fatal("a refused request changed the backend")
 	}
@@ -463,8 +464,8 @@ func TestDAVCollections(t *testing.T) {
 	b.put(t, "/tree/g", "g")
 	tf, _ := davLock(t, url+"/tree/sub/f", "exclusive", "a", nil, http.StatusOK)
 	tg, _ := davLock(t, url+"/tree/g", "shared", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"Depth": "infinity"}), http.StatusLocked, CondLockTokenSubmitted, "/tree/g", "/tree/sub/f")
-	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/tree/sub/f")
+	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"Depth": "infinity"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/tree/g", "/tree/sub/f")
+	assertDAVError(t, davDo(t, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">)"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/tree/sub/f")
 	// A depth-infinity lock above held locks is refused, naming them.
 	assertLockFailure(t, davDo(t, "LOCK", url+"/tree", fmt.Sprintf(lockBody, "exclusive", "a"), nil), "/tree", "/tree/g", "/tree/sub/f")
 	davMust(t, http.StatusNoContent, "DELETE", url+"/tree", "", map[string]string{"If": "</tree/g> (<" + tg + ">) </tree/sub/f> (<" + tf + ">)"})
@@ -486,7 +487,7 @@ func TestDAVCollections(t *testing.T) {
 	b.put(t, "/mtree/sub/f", "f")
 	tm, _ := davLock(t, url+"/mtree/sub/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
 	move := map[string]string{"Destination": url + "/moved-tree"}
-	assertDAVError(t, davDo(t, "MOVE", url+"/mtree", "", move), http.StatusLocked, CondLockTokenSubmitted, "/mtree/sub/f")
+	assertDAVError(t, davDo(t, "MOVE", url+"/mtree", "", move), http.StatusLocked, dav.CondLockTokenSubmitted, "/mtree/sub/f")
 	if b.saw("MOVE /mtree") != 0 || !b.exists("/mtree/sub/f") || b.exists("/moved-tree") {
 		t.Fatal("a MOVE without the token of a lock inside the collection reached the backend")
 	}
@@ -582,13 +583,13 @@ func testLockBelowMultiStatus(t *testing.T, store string) {
 	b.put(t, "/d/f", "f")
 	davLock(t, url+"/d", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
 	davLock(t, url+"/d/f", "exclusive", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "LOCK", url+"/d", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, CondNoConflictingLock, "/d", "/d/f")
+	assertDAVError(t, davDo(t, "LOCK", url+"/d", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, dav.CondNoConflictingLock, "/d", "/d/f")
 	b.mkdir(t, "/e")
 	b.mkdir(t, "/e/x")
 	b.put(t, "/e/x/f", "f")
 	davLock(t, url+"/e", "shared", "a", nil, http.StatusOK)
 	davLock(t, url+"/e/x/f", "shared", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "LOCK", url+"/e/x", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, CondNoConflictingLock, "/e", "/e/x/f")
+	assertDAVError(t, davDo(t, "LOCK", url+"/e/x", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, dav.CondNoConflictingLock, "/e", "/e/x/f")
 
 	// Depth 0 does not cover the members: granted despite the locks below.
 	davLock(t, url+"/c", "exclusive", "c", map[string]string{"Depth": "0"}, http.StatusOK)
@@ -631,12 +632,12 @@ func TestDAVMoveCopy(t *testing.T) {
 
 	// COPY reads the source: only the destination's token is needed.
 	davMust(t, http.StatusCreated, "COPY", url+"/src", "", map[string]string{"Destination": url + "/copy"})
-	assertDAVError(t, davDo(t, "COPY", url+"/other", "", map[string]string{"Destination": url + "/dst"}), http.StatusLocked, CondLockTokenSubmitted, "/dst")
+	assertDAVError(t, davDo(t, "COPY", url+"/other", "", map[string]string{"Destination": url + "/dst"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/dst")
 	davMust(t, http.StatusNoContent, "COPY", url+"/other", "", map[string]string{"Destination": url + "/dst", "If": "<" + url + "/dst> (<" + td + ">)"})
 
 	// MOVE needs both.
-	assertDAVError(t, davDo(t, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/dst", "If": "(<" + ts + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/dst")
-	assertDAVError(t, davDo(t, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/dst", "If": "</dst> (<" + td + ">)"}), http.StatusLocked, CondLockTokenSubmitted, "/src")
+	assertDAVError(t, davDo(t, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/dst", "If": "(<" + ts + ">)"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/dst")
+	assertDAVError(t, davDo(t, "MOVE", url+"/src", "", map[string]string{"Destination": url + "/dst", "If": "</dst> (<" + td + ">)"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/src")
 	if !b.exists("/src") {
 		t.Fatal("a refused MOVE reached the backend")
 	}
@@ -676,7 +677,7 @@ func TestDAVCopyMoveOntoCollectionMembers(t *testing.T) {
 		b.mkdir(t, src)
 		b.put(t, src+"/file", "s")
 		h := map[string]string{"Destination": url + "/dst", "Overwrite": "T", "Depth": "infinity"}
-		assertDAVError(t, davDo(t, method, url+src, "", h), http.StatusLocked, CondLockTokenSubmitted, "/dst/member")
+		assertDAVError(t, davDo(t, method, url+src, "", h), http.StatusLocked, dav.CondLockTokenSubmitted, "/dst/member")
 		if b.saw(method+" "+src) != 0 || !b.exists("/dst/member") {
 			t.Fatalf("a refused %s onto the collection reached the backend", method)
 		}
@@ -701,7 +702,7 @@ func TestDAVDestinationCaseFolded(t *testing.T) {
 		target := site + href
 		tok, _ := davLock(t, target, "exclusive", "a", nil, http.StatusCreated)
 		for _, m := range []string{"COPY", "MOVE"} {
-			assertDAVError(t, davDo(t, m, site+"/src", "", map[string]string{"Destination": target}), http.StatusLocked, CondLockTokenSubmitted, href)
+			assertDAVError(t, davDo(t, m, site+"/src", "", map[string]string{"Destination": target}), http.StatusLocked, dav.CondLockTokenSubmitted, href)
 		}
 		// Only the holder's COPYs of the names before this one.
 		if n := b.saw("COPY /src") + b.saw("MOVE /src"); n != i {
@@ -722,7 +723,7 @@ func TestDAVMethodCase(t *testing.T) {
 	done := holdWrite(t, b, http.MethodPut, site+"/dst", "w", "X-Resource", "/dst")
 	for _, m := range []string{"move", "copy", "Move"} {
 		r := do(http.DefaultClient, m, site+"/src", map[string]string{"Destination": site + "/dst", "X-Resource": "/dst"})
-		assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/dst")
+		assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/dst")
 	}
 	b.open("w")
 	<-done
@@ -734,9 +735,9 @@ func TestDAVMethodCase(t *testing.T) {
 	davLock(t, dsite+"/dst", "exclusive", "a", nil, http.StatusCreated)
 	davLock(t, dsite+"/coll/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
 	for _, m := range []string{"copy", "move"} {
-		assertDAVError(t, davDo(t, m, dsite+"/src", "", map[string]string{"Destination": dsite + "/dst"}), http.StatusLocked, CondLockTokenSubmitted, "/dst")
+		assertDAVError(t, davDo(t, m, dsite+"/src", "", map[string]string{"Destination": dsite + "/dst"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/dst")
 	}
-	assertDAVError(t, davDo(t, "delete", dsite+"/coll", "", map[string]string{"Accept": "text/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/coll/f")
+	assertDAVError(t, davDo(t, "delete", dsite+"/coll", "", map[string]string{"Accept": "text/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/coll/f")
 	if n := db.saw("copy /src") + db.saw("move /src") + db.saw("delete /coll"); n != 0 {
 		t.Fatalf("%d refused writes reached the backend", n)
 	}
@@ -934,7 +935,7 @@ func TestDAVExpiry(t *testing.T) {
 	if l.Timeout != "Second-1" {
 		t.Fatalf("timeout = %q, want Second-1 (300ms rounded up)", l.Timeout)
 	}
-	assertDAVError(t, davDo(t, "PUT", url+"/x", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/x")
+	assertDAVError(t, davDo(t, "PUT", url+"/x", "y", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/x")
 	waitFor(t, 5*time.Second, "the lock to expire", func() bool {
 		return davDo(t, "PUT", url+"/x", "y", nil).status == http.StatusCreated
 	})
@@ -963,7 +964,7 @@ func TestDAVOwnerBinding(t *testing.T) {
 	}
 	tok, _ := davLock(t, url+"/owned", "exclusive", "alice", as("alice", "a", nil), http.StatusOK)
 	// Bob has the token but the lock is Alice's.
-	assertDAVError(t, davDo(t, "PUT", url+"/owned", "bob", as("bob", "b", ifToken(tok))), http.StatusLocked, CondLockTokenSubmitted, "/owned")
+	assertDAVError(t, davDo(t, "PUT", url+"/owned", "bob", as("bob", "b", ifToken(tok))), http.StatusLocked, dav.CondLockTokenSubmitted, "/owned")
 	davMust(t, http.StatusForbidden, "UNLOCK", url+"/owned", "", as("bob", "b", map[string]string{"Lock-Token": "<" + tok + ">"}))
 	davMust(t, http.StatusForbidden, "LOCK", url+"/owned", "", as("bob", "b", ifToken(tok)))
 	davMust(t, http.StatusCreated, "PUT", url+"/owned", "alice", as("alice", "a", ifToken(tok)))
@@ -1013,7 +1014,7 @@ func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
 		t.Fatalf("Retry-After = %q, want the seconds until the lock ends (600)", r.header.Get("Retry-After"))
 	}
 	// Asking for XML gets DAV:error.
-	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/p")
+	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/p")
 	// A browser's Accept lists XML below HTML: it gets the refusal page
 	// (refusalpage.go), not DAV:error.
 	r = davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": browserAccept})
@@ -1074,7 +1075,7 @@ func TestDAVTokenHolderWritesDoNotOverlap(t *testing.T) {
 	tok, _ := davLock(t, url+"/h", "exclusive", "a", nil, http.StatusOK)
 	done := holdWrite(t, bk, "PUT", url+"/h", "1", "If", "(<"+tok+">)")
 	r := davDo(t, "PUT", url+"/h", "second", ifToken(tok))
-	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/h")
+	assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/h")
 	bk.open("1")
 	if r := <-done; r.status != http.StatusOK {
 		t.Fatalf("first write: %d %s", r.status, r.body)
@@ -1227,7 +1228,7 @@ func TestDAVFullStoreGives503(t *testing.T) {
 		t.Fatalf("LOCK past max_locks: %d %s", r.status, r.body)
 	}
 	// Nothing was evicted: /1 is still locked.
-	assertDAVError(t, davDo(t, "PUT", url+"/1", "x", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/1")
+	assertDAVError(t, davDo(t, "PUT", url+"/1", "x", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/1")
 	davMust(t, http.StatusNoContent, "UNLOCK", url+"/1", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
 	davLock(t, url+"/3", "exclusive", "a", nil, http.StatusOK)
 }
@@ -1298,7 +1299,7 @@ func TestDAVLocksSurviveReload(t *testing.T) {
 		r := do(http.DefaultClient, "GET", url+"/kept", nil)
 		return r.err == nil && r.header.Get("X-Config") == "two"
 	})
-	assertDAVError(t, davDo(t, "PUT", url+"/kept", "y", map[string]string{"Depth": "0"}), http.StatusLocked, CondLockTokenSubmitted, "/kept")
+	assertDAVError(t, davDo(t, "PUT", url+"/kept", "y", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/kept")
 	davMust(t, http.StatusCreated, "PUT", url+"/kept", "y", ifToken(tok))
 }
 
@@ -1424,7 +1425,7 @@ func TestDAVPartialDeleteKeepsLocks(t *testing.T) {
 	if r.status != http.StatusMultiStatus {
 		t.Fatalf("partial DELETE: %d %s", r.status, r.body)
 	}
-	assertDAVError(t, davDo(t, "PUT", url+"/c/b", "changed", map[string]string{"Accept": "application/xml"}), http.StatusLocked, CondLockTokenSubmitted, "/c/b")
+	assertDAVError(t, davDo(t, "PUT", url+"/c/b", "changed", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/c/b")
 	davMust(t, http.StatusCreated, "PUT", url+"/c/b", "changed", ifToken(tok))
 	// A DELETE that succeeds removes the lock with its resource.
 	davMust(t, http.StatusNoContent, "DELETE", url+"/c", "", map[string]string{"If": "</c/b> (<" + tok + ">)"})

@@ -2,9 +2,7 @@ package caddylock
 
 import (
 	"bytes"
-	"context"
 	"encoding/xml"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,95 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/caddy-lock/caddy-lock/lockstore"
+	"github.com/caddy-lock/caddy-lock/internal/dav/davtest"
 )
-
-func TestPropfindWants(t *testing.T) {
-	all := lockPropsWanted{discovery: true, supported: true}
-	for _, c := range []struct {
-		body string
-		want lockPropsWanted
-	}{
-		{"", all},
-		{`<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>`, all},
-		{`<propfind xmlns="DAV:"><prop><lockdiscovery/></prop></propfind>`, lockPropsWanted{discovery: true}},
-		{`<propfind xmlns="DAV:"><prop><supportedlock/><getetag/></prop></propfind>`, lockPropsWanted{supported: true}},
-		{`<propfind xmlns="DAV:"><propname/></propfind>`, lockPropsWanted{discovery: true, supported: true, names: true}},
-		{`<propfind xmlns="DAV:"><prop><propname/><allprop/></prop></propfind>`, lockPropsWanted{}},
-		{`<propfind xmlns="DAV:"><x:propname xmlns:x="urn:other"/></propfind>`, lockPropsWanted{}},
-		{`<propfind xmlns="DAV:"><prop><x:lockdiscovery xmlns:x="urn:other"/></prop></propfind>`, lockPropsWanted{}},
-		{`<propfind xmlns="DAV:"><prop><lockdiscovery/>`, lockPropsWanted{}},
-		{`<!DOCTYPE x><propfind xmlns="DAV:"><allprop/></propfind>`, lockPropsWanted{}},
-	} {
-		if got := propfindWants([]byte(c.body)); got != c.want {
-			t.Errorf("propfindWants(%s) = %+v; want %+v", c.body, got, c.want)
-		}
-	}
-}
-
-func TestSetLockProps(t *testing.T) {
-	// The backend's lockdiscovery in a 404 propstat goes; the handler's
-	// goes into the 200 propstat; other properties stay.
-	doc := `<?xml version="1.0"?><D:multistatus xmlns:D="DAV:" xmlns:Z="urn:z"><D:response><D:href>/a</D:href>` +
-		`<D:propstat><D:prop><D:displayname>a &amp; b</D:displayname><Z:color Z:x="1">red</Z:color></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>` +
-		`<D:propstat><D:prop><D:lockdiscovery/></D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>` +
-		`</D:response></D:multistatus>`
-	disc := func(string) ([]byte, error) {
-		return LockDiscoveryElement(ActiveLock{Root: "/a", Token: "urn:uuid:x", Scope: lockstore.Shared, Depth: lockstore.DepthZero, Timeout: 5e9}), nil
-	}
-	out, err := rewriteString(t.Context(), doc, lockPropsWanted{discovery: true}, disc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms struct {
-		Propstat []struct {
-			Prop struct {
-				Display string `xml:"DAV: displayname"`
-				Color   struct {
-					Value string `xml:",chardata"`
-					X     string `xml:"urn:z x,attr"`
-				} `xml:"urn:z color"`
-				Locks []activeLockXML `xml:"DAV: lockdiscovery>activelock"`
-			} `xml:"DAV: prop"`
-			Status string `xml:"DAV: status"`
-		} `xml:"DAV: response>propstat"`
-	}
-	if err := xml.Unmarshal([]byte(out), &ms); err != nil {
-		t.Fatalf("%s: %v", out, err)
-	}
-	if len(ms.Propstat) != 1 {
-		t.Fatalf("%d propstats, want the 200 one only: %s", len(ms.Propstat), out)
-	}
-	p := ms.Propstat[0].Prop
-	if p.Display != "a & b" || p.Color.Value != "red" || p.Color.X != "1" || len(p.Locks) != 1 || p.Locks[0].Token != "urn:uuid:x" {
-		t.Fatalf("rewritten: %s", out)
-	}
-}
-
-// TestMultiStatusRewriteKeepsBytes checks that the rewrite changes only
-// what it must: the backend's prefixes, declarations, comments, a byte
-// order mark and a self-closed DAV:prop stay as written.
-func TestMultiStatusRewriteKeepsBytes(t *testing.T) {
-	doc := "\ufeff<?xml version=\"1.0\"?>\n<!-- listing --><m:multistatus xmlns:m=\"DAV:\" xmlns:z=\"urn:z\">" +
-		`<m:response><m:href>/a</m:href><m:propstat><m:prop z:x="1"/><m:status>HTTP/1.1 200 OK</m:status></m:propstat>` +
-		`<m:propstat><m:prop><m:lockdiscovery>old</m:lockdiscovery><z:p/></m:prop><m:status>HTTP/1.1 404 Not Found</m:status></m:propstat>` +
-		`<m:propstat><m:prop><m:supportedlock/></m:prop><m:status>HTTP/1.1 403 Forbidden</m:status></m:propstat></m:response></m:multistatus>`
-	want := "\ufeff<?xml version=\"1.0\"?>\n<!-- listing --><m:multistatus xmlns:m=\"DAV:\" xmlns:z=\"urn:z\">" +
-		`<m:response><m:href>/a</m:href><m:propstat><m:prop z:x="1">` + string(SupportedLockElement()) + `</m:prop><m:status>HTTP/1.1 200 OK</m:status></m:propstat>` +
-		`<m:propstat><m:prop><z:p/></m:prop><m:status>HTTP/1.1 404 Not Found</m:status></m:propstat>` +
-		`</m:response></m:multistatus>`
-	out, err := rewriteString(t.Context(), doc, lockPropsWanted{supported: true}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out != want {
-		t.Fatalf("rewritten:\n%s\nwant:\n%s", out, want)
-	}
-}
 
 // TestDAVPropfindPropname checks that PROPFIND with DAV:propname lists
 // the lock properties by name (RFC 4918 sections 9.1 and 15), through
@@ -111,6 +25,8 @@ func TestMultiStatusRewriteKeepsBytes(t *testing.T) {
 // propstat, next to the backend's own names, for locked and unlocked
 // resources alike.
 func TestDAVPropfindPropname(t *testing.T) {
+	nameLockDiscovery := xml.Name{Space: "DAV:", Local: "lockdiscovery"}
+	nameSupportedLock := xml.Name{Space: "DAV:", Local: "supportedlock"}
 	url, b := davSite(t, "")
 	b.mkdir(t, "/dir")
 	b.put(t, "/dir/locked", "x")
@@ -158,210 +74,9 @@ func TestDAVPropfindPropname(t *testing.T) {
 			t.Fatalf("%s: lockdiscovery listed %d times, supportedlock %d times; want once each: %s",
 				resp.Href, names[nameLockDiscovery], names[nameSupportedLock], r.body)
 		}
-		if names[xml.Name{Space: davNS, Local: "resourcetype"}] != 1 {
+		if names[xml.Name{Space: "DAV:", Local: "resourcetype"}] != 1 {
 			t.Fatalf("%s: the backend's property names were lost: %s", resp.Href, r.body)
 		}
-	}
-}
-
-// FuzzXMLTree checks that whatever the rewrite accepts, its output is
-// well-formed and stable: rewritten again, it is the same.
-func FuzzXMLTree(f *testing.F) {
-	for _, s := range []string{
-		`<D:multistatus xmlns:D="DAV:"><D:response><D:href>/a</D:href></D:response></D:multistatus>`,
-		`<a xmlns="urn:a"><b xmlns="">text &lt; &amp;</b><c:d xmlns:c="urn:c" c:e="1"/></a>`,
-		`<?xml version="1.0"?><!-- c --><x><?pi data?><![CDATA[<raw>]]></x>`,
-		`<!DOCTYPE x [<!ENTITY e "boom">]><x>&e;</x>`,
-		`<multistatus xmlns="DAV:"><response><href>/a</href><propstat><prop/><status>HTTP/1.1 200 OK</status></propstat></response></multistatus>`,
-		`<m:multistatus xmlns:m="DAV:"><m:response><m:href>/b</m:href><m:propstat><m:prop><m:lockdiscovery/><x xmlns="urn:x"/></m:prop>` +
-			`<m:status>HTTP/1.1 404 Not Found</m:status></m:propstat><m:propstat><m:prop><m:supportedlock/></m:prop><m:status>HTTP/1.1 404 x</m:status></m:propstat></m:response></m:multistatus>`,
-	} {
-		f.Add([]byte(s))
-	}
-	disc := func(p string) ([]byte, error) {
-		return LockDiscoveryElement(ActiveLock{Root: p, Token: "urn:uuid:x", Scope: lockstore.Exclusive, Depth: lockstore.DepthInfinity, Owner: []byte(`<D:href xmlns:D="DAV:">o</D:href>`), Timeout: 5e9}), nil
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, want := range []lockPropsWanted{{discovery: true, supported: true}, {discovery: true, supported: true, names: true}, {supported: true}} {
-			out, err := rewriteString(t.Context(), string(data), want, disc)
-			if err != nil {
-				return
-			}
-			dec := xml.NewDecoder(strings.NewReader(out))
-			dec.Strict = true
-			for {
-				if _, err := dec.Token(); err == io.EOF {
-					break
-				} else if err != nil {
-					t.Fatalf("output %q of %q is not well-formed: %v", out, data, err)
-				}
-			}
-			out2, err := rewriteString(t.Context(), out, want, disc)
-			if err != nil {
-				t.Fatalf("output %q of %q is refused: %v", out, data, err)
-			}
-			if out != out2 {
-				t.Fatalf("not stable:\n%s\n%s", out, out2)
-			}
-		}
-	})
-}
-
-// rewriteString runs the PROPFIND rewrite on doc without a depth limit
-// and returns the answer as the client would get it.
-func rewriteString(ctx context.Context, doc string, want lockPropsWanted, disc func(string) ([]byte, error)) (string, error) {
-	ms, err := rewriteMultiStatus(ctx, []byte(doc), want, disc, 0)
-	if err != nil {
-		return "", err
-	}
-	var b bytes.Buffer
-	if err := ms.writeOut(&b); err != nil {
-		return "", err
-	}
-	if b.Len() != ms.size() {
-		return "", fmt.Errorf("wrote %d bytes, announced %d", b.Len(), ms.size())
-	}
-	return b.String(), nil
-}
-
-// deepAnswer is a multistatus whose one response holds a dead property
-// nested depth deep, every level declaring a namespace of its own.
-func deepAnswer(depth int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/deep</D:href><D:propstat><D:prop>`)
-	for i := range depth {
-		fmt.Fprintf(&b, `<n%d:p xmlns:n%d="urn:%d">`, i, i, i)
-	}
-	for i := depth - 1; i >= 0; i-- {
-		fmt.Fprintf(&b, `</n%d:p>`, i)
-	}
-	b.WriteString(`</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>`)
-	return b.Bytes()
-}
-
-// wideAnswer is a multistatus of about size bytes: the members of
-// /wide, as a file server lists them for allprop.
-func wideAnswer(size int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:">`)
-	for i := 0; b.Len() < size; i++ {
-		fmt.Fprintf(&b, `<D:response><D:href>/wide/f%d</D:href><D:propstat><D:prop><D:displayname>f%d</D:displayname>`+
-			`<D:getcontentlength>1</D:getcontentlength><D:getlastmodified>Sat, 05 Dec 2026 01:00:00 GMT</D:getlastmodified><D:resourcetype/>`+
-			`</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat><D:propstat><D:prop><D:lockdiscovery/></D:prop>`+
-			`<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat></D:response>`, i, i)
-	}
-	b.WriteString(`</D:multistatus>`)
-	return b.Bytes()
-}
-
-// denseAnswer is a multistatus of about size bytes whose one response
-// holds a dead property of many tiny elements.
-func denseAnswer(size int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/dense</D:href><D:propstat><D:prop><x:p xmlns:x="urn:x">`)
-	for b.Len() < size {
-		b.WriteString(`<x:a/>`)
-	}
-	b.WriteString(`</x:p></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>`)
-	return b.Bytes()
-}
-
-// TestMultiStatusRewriteLinear checks that the namespace bookkeeping of
-// the PROPFIND rewrite grows linearly with the answer: ten times as deep
-// an answer, with a namespace declared per level, costs about ten times
-// the scope operations (it cost a hundred times when every lookup
-// scanned all open elements).
-func TestMultiStatusRewriteLinear(t *testing.T) {
-	steps := func(depth int) int {
-		doc := deepAnswer(depth)
-		r := &msReader{
-			multiStatus: multiStatus{ctx: t.Context(), doc: doc, want: lockPropsWanted{supported: true}, supported: SupportedLockElement()},
-			budget:      1 << 30, declared: map[string]int{}, seen: map[string]string{},
-		}
-		if err := r.read(); err != nil {
-			t.Fatalf("depth %d: %v", depth, err)
-		}
-		if len(r.edits) != 1 || r.edits[0].ins != 1 {
-			t.Fatalf("depth %d: edits %+v, want the one insertion", depth, r.edits)
-		}
-		return r.steps
-	}
-	small, large := steps(10_000), steps(100_000)
-	t.Logf("namespace scope operations: %d at depth 10 000, %d at depth 100 000", small, large)
-	if large > 11*small {
-		t.Fatalf("ten times deeper cost %.1f times the operations; want about 10", float64(large)/float64(small))
-	}
-	if large > 4*100_000 {
-		t.Fatalf("%d operations for 100 000 elements, want a few per element", large)
-	}
-}
-
-// TestMultiStatusRewriteStopsWhenClientLeaves checks that the rewrite
-// ends, with the context's error, once the client has gone: here it
-// leaves during the lock lookup of the first of 1 000 responses, and no
-// other lookup is made.
-func TestMultiStatusRewriteStopsWhenClientLeaves(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	lookups := 0
-	disc := func(string) ([]byte, error) {
-		lookups++
-		cancel() // the client leaves
-		return LockDiscoveryElement(), nil
-	}
-	_, err := rewriteMultiStatus(ctx, wideAnswer(300_000), lockPropsWanted{discovery: true}, disc, maxMultiStatusDepth)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("rewrite returned %v, want the context's error", err)
-	}
-	if lookups != 1 {
-		t.Fatalf("%d lock lookups, want 1: the rewrite went on after the client left", lookups)
-	}
-	// A client gone before the rewrite: nothing is read, however deep.
-	r := &msReader{multiStatus: multiStatus{ctx: ctx, doc: deepAnswer(100_000)}, budget: 1 << 30, declared: map[string]int{}, seen: map[string]string{}}
-	if err := r.read(); !errors.Is(err, context.Canceled) || r.steps != 0 {
-		t.Fatalf("read returned %v after %d steps, want the context's error at once", err, r.steps)
-	}
-	// And one that leaves while the answer is written.
-	ms, err := rewriteMultiStatus(t.Context(), wideAnswer(300_000), lockPropsWanted{supported: true}, nil, maxMultiStatusDepth)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms.ctx = ctx
-	var out bytes.Buffer
-	if err := ms.writeOut(&out); !errors.Is(err, context.Canceled) || out.Len() != 0 {
-		t.Fatalf("writeOut returned %v after %d bytes, want the context's error at once", err, out.Len())
-	}
-}
-
-// TestMultiStatusRewriteLimits checks the limits past which an answer is
-// left as the backend wrote it: nesting deeper than maxMultiStatusDepth,
-// and lock properties that would keep more than multiStatusKeepFactor
-// times the answer in memory.
-func TestMultiStatusRewriteLimits(t *testing.T) {
-	want := lockPropsWanted{discovery: true, supported: true}
-	none := func(string) ([]byte, error) { return LockDiscoveryElement(), nil }
-	if _, err := rewriteMultiStatus(t.Context(), deepAnswer(maxMultiStatusDepth-5), want, none, maxMultiStatusDepth); err != nil {
-		t.Fatalf("at the depth limit: %v", err)
-	}
-	if _, err := rewriteMultiStatus(t.Context(), deepAnswer(maxMultiStatusDepth), want, none, maxMultiStatusDepth); !errors.Is(err, errMultiStatusLimit) {
-		t.Fatalf("past the depth limit: %v, want errMultiStatusLimit", err)
-	}
-	// A distinct 64 KiB lockdiscovery for each of 50 responses: 3 MiB
-	// for a 30 KiB answer.
-	n := 0
-	big := func(string) ([]byte, error) {
-		n++
-		return LockDiscoveryElement(ActiveLock{Root: "/", Owner: bytes.Repeat([]byte("o"), 64<<10), Token: fmt.Sprint(n)}), nil
-	}
-	if _, err := rewriteMultiStatus(t.Context(), wideAnswer(30_000), want, big, maxMultiStatusDepth); !errors.Is(err, errMultiStatusLimit) {
-		t.Fatalf("past the memory limit: %v, want errMultiStatusLimit", err)
-	}
-	// The same element for every response is kept once.
-	same := func(string) ([]byte, error) {
-		return LockDiscoveryElement(ActiveLock{Root: "/", Owner: bytes.Repeat([]byte("o"), 64<<10), Token: "t"}), nil
-	}
-	if _, err := rewriteMultiStatus(t.Context(), wideAnswer(30_000), want, same, maxMultiStatusDepth); err != nil {
-		t.Fatalf("one lock shown in every response: %v", err)
 	}
 }
 
@@ -370,15 +85,15 @@ func TestMultiStatusRewriteLimits(t *testing.T) {
 // multistatus documents: a listing of 8 MB, one dead property of 8 MB of
 // tiny elements, and one nested 100 000 deep with a namespace per level.
 // The first two come back with the lock properties added; the deep one,
-// past maxMultiStatusDepth, as the backend wrote it. Each costs Caddy
-// memory bounded by a multiple of the answer: the heap never grows by
+// past the rewrite's nesting limit (1 000), as the backend wrote it. Each
+// costs Caddy memory bounded by a multiple of the answer: the heap never grows by
 // more than 20 times its size (the listing's was over 100 times, and the
 // deep one took 20 s of CPU, when the answer was parsed into a tree).
 func TestDAVPropfindLargeAnswer(t *testing.T) {
 	answers := map[string][]byte{
-		"/wide":  wideAnswer(maxMultiStatus - 1024),
-		"/dense": denseAnswer(maxMultiStatus - 1024),
-		"/deep":  deepAnswer(100_000),
+		"/wide":  davtest.WideAnswer(maxMultiStatus - 1024),
+		"/dense": davtest.DenseAnswer(maxMultiStatus - 1024),
+		"/deep":  davtest.DeepAnswer(100_000),
 	}
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -403,11 +118,11 @@ func TestDAVPropfindLargeAnswer(t *testing.T) {
 	for _, p := range []string{"/wide", "/dense", "/deep"} {
 		doc := answers[p]
 		var r result
-		cpu := processCPU()
+		cpu := davtest.ProcessCPU()
 		peak := peakHeapGrowth(func() {
 			r = davDo(t, "PROPFIND", site+p, "", map[string]string{"Depth": "1"})
 		})
-		cpu = processCPU() - cpu
+		cpu = davtest.ProcessCPU() - cpu
 		t.Logf("%s: answer of %d bytes, %d to the client; heap grew by at most %d bytes (%.1f times the answer); %v of CPU in the process",
 			p, len(doc), len(r.body), peak, float64(peak)/float64(len(doc)), cpu)
 		if r.status != http.StatusMultiStatus {
@@ -503,44 +218,4 @@ func peakHeapGrowth(f func()) uint64 {
 	close(stop)
 	<-done
 	return peak.Load()
-}
-
-// processCPU is the CPU time the test process has used, for the log.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// BenchmarkMultiStatusRewrite measures the rewrite of large answers,
-// without the nesting limit so that the deep ones are rewritten too.
-func BenchmarkMultiStatusRewrite(b *testing.B) {
-	disc := func(string) ([]byte, error) { return LockDiscoveryElement(), nil }
-	for _, c := range []struct {
-		name string
-		doc  []byte
-	}{
-		{"deep10k", deepAnswer(10_000)},
-		{"deep100k", deepAnswer(100_000)},
-		{"wide8MB", wideAnswer(maxMultiStatus - 1024)},
-		{"dense8MB", denseAnswer(maxMultiStatus - 1024)},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			b.SetBytes(int64(len(c.doc)))
-			b.ReportAllocs()
-			cpu := processCPU()
-			for b.Loop() {
-				ms, err := rewriteMultiStatus(b.Context(), c.doc, lockPropsWanted{discovery: true, supported: true}, disc, 0)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := ms.writeOut(io.Discard); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(processCPU()-cpu)/float64(time.Millisecond)/float64(b.N), "cpu-ms/op")
-		})
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -210,13 +211,13 @@ func TestDAVExistenceNeedsClearAnswer(t *testing.T) {
 			defer ans.head.Store(0)
 			defer ans.propfind.Store(0)
 			p := fmt.Sprintf("/dir/new%d", st)
-			assertDAVError(t, davDo(t, "PUT", url+p, "x", davXML), http.StatusLocked, CondLockTokenSubmitted, "/dir")
+			assertDAVError(t, davDo(t, "PUT", url+p, "x", davXML), http.StatusLocked, dav.CondLockTokenSubmitted, "/dir")
 			if n := b.saw("PUT " + p); n != 0 {
 				t.Fatalf("a new member of a locked collection reached the backend without its token (%d PUTs)", n)
 			}
 			// An existing member whose existence cannot be told: the
 			// collection's lock stays needed too.
-			assertDAVError(t, davDo(t, "PUT", url+"/dir/existing", "x", davXML), http.StatusLocked, CondLockTokenSubmitted, "/dir")
+			assertDAVError(t, davDo(t, "PUT", url+"/dir/existing", "x", davXML), http.StatusLocked, dav.CondLockTokenSubmitted, "/dir")
 			want := http.StatusBadGateway
 			if st == http.StatusUnauthorized || st == http.StatusForbidden {
 				want = st
@@ -237,13 +238,13 @@ func TestDAVExistenceNeedsClearAnswer(t *testing.T) {
 	t.Run("HEAD unclear, PROPFIND clear", func(t *testing.T) {
 		ans.head.Store(http.StatusMethodNotAllowed)
 		defer ans.head.Store(0)
-		assertDAVError(t, davDo(t, "PUT", url+"/dir/fresh1", "x", davXML), http.StatusLocked, CondLockTokenSubmitted, "/dir")
-		assertDAVError(t, davDo(t, "LOCK", url+"/dir/fresh1", fmt.Sprintf(lockBody, "exclusive", "b"), nil), http.StatusLocked, CondLockTokenSubmitted, "/dir")
+		assertDAVError(t, davDo(t, "PUT", url+"/dir/fresh1", "x", davXML), http.StatusLocked, dav.CondLockTokenSubmitted, "/dir")
+		assertDAVError(t, davDo(t, "LOCK", url+"/dir/fresh1", fmt.Sprintf(lockBody, "exclusive", "b"), nil), http.StatusLocked, dav.CondLockTokenSubmitted, "/dir")
 		// An existing member keeps the member list as it is.
 		davMust(t, http.StatusCreated, "PUT", url+"/dir/existing", "y", nil)
 	})
 	t.Run("clear", func(t *testing.T) {
-		assertDAVError(t, davDo(t, "PUT", url+"/dir/fresh2", "x", davXML), http.StatusLocked, CondLockTokenSubmitted, "/dir")
+		assertDAVError(t, davDo(t, "PUT", url+"/dir/fresh2", "x", davXML), http.StatusLocked, dav.CondLockTokenSubmitted, "/dir")
 		davMust(t, http.StatusCreated, "PUT", url+"/dir/existing", "z", nil)
 		davMust(t, http.StatusCreated, "PUT", url+"/dir/fresh2", "x", ifToken(tok))
 	})
@@ -274,7 +275,7 @@ func TestDAVEmptyConflictList(t *testing.T) {
 	// A lock on the same root, and a depth-infinity lock above one.
 	for _, p := range []string{"/f", "/d"} {
 		r := davDo(t, "LOCK", url+p, fmt.Sprintf(lockBody, "exclusive", "b"), nil)
-		assertDAVError(t, r, http.StatusLocked, CondNoConflictingLock)
+		assertDAVError(t, r, http.StatusLocked, dav.CondNoConflictingLock)
 		if ra := r.header.Get("Retry-After"); ra != "1" {
 			t.Fatalf("LOCK %s: Retry-After %q, want 1", p, ra)
 		}

@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
-	"crypto/subtle"
 	"fmt"
 	"slices"
 	"sync"
@@ -35,24 +34,12 @@ func limitTitle(limit string) string {
 	return "Lock table is full"
 }
 
-// sameToken compares a submitted lock token with a stored one in time
-// that depends only on their lengths, so that timing does not tell how
-// much of a guess was right.
-func sameToken(submitted, stored string) bool {
-	return subtle.ConstantTimeCompare([]byte(submitted), []byte(stored)) == 1
-}
+// sameToken and tokenIn are lockstore.SameToken and lockstore.TokenIn,
+// the constant-time comparisons of lock tokens, under the names the
+// handler's code uses.
+func sameToken(submitted, stored string) bool { return lockstore.SameToken(submitted, stored) }
 
-// tokenIn reports whether stored is among the submitted tokens, each
-// compared in constant time.
-func tokenIn(submitted []string, stored string) bool {
-	found := false
-	for _, t := range submitted {
-		if sameToken(t, stored) {
-			found = true
-		}
-	}
-	return found
-}
+func tokenIn(submitted []string, stored string) bool { return lockstore.TokenIn(submitted, stored) }
 
 // MemLockStore is the in-memory LockStore of one zone.
 //

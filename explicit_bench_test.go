@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"golang.org/x/net/webdav"
@@ -27,7 +28,7 @@ func heldStore(b *testing.B) *MemLockStore {
 	s.SetBudget(1<<40, 1<<30) // one anonymous owner holds them all
 	for i := range benchHeld {
 		_, err := s.Create(context.Background(), lockstore.ExplicitLock{
-			Token: NewLockToken(), Root: "/held/" + strconv.Itoa(i), Scope: lockstore.Exclusive, Depth: lockstore.DepthInfinity, Timeout: time.Hour,
+			Token: dav.NewLockToken(), Root: "/held/" + strconv.Itoa(i), Scope: lockstore.Exclusive, Depth: lockstore.DepthInfinity, Timeout: time.Hour,
 		})
 		if err != nil {
 			b.Fatal(err)
@@ -62,7 +63,7 @@ func BenchmarkExplicit(b *testing.B) {
 	b.Run("create-remove/caddylock", func(b *testing.B) {
 		s := heldStore(b)
 		benchParallel(b, func(ctx context.Context, i int) {
-			l, err := s.Create(ctx, lockstore.ExplicitLock{Token: NewLockToken(), Root: benchPath(i), Scope: lockstore.Exclusive, Timeout: time.Minute})
+			l, err := s.Create(ctx, lockstore.ExplicitLock{Token: dav.NewLockToken(), Root: benchPath(i), Scope: lockstore.Exclusive, Timeout: time.Minute})
 			if err == nil {
 				_, _ = s.Remove(ctx, l.Token)
 			}

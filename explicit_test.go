@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/redis/go-redis/v9"
@@ -37,7 +38,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) lockstore.L
 	ctx := context.Background()
 	lock := func(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
 		return lockstore.ExplicitLock{
-			Token:   NewLockToken(),
+			Token:   dav.NewLockToken(),
 			Root:    root,
 			Href:    root,
 			Scope:   scope,
@@ -382,7 +383,7 @@ func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 	defer s.Close()
 	for i := range 100 {
 		_, err := s.Create(context.Background(), lockstore.ExplicitLock{
-			Token: NewLockToken(), Root: fmt.Sprintf("/t/%d", i), Scope: lockstore.Exclusive,
+			Token: dav.NewLockToken(), Root: fmt.Sprintf("/t/%d", i), Scope: lockstore.Exclusive,
 			Timeout: time.Duration(50+i) * time.Millisecond,
 		})
 		if err != nil {
@@ -404,13 +405,13 @@ func TestMemLockStoreFull(t *testing.T) {
 	ctx := context.Background()
 	var tokens []string
 	for i := range 2 {
-		l, err := s.Create(ctx, lockstore.ExplicitLock{Token: NewLockToken(), Root: fmt.Sprintf("/%d", i), Scope: lockstore.Exclusive, Timeout: time.Hour})
+		l, err := s.Create(ctx, lockstore.ExplicitLock{Token: dav.NewLockToken(), Root: fmt.Sprintf("/%d", i), Scope: lockstore.Exclusive, Timeout: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
 		tokens = append(tokens, l.Token)
 	}
-	_, err := s.Create(ctx, lockstore.ExplicitLock{Token: NewLockToken(), Root: "/x", Scope: lockstore.Exclusive, Timeout: time.Hour})
+	_, err := s.Create(ctx, lockstore.ExplicitLock{Token: dav.NewLockToken(), Root: "/x", Scope: lockstore.Exclusive, Timeout: time.Hour})
 	if !errors.Is(err, lockstore.ErrFull) {
 		t.Fatalf("Create past the limit: %v, want ErrFull", err)
 	}
@@ -461,7 +462,7 @@ func testLockStoreBudget(t *testing.T, s interface {
 	ctx := context.Background()
 	owner := []byte(`<D:href xmlns:D="DAV:">` + strings.Repeat("o", 1000) + `</D:href>`)
 	lk := func(root, creator string, timeout time.Duration) lockstore.ExplicitLock {
-		return lockstore.ExplicitLock{Token: NewLockToken(), Root: root, Href: root, Scope: lockstore.Exclusive, Depth: lockstore.DepthZero,
+		return lockstore.ExplicitLock{Token: dav.NewLockToken(), Root: root, Href: root, Scope: lockstore.Exclusive, Depth: lockstore.DepthZero,
 			Owner: owner, Creator: creator, Timeout: timeout}
 	}
 	sample := lk("/b/0", "alice", time.Hour)
@@ -848,18 +849,27 @@ func TestSameToken(t *testing.T) {
 	}
 }
 
-// TestTokensComparedInConstantTime reads the package's code: a lock token
-// (a .Token field, or a variable named token or tok) is compared only
-// with sameToken or tokenIn, never with ==, != or a library function
-// that stops at the first differing byte, so that the time an answer
-// takes does not tell an attacker how much of a guessed token was right.
+// TestTokensComparedInConstantTime reads the code of the package, of
+// internal/dav (which evaluates the If header) and of lockstore: a lock
+// token (a .Token field, or a variable named token or tok) is compared
+// only with sameToken or tokenIn (lockstore's SameToken and TokenIn),
+// never with ==, != or a library function that stops at the first
+// differing byte, so that the time an answer takes does not tell an
+// attacker how much of a guessed token was right.
 // Comparing with "" (is there a token at all) and with the public
 // DAV:no-lock URI tells nothing and is allowed.
 func TestTokensComparedInConstantTime(t *testing.T) {
 	fset := token.NewFileSet()
-	pkgs, err := parser.ParseDir(fset, ".", func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, 0)
-	if err != nil {
-		t.Fatal(err)
+	var pkgs []*ast.Package
+	// internal/dav evaluates the If header's tokens; lockstore compares.
+	for _, dir := range []string{".", "internal/dav", "lockstore"} {
+		ps, err := parser.ParseDir(fset, dir, func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			pkgs = append(pkgs, p)
+		}
 	}
 	isToken := func(e ast.Expr) bool {
 		switch e := e.(type) {
@@ -875,7 +885,7 @@ func TestTokensComparedInConstantTime(t *testing.T) {
 			return true
 		}
 		id, ok := e.(*ast.Ident)
-		return ok && id.Name == "NoLockToken"
+		return ok && (id.Name == "NoLockToken" || id.Name == "noLockToken")
 	}
 	variableTime := map[string]bool{
 		"slices.Contains": true, "slices.Index": true, "strings.HasPrefix": true, "strings.EqualFold": true,

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,7 +38,7 @@ func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *RedisLockStor
 // xlock is an explicit lock to create in a test.
 func xlock(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
 	return lockstore.ExplicitLock{
-		Token:   "urn:uuid:" + NewLockToken(),
+		Token:   "urn:uuid:" + dav.NewLockToken(),
 		Root:    root,
 		Href:    root,
 		Scope:   scope,
@@ -87,7 +88,7 @@ func TestRedisStoreCreateGet(t *testing.T) {
 	if err != nil || !again.Created.Equal(got.Created) || again.Root != got.Root || string(again.Owner) != string(got.Owner) {
 		t.Fatalf("get: %+v %v", again, err)
 	}
-	if _, err := s.Get(context.Background(), "urn:uuid:"+NewLockToken()); !errors.Is(err, lockstore.ErrNoSuchLock) {
+	if _, err := s.Get(context.Background(), "urn:uuid:"+dav.NewLockToken()); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("get of an unknown token: %v", err)
 	}
 	for _, bad := range []lockstore.ExplicitLock{
@@ -190,7 +191,7 @@ func TestRedisStoreRefreshRemove(t *testing.T) {
 	if g, _ := s.Get(ctx, l.Token); !g.Expires.Equal(r.Expires) {
 		t.Fatalf("get after refresh: expires %s, want %s", g.Expires, r.Expires)
 	}
-	if _, err := s.Refresh(ctx, "urn:uuid:"+NewLockToken(), time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
+	if _, err := s.Refresh(ctx, "urn:uuid:"+dav.NewLockToken(), time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("refresh of an unknown token: %v", err)
 	}
 	gone, err := s.Remove(ctx, l.Token)

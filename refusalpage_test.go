@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 )
 
 // chromiumAccept is what Chromium sends for a page or a form
@@ -259,5 +261,5 @@ func TestRefusalPageExplicitLock(t *testing.T) {
 		t.Errorf("Retry-After %q, Vary %q", ra, r.header.Get("Vary"))
 	}
 	r = davDo(t, http.MethodPut, url+"/doc.txt", "x", map[string]string{"Accept": chromiumAccept, "Depth": "0"})
-	assertDAVError(t, r, http.StatusLocked, CondLockTokenSubmitted, "/doc.txt")
+	assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/doc.txt")
 }
