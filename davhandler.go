@@ -3,7 +3,7 @@ package caddylock
 // The HTTP side of WebDAV locking (RFC 4918 sections 6, 7, 9.10, 9.11):
 // LOCK and UNLOCK are answered here, every other request has its If
 // header evaluated and removed, and writes into a locked scope need the
-// lock's token. The parsers and XML writers live in webdav.go, the locks
+// lock's token. The parsers and XML writers live in internal/dav, the locks
 // in the zone's LockStore.
 
 import (

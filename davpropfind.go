@@ -88,6 +88,15 @@ const maxMultiStatus = 8 << 20
 
 // multiStatusBuffer holds a 207 answer in memory to be edited; any other
 // answer, or one larger than maxMultiStatus, passes through as it comes.
+//
+// caddyhttp.ResponseRecorder does not fit: it decides once, at
+// WriteHeader, to hold the whole answer or none of it, so it could either
+// hold a 207 of any size in memory or, deciding by Content-Length, pass
+// on unrewritten every chunked answer (x/net/webdav streams its 207s
+// without a length). Cost is not the reason: holding a 1 MiB answer in
+// 32 KiB writes took 0.9 ms with the recorder (its buffer grown from
+// Content-Length in shouldBuffer; 2 MiB allocated without that) against
+// 0.6-1.8 ms here, on 2 shared cores, and 11 allocations against 8.
 type multiStatusBuffer struct {
 	w      http.ResponseWriter
 	status int

@@ -1,5 +1,7 @@
 package dav
 
+// The Timeout, Depth and Lock-Token headers, and new lock tokens.
+
 import (
 	"crypto/rand"
 	"errors"
@@ -12,8 +14,6 @@ import (
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/google/uuid"
 )
-
-// The Timeout, Depth and Lock-Token headers, and new lock tokens.
 
 // ---------------------------------------------------------------------------
 // Timeout header (RFC 4918 section 10.7)

@@ -1,14 +1,14 @@
 package dav
 
+// The If header (RFC 4918 section 10.4): parsing, the canonical form,
+// the submitted tokens, evaluation and the If-Match it can be passed on as.
+
 import (
 	"fmt"
 	"strings"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
 )
-
-// The If header (RFC 4918 section 10.4): parsing, the canonical form,
-// the submitted tokens, evaluation and the If-Match it can be passed on as.
 
 // IfHeader is a parsed If header: the header holds when any of its lists
 // holds.

@@ -384,6 +384,8 @@ func TestIfMatch(t *testing.T) {
 	}
 }
 
+// The fuzz targets of this package are seeded with the examples of its
+// tests; failures found live in testdata/fuzz.
 func FuzzParseIf(f *testing.F) {
 	for _, tc := range rfcIfExamples {
 		f.Add(tc.in)

@@ -1,5 +1,7 @@
 package dav
 
+// The LOCK request body (RFC 4918 sections 9.10 and 14.11).
+
 import (
 	"bytes"
 	"encoding/xml"
@@ -11,8 +13,6 @@ import (
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
 )
-
-// The LOCK request body (RFC 4918 sections 9.10 and 14.11).
 
 // DefaultMaxLockInfoBytes is the body size limit ParseLockInfo applies
 // when given none.

@@ -1,5 +1,11 @@
 package dav
 
+// The PROPFIND rewrite: which lock properties a PROPFIND asks for, and
+// its 207 Multi-Status answer read once as XML and edited in place. The
+// backend's bytes are copied as they are, except for the few ranges that
+// are dropped or added, so the work and the memory are linear in the
+// answer's size (see docs/propfind.md).
+
 import (
 	"bufio"
 	"bytes"
@@ -13,12 +19,6 @@ import (
 	"strings"
 	"unsafe"
 )
-
-// The PROPFIND rewrite: which lock properties a PROPFIND asks for, and
-// its 207 Multi-Status answer read once as XML and edited in place. The
-// backend's bytes are copied as they are, except for the few ranges that
-// are dropped or added, so the work and the memory are linear in the
-// answer's size (see docs/propfind.md).
 
 // Limits of the PROPFIND rewrite; an answer past one of them reaches the
 // client as the backend wrote it, without the lock properties. (The

@@ -1,5 +1,8 @@
 package dav
 
+// The XML of lock responses and precondition errors (RFC 4918 sections
+// 14 and 16).
+
 import (
 	"net/url"
 	"strings"
@@ -7,9 +10,6 @@ import (
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
 )
-
-// The XML of lock responses and precondition errors (RFC 4918 sections
-// 14 and 16).
 
 const xmlDecl = `<?xml version="1.0" encoding="utf-8"?>` + "\n"
 

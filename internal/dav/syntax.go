@@ -1,13 +1,13 @@
 package dav
 
+// Character classes and the URI check shared by the header parsers.
+
 import (
 	"fmt"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 )
-
-// Character classes and the URI check shared by the header parsers.
 
 // checkURI checks u against RFC 3986 absolute-URI, or, with allowPath,
 // also path-absolute ["?" query]. It returns the offset of the problem and

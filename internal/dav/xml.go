@@ -1,14 +1,14 @@
 package dav
 
+// XML primitives shared by the LOCK body parser, the PROPFIND rewrite
+// and the response writers: namespace names, name checks and escaping.
+
 import (
 	"encoding/xml"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 )
-
-// XML primitives shared by the LOCK body parser, the PROPFIND rewrite
-// and the response writers: namespace names, name checks and escaping.
 
 const (
 	davNS   = "DAV:"

@@ -6,8 +6,6 @@ package davtest
 import (
 	"bytes"
 	"fmt"
-	"syscall"
-	"time"
 )
 
 // DeepAnswer is a multistatus whose one response holds a dead property
@@ -50,14 +48,4 @@ func DenseAnswer(size int) []byte {
 	}
 	b.WriteString(`</x:p></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>`)
 	return b.Bytes()
-}
-
-// ProcessCPU is the CPU time the process has used, for test logs and
-// benchmark metrics.
-func ProcessCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
