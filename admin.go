@@ -266,17 +266,11 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		drain = d
 	}
 	// The key a request to this path would have: its readings must agree.
-	key, err := pathKey(req.Path)
+	// A key with a NUL byte: requests with such a key are refused before
+	// any lock is looked up, so a lock there would protect nothing.
+	key, err := lockKey(req.Path, z.caseInsensitive.Load())
 	if err != nil {
 		return badAdminRequest("path: %q: %v", req.Path, err)
-	}
-	if z.caseInsensitive.Load() {
-		key = foldCase(key)
-	}
-	if strings.IndexByte(key, 0) >= 0 {
-		// Requests with such a key are refused before any lock is
-		// looked up, so a lock there would protect nothing.
-		return badAdminRequest("path: %q: %v", req.Path, errNULKey)
 	}
 	l, err := z.explicit.Create(r.Context(), lockstore.ExplicitLock{
 		Token:   NewLockToken(),

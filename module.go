@@ -6,7 +6,6 @@ package caddylock
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -313,21 +312,6 @@ func (h *Handler) kindOf(method string) (lockstore.Kind, bool) {
 	return 0, false
 }
 
-// queued reports whether lease was granted after its request waited in
-// the queue: that, not how long Acquire took, makes the result "waited".
-func queued(lease lockstore.Lease) bool {
-	return lease.Queued()
-}
-
-// Placeholder values of {http.lock.result}.
-const (
-	resultAcquired = "acquired"
-	resultWaited   = "waited"
-	resultConflict = "conflict"
-	resultFull     = "full"
-	resultNone     = "none"
-)
-
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.passesSub(r) {
@@ -392,80 +376,45 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	key, err := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
 	if err != nil {
+		if err == errNULKey {
+			return h.refuse(w, r, repl, key, err)
+		}
 		return h.refuse(w, r, repl, r.URL.Path, err)
-	}
-	if strings.IndexByte(key, 0) >= 0 {
-		return h.refuse(w, r, repl, key, errNULKey)
 	}
 	if h.WebDAV {
 		return h.serveDAV(w, r, next, repl, z, key, davMethod, kind, ok)
 	}
 
-	start := time.Now()
-	// A write that queues reads its body meanwhile, so that a client
-	// that leaves leaves the queue (see bodyWait).
-	abort := abortReads(w, r) // for max_hold; before anything reads the body
-	bw := h.newBodyWait(w, r)
-	defer bw.end()
-	lease, err := bw.acquire(z.locker, lockstore.Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
-	waited := h.recordWait(repl, start)
-	if err != nil {
-		if errors.Is(err, lockstore.ErrStoreUnavailable) && h.store.FailOpen() {
-			// With the body it may have begun to read.
-			if err := bw.ready(r.Context()); err != nil {
-				return bw.abandon(key, err)
-			}
-			return h.failOpen(w, r, repl, key, err, next)
-		}
-		bw.end() // before the answer: see bodyWait.stop
+	var a acquisition
+	if err := h.acquire(&a, w, r, repl, z, key, lockstore.Request{Key: key, Kind: kind}); err != nil {
 		return h.refuse(w, r, repl, key, err)
 	}
-	h.granted(r, repl, lease)
+	defer a.release()
+	if a.result == resultFailOpen {
+		if err := a.ready(); err != nil {
+			return a.bw.abandon(key, err)
+		}
+		return h.failOpen(w, r, repl, key, a.storeErr, next)
+	}
 	// Constant strings: a placeholder set from a variable would allocate.
-	result := resultAcquired
-	if queued(lease) {
-		result = resultWaited
+	if a.result == resultWaited {
 		repl.Set("http.lock.result", resultWaited)
 	} else {
 		repl.Set("http.lock.result", resultAcquired)
 	}
-
-	// The rest of the route runs on a context that a departing client
-	// does not cancel, and that max_hold ends (see hold.go); the lock is
-	// released when the route has returned.
-	hc := h.reaper.hold(r.Context(), start.Add(waited), lease, abort)
-	hc.zone, hc.key, hc.kind = z, key, kind
-	guard, ctx := h.guardLease(hc, hc, lease, key)
-	defer func() {
-		guard.stop()
-		hc.finish()
-	}()
+	a.hc.zone, a.hc.key, a.hc.kind = z, key, kind
 	if kind == lockstore.Exclusive {
 		// It counts the request, by how it ends.
-		if refused, err := h.refuseMaintenance(w, r, repl, z, key, lease, result); refused {
+		if refused, err := h.refuseMaintenance(w, r, repl, z, key, a.lease, a.result); refused {
 			return err
 		}
 	} else {
-		h.metrics.count(result)
+		h.metrics.count(a.result)
 	}
-	// A write that queued goes on only with its whole body and its
-	// client still there.
-	if err := bw.ready(ctx); err != nil {
-		return guard.settle(w, key, bw.abandon(key, err))
+	if err := a.ready(); err != nil {
+		return a.settle(w, key, a.bw.abandon(key, err))
 	}
-	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
-}
-
-// recordWait records how long a request waited for its locks since
-// start, whether it got them or not: as {http.lock.wait}, and in the wait
-// histogram of a zone with wait.
-func (h *Handler) recordWait(repl *caddy.Replacer, start time.Time) time.Duration {
-	waited := time.Since(start)
-	repl.Set("http.lock.wait", waited)
-	if h.Wait > 0 {
-		h.metrics.wait.Observe(waited.Seconds())
-	}
-	return waited
+	return a.settle(w, key, next.ServeHTTP(a.writer(w), r.WithContext(a.ctx)))
 }
 
 // heldBefore reports whether r holds, through a lock handler of this
@@ -488,7 +437,8 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind locksto
 }
 
 // keyOf computes the lock key of a request, or a *pathError for a path
-// that backends may read as different resources. The path key is that of
+// that backends may read as different resources, or the key and
+// errNULKey (see lockKey). The path key is that of
 // the target as it goes upstream, still encoded (Caddy forwards it byte
 // for byte): Go's URL.Path has decoded it once already, which would hide
 // the reading of a backend that resolves dot segments before decoding.
@@ -499,16 +449,7 @@ func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) (string, error) {
 	} else if r.URL.RawPath != "" || !isCleanPath(k) {
 		k = r.URL.EscapedPath()
 	}
-	if strings.HasPrefix(k, "/") {
-		var err error
-		if k, err = pathKey(k); err != nil {
-			return "", err
-		}
-	}
-	if h.CaseInsensitive {
-		k = foldCase(k)
-	}
-	return k, nil
+	return lockKey(k, h.CaseInsensitive)
 }
 
 // foldCase is the case folding of case_insensitive, for every key: request
