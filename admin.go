@@ -434,7 +434,7 @@ func xmlText(b []byte) string {
 
 // Held lists the locks held in the table, for the admin API. It takes
 // each shard's mutex in turn, so the list is consistent per shard only.
-func (l *MemLocker) Held() []lockstore.HeldLock {
+func (l *memLocker) Held() []lockstore.HeldLock {
 	var out []lockstore.HeldLock
 	now, wall := monotonicNow(), time.Now()
 	for i := range l.shards {
@@ -457,7 +457,7 @@ func (l *MemLocker) Held() []lockstore.HeldLock {
 }
 
 // HeldLocks is Held for the admin API; the in-memory table never fails.
-func (l *MemLocker) HeldLocks(context.Context) ([]lockstore.HeldLock, error) { return l.Held(), nil }
+func (l *memLocker) HeldLocks(context.Context) ([]lockstore.HeldLock, error) { return l.Held(), nil }
 
 // Interface guards
 var (

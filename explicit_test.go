@@ -25,7 +25,7 @@ import (
 
 func TestMemLockStoreContract(t *testing.T) {
 	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
-		s := NewMemLockStore(0)
+		s := newMemLockStore(0)
 		t.Cleanup(s.Close)
 		return s
 	})
@@ -378,7 +378,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) lockstore.L
 func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 	// The timer drops expired locks even when nobody calls the store,
 	// and Close stops it.
-	s := NewMemLockStore(0)
+	s := newMemLockStore(0)
 	defer s.Close()
 	for i := range 100 {
 		_, err := s.Create(context.Background(), lockstore.ExplicitLock{
@@ -399,7 +399,7 @@ func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 }
 
 func TestMemLockStoreFull(t *testing.T) {
-	s := NewMemLockStore(2)
+	s := newMemLockStore(2)
 	defer s.Close()
 	ctx := context.Background()
 	var tokens []string
@@ -427,7 +427,7 @@ func TestMemLockStoreFull(t *testing.T) {
 func usageOf(t *testing.T, s lockstore.LockStore, owner string) (bytes, owned int64) {
 	t.Helper()
 	switch s := s.(type) {
-	case *MemLockStore:
+	case *memLockStore:
 		b, o := s.Usage(owner)
 		return b, int64(o)
 	case *RedisLockStore:
@@ -555,7 +555,7 @@ func testLockStoreBudget(t *testing.T, s interface {
 }
 
 func TestMemLockStoreBudget(t *testing.T) {
-	s := NewMemLockStore(0)
+	s := newMemLockStore(0)
 	t.Cleanup(s.Close)
 	testLockStoreBudget(t, s)
 	s.mu.Lock()
@@ -786,7 +786,7 @@ func TestExplicitLockBytesCoverHeap(t *testing.T) {
 	}
 	t.Run("measure", func(t *testing.T) {
 		url := site(t, "max_lock_bytes 1GiB")
-		s := zoneStore(t, davZone(t)).(*MemLockStore)
+		s := zoneStore(t, davZone(t)).(*memLockStore)
 		for _, sh := range shapes {
 			before := heapInUse()
 			for i := range n {

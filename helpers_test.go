@@ -280,12 +280,12 @@ func assertLocked(t *testing.T, r result, wantKey string) {
 }
 
 // zoneTable finds the lock table of a zone that a running config uses.
-func zoneTable(t *testing.T, name string) *MemLocker {
+func zoneTable(t *testing.T, name string) *memLocker {
 	t.Helper()
-	var l *MemLocker
+	var l *memLocker
 	zones.Range(func(k, v any) bool {
 		if z := v.(*zone); k == name || k == name+"\x00hierarchy" {
-			l, _ = z.locker.(*MemLocker)
+			l, _ = z.locker.(*memLocker)
 		}
 		return true
 	})
@@ -295,7 +295,7 @@ func zoneTable(t *testing.T, name string) *MemLocker {
 	return l
 }
 
-func waitEmpty(t *testing.T, l *MemLocker) {
+func waitEmpty(t *testing.T, l *memLocker) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

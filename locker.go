@@ -22,7 +22,7 @@ const (
 	numShards = 1 << shardBits
 )
 
-// MemLocker is the in-memory lock table of one zone.
+// memLocker is the in-memory lock table of one zone.
 //
 // Invariants, kept under the shard mutexes:
 //   - A node is in its shard's table exactly while it is held, counts
@@ -39,7 +39,7 @@ const (
 //     credit + free == maxLocks (free goes negative only when SetLimits
 //     lowers max_locks below what is in use), so held + waiting never
 //     exceeds max_locks.
-type MemLocker struct {
+type memLocker struct {
 	hierarchy  bool
 	seed       maphash.Seed
 	maxLocks   atomic.Int64
@@ -63,7 +63,7 @@ type shard struct {
 	// Each lease is handed out once.
 	leases    *[leaseBlock]memLease
 	nextLease int
-	// credit is max_locks budget taken from MemLocker.free and not yet
+	// credit is max_locks budget taken from memLocker.free and not yet
 	// used by this shard's locks and waiters.
 	credit int64
 	// holdAvg is the average hold time, in nanoseconds, of the locks
@@ -97,7 +97,7 @@ func (s *shard) observeHold(hold time.Duration) {
 // on its own: the first conflicts on a slow backend said Retry-After: 1.
 // Only refusals read all the shards; a release writes its own shard only,
 // sharing no counter with the releases on other shards.
-func (l *MemLocker) holdEstimate() time.Duration {
+func (l *memLocker) holdEstimate() time.Duration {
 	var sum, n int64
 	for i := range l.shards {
 		s := &l.shards[i]
@@ -115,7 +115,7 @@ func (l *MemLocker) holdEstimate() time.Duration {
 type node struct {
 	// l and shard never change, not even when the node is recycled
 	// (always within its shard), so a Release reads them without a lock.
-	l     *MemLocker
+	l     *memLocker
 	shard *shard
 	key   string
 	hash  uint64 // hashOf(key), kept to hash the key once
@@ -186,9 +186,9 @@ const (
 	tightFree = numShards * 2 * creditBatch
 )
 
-// NewMemLocker returns an empty lock table.
-func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
-	l := &MemLocker{hierarchy: hierarchy, seed: maphash.MakeSeed()}
+// newMemLocker returns an empty lock table.
+func newMemLocker(hierarchy bool, maxLocks, maxWaiters int) *memLocker {
+	l := &memLocker{hierarchy: hierarchy, seed: maphash.MakeSeed()}
 	l.SetLimits(maxLocks, maxWaiters)
 	for i := range l.shards {
 		l.shards[i].nodes = newNodeTable()
@@ -198,7 +198,7 @@ func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
 
 // SetLimits changes max_locks and max_waiters (per key); values <= 0 mean
 // the defaults. Locks already held are never affected.
-func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
+func (l *memLocker) SetLimits(maxLocks, maxWaiters int) {
 	locks, waiters := lockstore.Limits(maxLocks, maxWaiters)
 	old := l.maxLocks.Swap(locks)
 	l.free.Add(locks - old)
@@ -211,10 +211,10 @@ func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
 }
 
 // Hierarchy reports whether a lock covers the keys below it.
-func (l *MemLocker) Hierarchy() bool { return l.hierarchy }
+func (l *memLocker) Hierarchy() bool { return l.hierarchy }
 
 // Stats reports held locks, queued waiters and nodes in the table.
-func (l *MemLocker) Stats() (held, waiting, nodes int) {
+func (l *memLocker) Stats() (held, waiting, nodes int) {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
@@ -231,7 +231,7 @@ func (l *MemLocker) Stats() (held, waiting, nodes int) {
 	return held, waiting, nodes
 }
 
-func (l *MemLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
+func (l *memLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
 
 func shardIndex(h uint64) uint { return uint(h >> (64 - shardBits)) }
 
@@ -255,7 +255,7 @@ const lineageInline = 8
 // each is that of maphash.String on the prefix (TestLineageHashes), so
 // the cost is linear in the key's length rather than in depth times
 // length.
-func (l *MemLocker) lineage(key string, buf []anc) []anc {
+func (l *memLocker) lineage(key string, buf []anc) []anc {
 	if len(key) < 2 || key[0] != '/' {
 		return buf
 	}
@@ -278,7 +278,7 @@ func (l *MemLocker) lineage(key string, buf []anc) []anc {
 
 // mask is the set of shards an operation on a key with hash h and
 // lineage lin must hold.
-func (l *MemLocker) mask(h uint64, lin []anc) uint64 {
+func (l *memLocker) mask(h uint64, lin []anc) uint64 {
 	m := uint64(1) << shardIndex(h)
 	for _, a := range lin {
 		m |= 1 << shardIndex(a.hash)
@@ -288,7 +288,7 @@ func (l *MemLocker) mask(h uint64, lin []anc) uint64 {
 
 // lock takes the shards of mask in ascending order, which is what keeps
 // two hierarchical operations from deadlocking.
-func (l *MemLocker) lock(m uint64) {
+func (l *memLocker) lock(m uint64) {
 	for m != 0 {
 		i := bits.TrailingZeros64(m)
 		l.shards[i].mu.Lock()
@@ -296,7 +296,7 @@ func (l *MemLocker) lock(m uint64) {
 	}
 }
 
-func (l *MemLocker) unlock(m uint64) {
+func (l *memLocker) unlock(m uint64) {
 	for m != 0 {
 		i := bits.TrailingZeros64(m)
 		l.shards[i].mu.Unlock()
@@ -304,11 +304,11 @@ func (l *MemLocker) unlock(m uint64) {
 	}
 }
 
-func (l *MemLocker) lookup(a anc) *node {
+func (l *memLocker) lookup(a anc) *node {
 	return l.shards[shardIndex(a.hash)].nodes.get(a.hash, a.key)
 }
 
-func (l *MemLocker) getNode(key string, h uint64) *node {
+func (l *memLocker) getNode(key string, h uint64) *node {
 	s := &l.shards[shardIndex(h)]
 	if n := s.nodes.get(h, key); n != nil {
 		return n
@@ -327,7 +327,7 @@ func (l *MemLocker) getNode(key string, h uint64) *node {
 }
 
 // maybeFree removes n from the table if nothing refers to it any more.
-func (l *MemLocker) maybeFree(n *node) {
+func (l *memLocker) maybeFree(n *node) {
 	if !n.idle() {
 		return
 	}
@@ -350,7 +350,7 @@ func (l *MemLocker) maybeFree(n *node) {
 
 // blocker returns the node whose locks conflict with taking kind on n, of
 // lineage lin, or nil when the lock can be granted.
-func (l *MemLocker) blocker(n *node, kind lockstore.Kind, lin []anc) *node {
+func (l *memLocker) blocker(n *node, kind lockstore.Kind, lin []anc) *node {
 	if n.heldConflicts(kind) {
 		return n
 	}
@@ -369,7 +369,7 @@ func (l *MemLocker) blocker(n *node, kind lockstore.Kind, lin []anc) *node {
 	return nil
 }
 
-func (l *MemLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
+func (l *memLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
 	if !n.held() {
 		n.since = clock.read()
 	}
@@ -391,7 +391,7 @@ func (l *MemLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
 	}
 }
 
-func (l *MemLocker) conflict(n *node, b *node) *lockstore.ConflictError {
+func (l *memLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 	if b == nil {
 		// Only the queue stood in the way: report the key itself.
 		b = n
@@ -422,13 +422,13 @@ func (l *MemLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 	return e
 }
 
-func (l *MemLocker) watch(b *node, w *waiter) {
+func (l *memLocker) watch(b *node, w *waiter) {
 	bl := b.lists()
 	bl.watchers = append(bl.watchers, w)
 	w.watching = b
 }
 
-func (l *MemLocker) unwatch(w *waiter) {
+func (l *memLocker) unwatch(w *waiter) {
 	b := w.watching
 	if b == nil {
 		return
@@ -449,7 +449,7 @@ func (l *MemLocker) unwatch(w *waiter) {
 // advance grants the locks at the head of n's queue, in order, until the
 // head conflicts; that head then watches its blocker. lin is n's lineage;
 // the caller holds the shard set of n.key.
-func (l *MemLocker) advance(n *node, lin []anc) {
+func (l *memLocker) advance(n *node, lin []anc) {
 	for len(n.queue()) > 0 {
 		q := n.waits.queue
 		w := q[0]
@@ -477,7 +477,7 @@ func signal(w *waiter) {
 // shard s, whose mutex the caller holds, and reports whether there was one.
 // The shard's own credit comes first; when it is spent, a batch is taken
 // from the zone's free budget, or a single unit when little is left.
-func (l *MemLocker) reserve(s *shard) bool {
+func (l *memLocker) reserve(s *shard) bool {
 	if s.credit > 0 {
 		s.credit--
 		return true
@@ -501,7 +501,7 @@ func (l *MemLocker) reserve(s *shard) bool {
 // unreserve gives back the unit of a lock or waiter of shard s, whose
 // mutex the caller holds. The shard keeps it as credit for its next lock,
 // up to two batches, unless the zone is nearly full.
-func (l *MemLocker) unreserve(s *shard) {
+func (l *memLocker) unreserve(s *shard) {
 	if l.free.Load() < tightFree {
 		l.free.Add(1)
 		return
@@ -514,7 +514,7 @@ func (l *MemLocker) unreserve(s *shard) {
 
 // reclaim returns every shard's credit to the zone's free budget. It runs
 // before a request is refused as full, holding no shard lock.
-func (l *MemLocker) reclaim() {
+func (l *memLocker) reclaim() {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
@@ -525,7 +525,7 @@ func (l *MemLocker) reclaim() {
 }
 
 // Acquire implements Locker.
-func (l *MemLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
+func (l *memLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
 	if req.Kind != lockstore.Shared && req.Kind != lockstore.Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
@@ -544,7 +544,7 @@ func (l *MemLocker) Acquire(ctx context.Context, req lockstore.Request) (locksto
 
 // acquire is Acquire for a request whose key has lineage lin (nil without
 // hierarchy).
-func (l *MemLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc) (lockstore.Lease, error) {
+func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc) (lockstore.Lease, error) {
 	h := l.hashOf(req.Key)
 	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
@@ -595,7 +595,7 @@ func (l *MemLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 	}
 }
 
-func (l *MemLocker) wait(ctx context.Context, req lockstore.Request, m uint64, lin []anc, w *waiter) (lockstore.Lease, error) {
+func (l *memLocker) wait(ctx context.Context, req lockstore.Request, m uint64, lin []anc, w *waiter) (lockstore.Lease, error) {
 	n := w.node
 	timer := time.NewTimer(req.Wait)
 	defer timer.Stop()
@@ -663,7 +663,7 @@ func (l *MemLocker) wait(ctx context.Context, req lockstore.Request, m uint64, l
 
 // release gives back a lock of kind on n, of lineage lin; the caller holds
 // n's shard set.
-func (l *MemLocker) release(n *node, kind lockstore.Kind, lin []anc) {
+func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 	if kind == lockstore.Exclusive {
 		n.excl = false
 	} else {
@@ -700,7 +700,7 @@ func (l *MemLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 // below it (a blocker is the waiter's own key or an ancestor). Those at n
 // are advanced right here, since the caller holds n's shard set; those
 // below retry from their own goroutine under their own shard set.
-func (l *MemLocker) wake(n *node, lin []anc) {
+func (l *memLocker) wake(n *node, lin []anc) {
 	if n.waits == nil || len(n.waits.watchers) == 0 {
 		return
 	}
@@ -800,7 +800,7 @@ func (ls *memLease) releaseHierarchy() {
 }
 
 var (
-	_ lockstore.Locker = (*MemLocker)(nil)
+	_ lockstore.Locker = (*memLocker)(nil)
 	_ lockstore.Lease  = (*memLease)(nil)
 	_ lockstore.Lease  = (*memLease)(nil)
 )

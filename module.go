@@ -25,8 +25,8 @@ func init() {
 
 // Defaults of the handler's settings.
 const (
-	DefaultZone    = "default"
-	DefaultMaxHold = 5 * time.Minute
+	defaultZone    = "default"
+	defaultMaxHold = 5 * time.Minute
 )
 
 // readMethods take no lock unless the config says otherwise: they do not
@@ -179,10 +179,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.Zone == "" {
-		h.Zone = DefaultZone
+		h.Zone = defaultZone
 	}
 	if h.MaxHold == 0 {
-		h.MaxHold = caddy.Duration(DefaultMaxHold)
+		h.MaxHold = caddy.Duration(defaultMaxHold)
 	}
 	if h.WebDAV {
 		h.provisionDAV()
