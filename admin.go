@@ -267,17 +267,11 @@ func (a *AdminAPI) create(w http.ResponseWriter, r *http.Request, zoneName strin
 		drain = d
 	}
 	// The key a request to this path would have: its readings must agree.
-	key, err := pathKey(req.Path)
+	// A key with a NUL byte: requests with such a key are refused before
+	// any lock is looked up, so a lock there would protect nothing.
+	key, err := lockKey(req.Path, z.caseInsensitive.Load())
 	if err != nil {
 		return badAdminRequest("path: %q: %v", req.Path, err)
-	}
-	if z.caseInsensitive.Load() {
-		key = foldCase(key)
-	}
-	if strings.IndexByte(key, 0) >= 0 {
-		// Requests with such a key are refused before any lock is
-		// looked up, so a lock there would protect nothing.
-		return badAdminRequest("path: %q: %v", req.Path, errNULKey)
 	}
 	l, err := z.explicit.Create(r.Context(), lockstore.ExplicitLock{
 		Token:   dav.NewLockToken(),
@@ -441,7 +435,7 @@ func xmlText(b []byte) string {
 
 // Held lists the locks held in the table, for the admin API. It takes
 // each shard's mutex in turn, so the list is consistent per shard only.
-func (l *MemLocker) Held() []lockstore.HeldLock {
+func (l *memLocker) Held() []lockstore.HeldLock {
 	var out []lockstore.HeldLock
 	now, wall := monotonicNow(), time.Now()
 	for i := range l.shards {
@@ -464,7 +458,7 @@ func (l *MemLocker) Held() []lockstore.HeldLock {
 }
 
 // HeldLocks is Held for the admin API; the in-memory table never fails.
-func (l *MemLocker) HeldLocks(context.Context) ([]lockstore.HeldLock, error) { return l.Held(), nil }
+func (l *memLocker) HeldLocks(context.Context) ([]lockstore.HeldLock, error) { return l.Held(), nil }
 
 // Interface guards
 var (

@@ -130,8 +130,9 @@ type davRequest struct {
 	// that upper-cases methods moves on "move"), or the method that an
 	// override names, whose checks cover both (see davOverride).
 	method string
-	// guards watch the in-flight leases that a store can lose.
-	guards []*leaseGuard
+	// held is what the request holds once its in-flight locks were
+	// granted; nil before, and when it passes without them.
+	held *acquisition
 	// result is {http.lock.result} unless the request is refused;
 	// counted tells that the request was counted in the metrics.
 	result  string
@@ -197,8 +198,8 @@ func (h *Handler) serveDAV(w http.ResponseWriter, r *http.Request, next caddyhtt
 	default:
 		err = d.forward(kind, locks)
 	}
-	for _, g := range d.guards {
-		err = g.settle(d.w, d.key, err)
+	if d.held != nil {
+		err = d.held.settle(d.w, d.key, err)
 	}
 	return err
 }
@@ -259,80 +260,28 @@ func (d *davRequest) ctx() context.Context { return d.r.Context() }
 
 // hold takes the in-flight locks of reqs, in key order and without
 // taking a lock its ancestor's lock already covers, and runs the rest of
-// the request on a context bounded by max_hold, as ServeHTTP does.
+// the request on a context bounded by max_hold: Handler.acquire, the
+// path ServeHTTP takes too.
 func (d *davRequest) hold(reqs []lockstore.Request) error {
 	h := d.h
-	reqs = coalesce(reqs)
-	start := time.Now()
-	leases := make([]lockstore.Lease, 0, len(reqs))
-	// As in ServeHTTP: a request that queues reads its body meanwhile.
-	abort := abortReads(d.w, d.r) // for max_hold; before anything reads the body
-	bw := h.newBodyWait(d.w, d.r)
-	for _, q := range reqs {
-		q.Wait = time.Duration(h.Wait)
-		l, err := bw.acquire(d.z.locker, q)
-		if err != nil {
-			for _, l := range leases {
-				l.Release()
-			}
-			h.recordWait(d.repl, start) // a wait in vain is a wait too
-			if errors.Is(err, lockstore.ErrStoreUnavailable) && h.store.FailOpen() {
-				// fail_open: the request goes on without in-flight locks,
-				// with the body it may have begun to read.
-				if err := bw.ready(d.r.Context()); err != nil {
-					bw.end()
-					return err
-				}
-				h.storeTrouble(d.key, err)
-				d.result = resultFailOpen
-				d.done = bw.end
-				return nil
-			}
-			bw.end()
-			return err
-		}
-		leases = append(leases, l)
-	}
-	// The lease of the first key carries the fencing number the backend
-	// sees; with MOVE and COPY that is the lower of the two keys.
-	h.granted(d.r, d.repl, leases[0])
-	waited := h.recordWait(d.repl, start)
-	result := resultAcquired
-	if slices.ContainsFunc(leases, queued) {
-		result = resultWaited
-	}
-	d.result = result
-	// As in ServeHTTP: a context that a departing client does not
-	// cancel, ended by max_hold (see hold.go).
-	hc := h.reaper.holdAll(d.r.Context(), start.Add(waited), leases, abort)
-	// A lease that can be lost (Redis) cancels the request when it is
-	// lost before the upstream request was sent, as in ServeHTTP.
-	var ctx context.Context = hc
-	guards := make([]*leaseGuard, 0, len(leases))
-	for _, l := range leases {
-		var g *leaseGuard
-		g, ctx = h.guardLease(ctx, hc, l, d.key)
-		if g != nil {
-			guards = append(guards, g)
-			d.w = g.writer(d.w)
-		}
-	}
-	done := func() {
-		for _, g := range guards {
-			g.stop()
-		}
-		hc.finish()
-		bw.end()
-	}
-	// A request that queued goes on only with its whole body and its
-	// client still there; otherwise it is answered as a wait in vain.
-	if err := bw.ready(ctx); err != nil {
-		done()
+	a := new(acquisition)
+	if err := h.acquire(a, d.w, d.r, d.repl, d.z, d.key, coalesce(reqs)...); err != nil {
 		return err
 	}
-	d.guards = guards
-	d.r = d.r.WithContext(ctx)
-	d.done = done
+	if err := a.ready(); err != nil {
+		a.release()
+		return err
+	}
+	d.done = a.release
+	if a.result == resultFailOpen {
+		h.storeTrouble(d.key, a.storeErr)
+		d.result = resultFailOpen
+		return nil
+	}
+	d.result = a.result
+	d.held = a
+	d.w = a.writer(d.w)
+	d.r = d.r.WithContext(a.ctx)
 	return nil
 }
 
@@ -443,8 +392,8 @@ func (d *davRequest) destination() (string, error) {
 	if err != nil || (u.Host == "" && !strings.HasPrefix(u.Path, "/")) {
 		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: expected an absolute URI or path", v))
 	}
-	if strings.IndexByte(u.Path, 0) >= 0 {
-		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: %v", v, errNULKey))
+	if err := nulFree(u.Path); err != nil {
+		return "", d.plain(http.StatusBadRequest, fmt.Sprintf("invalid Destination header %.200q: %v", v, err))
 	}
 	if u.Host != "" && !sameHost(u, d.r.Host) {
 		return "", d.plain(http.StatusBadGateway, fmt.Sprintf("Destination %.200q is on another server", v))
@@ -1193,11 +1142,7 @@ func (d *davRequest) plain(status int, msg string) error {
 
 // writeXML answers with an XML body.
 func (d *davRequest) writeXML(status int, body []byte) error {
-	d.w.Header().Set("Content-Type", "application/xml; charset=utf-8")
-	d.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	d.w.WriteHeader(status)
-	_, _ = d.w.Write(body)
-	return nil
+	return writeXML(d.w, status, body)
 }
 
 // davError answers with a DAV:error document naming condition.
@@ -1205,13 +1150,12 @@ func (d *davRequest) davError(status int, condition string, hrefs ...string) err
 	return d.writeXML(status, dav.MarshalDAVError(condition, hrefs...))
 }
 
-// storeFailed answers 503 when the lock store failed.
 // failOpen reports whether a write whose explicit locks could not be
 // read goes on regardless (the store's on_error fail_open); it logs and
 // counts the pass.
 func (d *davRequest) failOpen(err error) bool {
 	h := d.h
-	if !errors.Is(err, lockstore.ErrStoreUnavailable) || !h.store.FailOpen() {
+	if !h.failsOpen(err) {
 		return false
 	}
 	h.storeTrouble(d.key, err)
@@ -1225,26 +1169,16 @@ func (d *davRequest) failOpen(err error) bool {
 	return true
 }
 
+// storeFailed answers 503 when the lock store failed.
 func (d *davRequest) storeFailed(err error) error {
-	if errors.Is(err, lockstore.ErrFull) {
-		title, detail := "Lock table is full", fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", d.h.Zone)
-		if lim := (*lockstore.ExplicitLimitError)(nil); errors.As(err, &lim) {
-			title, detail = limitTitle(lim.Limit), fmt.Sprintf("zone %q: %s; try again later", d.h.Zone, lim)
-		}
+	result, err := d.h.refuseExplicitStore(d.w, d.r, d.repl, d.key, err)
+	switch result {
+	case "":
+		d.counted = true // refuse counted it
+	case resultFull:
 		d.settle(resultFull)
-		return d.h.writeRefusal(d.w, problem{
-			Type: problemType, Title: title, Status: http.StatusServiceUnavailable,
-			Detail: detail, Instance: d.r.URL.RequestURI(),
-		}, time.Second, d.key, err)
 	}
-	if errors.Is(err, lockstore.ErrStoreUnavailable) || errors.Is(err, lockstore.ErrStoreFailed) {
-		// fail_closed: 503 with Retry-After and a problem body, as for
-		// an in-flight lock the store could not grant.
-		d.counted = true // refuse counts it
-		return d.h.refuse(d.w, d.r, d.repl, d.key, err)
-	}
-	d.h.logger.Error("explicit lock store", zap.String("key", d.key), zap.String("method", d.r.Method), zap.Error(err))
-	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("lock store: %w", err))
+	return err
 }
 
 // refuseInflight answers a request whose in-flight lock was not granted:
@@ -1261,7 +1195,7 @@ func (d *davRequest) refuseInflight(err error) error {
 	if d.h.RetryAfter > 0 {
 		retry = time.Duration(d.h.RetryAfter)
 	}
-	d.setRetryAfter(retry)
+	setRetryAfter(d.w, retry)
 	cond := dav.CondLockTokenSubmitted
 	if d.method == "LOCK" {
 		cond = dav.CondNoConflictingLock
@@ -1282,60 +1216,11 @@ func lockRoots(locks []lockstore.ExplicitLock) (hrefs []string, retry time.Durat
 	return hrefs, retry
 }
 
-// setRetryAfter sets Retry-After to retry in whole seconds, at least one.
-func (d *davRequest) setRetryAfter(retry time.Duration) {
-	d.w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
-}
-
-// refuseExplicit answers 423 for explicit locks in the way: DAV:error
-// naming their roots for WebDAV clients, a problem document otherwise;
-// Retry-After says when the last of them ends unless refreshed.
+// refuseExplicit answers 423 for explicit locks in the way (see
+// Handler.refuseExplicit).
 func (d *davRequest) refuseExplicit(locks []lockstore.ExplicitLock, condition string) error {
 	d.settle(resultConflict)
-	if len(locks) == 0 {
-		return d.refuseVanished(condition)
-	}
-	hrefs, retry := lockRoots(locks)
-	first := locks[0]
-	d.h.logger.Debug("explicit lock conflict", zap.String("key", d.key), zap.String("method", d.r.Method),
-		zap.String("lock_root", first.Root), zap.String("token", tokenPrefix(first.Token)))
-	if d.xml {
-		d.setRetryAfter(retry)
-		return d.davError(http.StatusLocked, condition, hrefs...)
-	}
-	expires := first.Expires
-	return d.h.writeRefusalTo(d.w, d.r, problem{
-		Type:     problemType,
-		Title:    "Resource is locked",
-		Status:   http.StatusLocked,
-		Detail:   fmt.Sprintf("%s %s needs the token of the %s lock on %s", d.r.Method, d.key, first.Scope, first.Href),
-		Instance: d.r.URL.RequestURI(),
-		Lock: &problemLock{
-			Key:         first.Root,
-			Kind:        first.Scope.String(),
-			HeldSeconds: time.Since(first.Created).Seconds(),
-			Explicit:    true,
-			Expires:     &expires,
-		},
-	}, retry, d.key, fmt.Errorf("held by an explicit lock on %s", first.Root))
-}
-
-// refuseVanished answers 423 for a conflict whose locks ended as the
-// store read them: there is nothing to name, and a retry in a second
-// will likely pass.
-func (d *davRequest) refuseVanished(condition string) error {
-	d.h.logger.Debug("explicit lock conflict with locks that ended meanwhile", zap.String("key", d.key), zap.String("method", d.r.Method))
-	if d.xml {
-		d.setRetryAfter(time.Second)
-		return d.davError(http.StatusLocked, condition)
-	}
-	return d.h.writeRefusalTo(d.w, d.r, problem{
-		Type:     problemType,
-		Title:    "Resource is locked",
-		Status:   http.StatusLocked,
-		Detail:   fmt.Sprintf("%s %s met locks that ended as they were read; try again", d.r.Method, d.key),
-		Instance: d.r.URL.RequestURI(),
-	}, time.Second, d.key, errors.New("held by explicit locks that ended meanwhile"))
+	return d.h.refuseExplicit(d.w, d.r, d.key, d.xml, locks, condition)
 }
 
 // allBelow reports whether every lock of locks is rooted strictly below
@@ -1358,48 +1243,8 @@ func (d *davRequest) refuseBelow(locks []lockstore.ExplicitLock) error {
 	hrefs, retry := lockRoots(locks)
 	d.h.logger.Debug("explicit lock conflict below", zap.String("key", d.key),
 		zap.String("lock_root", locks[0].Root), zap.String("token", tokenPrefix(locks[0].Token)), zap.Int("locks", len(locks)))
-	d.setRetryAfter(retry)
+	setRetryAfter(d.w, retry)
 	return d.writeXML(http.StatusMultiStatus, dav.MarshalLockFailure(hrefs, d.href()))
-}
-
-// refuseMaintenance refuses a write that an explicit lock covers in a
-// zone without webdav, where no client can hold a token: such locks are
-// the admin API's maintenance windows. It reports whether it answered.
-// It counts the request in the metrics: as result (acquired or waited,
-// which ServeHTTP has set as {http.lock.result}) when it passes, by its
-// refusal otherwise, so that a refused write is not counted as acquired.
-func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease lockstore.Lease, result string) (bool, error) {
-	if !lease.ExplicitLocksInZone() {
-		// The grant saw no explicit lock in the zone; one made since
-		// then is no different from one made while this write was
-		// already in flight.
-		h.metrics.count(result)
-		return false, nil
-	}
-	d := &davRequest{h: h, z: z, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r)}
-	// With hierarchy a write covers the keys below its own, as the
-	// in-flight table has it: locks rooted there are in its way too.
-	ls, err := z.explicit.Affecting(r.Context(), key, h.Hierarchy)
-	if err != nil {
-		if d.failOpen(err) {
-			d.settle(resultFailOpen)
-			return false, nil
-		}
-		result := resultUnavailable
-		if errors.Is(err, lockstore.ErrFull) {
-			result = resultFull
-		}
-		err = d.storeFailed(err)
-		if !d.counted {
-			d.settle(result)
-		}
-		return true, err
-	}
-	if len(ls) == 0 {
-		h.metrics.count(result)
-		return false, nil
-	}
-	return true, d.refuseExplicit(ls, dav.CondLockTokenSubmitted)
 }
 
 // Interface guards

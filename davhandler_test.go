@@ -2,7 +2,6 @@ package caddylock
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
@@ -10,11 +9,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,28 +23,6 @@ import (
 	"golang.org/x/net/webdav"
 )
 
-// davBackend is a real WebDAV server without locks: golang.org/x/net/webdav
-// on an in-memory file system with a lock system that grants everything,
-// as many legacy servers do. It records what reaches it: requests per
-// method and path, writes that overlapped on one resource (see
-// recordWrite), and the conditional headers it was sent.
-// Every test that uses one fails at its end if writes overlapped: that is
-// what the lock handler in front of it exists to prevent. A write with
-// X-Delay: <duration> takes that long, so that overlaps can show.
-type davBackend struct {
-	*httptest.Server
-	fs      webdav.FileSystem
-	writing overlapRecorder
-	mu      sync.Mutex
-	seen    []string // "METHOD /path"
-	ifSeen  []string // If headers that reached the backend
-	ifMatch []string // If-Match headers that reached the backend
-}
-
-// grantAll is a webdav.LockSystem that grants every lock and confirms
-// every condition: a backend with no lock support.
-type grantAll struct{}
-
 func (grantAll) Confirm(time.Time, string, string, ...webdav.Condition) (func(), error) {
 	return func() {}, nil
 }
@@ -56,70 +31,6 @@ func (grantAll) Refresh(time.Time, string, time.Duration) (webdav.LockDetails, e
 	return webdav.LockDetails{}, nil
 }
 func (grantAll) Unlock(time.Time, string) error { return nil }
-
-func newDAVBackend(t *testing.T) *davBackend {
-	b := &davBackend{fs: webdav.NewMemFS()}
-	// Registered before b.Close, so it runs after it: see assertNone.
-	t.Cleanup(func() { b.writing.assertNone(t, "the WebDAV backend "+b.URL) })
-	dav := &webdav.Handler{FileSystem: b.fs, LockSystem: grantAll{}}
-	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		write := !slices.Contains([]string{"GET", "HEAD", "OPTIONS", "PROPFIND"}, r.Method)
-		b.mu.Lock()
-		b.seen = append(b.seen, r.Method+" "+r.URL.Path)
-		if v := r.Header.Get("If"); v != "" {
-			b.ifSeen = append(b.ifSeen, v)
-		}
-		if v := r.Header.Get("If-Match"); v != "" {
-			b.ifMatch = append(b.ifMatch, v)
-		}
-		b.mu.Unlock()
-		if write {
-			defer recordWrite(&b.writing, r)()
-		}
-		if r.Method == "DELETE" && r.Header.Get("X-Partial") != "" {
-			// A DELETE that failed on a member, as servers with
-			// permissions per file answer it; nothing is deleted.
-			w.Header().Set("Content-Type", "application/xml; charset=utf-8")
-			w.WriteHeader(http.StatusMultiStatus)
-			fmt.Fprintf(w, `<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>%s/b</D:href><D:status>HTTP/1.1 403 Forbidden</D:status></D:response></D:multistatus>`, r.URL.Path)
-			return
-		}
-		// A request that takes a while: a write, so that overlaps can
-		// show; a read, to be in flight across a reload.
-		if d, err := time.ParseDuration(r.Header.Get("X-Delay")); err == nil {
-			time.Sleep(d)
-		}
-		dav.ServeHTTP(w, r)
-	}))
-	t.Cleanup(b.Close)
-	return b
-}
-
-// recordWrite records at o the resources a write request changes: its
-// path, everything below it for DELETE and MOVE, and for MOVE and COPY
-// the Destination and everything below it. The returned func records
-// their end. It names them as x/net/webdav does, never with the lock
-// handler's own normalisation, which would hide a bug of it: the path as
-// net/http decoded it once, and the Destination's path as url.Parse gives
-// it, each cleaned with path.Clean (x/net/webdav's slashClean).
-func recordWrite(o *overlapRecorder, r *http.Request) (end func()) {
-	ws := []write{{res: davResource(r.URL.Path), tree: r.Method == "DELETE" || r.Method == "MOVE"}}
-	if r.Method == "MOVE" || r.Method == "COPY" {
-		if u, err := url.Parse(r.Header.Get("Destination")); err == nil && u.Path != "" {
-			ws = append(ws, write{res: davResource(u.Path), tree: true})
-		}
-	}
-	return o.record(ws...)
-}
-
-// davResource is the resource x/net/webdav's file system opens for the
-// decoded path p.
-func davResource(p string) string {
-	if !strings.HasPrefix(p, "/") {
-		p = "/" + p
-	}
-	return path.Clean(p)
-}
 
 // saw counts the requests "METHOD /path" that reached the backend.
 func (b *davBackend) saw(req string) int {
@@ -157,141 +68,6 @@ func (b *davBackend) mkdir(t *testing.T, p string) {
 		t.Fatalf("mkdir %s at the backend: %v", p, err)
 	}
 }
-
-// davSite starts Caddy with the lock handler in WebDAV mode (plus extra
-// lines) in front of a new davBackend, in a zone of its own.
-func davSite(t *testing.T, extra string) (string, *davBackend) {
-	t.Helper()
-	return davSiteAfter(t, "", extra)
-}
-
-// davSiteAfter is davSite with directives (pre) before the lock handler.
-func davSiteAfter(t *testing.T, pre, extra string) (string, *davBackend) {
-	t.Helper()
-	b := newDAVBackend(t)
-	return startCaddy(t, davSiteConfig(t, b, pre, extra), nil), b
-}
-
-func davSiteConfig(t *testing.T, b *davBackend, pre, extra string) string {
-	zone := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
-	return fmt.Sprintf("%s\nlock {\n webdav\n zone %s\n %s\n}\nreverse_proxy %s\n", pre, zone, extra, strings.TrimPrefix(b.URL, "http://"))
-}
-
-// davDo sends a request with a body (may be "") and headers.
-func davDo(t *testing.T, method, url, body string, header map[string]string) result {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return result{status: resp.StatusCode, header: resp.Header, body: string(data)}
-}
-
-func davMust(t *testing.T, want int, method, url, body string, header map[string]string) result {
-	t.Helper()
-	r := davDo(t, method, url, body, header)
-	if r.status != want {
-		t.Fatalf("%s %s: status %d, want %d; body: %s", method, url, r.status, want, r.body)
-	}
-	return r
-}
-
-const lockBody = `<?xml version="1.0" encoding="utf-8"?>
-<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:%s/></D:lockscope><D:locktype><D:write/></D:locktype>
-<D:owner><D:href>http://example.org/~%s</D:href></D:owner></D:lockinfo>`
-
-// davLock takes a lock and returns its token.
-func davLock(t *testing.T, url, scope, who string, header map[string]string, want int) (string, activeLockXML) {
-	t.Helper()
-	r := davMust(t, want, "LOCK", url, fmt.Sprintf(lockBody, scope, who), header)
-	tok := r.header.Get("Lock-Token")
-	if len(tok) < 3 || tok[0] != '<' || tok[len(tok)-1] != '>' || !strings.HasPrefix(tok, "<urn:uuid:") {
-		t.Fatalf("Lock-Token = %q, want <urn:uuid:…>", tok)
-	}
-	if ct := r.header.Get("Content-Type"); !strings.Contains(ct, "xml") {
-		t.Fatalf("LOCK answer Content-Type = %q", ct)
-	}
-	locks := parseLockDiscovery(t, r.body)
-	if len(locks) != 1 {
-		t.Fatalf("LOCK answer has %d activelocks, want 1: %s", len(locks), r.body)
-	}
-	if locks[0].Token != tok[1:len(tok)-1] {
-		t.Fatalf("locktoken %q differs from Lock-Token %q", locks[0].Token, tok)
-	}
-	return tok[1 : len(tok)-1], locks[0]
-}
-
-// activeLockXML is DAV:activelock as a client reads it.
-type activeLockXML struct {
-	Scope struct {
-		Exclusive *struct{} `xml:"DAV: exclusive"`
-		Shared    *struct{} `xml:"DAV: shared"`
-	} `xml:"DAV: lockscope"`
-	Type struct {
-		Write *struct{} `xml:"DAV: write"`
-	} `xml:"DAV: locktype"`
-	Depth   string `xml:"DAV: depth"`
-	Owner   string `xml:"DAV: owner>href"`
-	Timeout string `xml:"DAV: timeout"`
-	Token   string `xml:"DAV: locktoken>href"`
-	Root    string `xml:"DAV: lockroot>href"`
-}
-
-func parseLockDiscovery(t *testing.T, body string) []activeLockXML {
-	t.Helper()
-	var doc struct {
-		XMLName xml.Name        `xml:"DAV: prop"`
-		Locks   []activeLockXML `xml:"DAV: lockdiscovery>activelock"`
-	}
-	if err := xml.Unmarshal([]byte(body), &doc); err != nil {
-		t.Fatalf("lock answer %q: %v", body, err)
-	}
-	return doc.Locks
-}
-
-// assertDAVError checks a DAV:error answer naming condition and hrefs.
-func assertDAVError(t *testing.T, r result, status int, condition string, hrefs ...string) {
-	t.Helper()
-	if r.status != status {
-		t.Fatalf("status %d, want %d; body: %s", r.status, status, r.body)
-	}
-	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/xml") {
-		t.Fatalf("Content-Type = %q, want application/xml", ct)
-	}
-	var doc struct {
-		XMLName xml.Name `xml:"DAV: error"`
-		Conds   []struct {
-			XMLName xml.Name
-			Hrefs   []string `xml:"DAV: href"`
-		} `xml:",any"`
-	}
-	if err := xml.Unmarshal([]byte(r.body), &doc); err != nil {
-		t.Fatalf("DAV:error body %q: %v", r.body, err)
-	}
-	if len(doc.Conds) != 1 || doc.Conds[0].XMLName.Space != "DAV:" || doc.Conds[0].XMLName.Local != condition {
-		t.Fatalf("DAV:error = %s, want condition %s", r.body, condition)
-	}
-	if hrefs != nil && !slices.Equal(doc.Conds[0].Hrefs, hrefs) {
-		t.Fatalf("DAV:error hrefs = %v, want %v", doc.Conds[0].Hrefs, hrefs)
-	}
-	if status == http.StatusLocked && r.header.Get("Retry-After") == "" {
-		t.Fatal("423 without Retry-After")
-	}
-}
-
-func ifToken(tok string) map[string]string { return map[string]string{"If": "(<" + tok + ">)"} }
 
 func TestDAVLockWriteUnlock(t *testing.T) {
 	url, b := davSite(t, "")
@@ -501,52 +277,6 @@ func TestDAVCollections(t *testing.T) {
 	}
 }
 
-// assertLockFailure checks the answer to a LOCK that locks below its
-// request URI keep from being granted (RFC 4918 sections 9.10.6 and
-// 9.10.9): 207 Multi-Status, a DAV:response of 423 for each blocking lock
-// root (in order), then one of 424 for the request URI, and no token.
-func assertLockFailure(t *testing.T, r result, requestURI string, blocked ...string) {
-	t.Helper()
-	if r.status != http.StatusMultiStatus {
-		t.Fatalf("status %d, want 207; body: %s", r.status, r.body)
-	}
-	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/xml") {
-		t.Fatalf("Content-Type = %q, want application/xml", ct)
-	}
-	if tok := r.header.Get("Lock-Token"); tok != "" {
-		t.Fatalf("refused LOCK has Lock-Token %s", tok)
-	}
-	if r.header.Get("Retry-After") == "" {
-		t.Fatal("refused LOCK without Retry-After")
-	}
-	var ms struct {
-		XMLName   xml.Name `xml:"DAV: multistatus"`
-		Responses []struct {
-			Hrefs    []string   `xml:"DAV: href"`
-			Status   string     `xml:"DAV: status"`
-			Propstat []struct{} `xml:"DAV: propstat"`
-		} `xml:"DAV: response"`
-	}
-	if err := xml.Unmarshal([]byte(r.body), &ms); err != nil {
-		t.Fatalf("207 body %q: %v", r.body, err)
-	}
-	type response struct{ href, status string }
-	var got, want []response
-	for _, resp := range ms.Responses {
-		if len(resp.Hrefs) != 1 || len(resp.Propstat) != 0 {
-			t.Fatalf("response with %d hrefs and %d propstats, want one href and a status: %s", len(resp.Hrefs), len(resp.Propstat), r.body)
-		}
-		got = append(got, response{resp.Hrefs[0], resp.Status})
-	}
-	for _, h := range blocked {
-		want = append(want, response{h, "HTTP/1.1 423 Locked"})
-	}
-	want = append(want, response{requestURI, "HTTP/1.1 424 Failed Dependency"})
-	if !slices.Equal(got, want) {
-		t.Fatalf("responses %v, want %v; body: %s", got, want, r.body)
-	}
-}
-
 // TestDAVLockBelowMultiStatus drives RFC 4918 section 9.10.6: a
 // depth-infinity LOCK refused only for locks below its request URI gets
 // 207 naming them; a conflict on the URI or an ancestor stays 423. It
@@ -593,33 +323,6 @@ func testLockBelowMultiStatus(t *testing.T, store string) {
 
 	// Depth 0 does not cover the members: granted despite the locks below.
 	davLock(t, url+"/c", "exclusive", "c", map[string]string{"Depth": "0"}, http.StatusOK)
-}
-
-// inEachStore runs test as subtests "memory" and "redis", with store the
-// lock block's store setting: none, then a redis-server of its own.
-func inEachStore(t *testing.T, test func(t *testing.T, store string)) {
-	t.Run("memory", func(t *testing.T) { test(t, "") })
-	t.Run("redis", func(t *testing.T) {
-		srv := startRedis(t)
-		test(t, "store redis {\n address "+srv.Addr+"\n }")
-	})
-}
-
-// zoneStore finds the explicit lock store of a zone that a running config
-// uses.
-func zoneStore(t *testing.T, name string) lockstore.LockStore {
-	t.Helper()
-	var s lockstore.LockStore
-	zones.Range(func(k, v any) bool {
-		if z := v.(*zone); z.name == name {
-			s = z.explicit
-		}
-		return true
-	})
-	if s == nil {
-		t.Fatalf("zone %q not found", name)
-	}
-	return s
 }
 
 func TestDAVMoveCopy(t *testing.T) {
@@ -761,16 +464,6 @@ func TestDAVUnmappedURL(t *testing.T) {
 	if r := davMust(t, http.StatusOK, "GET", url+"/new", "", nil); r.body != "" {
 		t.Fatalf("created resource has content %q", r.body)
 	}
-}
-
-// headETag returns the ETag the backend sends for url.
-func headETag(t *testing.T, url string) string {
-	t.Helper()
-	etag := davMust(t, http.StatusOK, "HEAD", url, "", nil).header.Get("ETag")
-	if etag == "" {
-		t.Fatal("the backend sends no ETag for " + url)
-	}
-	return etag
 }
 
 func TestDAVIfETags(t *testing.T) {
@@ -982,10 +675,6 @@ func TestDAVOwnerBinding(t *testing.T) {
 	davMust(t, http.StatusForbidden, "LOCK", url+"/owned", "", as("bob", "b", ifToken(ta)))
 }
 
-func basicAuth(user, pw string) string {
-	return base64.StdEncoding.EncodeToString([]byte(user + ":" + pw))
-}
-
 func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
 	url, b := davSite(t, "")
 	b.put(t, "/p", "x")
@@ -1106,39 +795,6 @@ func TestDAVOptions(t *testing.T) {
 	if got := davMust(t, http.StatusOK, "OPTIONS", url+"/", "", nil).header.Get("DAV"); got != "1, 2" {
 		t.Fatalf("DAV = %q, want 1, 2", got)
 	}
-}
-
-// multiStatusXML is a DAV:multistatus answer as a client reads it.
-type multiStatusXML struct {
-	XMLName   xml.Name `xml:"DAV: multistatus"`
-	Responses []struct {
-		Href     string `xml:"DAV: href"`
-		Propstat []struct {
-			Prop struct {
-				LockDiscovery *struct {
-					Locks []activeLockXML `xml:"DAV: activelock"`
-				} `xml:"DAV: lockdiscovery"`
-				SupportedLock []struct {
-					Entries []struct {
-						Exclusive *struct{} `xml:"DAV: lockscope>exclusive"`
-						Shared    *struct{} `xml:"DAV: lockscope>shared"`
-					} `xml:"DAV: lockentry"`
-				} `xml:"DAV: supportedlock"`
-				DisplayName *string `xml:"DAV: displayname"`
-			} `xml:"DAV: prop"`
-			Status string `xml:"DAV: status"`
-		} `xml:"DAV: propstat"`
-	} `xml:"DAV: response"`
-}
-
-func propfind(t *testing.T, url, depth, body string) multiStatusXML {
-	t.Helper()
-	r := davMust(t, http.StatusMultiStatus, "PROPFIND", url, body, map[string]string{"Depth": depth, "Content-Type": "application/xml"})
-	var ms multiStatusXML
-	if err := xml.Unmarshal([]byte(r.body), &ms); err != nil {
-		t.Fatalf("PROPFIND answer %q: %v", r.body, err)
-	}
-	return ms
 }
 
 func TestDAVPropfind(t *testing.T) {
@@ -1315,16 +971,6 @@ func TestDAVMoveIntoItself(t *testing.T) {
 	if b.saw("MOVE /c") != 1 {
 		t.Fatal("MOVE did not reach the backend")
 	}
-}
-
-// manyTags is an If header naming n resources, each with an ETag
-// condition.
-func manyTags(n int) string {
-	var sb strings.Builder
-	for i := range n {
-		fmt.Fprintf(&sb, `</r%d> (["e"]) `, i)
-	}
-	return sb.String()
 }
 
 func TestSameHost(t *testing.T) {

@@ -41,7 +41,7 @@ func sameToken(submitted, stored string) bool { return lockstore.SameToken(submi
 
 func tokenIn(submitted []string, stored string) bool { return lockstore.TokenIn(submitted, stored) }
 
-// MemLockStore is the in-memory LockStore of one zone.
+// memLockStore is the in-memory LockStore of one zone.
 //
 // Invariants, kept under mu:
 //   - Every live lock is in byToken, in exactly one tree node's locks
@@ -58,7 +58,7 @@ func tokenIn(submitted []string, stored string) bool { return lockstore.TokenIn(
 //     none) takes no zone-wide mutex.
 //   - bytes is the sum of lockstore.LockBytes of the live locks, and owners[c] the
 //     number of live locks with Creator c (absent when 0).
-type MemLockStore struct {
+type memLockStore struct {
 	held     atomic.Int64
 	mu       sync.Mutex
 	max      int
@@ -85,13 +85,13 @@ type lockNode struct {
 	count    int                 // locks rooted here or below
 }
 
-// NewMemLockStore returns an empty store that holds at most maxLocks
+// newMemLockStore returns an empty store that holds at most maxLocks
 // locks (<= 0 means DefaultMaxLocks); past it Create fails with ErrFull.
-func NewMemLockStore(maxLocks int) *MemLockStore {
+func newMemLockStore(maxLocks int) *memLockStore {
 	if maxLocks <= 0 {
 		maxLocks = lockstore.DefaultMaxLocks
 	}
-	return &MemLockStore{
+	return &memLockStore{
 		max:      maxLocks,
 		maxBytes: lockstore.DefaultMaxLockBytes,
 		perOwner: lockstore.DefaultMaxLocksPerOwner,
@@ -103,7 +103,7 @@ func NewMemLockStore(maxLocks int) *MemLockStore {
 
 // SetBudget changes max_lock_bytes and max_locks_per_owner (<= 0 means
 // their defaults); locks already held are never dropped.
-func (s *MemLockStore) SetBudget(maxBytes int64, perOwner int) {
+func (s *memLockStore) SetBudget(maxBytes int64, perOwner int) {
 	if maxBytes <= 0 {
 		maxBytes = lockstore.DefaultMaxLockBytes
 	}
@@ -117,7 +117,7 @@ func (s *MemLockStore) SetBudget(maxBytes int64, perOwner int) {
 
 // Usage reports what the live locks count against max_lock_bytes and how
 // many of them owner holds; expired locks are dropped first.
-func (s *MemLockStore) Usage(owner string) (bytes int64, owned int) {
+func (s *memLockStore) Usage(owner string) (bytes int64, owned int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.expire(time.Now())
@@ -126,7 +126,7 @@ func (s *MemLockStore) Usage(owner string) (bytes int64, owned int) {
 
 // SetMax changes the most locks the store holds (<= 0 means
 // DefaultMaxLocks); locks already held are never dropped.
-func (s *MemLockStore) SetMax(maxLocks int) {
+func (s *memLockStore) SetMax(maxLocks int) {
 	if maxLocks <= 0 {
 		maxLocks = lockstore.DefaultMaxLocks
 	}
@@ -136,7 +136,7 @@ func (s *MemLockStore) SetMax(maxLocks int) {
 }
 
 // SetLimits implements LockStore.
-func (s *MemLockStore) SetLimits(maxLocks int, maxBytes int64, perOwner int) {
+func (s *memLockStore) SetLimits(maxLocks int, maxBytes int64, perOwner int) {
 	s.SetMax(maxLocks)
 	s.SetBudget(maxBytes, perOwner)
 }
@@ -144,7 +144,7 @@ func (s *MemLockStore) SetLimits(maxLocks int, maxBytes int64, perOwner int) {
 // Close stops the expiry timer. Requests of an unloaded config that are
 // still under way may go on using the store: each call still drops the
 // expired locks it meets (see begin), but none are dropped on a timer.
-func (s *MemLockStore) Close() {
+func (s *memLockStore) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
@@ -156,14 +156,14 @@ func (s *MemLockStore) Close() {
 
 // Len reports how many locks the store holds, expired ones included
 // until they are dropped.
-func (s *MemLockStore) Len() int {
+func (s *memLockStore) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.byToken)
 }
 
 // begin locks the store after checking ctx and drops expired locks.
-func (s *MemLockStore) begin(ctx context.Context) (time.Time, error) {
+func (s *memLockStore) begin(ctx context.Context) (time.Time, error) {
 	if err := ctx.Err(); err != nil {
 		return time.Time{}, err
 	}
@@ -175,14 +175,14 @@ func (s *MemLockStore) begin(ctx context.Context) (time.Time, error) {
 
 // expire drops the locks whose time has come and sets the timer for the
 // next one.
-func (s *MemLockStore) expire(now time.Time) {
+func (s *memLockStore) expire(now time.Time) {
 	for len(s.expiries) > 0 && !s.expiries[0].Expires.After(now) {
 		s.drop(s.expiries[0])
 	}
 	s.schedule(now)
 }
 
-func (s *MemLockStore) schedule(now time.Time) {
+func (s *memLockStore) schedule(now time.Time) {
 	if s.closed || len(s.expiries) == 0 {
 		if s.timer != nil && !s.timerAt.IsZero() {
 			s.timer.Stop()
@@ -202,7 +202,7 @@ func (s *MemLockStore) schedule(now time.Time) {
 	}
 }
 
-func (s *MemLockStore) onTimer() {
+func (s *memLockStore) onTimer() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.timerAt = time.Time{} // fired
@@ -212,7 +212,7 @@ func (s *MemLockStore) onTimer() {
 }
 
 // add indexes l everywhere.
-func (s *MemLockStore) add(l *memLock) {
+func (s *memLockStore) add(l *memLock) {
 	s.byToken[l.Token] = l
 	s.bytes += lockstore.LockBytes(&l.ExplicitLock)
 	s.owners[l.Creator]++
@@ -234,7 +234,7 @@ func (s *MemLockStore) add(l *memLock) {
 	})
 }
 
-func (s *MemLockStore) node(p string) *lockNode {
+func (s *memLockStore) node(p string) *lockNode {
 	n, ok := s.tree[p]
 	if !ok {
 		n = &lockNode{}
@@ -244,7 +244,7 @@ func (s *MemLockStore) node(p string) *lockNode {
 }
 
 // drop removes l from every index.
-func (s *MemLockStore) drop(l *memLock) {
+func (s *memLockStore) drop(l *memLock) {
 	delete(s.byToken, l.Token)
 	s.bytes -= lockstore.LockBytes(&l.ExplicitLock)
 	if s.owners[l.Creator]--; s.owners[l.Creator] <= 0 {
@@ -267,7 +267,7 @@ func (s *MemLockStore) drop(l *memLock) {
 	})
 }
 
-func (s *MemLockStore) release(p string, n *lockNode) {
+func (s *memLockStore) release(p string, n *lockNode) {
 	n.count--
 	if n.count == 0 {
 		delete(s.tree, p)
@@ -275,7 +275,7 @@ func (s *MemLockStore) release(p string, n *lockNode) {
 }
 
 // covering appends the live locks whose scope includes key.
-func (s *MemLockStore) covering(out []lockstore.ExplicitLock, key string) []lockstore.ExplicitLock {
+func (s *memLockStore) covering(out []lockstore.ExplicitLock, key string) []lockstore.ExplicitLock {
 	if n, ok := s.tree[key]; ok {
 		for _, l := range n.locks {
 			out = append(out, l.ExplicitLock)
@@ -295,7 +295,7 @@ func (s *MemLockStore) covering(out []lockstore.ExplicitLock, key string) []lock
 }
 
 // under appends the locks rooted strictly below key.
-func (s *MemLockStore) under(out []lockstore.ExplicitLock, key string) []lockstore.ExplicitLock {
+func (s *memLockStore) under(out []lockstore.ExplicitLock, key string) []lockstore.ExplicitLock {
 	n, ok := s.tree[key]
 	if !ok {
 		return out
@@ -311,7 +311,7 @@ func (s *MemLockStore) under(out []lockstore.ExplicitLock, key string) []locksto
 }
 
 // Create implements LockStore.
-func (s *MemLockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (lockstore.ExplicitLock, error) {
+func (s *memLockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (lockstore.ExplicitLock, error) {
 	now, err := s.begin(ctx)
 	if err != nil {
 		return lockstore.ExplicitLock{}, err
@@ -360,7 +360,7 @@ func (s *MemLockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (lo
 
 // withToken runs fn on the live lock with token, under mu; ErrNoSuchLock
 // when there is none.
-func (s *MemLockStore) withToken(ctx context.Context, token string, fn func(now time.Time, l *memLock) error) (lockstore.ExplicitLock, error) {
+func (s *memLockStore) withToken(ctx context.Context, token string, fn func(now time.Time, l *memLock) error) (lockstore.ExplicitLock, error) {
 	now, err := s.begin(ctx)
 	if err != nil {
 		return lockstore.ExplicitLock{}, err
@@ -377,7 +377,7 @@ func (s *MemLockStore) withToken(ctx context.Context, token string, fn func(now 
 }
 
 // Refresh implements LockStore.
-func (s *MemLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (lockstore.ExplicitLock, error) {
+func (s *memLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (lockstore.ExplicitLock, error) {
 	return s.withToken(ctx, token, func(now time.Time, l *memLock) error {
 		if timeout <= 0 {
 			return fmt.Errorf("refreshing lock on %s: timeout must be positive", l.Root)
@@ -391,12 +391,12 @@ func (s *MemLockStore) Refresh(ctx context.Context, token string, timeout time.D
 }
 
 // Get implements LockStore.
-func (s *MemLockStore) Get(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
+func (s *memLockStore) Get(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
 	return s.withToken(ctx, token, func(time.Time, *memLock) error { return nil })
 }
 
 // Remove implements LockStore.
-func (s *MemLockStore) Remove(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
+func (s *memLockStore) Remove(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
 	return s.withToken(ctx, token, func(now time.Time, l *memLock) error {
 		s.drop(l)
 		s.schedule(now)
@@ -405,7 +405,7 @@ func (s *MemLockStore) Remove(ctx context.Context, token string) (lockstore.Expl
 }
 
 // Affecting implements LockStore.
-func (s *MemLockStore) Affecting(ctx context.Context, key string, below bool) ([]lockstore.ExplicitLock, error) {
+func (s *memLockStore) Affecting(ctx context.Context, key string, below bool) ([]lockstore.ExplicitLock, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -425,7 +425,7 @@ func (s *MemLockStore) Affecting(ctx context.Context, key string, below bool) ([
 }
 
 // RemoveUnder implements LockStore.
-func (s *MemLockStore) RemoveUnder(ctx context.Context, key string) (int, error) {
+func (s *memLockStore) RemoveUnder(ctx context.Context, key string) (int, error) {
 	now, err := s.begin(ctx)
 	if err != nil {
 		return 0, err
@@ -446,7 +446,7 @@ func (s *MemLockStore) RemoveUnder(ctx context.Context, key string) (int, error)
 }
 
 // List implements LockStore.
-func (s *MemLockStore) List(ctx context.Context) ([]lockstore.ExplicitLock, error) {
+func (s *memLockStore) List(ctx context.Context) ([]lockstore.ExplicitLock, error) {
 	if _, err := s.begin(ctx); err != nil {
 		return nil, err
 	}
@@ -484,4 +484,4 @@ func (h *expiryHeap) Pop() any {
 }
 
 // Interface guard
-var _ lockstore.LockStore = (*MemLockStore)(nil)
+var _ lockstore.LockStore = (*memLockStore)(nil)

@@ -22,8 +22,8 @@ import (
 
 const benchHeld = 1000
 
-func heldStore(b *testing.B) *MemLockStore {
-	s := NewMemLockStore(0)
+func heldStore(b *testing.B) *memLockStore {
+	s := newMemLockStore(0)
 	b.Cleanup(s.Close)
 	s.SetBudget(1<<40, 1<<30) // one anonymous owner holds them all
 	for i := range benchHeld {
@@ -92,7 +92,7 @@ func BenchmarkExplicit(b *testing.B) {
 		})
 	})
 	b.Run("check-empty/caddylock", func(b *testing.B) {
-		s := NewMemLockStore(0)
+		s := newMemLockStore(0)
 		b.Cleanup(s.Close)
 		benchParallel(b, func(ctx context.Context, i int) { _, _ = s.Affecting(ctx, benchPath(i), false) })
 	})

@@ -26,7 +26,7 @@ import (
 
 func TestMemLockStoreContract(t *testing.T) {
 	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
-		s := NewMemLockStore(0)
+		s := newMemLockStore(0)
 		t.Cleanup(s.Close)
 		return s
 	})
@@ -379,7 +379,7 @@ func testLockStoreContract(t *testing.T, newStore func(t *testing.T) lockstore.L
 func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 	// The timer drops expired locks even when nobody calls the store,
 	// and Close stops it.
-	s := NewMemLockStore(0)
+	s := newMemLockStore(0)
 	defer s.Close()
 	for i := range 100 {
 		_, err := s.Create(context.Background(), lockstore.ExplicitLock{
@@ -400,7 +400,7 @@ func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 }
 
 func TestMemLockStoreFull(t *testing.T) {
-	s := NewMemLockStore(2)
+	s := newMemLockStore(2)
 	defer s.Close()
 	ctx := context.Background()
 	var tokens []string
@@ -428,7 +428,7 @@ func TestMemLockStoreFull(t *testing.T) {
 func usageOf(t *testing.T, s lockstore.LockStore, owner string) (bytes, owned int64) {
 	t.Helper()
 	switch s := s.(type) {
-	case *MemLockStore:
+	case *memLockStore:
 		b, o := s.Usage(owner)
 		return b, int64(o)
 	case *RedisLockStore:
@@ -556,7 +556,7 @@ func testLockStoreBudget(t *testing.T, s interface {
 }
 
 func TestMemLockStoreBudget(t *testing.T) {
-	s := NewMemLockStore(0)
+	s := newMemLockStore(0)
 	t.Cleanup(s.Close)
 	testLockStoreBudget(t, s)
 	s.mu.Lock()
@@ -787,7 +787,7 @@ func TestExplicitLockBytesCoverHeap(t *testing.T) {
 	}
 	t.Run("measure", func(t *testing.T) {
 		url := site(t, "max_lock_bytes 1GiB")
-		s := zoneStore(t, davZone(t)).(*MemLockStore)
+		s := zoneStore(t, davZone(t)).(*memLockStore)
 		for _, sh := range shapes {
 			before := heapInUse()
 			for i := range n {

@@ -391,9 +391,9 @@ func (rp *holdReaper) fire() {
 // full. The body is kept in memory, so a queued write's body is bounded
 // (max_wait_body) and so is the sum of them (waitBodyBudget).
 
-// DefaultMaxWaitBody is the default of max_wait_body: the largest body a
+// defaultMaxWaitBody is the default of max_wait_body: the largest body a
 // write that conflicts may queue with.
-const DefaultMaxWaitBody = 1 << 20
+const defaultMaxWaitBody = 1 << 20
 
 // waitBodyBudget is how many bodies of max_wait_body the waiting writes
 // of the process may keep in memory at once; past it a write that
@@ -417,7 +417,7 @@ func (h *Handler) maxWaitBody() int64 {
 	if h.MaxWaitBody > 0 {
 		return h.MaxWaitBody
 	}
-	return DefaultMaxWaitBody
+	return defaultMaxWaitBody
 }
 
 // hasBody reports whether r has a request body to read.

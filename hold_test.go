@@ -31,10 +31,10 @@ import (
 type holdKey struct{}
 
 // holdFixture is a lock table, a reaper with maxHold and its gauge.
-func holdFixture(t *testing.T, maxHold time.Duration) (*MemLocker, *holdReaper, prometheus.Gauge) {
+func holdFixture(t *testing.T, maxHold time.Duration) (*memLocker, *holdReaper, prometheus.Gauge) {
 	t.Helper()
 	held := prometheus.NewGauge(prometheus.GaugeOpts{Name: "held"})
-	return NewMemLocker(false, 0, 0), newHoldReaper(maxHold, held), held
+	return newMemLocker(false, 0, 0), newHoldReaper(maxHold, held), held
 }
 
 // gauge reads g's value.

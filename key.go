@@ -36,17 +36,37 @@ type pathError struct {
 
 func (e *pathError) Error() string { return e.msg }
 
-// resultAmbiguous is {http.lock.result} for a request refused with 400
-// because backends can read it in more than one way: its path, a
-// header that overrides its method, or a key part it gives twice.
-const resultAmbiguous = "ambiguous"
-
 func ambiguous(a, b string) error {
 	return &pathError{resultAmbiguous, fmt.Sprintf("ambiguous path: read as %.200q by one server and %.200q by another", a, b)}
 }
 
 func badPath(format string, args ...any) error {
 	return &pathError{resultBadKey, fmt.Sprintf(format, args...)}
+}
+
+// lockKey is the lock key of k, a request's path (or its key template's
+// value) or a path given to the admin API: normalised when it is a path
+// (see pathKey), case-folded for case_insensitive, and refused with a
+// *pathError, or returned with errNULKey when it holds a NUL byte.
+func lockKey(k string, caseInsensitive bool) (string, error) {
+	if strings.HasPrefix(k, "/") {
+		var err error
+		if k, err = pathKey(k); err != nil {
+			return "", err
+		}
+	}
+	if caseInsensitive {
+		k = foldCase(k)
+	}
+	return k, nulFree(k)
+}
+
+// nulFree refuses a key or path with a NUL byte (see errNULKey).
+func nulFree(k string) error {
+	if strings.IndexByte(k, 0) >= 0 {
+		return errNULKey
+	}
+	return nil
 }
 
 // pathKey is the lock key of a request target's path as sent to the

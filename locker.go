@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/bits"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +21,7 @@ const (
 	numShards = 1 << shardBits
 )
 
-// MemLocker is the in-memory lock table of one zone.
+// memLocker is the in-memory lock table of one zone.
 //
 // Invariants, kept under the shard mutexes:
 //   - A node is in its shard's table exactly while it is held, counts
@@ -39,7 +38,7 @@ const (
 //     credit + free == maxLocks (free goes negative only when SetLimits
 //     lowers max_locks below what is in use), so held + waiting never
 //     exceeds max_locks.
-type MemLocker struct {
+type memLocker struct {
 	hierarchy  bool
 	seed       maphash.Seed
 	maxLocks   atomic.Int64
@@ -63,7 +62,7 @@ type shard struct {
 	// Each lease is handed out once.
 	leases    *[leaseBlock]memLease
 	nextLease int
-	// credit is max_locks budget taken from MemLocker.free and not yet
+	// credit is max_locks budget taken from memLocker.free and not yet
 	// used by this shard's locks and waiters.
 	credit int64
 	// holdAvg is the average hold time, in nanoseconds, of the locks
@@ -97,7 +96,7 @@ func (s *shard) observeHold(hold time.Duration) {
 // on its own: the first conflicts on a slow backend said Retry-After: 1.
 // Only refusals read all the shards; a release writes its own shard only,
 // sharing no counter with the releases on other shards.
-func (l *MemLocker) holdEstimate() time.Duration {
+func (l *memLocker) holdEstimate() time.Duration {
 	var sum, n int64
 	for i := range l.shards {
 		s := &l.shards[i]
@@ -115,7 +114,7 @@ func (l *MemLocker) holdEstimate() time.Duration {
 type node struct {
 	// l and shard never change, not even when the node is recycled
 	// (always within its shard), so a Release reads them without a lock.
-	l     *MemLocker
+	l     *memLocker
 	shard *shard
 	key   string
 	hash  uint64 // hashOf(key), kept to hash the key once
@@ -132,26 +131,7 @@ type node struct {
 	waits *waitLists
 }
 
-type waitLists struct {
-	queue    []*waiter // FIFO of requests for this key
-	watchers []*waiter // queue heads blocked by this node
-}
-
 func (n *node) held() bool { return n.excl || n.shared > 0 }
-
-func (n *node) queue() []*waiter {
-	if n.waits == nil {
-		return nil
-	}
-	return n.waits.queue
-}
-
-func (n *node) lists() *waitLists {
-	if n.waits == nil {
-		n.waits = new(waitLists)
-	}
-	return n.waits
-}
 
 func (n *node) idle() bool {
 	return !n.held() && n.belowExcl == 0 && n.belowShared == 0 &&
@@ -161,14 +141,6 @@ func (n *node) idle() bool {
 // heldConflicts reports whether locks held on n itself conflict with kind.
 func (n *node) heldConflicts(kind lockstore.Kind) bool {
 	return n.excl || (kind == lockstore.Exclusive && n.shared > 0)
-}
-
-type waiter struct {
-	kind     lockstore.Kind
-	node     *node
-	ch       chan struct{} // signalled on grant or when the blocker changed
-	granted  bool
-	watching *node
 }
 
 const (
@@ -186,9 +158,9 @@ const (
 	tightFree = numShards * 2 * creditBatch
 )
 
-// NewMemLocker returns an empty lock table.
-func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
-	l := &MemLocker{hierarchy: hierarchy, seed: maphash.MakeSeed()}
+// newMemLocker returns an empty lock table.
+func newMemLocker(hierarchy bool, maxLocks, maxWaiters int) *memLocker {
+	l := &memLocker{hierarchy: hierarchy, seed: maphash.MakeSeed()}
 	l.SetLimits(maxLocks, maxWaiters)
 	for i := range l.shards {
 		l.shards[i].nodes = newNodeTable()
@@ -198,7 +170,7 @@ func NewMemLocker(hierarchy bool, maxLocks, maxWaiters int) *MemLocker {
 
 // SetLimits changes max_locks and max_waiters (per key); values <= 0 mean
 // the defaults. Locks already held are never affected.
-func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
+func (l *memLocker) SetLimits(maxLocks, maxWaiters int) {
 	locks, waiters := lockstore.Limits(maxLocks, maxWaiters)
 	old := l.maxLocks.Swap(locks)
 	l.free.Add(locks - old)
@@ -211,10 +183,10 @@ func (l *MemLocker) SetLimits(maxLocks, maxWaiters int) {
 }
 
 // Hierarchy reports whether a lock covers the keys below it.
-func (l *MemLocker) Hierarchy() bool { return l.hierarchy }
+func (l *memLocker) Hierarchy() bool { return l.hierarchy }
 
 // Stats reports held locks, queued waiters and nodes in the table.
-func (l *MemLocker) Stats() (held, waiting, nodes int) {
+func (l *memLocker) Stats() (held, waiting, nodes int) {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
@@ -231,64 +203,13 @@ func (l *MemLocker) Stats() (held, waiting, nodes int) {
 	return held, waiting, nodes
 }
 
-func (l *MemLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
+func (l *memLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
 
 func shardIndex(h uint64) uint { return uint(h >> (64 - shardBits)) }
 
-// anc is an ancestor of a key, with its hash.
-type anc struct {
-	key  string
-	hash uint64 // hashOf(key)
-}
-
-// lineageInline is how many ancestors the lineage of an operation holds
-// without allocating: keys that deep or less, nearly all of them.
-const lineageInline = 8
-
-// lineage appends to buf the proper ancestors of a "/"-rooted key with
-// their hashes, root first, so that the ancestors of lin[i] are lin[:i].
-// These are the keys ancestors() visits (but "/" once, for a key starting
-// with "//"). An operation computes its lineage once and hands it to
-// mask, blocker, grant and release, which used to hash every ancestor
-// again each: the prefixes are hashed in one pass over the key, by one
-// maphash.Hash that is written segment by segment and whose Sum64 after
-// each is that of maphash.String on the prefix (TestLineageHashes), so
-// the cost is linear in the key's length rather than in depth times
-// length.
-func (l *MemLocker) lineage(key string, buf []anc) []anc {
-	if len(key) < 2 || key[0] != '/' {
-		return buf
-	}
-	var h maphash.Hash
-	h.SetSeed(l.seed)
-	_, _ = h.WriteString(key[:1]) // never fails
-	lin := append(buf, anc{key: key[:1], hash: h.Sum64()})
-	done := 1
-	for {
-		i := strings.IndexByte(key[done+1:], '/')
-		if i < 0 {
-			return lin
-		}
-		i += done + 1
-		_, _ = h.WriteString(key[done:i])
-		lin = append(lin, anc{key: key[:i], hash: h.Sum64()})
-		done = i
-	}
-}
-
-// mask is the set of shards an operation on a key with hash h and
-// lineage lin must hold.
-func (l *MemLocker) mask(h uint64, lin []anc) uint64 {
-	m := uint64(1) << shardIndex(h)
-	for _, a := range lin {
-		m |= 1 << shardIndex(a.hash)
-	}
-	return m
-}
-
 // lock takes the shards of mask in ascending order, which is what keeps
 // two hierarchical operations from deadlocking.
-func (l *MemLocker) lock(m uint64) {
+func (l *memLocker) lock(m uint64) {
 	for m != 0 {
 		i := bits.TrailingZeros64(m)
 		l.shards[i].mu.Lock()
@@ -296,7 +217,7 @@ func (l *MemLocker) lock(m uint64) {
 	}
 }
 
-func (l *MemLocker) unlock(m uint64) {
+func (l *memLocker) unlock(m uint64) {
 	for m != 0 {
 		i := bits.TrailingZeros64(m)
 		l.shards[i].mu.Unlock()
@@ -304,11 +225,11 @@ func (l *MemLocker) unlock(m uint64) {
 	}
 }
 
-func (l *MemLocker) lookup(a anc) *node {
+func (l *memLocker) lookup(a anc) *node {
 	return l.shards[shardIndex(a.hash)].nodes.get(a.hash, a.key)
 }
 
-func (l *MemLocker) getNode(key string, h uint64) *node {
+func (l *memLocker) getNode(key string, h uint64) *node {
 	s := &l.shards[shardIndex(h)]
 	if n := s.nodes.get(h, key); n != nil {
 		return n
@@ -327,7 +248,7 @@ func (l *MemLocker) getNode(key string, h uint64) *node {
 }
 
 // maybeFree removes n from the table if nothing refers to it any more.
-func (l *MemLocker) maybeFree(n *node) {
+func (l *memLocker) maybeFree(n *node) {
 	if !n.idle() {
 		return
 	}
@@ -348,28 +269,7 @@ func (l *MemLocker) maybeFree(n *node) {
 	}
 }
 
-// blocker returns the node whose locks conflict with taking kind on n, of
-// lineage lin, or nil when the lock can be granted.
-func (l *MemLocker) blocker(n *node, kind lockstore.Kind, lin []anc) *node {
-	if n.heldConflicts(kind) {
-		return n
-	}
-	if !l.hierarchy {
-		return nil
-	}
-	if n.belowExcl > 0 || (kind == lockstore.Exclusive && n.belowShared > 0) {
-		return n
-	}
-	// Nearest first: the conflict reported is the closest one.
-	for i := len(lin) - 1; i >= 0; i-- {
-		if an := l.lookup(lin[i]); an != nil && an.heldConflicts(kind) {
-			return an
-		}
-	}
-	return nil
-}
-
-func (l *MemLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
+func (l *memLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
 	if !n.held() {
 		n.since = clock.read()
 	}
@@ -391,7 +291,7 @@ func (l *MemLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
 	}
 }
 
-func (l *MemLocker) conflict(n *node, b *node) *lockstore.ConflictError {
+func (l *memLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 	if b == nil {
 		// Only the queue stood in the way: report the key itself.
 		b = n
@@ -422,62 +322,11 @@ func (l *MemLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 	return e
 }
 
-func (l *MemLocker) watch(b *node, w *waiter) {
-	bl := b.lists()
-	bl.watchers = append(bl.watchers, w)
-	w.watching = b
-}
-
-func (l *MemLocker) unwatch(w *waiter) {
-	b := w.watching
-	if b == nil {
-		return
-	}
-	ws := b.waits.watchers
-	for i, x := range ws {
-		if x == w {
-			b.waits.watchers = append(ws[:i], ws[i+1:]...)
-			break
-		}
-	}
-	w.watching = nil
-	if b != w.node {
-		l.maybeFree(b)
-	}
-}
-
-// advance grants the locks at the head of n's queue, in order, until the
-// head conflicts; that head then watches its blocker. lin is n's lineage;
-// the caller holds the shard set of n.key.
-func (l *MemLocker) advance(n *node, lin []anc) {
-	for len(n.queue()) > 0 {
-		q := n.waits.queue
-		w := q[0]
-		l.unwatch(w)
-		if b := l.blocker(n, w.kind, lin); b != nil {
-			l.watch(b, w)
-			return
-		}
-		q[0] = nil
-		n.waits.queue = q[1:]
-		l.grant(n, w.kind, lin)
-		w.granted = true
-		signal(w)
-	}
-}
-
-func signal(w *waiter) {
-	select {
-	case w.ch <- struct{}{}:
-	default:
-	}
-}
-
 // reserve takes one unit of the max_locks budget for a lock or waiter in
 // shard s, whose mutex the caller holds, and reports whether there was one.
 // The shard's own credit comes first; when it is spent, a batch is taken
 // from the zone's free budget, or a single unit when little is left.
-func (l *MemLocker) reserve(s *shard) bool {
+func (l *memLocker) reserve(s *shard) bool {
 	if s.credit > 0 {
 		s.credit--
 		return true
@@ -501,7 +350,7 @@ func (l *MemLocker) reserve(s *shard) bool {
 // unreserve gives back the unit of a lock or waiter of shard s, whose
 // mutex the caller holds. The shard keeps it as credit for its next lock,
 // up to two batches, unless the zone is nearly full.
-func (l *MemLocker) unreserve(s *shard) {
+func (l *memLocker) unreserve(s *shard) {
 	if l.free.Load() < tightFree {
 		l.free.Add(1)
 		return
@@ -514,7 +363,7 @@ func (l *MemLocker) unreserve(s *shard) {
 
 // reclaim returns every shard's credit to the zone's free budget. It runs
 // before a request is refused as full, holding no shard lock.
-func (l *MemLocker) reclaim() {
+func (l *memLocker) reclaim() {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
@@ -525,7 +374,7 @@ func (l *MemLocker) reclaim() {
 }
 
 // Acquire implements Locker.
-func (l *MemLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
+func (l *memLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
 	if req.Kind != lockstore.Shared && req.Kind != lockstore.Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
@@ -544,7 +393,7 @@ func (l *MemLocker) Acquire(ctx context.Context, req lockstore.Request) (locksto
 
 // acquire is Acquire for a request whose key has lineage lin (nil without
 // hierarchy).
-func (l *MemLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc) (lockstore.Lease, error) {
+func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc) (lockstore.Lease, error) {
 	h := l.hashOf(req.Key)
 	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
@@ -595,75 +444,9 @@ func (l *MemLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 	}
 }
 
-func (l *MemLocker) wait(ctx context.Context, req lockstore.Request, m uint64, lin []anc, w *waiter) (lockstore.Lease, error) {
-	n := w.node
-	timer := time.NewTimer(req.Wait)
-	defer timer.Stop()
-	for {
-		var ctxErr error
-		select {
-		case <-w.ch:
-			l.lock(m)
-			if q := n.queue(); !w.granted && w.watching == nil && len(q) > 0 && q[0] == w {
-				// Our blocker went away: try again.
-				l.advance(n, lin)
-			}
-			granted := w.granted
-			var ls *memLease
-			if granted {
-				ls = newLease(n, w.kind)
-				ls.queued = true
-			}
-			l.unlock(m)
-			if granted {
-				return ls, nil
-			}
-			continue
-		case <-timer.C:
-		case <-ctx.Done():
-			ctxErr = ctx.Err()
-		}
-		l.lock(m)
-		if w.granted {
-			lease := newLease(n, w.kind)
-			lease.queued = true
-			l.unlock(m)
-			if ctxErr != nil {
-				// The caller left; do not hand it a lock it will not use.
-				lease.Release()
-				return nil, ctxErr
-			}
-			return lease, nil
-		}
-		q := n.waits.queue
-		head := q[0] == w
-		for i, x := range q {
-			if x == w {
-				n.waits.queue = append(q[:i], q[i+1:]...)
-				break
-			}
-		}
-		var b *node
-		if head {
-			b = w.watching
-			l.unwatch(w)
-			// The next in line may be grantable, or must watch instead.
-			l.advance(n, lin)
-		}
-		var err error = ctxErr
-		if err == nil {
-			err = l.conflict(n, b)
-		}
-		l.unreserve(n.shard)
-		l.maybeFree(n)
-		l.unlock(m)
-		return nil, err
-	}
-}
-
 // release gives back a lock of kind on n, of lineage lin; the caller holds
 // n's shard set.
-func (l *MemLocker) release(n *node, kind lockstore.Kind, lin []anc) {
+func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 	if kind == lockstore.Exclusive {
 		n.excl = false
 	} else {
@@ -696,111 +479,7 @@ func (l *MemLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 	}
 }
 
-// wake tells the waiters watching n, of lineage lin, that n changed. Watchers sit at n or
-// below it (a blocker is the waiter's own key or an ancestor). Those at n
-// are advanced right here, since the caller holds n's shard set; those
-// below retry from their own goroutine under their own shard set.
-func (l *MemLocker) wake(n *node, lin []anc) {
-	if n.waits == nil || len(n.waits.watchers) == 0 {
-		return
-	}
-	ws := n.waits.watchers
-	n.waits.watchers = nil
-	own := false
-	for _, w := range ws {
-		w.watching = nil
-		if w.node == n {
-			own = true
-		} else {
-			signal(w)
-		}
-	}
-	if own {
-		l.advance(n, lin)
-	}
-}
-
-// memLease is a granted lock. Leases are handed out from blocks of
-// leaseBlock (see shard.leases): a lease still referenced after its
-// release keeps at most leaseBlock*16 bytes alive.
-type memLease struct {
-	n    *node
-	kind lockstore.Kind
-	// done is set by the first Release. It is guarded by n.shard's
-	// mutex; until it is set, n is held by this lease and is not
-	// recycled.
-	done   bool
-	queued bool // granted after waiting in the queue
-}
-
-// Queued implements Lease.
-func (ls *memLease) Queued() bool { return ls.queued }
-
-// ExplicitLocksInZone implements Lease: the in-memory table cannot tell,
-// and asking the zone's explicit store in memory costs no round trip.
-func (ls *memLease) ExplicitLocksInZone() bool { return true }
-
-const leaseBlock = 8
-
-// newLease hands out a lease of kind on n; the caller holds n's shard.
-func newLease(n *node, kind lockstore.Kind) *memLease {
-	s := n.shard
-	if s.leases == nil || s.nextLease == leaseBlock {
-		s.leases, s.nextLease = new([leaseBlock]memLease), 0
-	}
-	ls := &s.leases[s.nextLease]
-	s.nextLease++
-	ls.n, ls.kind = n, kind
-	return ls
-}
-
-func (ls *memLease) Release() {
-	n := ls.n
-	s := n.shard
-	s.mu.Lock()
-	if ls.done {
-		s.mu.Unlock()
-		return
-	}
-	l := n.l
-	if !l.hierarchy {
-		ls.done = true
-		l.release(n, ls.kind, nil)
-		s.mu.Unlock()
-		return
-	}
-	ls.releaseHierarchy()
-}
-
-// releaseHierarchy is Release in a table with hierarchy; the caller holds
-// the lease's shard. It is apart so that Release without hierarchy does
-// not clear the lineage buffer.
-func (ls *memLease) releaseHierarchy() {
-	n := ls.n
-	s := n.shard
-	l := n.l
-	// n.key is read under the shard's mutex: once the lease is done, n
-	// may be recycled for another key.
-	var buf [lineageInline]anc
-	lin := l.lineage(n.key, buf[:0])
-	m := l.mask(n.hash, lin)
-	if m != 1<<shardIndex(n.hash) {
-		// Ancestors' shards too: take the whole set in order, and look
-		// again, since another Release may have come in between.
-		s.mu.Unlock()
-		l.lock(m)
-		if ls.done {
-			l.unlock(m)
-			return
-		}
-	}
-	ls.done = true
-	l.release(n, ls.kind, lin)
-	l.unlock(m)
-}
-
 var (
-	_ lockstore.Locker = (*MemLocker)(nil)
-	_ lockstore.Lease  = (*memLease)(nil)
+	_ lockstore.Locker = (*memLocker)(nil)
 	_ lockstore.Lease  = (*memLease)(nil)
 )

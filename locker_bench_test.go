@@ -151,13 +151,13 @@ func BenchmarkLocker(b *testing.B) {
 	// Make the keys before timing, for as many workers as RunParallel
 	// starts.
 	workerKeys(runtime.GOMAXPROCS(0))
-	b.Run("distinct/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), lockstore.Exclusive, distinct) })
+	b.Run("distinct/caddylock", func(b *testing.B) { benchLocker(b, newMemLocker(false, 0, 0), lockstore.Exclusive, distinct) })
 	b.Run("distinct/webdav", func(b *testing.B) { benchWebDAV(b, distinct) })
 	b.Run("distinct/64-mutexes", func(b *testing.B) { benchMutexes(b, distinct) })
-	b.Run("hot/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), lockstore.Exclusive, hot) })
+	b.Run("hot/caddylock", func(b *testing.B) { benchLocker(b, newMemLocker(false, 0, 0), lockstore.Exclusive, hot) })
 	b.Run("hot/webdav", func(b *testing.B) { benchWebDAV(b, hot) })
-	b.Run("shared/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(false, 0, 0), lockstore.Shared, hot) })
+	b.Run("shared/caddylock", func(b *testing.B) { benchLocker(b, newMemLocker(false, 0, 0), lockstore.Shared, hot) })
 	// x/net/webdav's lock system always covers the keys below a lock:
 	// this is the like-for-like comparison with it.
-	b.Run("distinct-hierarchy/caddylock", func(b *testing.B) { benchLocker(b, NewMemLocker(true, 0, 0), lockstore.Exclusive, distinct) })
+	b.Run("distinct-hierarchy/caddylock", func(b *testing.B) { benchLocker(b, newMemLocker(true, 0, 0), lockstore.Exclusive, distinct) })
 }

@@ -46,7 +46,7 @@ func TestMemoryPerHeldLock(t *testing.T) {
 		keys[i] = "/docs/" + strconv.Itoa(i)
 	}
 	leases := make([]lockstore.Lease, memHeldLocks)
-	l := NewMemLocker(false, memHeldLocks, 0)
+	l := newMemLocker(false, memHeldLocks, 0)
 	ctx := context.Background()
 
 	before := heapInUse()

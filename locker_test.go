@@ -41,7 +41,7 @@ func mustConflict(t *testing.T, l lockstore.Locker, key string, kind lockstore.K
 	return c
 }
 
-func assertEmpty(t *testing.T, l *MemLocker) {
+func assertEmpty(t *testing.T, l *memLocker) {
 	t.Helper()
 	held, waiting, nodes := l.Stats()
 	if r := reserved(l); held != 0 || waiting != 0 || nodes != 0 || r != 0 {
@@ -51,7 +51,7 @@ func assertEmpty(t *testing.T, l *MemLocker) {
 
 // reserved is the max_locks budget in use: what neither the zone's free
 // budget nor the shards' credit holds.
-func reserved(l *MemLocker) int64 {
+func reserved(l *memLocker) int64 {
 	l.lock(^uint64(0))
 	defer l.unlock(^uint64(0))
 	r := l.maxLocks.Load() - l.free.Load()
@@ -62,7 +62,7 @@ func reserved(l *MemLocker) int64 {
 }
 
 func TestLockerExclusiveShared(t *testing.T) {
-	l := NewMemLocker(false, 0, 0)
+	l := newMemLocker(false, 0, 0)
 	a := mustAcquire(t, l, "/a", lockstore.Exclusive)
 	c := mustConflict(t, l, "/a", lockstore.Exclusive)
 	if c.Key != "/a" || c.Kind != lockstore.Exclusive || c.RetryAfter < time.Second || c.HeldFor <= 0 {
@@ -112,7 +112,7 @@ func TestLockerHierarchy(t *testing.T) {
 		{"/a/b", "/a/bc", false},
 	} {
 		t.Run(tc.held+" vs "+tc.want, func(t *testing.T) {
-			l := NewMemLocker(true, 0, 0)
+			l := newMemLocker(true, 0, 0)
 			h := mustAcquire(t, l, tc.held, lockstore.Exclusive)
 			if tc.conflict {
 				c := mustConflict(t, l, tc.want, lockstore.Exclusive)
@@ -134,7 +134,7 @@ func TestLockerHierarchy(t *testing.T) {
 
 	// Shared locks coexist across levels; an exclusive one anywhere on
 	// the path does not.
-	l := NewMemLocker(true, 0, 0)
+	l := newMemLocker(true, 0, 0)
 	s1 := mustAcquire(t, l, "/a", lockstore.Shared)
 	s2 := mustAcquire(t, l, "/a/b", lockstore.Shared)
 	mustConflict(t, l, "/a/b/c", lockstore.Exclusive)
@@ -144,7 +144,7 @@ func TestLockerHierarchy(t *testing.T) {
 	assertEmpty(t, l)
 
 	// Without hierarchy, nested paths are independent.
-	flat := NewMemLocker(false, 0, 0)
+	flat := newMemLocker(false, 0, 0)
 	x := mustAcquire(t, flat, "/a", lockstore.Exclusive)
 	mustAcquire(t, flat, "/a/b", lockstore.Exclusive).Release()
 	x.Release()
@@ -152,7 +152,7 @@ func TestLockerHierarchy(t *testing.T) {
 }
 
 // waitForQueue polls until key has n waiters; waiters queue asynchronously.
-func waitForQueue(t *testing.T, l *MemLocker, n int) {
+func waitForQueue(t *testing.T, l *memLocker, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -170,7 +170,7 @@ func waitForQueue(t *testing.T, l *MemLocker, n int) {
 func TestLockerFIFO(t *testing.T) {
 	for _, hierarchy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
-			l := NewMemLocker(hierarchy, 0, 0)
+			l := newMemLocker(hierarchy, 0, 0)
 			first := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 			order := make(chan int, 10)
 			var wg sync.WaitGroup
@@ -206,7 +206,7 @@ func TestLockerFIFO(t *testing.T) {
 }
 
 func TestLockerNoOvertaking(t *testing.T) {
-	l := NewMemLocker(false, 0, 0)
+	l := newMemLocker(false, 0, 0)
 	held := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 	got := make(chan error, 1)
 	go func() {
@@ -238,7 +238,7 @@ func TestLockerNoOvertaking(t *testing.T) {
 }
 
 func TestLockerSharedWaitersGrantedTogether(t *testing.T) {
-	l := NewMemLocker(false, 0, 0)
+	l := newMemLocker(false, 0, 0)
 	w := mustAcquire(t, l, "/doc", lockstore.Exclusive)
 	var inside, peak atomic.Int32
 	release := make(chan struct{})
@@ -281,7 +281,7 @@ func TestLockerSharedWaitersGrantedTogether(t *testing.T) {
 func TestLockerWaitTimeoutAndCancel(t *testing.T) {
 	for _, hierarchy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
-			l := NewMemLocker(hierarchy, 0, 0)
+			l := newMemLocker(hierarchy, 0, 0)
 			held := mustAcquire(t, l, "/a", lockstore.Exclusive)
 			key := "/a"
 			if hierarchy {
@@ -328,7 +328,7 @@ func TestLockerWaitTimeoutAndCancel(t *testing.T) {
 }
 
 func TestLockerMaxWaiters(t *testing.T) {
-	l := NewMemLocker(false, 0, 2)
+	l := newMemLocker(false, 0, 2)
 	held := mustAcquire(t, l, "/a", lockstore.Exclusive)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -355,7 +355,7 @@ func TestLockerMaxWaiters(t *testing.T) {
 }
 
 func TestLockerMaxLocks(t *testing.T) {
-	l := NewMemLocker(false, 3, 0)
+	l := newMemLocker(false, 3, 0)
 	var leases []lockstore.Lease
 	for i := range 3 {
 		leases = append(leases, mustAcquire(t, l, fmt.Sprintf("/k%d", i), lockstore.Exclusive))
@@ -382,7 +382,7 @@ func TestLockerStress(t *testing.T) {
 	keys := []string{"/a", "/a/b", "/a/b/c", "/a/d", "/e"}
 	for _, hierarchy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
-			l := NewMemLocker(hierarchy, 0, 1000)
+			l := newMemLocker(hierarchy, 0, 1000)
 			var mu sync.Mutex
 			excl := map[string]int{}
 			shared := map[string]int{}
@@ -467,7 +467,7 @@ func TestLockerStress(t *testing.T) {
 // the coarse clock, is never short of the real one.
 func TestConflictHeldFor(t *testing.T) {
 	for _, hierarchy := range []bool{false, true} {
-		l := NewMemLocker(hierarchy, 0, 0)
+		l := newMemLocker(hierarchy, 0, 0)
 		start := time.Now()
 		h := mustAcquire(t, l, "/a/b", lockstore.Exclusive)
 		time.Sleep(30 * time.Millisecond)
@@ -487,7 +487,7 @@ func TestConflictHeldFor(t *testing.T) {
 }
 
 // keysInDistinctShards returns n keys of l that fall in n different shards.
-func keysInDistinctShards(l *MemLocker, n int) []string {
+func keysInDistinctShards(l *memLocker, n int) []string {
 	var keys []string
 	seen := map[uint]bool{}
 	for i := 0; len(keys) < n; i++ {
@@ -503,7 +503,7 @@ func keysInDistinctShards(l *MemLocker, n int) []string {
 // Retry-After is estimated from the hold times seen in the whole zone,
 // not just in the shard of the key in conflict.
 func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
-	l := NewMemLocker(false, 0, 0)
+	l := newMemLocker(false, 0, 0)
 	keys := keysInDistinctShards(l, 2)
 	// Teach the shard of another key that locks are held for 2.5s.
 	other := &l.shards[shardIndex(l.hashOf(keys[1]))]
@@ -528,7 +528,7 @@ func TestConflictRetryAfterFollowsHoldTimes(t *testing.T) {
 // fourth estimates about 300ms, not 0 (nor an eighth of 300ms). The
 // bounds are wide: only the coarse clock's ticks and scheduling move it.
 func TestHoldEstimateZoneWide(t *testing.T) {
-	l := NewMemLocker(false, 0, 0)
+	l := newMemLocker(false, 0, 0)
 	keys := keysInDistinctShards(l, 4)
 	var leases []lockstore.Lease
 	for _, k := range keys[:3] {
@@ -558,7 +558,7 @@ func TestLockerMemoryHierarchy(t *testing.T) {
 	for i := range keys {
 		keys[i] = fmt.Sprintf("/docs/%d/report.odt", i)
 	}
-	l := NewMemLocker(true, 0, 0)
+	l := newMemLocker(true, 0, 0)
 	leases := make([]lockstore.Lease, n)
 	base := heapInUse()
 	for i, k := range keys {
@@ -594,7 +594,7 @@ func TestShardSize(t *testing.T) {
 // shard, and no more.
 func TestLockerMaxLocksAcrossShards(t *testing.T) {
 	const limit = 3 * tightFree
-	l := NewMemLocker(false, limit, 0)
+	l := newMemLocker(false, limit, 0)
 	fill := func(prefix string, n int) []lockstore.Lease {
 		t.Helper()
 		leases := make([]lockstore.Lease, n)
@@ -687,7 +687,7 @@ func TestLimitsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rl.Close()
-	ml := NewMemLocker(false, 0, -1)
+	ml := newMemLocker(false, 0, -1)
 	for _, tbl := range []struct {
 		name   string
 		set    func(maxLocks, maxWaiters int)
@@ -715,7 +715,7 @@ func TestLimitsDefaults(t *testing.T) {
 // incremental maphash.Hash must agree with it on every prefix, also those
 // that end exactly at, or span, its 128-byte buffer.
 func TestLineageHashes(t *testing.T) {
-	l := NewMemLocker(true, 0, 0)
+	l := newMemLocker(true, 0, 0)
 	for _, key := range []string{
 		"/", "", "x/y", "/a", "/a/b/c", "/a/", "/a//b", "//x",
 		"/" + strings.Repeat("y", 127) + "/z",                                    // a prefix of exactly 128 bytes
@@ -743,7 +743,7 @@ func deepKey(n int) string { return strings.Repeat("/a", n) }
 // not bound keys in a zone without hierarchy, which walks no ancestors.
 func TestHierarchyDepthBound(t *testing.T) {
 	stores := map[string]func(t *testing.T, hierarchy bool) lockstore.Locker{
-		"memory": func(t *testing.T, hierarchy bool) lockstore.Locker { return NewMemLocker(hierarchy, 0, 0) },
+		"memory": func(t *testing.T, hierarchy bool) lockstore.Locker { return newMemLocker(hierarchy, 0, 0) },
 		"redis": func(t *testing.T, hierarchy bool) lockstore.Locker {
 			return newRedisLocker(t, startRedis(t), t.Name(), redisOpts{hierarchy: hierarchy})
 		},
@@ -766,7 +766,7 @@ func TestHierarchyDepthBound(t *testing.T) {
 			if !strings.Contains(err.Error(), "256 segments") {
 				t.Fatalf("error %q does not say how deep the key is", err)
 			}
-			if m, ok := l.(*MemLocker); ok {
+			if m, ok := l.(*memLocker); ok {
 				assertEmpty(t, m)
 			}
 
@@ -819,7 +819,7 @@ func assertQueuedLease(t *testing.T, l lockstore.Locker, queuedOne func()) {
 }
 
 func TestQueuedLease(t *testing.T) {
-	l := NewMemLocker(false, 0, 0)
+	l := newMemLocker(false, 0, 0)
 	assertQueuedLease(t, l, func() { waitForQueue(t, l, 1) })
 }
 

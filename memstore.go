@@ -37,14 +37,14 @@ func (*memoryStore) FailOpen() bool { return false }
 // OpenZone implements lockstore.Store.
 func (*memoryStore) OpenZone(zone string, hierarchy bool) (lockstore.ZoneTables, error) {
 	x, _, err := memExplicit.LoadOrNew(zone, func() (caddy.Destructor, error) {
-		return memExplicitStore{NewMemLockStore(0)}, nil
+		return memExplicitStore{newMemLockStore(0)}, nil
 	})
 	if err != nil {
 		return lockstore.ZoneTables{}, fmt.Errorf("explicit lock store: %w", err)
 	}
 	return lockstore.ZoneTables{
-		Locker:   NewMemLocker(hierarchy, 0, 0),
-		Explicit: x.(memExplicitStore).MemLockStore,
+		Locker:   newMemLocker(hierarchy, 0, 0),
+		Explicit: x.(memExplicitStore).memLockStore,
 		Close: func() error {
 			_, err := memExplicit.Delete(zone)
 			return err
@@ -71,8 +71,8 @@ func (*memoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // maintenance locks. (In Redis they are kept by the zone's name anyway.)
 var memExplicit = caddy.NewUsagePool()
 
-// memExplicitStore is a MemLockStore in memExplicit.
-type memExplicitStore struct{ *MemLockStore }
+// memExplicitStore is a memLockStore in memExplicit.
+type memExplicitStore struct{ *memLockStore }
 
 // Destruct implements caddy.Destructor: it stops the expiry timer.
 func (s memExplicitStore) Destruct() error {

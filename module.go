@@ -5,15 +5,11 @@
 package caddylock
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
@@ -29,8 +25,8 @@ func init() {
 
 // Defaults of the handler's settings.
 const (
-	DefaultZone    = "default"
-	DefaultMaxHold = 5 * time.Minute
+	defaultZone    = "default"
+	defaultMaxHold = 5 * time.Minute
 )
 
 // readMethods take no lock unless the config says otherwise: they do not
@@ -183,10 +179,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.Zone == "" {
-		h.Zone = DefaultZone
+		h.Zone = defaultZone
 	}
 	if h.MaxHold == 0 {
-		h.MaxHold = caddy.Duration(DefaultMaxHold)
+		h.MaxHold = caddy.Duration(defaultMaxHold)
 	}
 	if h.WebDAV {
 		h.provisionDAV()
@@ -235,12 +231,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	return nil
-}
-
-// zoneAgreer is implemented by lockers shared between Caddy instances,
-// which refuse an instance whose settings differ from another's.
-type zoneAgreer interface {
-	Agree(ctx context.Context, caseInsensitive bool) error
 }
 
 // Validate checks the configuration.
@@ -322,21 +312,6 @@ func (h *Handler) kindOf(method string) (lockstore.Kind, bool) {
 	return 0, false
 }
 
-// queued reports whether lease was granted after its request waited in
-// the queue: that, not how long Acquire took, makes the result "waited".
-func queued(lease lockstore.Lease) bool {
-	return lease.Queued()
-}
-
-// Placeholder values of {http.lock.result}.
-const (
-	resultAcquired = "acquired"
-	resultWaited   = "waited"
-	resultConflict = "conflict"
-	resultFull     = "full"
-	resultNone     = "none"
-)
-
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.passesSub(r) {
@@ -401,80 +376,45 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	key, err := h.keyOf(r, repl)
 	repl.Set("http.lock.key", key)
 	if err != nil {
+		if err == errNULKey {
+			return h.refuse(w, r, repl, key, err)
+		}
 		return h.refuse(w, r, repl, r.URL.Path, err)
-	}
-	if strings.IndexByte(key, 0) >= 0 {
-		return h.refuse(w, r, repl, key, errNULKey)
 	}
 	if h.WebDAV {
 		return h.serveDAV(w, r, next, repl, z, key, davMethod, kind, ok)
 	}
 
-	start := time.Now()
-	// A write that queues reads its body meanwhile, so that a client
-	// that leaves leaves the queue (see bodyWait).
-	abort := abortReads(w, r) // for max_hold; before anything reads the body
-	bw := h.newBodyWait(w, r)
-	defer bw.end()
-	lease, err := bw.acquire(z.locker, lockstore.Request{Key: key, Kind: kind, Wait: time.Duration(h.Wait)})
-	waited := h.recordWait(repl, start)
-	if err != nil {
-		if errors.Is(err, lockstore.ErrStoreUnavailable) && h.store.FailOpen() {
-			// With the body it may have begun to read.
-			if err := bw.ready(r.Context()); err != nil {
-				return bw.abandon(key, err)
-			}
-			return h.failOpen(w, r, repl, key, err, next)
-		}
-		bw.end() // before the answer: see bodyWait.stop
+	var a acquisition
+	if err := h.acquire(&a, w, r, repl, z, key, lockstore.Request{Key: key, Kind: kind}); err != nil {
 		return h.refuse(w, r, repl, key, err)
 	}
-	h.granted(r, repl, lease)
+	defer a.release()
+	if a.result == resultFailOpen {
+		if err := a.ready(); err != nil {
+			return a.bw.abandon(key, err)
+		}
+		return h.failOpen(w, r, repl, key, a.storeErr, next)
+	}
 	// Constant strings: a placeholder set from a variable would allocate.
-	result := resultAcquired
-	if queued(lease) {
-		result = resultWaited
+	if a.result == resultWaited {
 		repl.Set("http.lock.result", resultWaited)
 	} else {
 		repl.Set("http.lock.result", resultAcquired)
 	}
-
-	// The rest of the route runs on a context that a departing client
-	// does not cancel, and that max_hold ends (see hold.go); the lock is
-	// released when the route has returned.
-	hc := h.reaper.hold(r.Context(), start.Add(waited), lease, abort)
-	hc.zone, hc.key, hc.kind = z, key, kind
-	guard, ctx := h.guardLease(hc, hc, lease, key)
-	defer func() {
-		guard.stop()
-		hc.finish()
-	}()
+	a.hc.zone, a.hc.key, a.hc.kind = z, key, kind
 	if kind == lockstore.Exclusive {
 		// It counts the request, by how it ends.
-		if refused, err := h.refuseMaintenance(w, r, repl, z, key, lease, result); refused {
+		if refused, err := h.refuseMaintenance(w, r, repl, z, key, a.lease, a.result); refused {
 			return err
 		}
 	} else {
-		h.metrics.count(result)
+		h.metrics.count(a.result)
 	}
-	// A write that queued goes on only with its whole body and its
-	// client still there.
-	if err := bw.ready(ctx); err != nil {
-		return guard.settle(w, key, bw.abandon(key, err))
+	if err := a.ready(); err != nil {
+		return a.settle(w, key, a.bw.abandon(key, err))
 	}
-	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))
-}
-
-// recordWait records how long a request waited for its locks since
-// start, whether it got them or not: as {http.lock.wait}, and in the wait
-// histogram of a zone with wait.
-func (h *Handler) recordWait(repl *caddy.Replacer, start time.Time) time.Duration {
-	waited := time.Since(start)
-	repl.Set("http.lock.wait", waited)
-	if h.Wait > 0 {
-		h.metrics.wait.Observe(waited.Seconds())
-	}
-	return waited
+	return a.settle(w, key, next.ServeHTTP(a.writer(w), r.WithContext(a.ctx)))
 }
 
 // heldBefore reports whether r holds, through a lock handler of this
@@ -496,50 +436,9 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind locksto
 	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && c.key == key
 }
 
-// enter returns the zone that a request in a handler whose zone has a
-// store to close uses, counted as under way until leave. Caddy unloads a
-// config while requests may still be on their way to this handler (in a
-// forward_auth before it, say), and the zone's store may be closed once
-// the requests that were here are done: a request that comes after that
-// borrows the zone's tables, opened again with this handler's settings,
-// for its own duration.
-func (h *Handler) enter() (z *zone, borrowed bool, err error) {
-	z = h.zone
-	z.active.Add(1)
-	// After the count: Destruct marks the zone unloaded before it reads
-	// the count, so either it sees this request or this request sees the
-	// mark.
-	if !z.unloaded.Load() {
-		return z, false, nil
-	}
-	z.active.Add(-1)
-	z, loaded, err := loadZone(z.poolKey, z.name, h.Hierarchy, h.store)
-	if err != nil {
-		return nil, false, fmt.Errorf("lock zone %q: opening the tables of an unloaded config again: %w", h.Zone, err)
-	}
-	if !loaded {
-		// Tables of this request alone: the settings of its handler,
-		// not those in force for the zone's name.
-		settingsMu.Lock()
-		h.settingsOf(z).apply()
-		settingsMu.Unlock()
-	}
-	return z, true, nil
-}
-
-// leave ends a request's use of the zone that enter returned.
-func (h *Handler) leave(z *zone, borrowed bool) {
-	if !borrowed {
-		z.active.Add(-1)
-		return
-	}
-	if _, err := zones.Delete(z.poolKey); err != nil {
-		h.logger.Warn("letting go of the tables of an unloaded config", zap.String("zone", h.Zone), zap.Error(err))
-	}
-}
-
 // keyOf computes the lock key of a request, or a *pathError for a path
-// that backends may read as different resources. The path key is that of
+// that backends may read as different resources, or the key and
+// errNULKey (see lockKey). The path key is that of
 // the target as it goes upstream, still encoded (Caddy forwards it byte
 // for byte): Go's URL.Path has decoded it once already, which would hide
 // the reading of a backend that resolves dot segments before decoding.
@@ -550,16 +449,7 @@ func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) (string, error) {
 	} else if r.URL.RawPath != "" || !isCleanPath(k) {
 		k = r.URL.EscapedPath()
 	}
-	if strings.HasPrefix(k, "/") {
-		var err error
-		if k, err = pathKey(k); err != nil {
-			return "", err
-		}
-	}
-	if h.CaseInsensitive {
-		k = foldCase(k)
-	}
-	return k, nil
+	return lockKey(k, h.CaseInsensitive)
 }
 
 // foldCase is the case folding of case_insensitive, for every key: request
@@ -568,237 +458,6 @@ func (h *Handler) keyOf(r *http.Request, repl *caddy.Replacer) (string, error) {
 // σ, ı and i) to one.
 func foldCase(k string) string {
 	return strings.ToLower(strings.ToUpper(k))
-}
-
-// zones holds the lock tables by zone, outside of handler instances, so
-// that a reloaded config (which Caddy provisions before it stops the old
-// one) sees the locks that requests under the old config still hold.
-var zones = caddy.NewUsagePool()
-
-type zone struct {
-	poolKey string
-	name    string
-	locker  lockstore.Locker
-	// explicit holds the zone's WebDAV and admin locks.
-	explicit lockstore.LockStore
-	// close lets go of the tables (see lockstore.ZoneTables).
-	close func() error
-	// drain: close waits for the requests under way (see enter).
-	drain bool
-	// active counts the requests under way in handlers of this zone (when
-	// it drains) and the admin API calls using it: Destruct closes
-	// the store only once they are done, since Caddy unloads a config
-	// while its requests may still run.
-	active atomic.Int64
-	// unloaded is set by Destruct, once no loaded config uses the zone;
-	// requests that reach its handlers after that do not use it (see
-	// enter).
-	unloaded atomic.Bool
-	// caseInsensitive is that of the settings in force, for paths given
-	// to the admin API.
-	caseInsensitive atomic.Bool
-}
-
-// zoneSettings are what each handler of a zone states but the zone has
-// only once: its limits, and case folding for the admin API.
-type zoneSettings struct {
-	z                    *zone // the handler's table
-	maxLocks, maxWaiters int
-	maxLockBytes         int64
-	maxLocksPerOwner     int
-	caseInsensitive      bool
-}
-
-var (
-	settingsMu sync.Mutex
-	// zoneSettingsOf lists, by zone name, the settings of the zone's
-	// handlers in the order they were provisioned, each until it is
-	// cleaned up; the last one is in force. By name, not by table: the
-	// tables of one name share their explicit locks (see memExplicit).
-	zoneSettingsOf = map[string][]*zoneSettings{}
-)
-
-// settingsOf is this handler's settings for its table z.
-func (h *Handler) settingsOf(z *zone) *zoneSettings {
-	return &zoneSettings{z: z, maxLocks: h.MaxLocks, maxWaiters: h.MaxWaiters, caseInsensitive: h.CaseInsensitive,
-		maxLockBytes: h.MaxLockBytes, maxLocksPerOwner: h.MaxLocksPerOwner}
-}
-
-// attach puts s in force; the handler provisioned last sets the zone's
-// settings.
-func (s *zoneSettings) attach() {
-	settingsMu.Lock()
-	defer settingsMu.Unlock()
-	zoneSettingsOf[s.z.name] = append(zoneSettingsOf[s.z.name], s)
-	s.apply()
-}
-
-// detach forgets s, of a handler being cleaned up. When s was in force,
-// the settings of the handler provisioned before it (still loaded) come
-// back: a reload that fails after provisioning some handlers must not
-// leave their settings on the config that goes on running.
-func (s *zoneSettings) detach() {
-	settingsMu.Lock()
-	defer settingsMu.Unlock()
-	list := zoneSettingsOf[s.z.name]
-	i := slices.Index(list, s)
-	if i < 0 {
-		return
-	}
-	list = slices.Delete(list, i, i+1)
-	if len(list) == 0 {
-		delete(zoneSettingsOf, s.z.name)
-		return
-	}
-	zoneSettingsOf[s.z.name] = list
-	if i == len(list) {
-		list[i-1].apply()
-	}
-}
-
-// apply sets the zone's tables to s; settingsMu is held.
-func (s *zoneSettings) apply() {
-	z := s.z
-	z.locker.SetLimits(s.maxLocks, s.maxWaiters)
-	z.caseInsensitive.Store(s.caseInsensitive)
-	z.explicit.SetLimits(s.maxLocks, s.maxLockBytes, s.maxLocksPerOwner)
-}
-
-// Destruct implements caddy.Destructor: it lets go of the zone's tables,
-// once the requests under way are done when the tables drain.
-func (z *zone) Destruct() error {
-	if z.close == nil {
-		return nil
-	}
-	if !z.drain {
-		return z.close()
-	}
-	z.unloaded.Store(true)
-	if z.active.Load() == 0 {
-		return z.close()
-	}
-	// Each request still under way is bounded by its handler's max_hold
-	// and by the store's timeout per call.
-	go func() {
-		for z.active.Load() > 0 {
-			time.Sleep(zoneIdlePoll)
-		}
-		if err := z.close(); err != nil {
-			caddy.Log().Named("http.handlers.lock").Warn("closing a lock zone's store", zap.String("zone", z.name), zap.Error(err))
-		}
-	}()
-	return nil
-}
-
-// zoneIdlePoll is how often an unloaded zone looks whether its last
-// request is done.
-const zoneIdlePoll = 100 * time.Millisecond
-
-// zoneTableKey is the pool key of a zone's table. The hierarchy flag is
-// part of the table's structure, so a zone whose hierarchy setting
-// changes starts a new table; so does one whose store configuration
-// changes.
-func zoneTableKey(name string, hierarchy bool, store lockstore.Store) string {
-	poolKey := name
-	if hierarchy {
-		poolKey += "\x00hierarchy"
-	}
-	if k := store.TableKey(); k != "" {
-		poolKey += "\x00" + k
-	}
-	return poolKey
-}
-
-// configZones records, per loaded config (by its context), the table key
-// and case folding of each zone name that its handlers use.
-var configZones sync.Map // context.Context → *sync.Map of zone name → zoneShape
-
-// checkZoneTable makes two handlers of one config that name one zone but
-// would get different tables (one with hierarchy, as webdav implies, one
-// without; or different stores), or fold case differently, a config
-// error: they would not see each other's locks, and nothing else would
-// say so.
-func checkZoneTable(ctx caddy.Context, h *Handler, poolKey string) error {
-	v, loaded := configZones.LoadOrStore(ctx.Context, new(sync.Map))
-	if !loaded {
-		// The record goes when the config is unloaded (or fails to
-		// load), which cancels its context. Not ctx.OnCancel: Caddy
-		// never runs what is added to the copy of the context a module
-		// gets, so every load would leave its record behind.
-		key := ctx.Context
-		context.AfterFunc(key, func() { configZones.Delete(key) })
-	}
-	this := zoneShape{poolKey, h.CaseInsensitive, h.Hierarchy, h.WebDAV, h.Source}
-	prev, ok := v.(*sync.Map).LoadOrStore(h.Zone, this)
-	if !ok {
-		return nil
-	}
-	p := prev.(zoneShape)
-	switch {
-	case p.hierarchy != this.hierarchy:
-		return fmt.Errorf("lock zone %q: its handlers differ in hierarchy: %s has %s, %s has %s, "+
-			"so they would keep separate lock tables and not see each other's locks; give them the same settings "+
-			"or different zone names", h.Zone, p.where("one"), p.hierarchyValue(), this.where("another"), this.hierarchyValue())
-	case p.poolKey != this.poolKey:
-		return fmt.Errorf("lock zone %q: its handlers differ in store settings (%s and %s), "+
-			"so they would keep separate lock tables and not see each other's locks; give them the same settings "+
-			"or different zone names", h.Zone, p.where("one"), this.where("another"))
-	case p.caseInsensitive != this.caseInsensitive:
-		return fmt.Errorf("lock zone %q: its handlers differ in case_insensitive: %s has it %s, %s has it %s, "+
-			"so one would lock /Doc and the other /doc for one resource and neither would see the other's lock; "+
-			"give them the same setting or different zone names",
-			h.Zone, p.where("one"), onOff(p.caseInsensitive), this.where("another"), onOff(this.caseInsensitive))
-	}
-	return nil
-}
-
-// zoneShape is what the handlers of one zone in one config must agree
-// on, and which handler set it, to name both when another disagrees.
-type zoneShape struct {
-	poolKey         string
-	caseInsensitive bool
-	hierarchy       bool
-	webdav          bool
-	source          string // Handler.Source
-}
-
-// where names the handler: by its place in the Caddyfile when it came
-// from one, else (JSON has no lines) as nth lock handler of the zone.
-func (s zoneShape) where(nth string) string {
-	if s.source != "" {
-		return "the lock at " + s.source
-	}
-	return nth + " lock handler"
-}
-
-func (s zoneShape) hierarchyValue() string {
-	if s.webdav {
-		return "hierarchy on (webdav turns it on)"
-	}
-	return "hierarchy " + onOff(s.hierarchy)
-}
-
-func onOff(b bool) string {
-	if b {
-		return "on"
-	}
-	return "off"
-}
-
-// loadZone returns the zone's table under poolKey (from zoneTableKey),
-// opening it if nothing uses it yet; loaded tells that something did.
-func loadZone(poolKey, name string, hierarchy bool, store lockstore.Store) (z *zone, loaded bool, err error) {
-	v, loaded, err := zones.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		t, err := store.OpenZone(name, hierarchy)
-		if err != nil {
-			return nil, err
-		}
-		return &zone{poolKey: poolKey, name: name, locker: t.Locker, explicit: t.Explicit, close: t.Close, drain: t.Drain}, nil
-	})
-	if err != nil {
-		return nil, false, err
-	}
-	return v.(*zone), loaded, nil
 }
 
 // Interface guards

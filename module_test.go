@@ -10,13 +10,9 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,84 +22,13 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
-func TestMain(m *testing.M) {
-	// Keep Caddy's storage and autosave out of the user's home.
-	dir, err := os.MkdirTemp("", "caddy-lock-test")
-	if err != nil {
-		panic(err)
-	}
-	os.Setenv("XDG_DATA_HOME", dir)
-	os.Setenv("XDG_CONFIG_HOME", dir)
-	code := m.Run()
-	_ = caddy.Stop()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// backend is a real HTTP server that records what reaches it: writes and
-// reads per resource, and writes that overlapped on one resource (what
-// the lock exists to prevent). A request with X-Hold: <id> is held at the
-// backend until the test opens that gate, one with X-Delay: <duration>
-// for that long; X-Resource names the resource when a test sends several
-// spellings of one path.
-type backend struct {
-	*httptest.Server
-	mu      sync.Mutex
-	writing overlapRecorder
-	writes  int
-	reads   int
-	gateSet
-	started   chan string
-	cancelled map[string]bool // hold id -> the backend saw its request cancelled
-	closed    chan struct{}
-}
-
-// newUncheckedBackend is newBackend without the overlap check, for a
-// test in which writes pass unlocked on purpose (fail_open).
-func newUncheckedBackend(t testing.TB) *backend {
-	b := &backend{
-		started:   make(chan string, 1000),
-		cancelled: map[string]bool{},
-		closed:    make(chan struct{}),
-	}
-	b.Server = httptest.NewServer(http.HandlerFunc(b.serve))
-	t.Cleanup(func() {
-		close(b.closed)
-		b.Close()
-	})
-	return b
-}
-
-// overlapRecorder counts the writes in flight per resource at a backend,
-// and how many began while another write to the same resource was in
-// flight: what the lock exists to prevent. A write may also change
-// everything below its resource (a collection's DELETE, MOVE or COPY):
-// it then overlaps every write in flight below it, and every write that
-// begins below it while it is in flight. The zero value is ready.
-type overlapRecorder struct {
-	mu       sync.Mutex
-	inflight map[string]int // resource -> writes begun and not yet ended; never < 0
-	trees    map[string]int // resource -> those of inflight's that change everything below it too
-	overlaps int            // the sum of overlapped's values
-	// overlapped: resource -> writes that began while another write to
-	// it was in flight; only resources with at least one.
-	overlapped map[string]int
-}
-
 // begin records a write to res; the returned func records its end and
 // must be called once.
 func (o *overlapRecorder) begin(res string) (end func()) { return o.record(write{res: res}) }
-
-// write is what one request changes: res, and everything below it if tree.
-type write struct {
-	res  string
-	tree bool
-}
 
 // record records the writes of one request, as begin: each is checked
 // against the writes of other requests in flight, not against its own.
@@ -190,23 +115,6 @@ func (o *overlapRecorder) assertNone(t testing.TB, backend string) {
 		o.overlaps, backend, strings.Join(list, ", "))
 }
 
-// newBackend starts the recording backend. No two writes to one
-// resource may ever be in flight at once, which is what the lock is for:
-// the test fails at its end if some were.
-func newBackend(t testing.TB) *backend {
-	var b *backend
-	t.Cleanup(func() { b.writing.assertNone(t, "the backend "+b.URL) }) // after b.Close: see assertNone
-	b = newUncheckedBackend(t)
-	return b
-}
-
-// gateSet holds requests at a test backend, each by its id, until the
-// test opens that id's gate. The zero value is ready.
-type gateSet struct {
-	mu    sync.Mutex
-	gates map[string]chan struct{}
-}
-
 func (s *gateSet) gate(id string) chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -283,196 +191,6 @@ func (b *backend) waitStarted(t *testing.T, id string) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("request %q never reached the backend", id)
-	}
-}
-
-// holdWrite sends method url with X-Hold: id and the given header (name,
-// value pairs) through the default client, and returns once the backend
-// holds the request. From then on, whatever lock the request took has been
-// granted and stays held until b.open(id); the returned channel yields the
-// request's result once it has been let through. It fails the test if
-// another held request reaches the backend first, or none in 10 seconds.
-// For a request that may be refused or queued before it reaches the
-// backend, send it with do instead.
-func holdWrite(t *testing.T, b *backend, method, url, id string, header ...string) <-chan result {
-	t.Helper()
-	return holdWriteVia(t, http.DefaultClient, b, method, url, id, header...)
-}
-
-// holdWriteVia is holdWrite through the given client.
-func holdWriteVia(t *testing.T, client *http.Client, b *backend, method, url, id string, header ...string) <-chan result {
-	t.Helper()
-	if len(header)%2 != 0 {
-		t.Fatalf("holdWrite %s %s: header %q is not name, value pairs", method, url, header)
-	}
-	h := map[string]string{"X-Hold": id}
-	for i := 0; i < len(header); i += 2 {
-		h[header[i]] = header[i+1]
-	}
-	done := make(chan result, 1) // buffered: the sender never blocks on a test that stopped reading
-	go func() { done <- do(client, method, url, h) }()
-	b.waitStarted(t, id)
-	return done
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// loadCaddy runs a real Caddy with the given site block (a Caddyfile
-// fragment; {backend} is replaced with the backend's address) and returns
-// the site's base URL. Each call replaces the running config, as a reload
-// does.
-func loadCaddy(t testing.TB, port int, global, site string, b *backend) string {
-	t.Helper()
-	if b != nil {
-		site = strings.ReplaceAll(site, "{backend}", strings.TrimPrefix(b.URL, "http://"))
-	}
-	if global == "" {
-		global = "admin off"
-	}
-	caddyfile := fmt.Sprintf("{\n%s\npersist_config off\nauto_https off\nlog {\n output discard\n}\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", global, port, site)
-	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		t.Fatalf("adapting Caddyfile: %v\n%s", err, caddyfile)
-	}
-	for _, w := range warnings {
-		t.Logf("adapt warning: %s", w.String())
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading config: %v\n%s", err, cfg)
-	}
-	return fmt.Sprintf("http://127.0.0.1:%d", port)
-}
-
-// startCaddyAdmin is startCaddy with Caddy's admin endpoint on a port of
-// its own, for the admin API and /metrics, and the global options in
-// global besides; it returns the site's and the admin endpoint's URLs.
-func startCaddyAdmin(t *testing.T, global, site string, b *backend) (url, admin string) {
-	t.Helper()
-	adminPort := freePort(t)
-	url = loadCaddy(t, freePort(t), fmt.Sprintf("admin 127.0.0.1:%d\n%s", adminPort, global), site, b)
-	t.Cleanup(func() { _ = caddy.Stop() })
-	return url, fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-}
-
-func startCaddy(t *testing.T, site string, b *backend) string {
-	t.Helper()
-	url := loadCaddy(t, freePort(t), "", site, b)
-	t.Cleanup(func() { _ = caddy.Stop() })
-	return url
-}
-
-type result struct {
-	status int
-	header http.Header
-	body   string
-	err    error
-}
-
-func do(client *http.Client, method, url string, header map[string]string) result {
-	req, err := http.NewRequest(method, url, strings.NewReader("payload"))
-	if err != nil {
-		return result{err: err}
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	return doRequest(client, req)
-}
-
-// doRequest sends req and reads the whole answer.
-func doRequest(client *http.Client, req *http.Request) result {
-	resp, err := client.Do(req)
-	if err != nil {
-		return result{err: err}
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return result{status: resp.StatusCode, header: resp.Header, body: string(body), err: err}
-}
-
-func mustDo(t testing.TB, method, url string, header map[string]string, want int) result {
-	t.Helper()
-	r := do(http.DefaultClient, method, url, header)
-	if r.err != nil {
-		t.Fatalf("%s %s: %v", method, url, r.err)
-	}
-	if r.status != want {
-		t.Fatalf("%s %s: status %d, want %d; body: %s", method, url, r.status, want, r.body)
-	}
-	return r
-}
-
-// assertLocked checks a 423 answer as a client sees it.
-func assertLocked(t *testing.T, r result, wantKey string) {
-	t.Helper()
-	if r.err != nil || r.status != http.StatusLocked {
-		t.Fatalf("status %d (err %v), want 423; body: %s", r.status, r.err, r.body)
-	}
-	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 {
-		t.Fatalf("Retry-After = %q, want whole seconds >= 1", r.header.Get("Retry-After"))
-	}
-	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
-		t.Fatalf("Content-Type = %q", ct)
-	}
-	if r.header.Get("X-Backend") != "" {
-		t.Fatal("a 423 carries a backend header: the request reached the backend")
-	}
-	var p struct {
-		Type, Title, Detail, Instance string
-		Status                        int
-		Lock                          *struct {
-			Key         string  `json:"key"`
-			Kind        string  `json:"kind"`
-			HeldSeconds float64 `json:"held_seconds"`
-		}
-	}
-	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
-		t.Fatalf("problem body %q: %v", r.body, err)
-	}
-	if p.Type == "" || p.Title == "" || p.Status != 423 || p.Detail == "" || p.Instance == "" || p.Lock == nil {
-		t.Fatalf("incomplete problem document: %s", r.body)
-	}
-	if p.Lock.Key != wantKey || p.Lock.Kind == "" || p.Lock.HeldSeconds <= 0 {
-		t.Fatalf("problem lock member = %+v, want key %q", *p.Lock, wantKey)
-	}
-}
-
-// zoneTable finds the lock table of a zone that a running config uses.
-func zoneTable(t *testing.T, name string) *MemLocker {
-	t.Helper()
-	var l *MemLocker
-	zones.Range(func(k, v any) bool {
-		if z := v.(*zone); k == name || k == name+"\x00hierarchy" {
-			l, _ = z.locker.(*MemLocker)
-		}
-		return true
-	})
-	if l == nil {
-		t.Fatalf("zone %q not found", name)
-	}
-	return l
-}
-
-func waitEmpty(t *testing.T, l *MemLocker) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		held, waiting, nodes := l.Stats()
-		if held == 0 && waiting == 0 && nodes == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("locks left: held=%d waiting=%d nodes=%d", held, waiting, nodes)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -1181,11 +899,6 @@ func TestMetricsExposed(t *testing.T) {
 	<-done
 }
 
-// panicHandler is a handler after lock that panics on requests carrying
-// X-Panic, as a buggy module might. Caddy does not recover it; net/http
-// does, and closes the connection.
-type panicHandler struct{}
-
 func (panicHandler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.lock_test_panic", New: func() caddy.Module { return new(panicHandler) }}
 }
@@ -1199,28 +912,8 @@ func (panicHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 
 func (*panicHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error { return nil }
 
-func init() {
-	caddy.RegisterModule(panicHandler{})
-	httpcaddyfile.RegisterHandlerDirective("lock_test_panic", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-		return new(panicHandler), nil
-	})
-}
-
-// probeHandler reports, for requests with X-Probe: <id>, events on
-// probeEvents(id): "<name> gone" when the request's context ends while
-// the rest of the route runs (placed before lock, that is the client
-// leaving), and "<name> returned <err>" when the rest of the route returns.
-type probeHandler struct{ Name string }
-
 func (probeHandler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.lock_test_probe", New: func() caddy.Module { return new(probeHandler) }}
-}
-
-var probes sync.Map // id -> chan string
-
-func probeEvents(id string) chan string {
-	c, _ := probes.LoadOrStore(id, make(chan string, 16))
-	return c.(chan string)
 }
 
 func (p probeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -1242,34 +935,6 @@ func (p *probeHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	return nil
-}
-
-// nextProbe returns the next event of probe id.
-func nextProbe(t *testing.T, id string) string {
-	t.Helper()
-	select {
-	case ev := <-probeEvents(id):
-		return ev
-	case <-time.After(10 * time.Second):
-		t.Fatalf("probe %s reported nothing in 10s", id)
-		return ""
-	}
-}
-
-// waitProbe fails t unless probe id's next event is want.
-func waitProbe(t *testing.T, id, want string) {
-	t.Helper()
-	if ev := nextProbe(t, id); ev != want {
-		t.Fatalf("probe %s: %q, want %q", id, ev, want)
-	}
-}
-
-func init() {
-	caddy.RegisterModule(probeHandler{})
-	httpcaddyfile.RegisterHandlerDirective("lock_test_probe", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-		p := new(probeHandler)
-		return p, p.UnmarshalCaddyfile(h.Dispenser)
-	})
 }
 
 // A panic in a handler after lock releases the lock: the next write to

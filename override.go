@@ -5,12 +5,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
-
-	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 )
 
 // Headers and parameters that change what a backend does with a request.
@@ -222,22 +218,4 @@ func addOverride(override, value, source string) (string, *ambiguousError) {
 		}
 	}
 	return value, nil
-}
-
-// refuseAmbiguous answers 400 with a problem body saying why the request
-// is ambiguous; retrying it as it is cannot help, so no Retry-After.
-func (h *Handler) refuseAmbiguous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err *ambiguousError) error {
-	repl.Set("http.lock.key", "")
-	repl.Set("http.lock.fence", "")
-	repl.Set("http.lock.wait", time.Duration(0))
-	repl.Set("http.lock.result", resultAmbiguous)
-	h.metrics.count(resultAmbiguous)
-	h.logger.Debug("ambiguous request refused", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.String("why", err.Error()))
-	return h.writeRefusal(w, problem{
-		Type:     problemType,
-		Title:    err.title,
-		Status:   http.StatusBadRequest,
-		Detail:   err.detail,
-		Instance: r.URL.RequestURI(),
-	}, 0, "", err)
 }

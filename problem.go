@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,6 +23,33 @@ import (
 // passing a request on. A client hammering a locked resource gets one of
 // these per request, so they are built without reflection and with as few
 // allocations as the answer needs (BenchmarkRefusal).
+
+// Values of {http.lock.result}, each also a label of the requests metric
+// (metrics.go lists them all).
+const (
+	resultAcquired = "acquired" // the lock was free
+	resultWaited   = "waited"   // granted after queueing (wait)
+	resultConflict = "conflict" // 423, or a client that left while queued
+	resultFull     = "full"     // 503: max_locks, or an explicit lock limit
+	resultNone     = "none"     // the method takes no lock
+	// resultUnavailable: refused with 503 (fail_closed).
+	resultUnavailable = "unavailable"
+	// resultFailOpen: passed to the next handler without a lock (fail_open).
+	resultFailOpen = "fail_open"
+	// resultStoreError: refused with 503 because the store answered with
+	// an error (ErrStoreFailed), whatever on_error says.
+	resultStoreError = "store_error"
+	// resultTooDeep: a key refused with 400 for having more than
+	// MaxHierarchyDepth segments.
+	resultTooDeep = "too_deep"
+	// resultBadKey: a key refused with 400 for containing a NUL byte, or
+	// a path that cannot be read.
+	resultBadKey = "bad_key"
+	// resultAmbiguous: a request refused with 400 because backends can
+	// read it in more than one way: its path, a header that overrides its
+	// method, or a key part it gives twice.
+	resultAmbiguous = "ambiguous"
+)
 
 // problemType identifies caddy-lock's problem documents (RFC 9457).
 const problemType = "https://github.com/caddy-lock/caddy-lock#refusals"
@@ -47,14 +75,6 @@ type problemLock struct {
 	Explicit bool       `json:"explicit,omitempty"`
 	Expires  *time.Time `json:"expires,omitempty"`
 }
-
-// resultTooDeep is {http.lock.result} for a key refused with 400 for
-// having more than MaxHierarchyDepth segments.
-const resultTooDeep = "too_deep"
-
-// resultBadKey is {http.lock.result} for a key refused with 400 for
-// containing a NUL byte.
-const resultBadKey = "bad_key"
 
 // errNULKey refuses a key with a NUL byte (a path with %00): a backend
 // written in C may cut the path off there and write to a resource whose
@@ -318,4 +338,150 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// refuseAmbiguous answers 400 with a problem body saying why the request
+// is ambiguous; retrying it as it is cannot help, so no Retry-After.
+func (h *Handler) refuseAmbiguous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err *ambiguousError) error {
+	repl.Set("http.lock.key", "")
+	repl.Set("http.lock.fence", "")
+	repl.Set("http.lock.wait", time.Duration(0))
+	repl.Set("http.lock.result", resultAmbiguous)
+	h.metrics.count(resultAmbiguous)
+	h.logger.Debug("ambiguous request refused", zap.String("method", r.Method), zap.String("zone", h.Zone), zap.String("why", err.Error()))
+	return h.writeRefusal(w, problem{
+		Type:     problemType,
+		Title:    err.title,
+		Status:   http.StatusBadRequest,
+		Detail:   err.detail,
+		Instance: r.URL.RequestURI(),
+	}, 0, "", err)
+}
+
+// setRetryAfter sets Retry-After to retry in whole seconds, at least one.
+func setRetryAfter(w http.ResponseWriter, retry time.Duration) {
+	w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((retry+time.Second-1)/time.Second)), 10))
+}
+
+// writeXML answers with an XML body.
+func writeXML(w http.ResponseWriter, status int, body []byte) error {
+	w.Header().Set("Content-Type", "application/xml; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// refuseExplicit answers 423 for explicit locks in the way of a request
+// to key: DAV:error naming their roots for WebDAV clients (xml), a
+// problem document otherwise; Retry-After says when the last of them
+// ends unless refreshed. No locks means they ended as the store read
+// them: there is nothing to name, and a retry in a second will likely
+// pass. The caller sets and counts the result (conflict).
+func (h *Handler) refuseExplicit(w http.ResponseWriter, r *http.Request, key string, xml bool, locks []lockstore.ExplicitLock, condition string) error {
+	if len(locks) == 0 {
+		h.logger.Debug("explicit lock conflict with locks that ended meanwhile", zap.String("key", key), zap.String("method", r.Method))
+		if xml {
+			setRetryAfter(w, time.Second)
+			return writeXML(w, http.StatusLocked, dav.MarshalDAVError(condition))
+		}
+		return h.writeRefusalTo(w, r, problem{
+			Type:     problemType,
+			Title:    "Resource is locked",
+			Status:   http.StatusLocked,
+			Detail:   fmt.Sprintf("%s %s met locks that ended as they were read; try again", r.Method, key),
+			Instance: r.URL.RequestURI(),
+		}, time.Second, key, errors.New("held by explicit locks that ended meanwhile"))
+	}
+	hrefs, retry := lockRoots(locks)
+	first := locks[0]
+	h.logger.Debug("explicit lock conflict", zap.String("key", key), zap.String("method", r.Method),
+		zap.String("lock_root", first.Root), zap.String("token", tokenPrefix(first.Token)))
+	if xml {
+		setRetryAfter(w, retry)
+		return writeXML(w, http.StatusLocked, dav.MarshalDAVError(condition, hrefs...))
+	}
+	expires := first.Expires
+	return h.writeRefusalTo(w, r, problem{
+		Type:     problemType,
+		Title:    "Resource is locked",
+		Status:   http.StatusLocked,
+		Detail:   fmt.Sprintf("%s %s needs the token of the %s lock on %s", r.Method, key, first.Scope, first.Href),
+		Instance: r.URL.RequestURI(),
+		Lock: &problemLock{
+			Key:         first.Root,
+			Kind:        first.Scope.String(),
+			HeldSeconds: time.Since(first.Created).Seconds(),
+			Explicit:    true,
+			Expires:     &expires,
+		},
+	}, retry, key, fmt.Errorf("held by an explicit lock on %s", first.Root))
+}
+
+// refuseExplicitStore answers a request whose explicit locks the store
+// could not read or make. It returns the result for the caller to set
+// and count: resultFull for a full table (503 with Retry-After and a
+// problem document; {http.lock.result} is set already); "" when the store could not be reached or failed
+// (fail_closed: refuse answers as for an in-flight lock the store could
+// not grant, and counts it); resultUnavailable for any other error
+// (a bare 503 from Caddy).
+func (h *Handler) refuseExplicitStore(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) (string, error) {
+	if errors.Is(err, lockstore.ErrFull) {
+		title, detail := "Lock table is full", fmt.Sprintf("zone %q holds its maximum of explicit locks; try again later", h.Zone)
+		if lim := (*lockstore.ExplicitLimitError)(nil); errors.As(err, &lim) {
+			title, detail = limitTitle(lim.Limit), fmt.Sprintf("zone %q: %s; try again later", h.Zone, lim)
+		}
+		// Before the answer: a header written with it may show it.
+		repl.Set("http.lock.result", resultFull)
+		return resultFull, h.writeRefusal(w, problem{
+			Type: problemType, Title: title, Status: http.StatusServiceUnavailable,
+			Detail: detail, Instance: r.URL.RequestURI(),
+		}, time.Second, key, err)
+	}
+	if errors.Is(err, lockstore.ErrStoreUnavailable) || errors.Is(err, lockstore.ErrStoreFailed) {
+		return "", h.refuse(w, r, repl, key, err)
+	}
+	h.logger.Error("explicit lock store", zap.String("key", key), zap.String("method", r.Method), zap.Error(err))
+	return resultUnavailable, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("lock store: %w", err))
+}
+
+// refuseMaintenance refuses a plain write (a zone without webdav, where
+// no client can hold a token) that an explicit lock covers: such locks
+// are the admin API's maintenance windows. It reports whether it
+// answered. It counts the request in the metrics: as result (acquired
+// or waited, which ServeHTTP has set as {http.lock.result}) when it
+// passes, by its refusal otherwise, so that a refused write is not
+// counted as acquired.
+func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, lease lockstore.Lease, result string) (bool, error) {
+	if !lease.ExplicitLocksInZone() {
+		// The grant saw no explicit lock in the zone; one made since
+		// then is no different from one made while this write was
+		// already in flight.
+		h.metrics.count(result)
+		return false, nil
+	}
+	// With hierarchy a write covers the keys below its own, as the
+	// in-flight table has it: locks rooted there are in its way too.
+	ls, err := z.explicit.Affecting(r.Context(), key, h.Hierarchy)
+	if err != nil {
+		if h.failsOpen(err) {
+			h.storeTrouble(key, err)
+			repl.Set("http.lock.result", resultFailOpen)
+			h.metrics.count(resultFailOpen)
+			return false, nil
+		}
+		result, err := h.refuseExplicitStore(w, r, repl, key, err)
+		if result != "" {
+			repl.Set("http.lock.result", result)
+			h.metrics.count(result)
+		}
+		return true, err
+	}
+	if len(ls) == 0 {
+		h.metrics.count(result)
+		return false, nil
+	}
+	repl.Set("http.lock.result", resultConflict)
+	h.metrics.count(resultConflict)
+	return true, h.refuseExplicit(w, r, key, isDAVClient(r), ls, dav.CondLockTokenSubmitted)
 }

@@ -23,6 +23,13 @@ import (
 // 12.5.1). A browser's "text/html,...,*/*;q=0.8" does; curl's "*/*", an
 // absent Accept and an API client's "application/json" do not. It reads
 // the header in place: no allocation, since every refusal asks it.
+//
+// Not github.com/munnerz/goautoneg: checked against TestPrefersHTML it
+// answers 6 of its cases otherwise (it matches types case-sensitively,
+// takes q=2, q=0.1234 and q=abc as qualities, lets the first of two
+// equal ranges win, and ranks a less specific range above an exact one
+// with a lower quality), and it allocates 6 to 10 times per header where
+// this allocates nothing, on every refusal.
 func prefersHTML(h http.Header) bool {
 	vals := h["Accept"]
 	if len(vals) == 0 {
