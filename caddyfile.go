@@ -6,7 +6,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-lock/caddy-lock/internal/cfgarg"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -237,59 +238,14 @@ func errAt(tok caddyfile.Token, format string, args ...any) error {
 	return d.Errf(format, args...)
 }
 
-// givenOnce returns a check that refuses a subdirective of block given a
-// second time, where it would silently take the last value; those in
-// adding (lists) may repeat.
-func givenOnce(d *caddyfile.Dispenser, block string, adding ...string) func(sub string) error {
-	seen := make(map[string]bool)
-	return func(sub string) error {
-		if seen[sub] && !slices.Contains(adding, sub) {
-			return d.Errf("%s: %s is given twice; give it once", block, sub)
-		}
-		seen[sub] = true
-		return nil
-	}
-}
-
-// oneArg reads the single argument of subdirective sub: what says what
-// was expected when it is missing, noun names it when there are more.
-func oneArg(d *caddyfile.Dispenser, sub, what, noun string) (string, error) {
-	if !d.NextArg() {
-		return "", d.Errf("lock: %s: expected %s", sub, what)
-	}
-	val := d.Val()
-	if d.NextArg() {
-		return "", d.Errf("lock: %s: expected one %s, got also %q", sub, noun, d.Val())
-	}
-	return val, nil
-}
-
-func durationArg(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
-	val, err := oneArg(d, sub, "a duration such as 500ms or 30s", "duration")
-	if err != nil {
-		return 0, err
-	}
-	dur, err := caddy.ParseDuration(val)
-	if err != nil {
-		return 0, d.Errf("lock: %s: expected a duration such as 500ms or 30s, got %q: %v", sub, val, err)
-	}
-	if dur < 0 {
-		return 0, d.Errf("lock: %s: expected a duration that is not negative, got %q", sub, val)
-	}
-	return caddy.Duration(dur), nil
-}
-
-func countArg(d *caddyfile.Dispenser, sub string) (int, error) {
-	val, err := oneArg(d, sub, "a positive whole number", "number")
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(val)
-	if err != nil || n < 1 {
-		return 0, d.Errf("lock: %s: expected a positive whole number, got %q", sub, val)
-	}
-	return n, nil
-}
+// The argument readers are shared with the store modules' blocks (see
+// package cfgarg), so that every block words its refusals alike.
+var (
+	givenOnce   = cfgarg.GivenOnce
+	oneArg      = cfgarg.One
+	durationArg = cfgarg.Duration
+	countArg    = cfgarg.Count
+)
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

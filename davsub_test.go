@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/caddy-lock/caddy-lock/internal/dav"
+	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
+
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -263,12 +265,13 @@ func TestDAVEmptyConflictList(t *testing.T) {
 	b.mkdir(t, "/d")
 	tok, _ := davLock(t, url+"/f", "exclusive", "a", nil, http.StatusOK)
 	tokD, _ := davLock(t, url+"/d/x", "exclusive", "a", nil, http.StatusCreated)
-	s, ok := zoneStore(t, subZone(t)).(*RedisLockStore)
-	if !ok {
+	if _, ok := zoneStore(t, subZone(t)).(*redisstore.LockStore); !ok {
 		t.Fatal("the zone's explicit store is not the Redis one")
 	}
+	c := redisClient(t, srv)
 	for _, k := range []string{tok, tokD} {
-		if err := s.client.Del(context.Background(), s.hashKey(k)).Err(); err != nil {
+		// The lock's hash, as the store names it (see stores/redis/explicit.go).
+		if err := c.Del(context.Background(), "{"+redisstore.DefaultKeyPrefix+":"+subZone(t)+"}:x:"+k).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/caddy-lock/caddy-lock/internal/dav"
+	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
+
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/redis/go-redis/v9"
@@ -431,7 +433,7 @@ func usageOf(t *testing.T, s lockstore.LockStore, owner string) (bytes, owned in
 	case *memLockStore:
 		b, o := s.Usage(owner)
 		return b, int64(o)
-	case *RedisLockStore:
+	case *redisstore.LockStore:
 		b, o, err := s.Usage(context.Background(), owner)
 		if err != nil {
 			t.Fatal(err)
@@ -573,8 +575,8 @@ func TestRedisLockStoreBudget(t *testing.T) {
 	// The counters' keys are gone, not left at zero.
 	c := redisClient(t, srv)
 	for _, k := range []string{"xsz", "xbytes", "xown"} {
-		if n, err := c.Exists(context.Background(), s.base+k).Result(); err != nil || n != 0 {
-			t.Fatalf("key %s left behind: %d %v", s.base+k, n, err)
+		if n, err := c.Exists(context.Background(), redisZoneBase(t.Name())+k).Result(); err != nil || n != 0 {
+			t.Fatalf("key %s left behind: %d %v", redisZoneBase(t.Name())+k, n, err)
 		}
 	}
 }
@@ -662,8 +664,8 @@ func TestDAVLockByteBudget(t *testing.T) {
 		s := zoneStore(t, davZone(t))
 		var rc redis.UniversalClient
 		var memBefore int64
-		if rs, ok := s.(*RedisLockStore); ok {
-			rc = rs.client
+		if _, ok := s.(*redisstore.LockStore); ok {
+			rc = redisClientOf(t, store)
 			memBefore = redisUsedMemory(t, rc)
 		}
 		var tokens []string
@@ -687,10 +689,10 @@ func TestDAVLockByteBudget(t *testing.T) {
 		if rc != nil {
 			// What Redis keeps for the locks, key by key, is within what
 			// they count.
-			rs := s.(*RedisLockStore)
-			keys := []string{rs.kIdx, rs.kExp, rs.base + "xsz", rs.base + "xown", rs.base + "xbytes"}
+			base := redisZoneBase(davZone(t))
+			keys := []string{base + "xidx", base + "xexp", base + "xsz", base + "xown", base + "xbytes"}
 			for _, tok := range tokens {
-				keys = append(keys, rs.hashKey(tok))
+				keys = append(keys, base+"x:"+tok)
 			}
 			var kept int64
 			for _, k := range keys {

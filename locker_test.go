@@ -675,18 +675,9 @@ func TestLockerMaxLocksAcrossShards(t *testing.T) {
 }
 
 // Both lock tables read max_locks and max_waiters <= 0 as the same
-// defaults, and take positive values as given.
+// defaults, and take positive values as given (the Redis table's half is
+// in stores/redis).
 func TestLimitsDefaults(t *testing.T) {
-	client, err := NewRedisClient(RedisConfig{Addresses: []string{"127.0.0.1:1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	rl, err := NewRedisLocker(client, t.Name(), RedisConfig{}, false, 0, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rl.Close()
 	ml := newMemLocker(false, 0, -1)
 	for _, tbl := range []struct {
 		name   string
@@ -694,7 +685,6 @@ func TestLimitsDefaults(t *testing.T) {
 		limits func() (int64, int64)
 	}{
 		{"memory", ml.SetLimits, func() (int64, int64) { return ml.maxLocks.Load(), ml.maxWaiters.Load() }},
-		{"redis", rl.SetLimits, func() (int64, int64) { return rl.maxLocks.Load(), rl.maxWaiters.Load() }},
 	} {
 		if locks, waiters := tbl.limits(); locks != lockstore.DefaultMaxLocks || waiters != lockstore.DefaultMaxWaiters {
 			t.Errorf("%s table created with 0, -1: limits %d, %d; want the defaults", tbl.name, locks, waiters)

@@ -19,6 +19,7 @@ var (
 		requests *prometheus.CounterVec
 		held     *prometheus.GaugeVec
 		wait     *prometheus.HistogramVec
+		lost     *prometheus.CounterVec
 	}
 )
 
@@ -42,6 +43,12 @@ func initMetrics() {
 		Help:      "Time requests spent queued for a lock, by zone.",
 		Buckets:   []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
 	}, []string{"zone"})
+	lockMetrics.lost = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "lock",
+		Name:      "leases_lost_total",
+		Help:      "In-flight locks whose lease was lost (not renewed in time) while their request ran, by zone.",
+	}, []string{"zone"})
 }
 
 // zoneMetrics are the collectors of one zone, looked up once at provision
@@ -57,7 +64,7 @@ func (m zoneMetrics) count(result string) { m.requests[result].Inc() }
 func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMetrics {
 	metricsOnce.Do(initMetrics)
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{lockMetrics.requests, lockMetrics.held, lockMetrics.wait} {
+		for _, c := range []prometheus.Collector{lockMetrics.requests, lockMetrics.held, lockMetrics.wait, lockMetrics.lost} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				logger.Error("registering lock metrics", zap.Error(err))
 			}
@@ -72,4 +79,12 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMet
 		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
 	}
 	return m
+}
+
+// countLostLease counts a lease lost while its request ran. Only leases
+// that can be lost (lockstore.Revocable, such as Redis's) count; the
+// series of a zone appears with its first loss.
+func countLostLease(zone string) {
+	metricsOnce.Do(initMetrics)
+	lockMetrics.lost.WithLabelValues(zone).Inc()
 }

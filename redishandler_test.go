@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -47,7 +49,7 @@ reverse_proxy {backend} {
 // disturb what the lock store keeps there.
 func redisClient(t *testing.T, srv *testRedis) redis.UniversalClient {
 	t.Helper()
-	c, err := NewRedisClient(RedisConfig{Addresses: []string{srv.Addr}, Timeout: caddy.Duration(time.Second)})
+	c, err := redisstore.NewClient(redisstore.Config{Addresses: []string{srv.Addr}, Timeout: caddy.Duration(time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +60,7 @@ func redisClient(t *testing.T, srv *testRedis) redis.UniversalClient {
 // heldInRedis counts the zone's held locks as Redis has them.
 func heldInRedis(t *testing.T, c redis.UniversalClient, zone string) int64 {
 	t.Helper()
-	n, err := c.ZCard(context.Background(), "{"+DefaultRedisKeyPrefix+":"+zone+"}:exp").Result()
+	n, err := c.ZCard(context.Background(), "{"+redisstore.DefaultKeyPrefix+":"+zone+"}:exp").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,14 +128,14 @@ func TestRedisHandlerACLUserAndDB(t *testing.T) {
 	srv := startRedis(t, "--user", "default", "off", "--user", "caddy", "on", ">s3cret", "~*", "&*", "+@all")
 	b := newBackend(t)
 	url := startCaddy(t, redisSite(srv, "racl", "username caddy\n\t\tpassword s3cret\n\t\tdb 3", ""), b)
-	conf := RedisConfig{Addresses: []string{srv.Addr}, Username: "caddy", Password: "s3cret", Timeout: caddy.Duration(time.Second)}
-	db0, err := NewRedisClient(conf)
+	conf := redisstore.Config{Addresses: []string{srv.Addr}, Username: "caddy", Password: "s3cret", Timeout: caddy.Duration(time.Second)}
+	db0, err := redisstore.NewClient(conf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db0.Close() })
 	conf.DB = 3
-	db3, err := NewRedisClient(conf)
+	db3, err := redisstore.NewClient(conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,7 +483,7 @@ func TestRedisHandlerReload(t *testing.T) {
 	// renewal loop is left, the current zone's.
 	waitFor(t, 5*time.Second, "the old zone's locker to close", func() bool {
 		buf := make([]byte, 1<<20)
-		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*RedisLocker).renewLoop") == 1
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "stores/redis.(*Locker).renewLoop") == 1
 	})
 }
 
@@ -492,7 +494,7 @@ func TestRedisHandlerReload(t *testing.T) {
 // request was under way in the lock handler. Neither refused (as if Redis
 // were down) nor, with fail_open, let through without its lock.
 func TestRedisHandlerReloadBeforeLock(t *testing.T) {
-	for _, onError := range []string{OnErrorFailClosed, OnErrorFailOpen} {
+	for _, onError := range []string{redisstore.OnErrorFailClosed, redisstore.OnErrorFailOpen} {
 		t.Run(onError, func(t *testing.T) { testReloadBeforeLock(t, onError) })
 	}
 }
@@ -522,7 +524,7 @@ func testReloadBeforeLock(t *testing.T, onError string) {
 	}()
 	<-authEntered
 	loadCaddy(t, port, "", strings.Replace(site, "timeout 200ms", "timeout 250ms", 1)+"\nheader X-Config two", b)
-	waitFor(t, 5*time.Second, "the old zone's locker to close", old.closed.Load)
+	waitFor(t, 5*time.Second, "the old zone's locker to close", old.Closed)
 	close(authGate)
 
 	// The write holds its lock at the backend: the new config refuses
@@ -555,14 +557,14 @@ func testReloadBeforeLock(t *testing.T, onError string) {
 }
 
 // redisZoneLocker returns the Redis locker of the zone's only table.
-func redisZoneLocker(t *testing.T, name string) *RedisLocker {
+func redisZoneLocker(t *testing.T, name string) *redisstore.Locker {
 	t.Helper()
 	zs, done := zonesNamed(name)
 	defer done()
 	if len(zs) != 1 {
 		t.Fatalf("zone %q has %d tables", name, len(zs))
 	}
-	l, ok := zs[0].locker.(*RedisLocker)
+	l, ok := zs[0].locker.(*redisstore.Locker)
 	if !ok {
 		t.Fatalf("zone %q is not in Redis", name)
 	}
@@ -577,13 +579,13 @@ func TestRedisHandlerRedisHangs(t *testing.T) {
 	b := newBackend(t)
 	url := startCaddy(t, redisSite(srv, "rhang", "", ""), b)
 	mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusOK)
-	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := srv.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	resumed := false
 	t.Cleanup(func() {
 		if !resumed {
-			_ = srv.cmd.Process.Signal(syscall.SIGCONT)
+			_ = srv.Signal(syscall.SIGCONT)
 		}
 	})
 	for range 3 {
@@ -598,7 +600,7 @@ func TestRedisHandlerRedisHangs(t *testing.T) {
 			t.Fatalf("write while Redis hung: %d %s", r.status, r.body)
 		}
 	}
-	if err := srv.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := srv.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	resumed = true

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-lock/caddy-lock/lockstore"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/redis/go-redis/v9"
@@ -128,48 +126,30 @@ func TestRedisFailOpenNotOnErrorReplyWebDAV(t *testing.T) {
 	}
 }
 
-func TestStoreErrClassified(t *testing.T) {
-	srv := startRedis(t)
+// otherInstance records, in Redis, the zone's settings as another live
+// Caddy instance would have them (see stores/redis/agree.go): the record
+// an instance keeps while it runs, here for 30s.
+func otherInstance(t *testing.T, srv *testRedis, zone string, hierarchy, caseInsensitive bool) {
+	t.Helper()
 	c := redisClient(t, srv)
 	ctx := context.Background()
-	if err := c.Set(ctx, "s", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	err := c.ZAdd(ctx, "s", redis.Z{Member: "m"}).Err() // WRONGTYPE
-	if got := storeErr(err); got != lockstore.ErrStoreFailed {
-		t.Fatalf("WRONGTYPE: %v, want ErrStoreFailed", got)
-	}
-	err = c.Eval(ctx, "return redis.call('NOSUCHCOMMAND')", nil).Err()
-	if got := storeErr(err); got != lockstore.ErrStoreFailed {
-		t.Fatalf("script error %v: %v, want ErrStoreFailed", err, got)
-	}
-	srv.Stop()
-	err = c.Ping(ctx).Err()
-	if got := storeErr(err); got != lockstore.ErrStoreUnavailable {
-		t.Fatalf("server down %v: %v, want ErrStoreUnavailable", err, got)
-	}
-}
-
-// otherInstance is a zone's locker as another Caddy instance would have
-// it, with its settings recorded in Redis.
-func otherInstance(t *testing.T, srv *testRedis, zone string, hierarchy, caseInsensitive bool) *RedisLocker {
-	t.Helper()
-	cfg := RedisConfig{Addresses: []string{srv.Addr}, Lease: caddy.Duration(time.Second), Timeout: caddy.Duration(200 * time.Millisecond)}
-	c, err := NewRedisClient(cfg)
+	now, err := c.Time(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	l, err := NewRedisLocker(c, zone, cfg, hierarchy, 0, 0)
+	base := redisZoneBase(zone)
+	settings := fmt.Sprintf("hierarchy=%t case_insensitive=%t", hierarchy, caseInsensitive)
+	const ttl = 30 * time.Second
+	_, err = c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, base+"settings", "other-instance", settings)
+		p.ZAdd(ctx, base+"settings:exp", redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: "other-instance"})
+		p.PExpire(ctx, base+"settings", ttl)
+		p.PExpire(ctx, base+"settings:exp", ttl)
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	l.instance = "other-instance"
-	if err := l.Agree(context.Background(), caseInsensitive); err != nil {
-		t.Fatal(err)
-	}
-	return l
 }
 
 // An instance whose hierarchy differs from that of another live instance

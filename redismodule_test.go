@@ -1,21 +1,17 @@
 package caddylock
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/caddy-lock/caddy-lock/lockstore"
+	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 )
 
 // adaptLock adapts a site with the given lock block and returns the lock
@@ -63,15 +59,15 @@ func TestRedisStoreCaddyfile(t *testing.T) {
 	}
 	var got struct {
 		Type string `json:"type"`
-		RedisStore
+		redisstore.Store
 	}
 	dec := json.NewDecoder(strings.NewReader(string(h["store"])))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&got); err != nil {
 		t.Fatalf("store JSON %s: %v", h["store"], err)
 	}
-	want := RedisStore{
-		RedisConfig: RedisConfig{
+	want := redisstore.Store{
+		Config: redisstore.Config{
 			Addresses: []string{"10.0.0.1:6379", "10.0.0.2:6379"},
 			Username:  "caddy",
 			Password:  "{env.REDIS_PASSWORD}",
@@ -80,7 +76,7 @@ func TestRedisStoreCaddyfile(t *testing.T) {
 			Timeout:   caddy.Duration(250 * time.Millisecond),
 			PoolSize:  4,
 		},
-		OnError: OnErrorFailOpen,
+		OnError: redisstore.OnErrorFailOpen,
 		TLS: &reverseproxy.TLSConfig{
 			CARaw:                    json.RawMessage(`{"pem_files":["/etc/redis/ca.pem"],"provider":"file"}`),
 			ClientCertificateFile:    "/etc/redis/c.pem",
@@ -88,7 +84,7 @@ func TestRedisStoreCaddyfile(t *testing.T) {
 			ServerName:               "redis.internal",
 		},
 	}
-	gotJSON, _ := json.Marshal(got.RedisStore)
+	gotJSON, _ := json.Marshal(got.Store)
 	wantJSON, _ := json.Marshal(want)
 	if got.Type != "redis" || string(gotJSON) != string(wantJSON) {
 		t.Fatalf("store = %s %s\nwant %s", got.Type, gotJSON, wantJSON)
@@ -197,71 +193,4 @@ func TestRedisStoreTLS(t *testing.T) {
 			}
 		})
 	}
-}
-
-// releaseGate is a go-redis hook that holds the next script call at the
-// door until opened, so a test can act while a release is under way.
-type releaseGate struct {
-	passHooks
-	armed   atomic.Bool
-	entered chan struct{}
-	open    chan struct{}
-}
-
-func (g *releaseGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "evalsha" && g.armed.CompareAndSwap(true, false) {
-			close(g.entered)
-			<-g.open
-		}
-		return next(ctx, cmd)
-	}
-}
-
-// Closing a zone's Redis tables (a reload that changed the store's
-// settings) waits for a release that is under way: the client must not
-// be closed under it, or the lock would stay in Redis until its lease ran
-// out and refuse the writes that follow.
-func TestRedisZoneCloseWaitsForRelease(t *testing.T) {
-	srv := startRedis(t)
-	store := &RedisStore{
-		// The timeout outlasts the release held at the gate.
-		RedisConfig: RedisConfig{Addresses: []string{srv.Addr}, Lease: caddy.Duration(time.Minute), Timeout: caddy.Duration(10 * time.Second)}.withDefaults(),
-		logger:      zap.NewNop(),
-	}
-	tables, err := store.OpenZone(t.Name(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := tables.Locker.(*RedisLocker)
-	gate := &releaseGate{entered: make(chan struct{}), open: make(chan struct{})}
-	l.client.AddHook(gate)
-	ls := redisAcquire(t, l, "/doc", lockstore.Exclusive)
-
-	gate.armed.Store(true)
-	released := make(chan struct{})
-	go func() {
-		ls.Release()
-		close(released)
-	}()
-	<-gate.entered
-	if l.Idle() {
-		t.Error("the locker reports idle while a release is under way")
-	}
-	// The closer runs under this label: once it waits in its poll, it
-	// has looked and found the release under way. One that closed the
-	// client never waits.
-	label := t.Name()
-	labelled(label, func() { err = tables.Close() })
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitParked(t, label, "(*RedisStore).OpenZone")
-	close(gate.open)
-	<-released
-
-	// The lock is gone from Redis: another node takes it at once.
-	other := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute})
-	redisAcquire(t, other, "/doc", lockstore.Exclusive).Release()
-	waitFor(t, 5*time.Second, "the idle tables to close", l.closed.Load)
 }

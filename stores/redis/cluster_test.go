@@ -1,4 +1,4 @@
-package caddylock
+package redisstore
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -32,7 +31,7 @@ func startRedisCluster(t *testing.T) []string {
 			t.Fatalf("assigning slots: %v", err)
 		}
 	}
-	if err := clients[0].Do(ctx, "CLUSTER", "MEET", "127.0.0.1", nodes[1].port).Err(); err != nil {
+	if err := clients[0].Do(ctx, "CLUSTER", "MEET", "127.0.0.1", nodes[1].Port()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 15*time.Second, "the cluster to form", func() bool {
@@ -52,9 +51,9 @@ func startRedisCluster(t *testing.T) []string {
 // its scripts run on the node that owns the slot, for zones on either node.
 func TestRedisClusterMode(t *testing.T) {
 	addrs := startRedisCluster(t)
-	cfg := RedisConfig{Addresses: addrs, Lease: caddy.Duration(2 * time.Second), Timeout: caddy.Duration(500 * time.Millisecond)}
+	cfg := Config{Addresses: addrs, Lease: caddy.Duration(2 * time.Second), Timeout: caddy.Duration(500 * time.Millisecond)}
 	newClient := func() redis.UniversalClient {
-		c, err := NewRedisClient(cfg)
+		c, err := NewClient(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +70,7 @@ func TestRedisClusterMode(t *testing.T) {
 	var zoneOn [2]string
 	for i := 0; zoneOn[0] == "" || zoneOn[1] == ""; i++ {
 		z := fmt.Sprintf("z%d", i)
-		slot, err := c1.ClusterKeySlot(ctx, "{"+DefaultRedisKeyPrefix+":"+z+"}").Result()
+		slot, err := c1.ClusterKeySlot(ctx, "{"+DefaultKeyPrefix+":"+z+"}").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,12 +80,12 @@ func TestRedisClusterMode(t *testing.T) {
 	}
 	for node, zone := range zoneOn {
 		t.Run(fmt.Sprintf("node%d", node), func(t *testing.T) {
-			l1, err := NewRedisLocker(c1, zone, cfg, true, 0, 0)
+			l1, err := NewLocker(c1, zone, cfg, true, 0, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer l1.Close()
-			l2, err := NewRedisLocker(c2, zone, cfg, true, 0, 0)
+			l2, err := NewLocker(c2, zone, cfg, true, 0, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,11 +107,11 @@ func TestRedisClusterMode(t *testing.T) {
 				t.Fatalf("waiter: %v", err)
 			}
 
-			s1, err := NewRedisLockStore(c1, zone, cfg)
+			s1, err := NewLockStore(c1, zone, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			s2, err := NewRedisLockStore(c2, zone, cfg)
+			s2, err := NewLockStore(c2, zone, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

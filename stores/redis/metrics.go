@@ -1,4 +1,4 @@
-package caddylock
+package redisstore
 
 import (
 	"context"
@@ -14,58 +14,46 @@ import (
 	"go.uber.org/zap"
 )
 
-// Metrics of the Redis store, created once per process like the others
-// (see metrics.go) and labelled by zone and operation: the script's name
+// Metrics of the Redis store, created once per process like the handler's
+// (a new registry comes with every config load; the counts carry on) and
+// labelled by zone and operation: the script's name
 // (acquire, release, renew, leave, or an explicit-lock operation) or the
 // plain command's name. Both sets are small and fixed.
 var (
-	redisMetricsOnce sync.Once
-	redisMetrics     struct {
+	metricsOnce  sync.Once
+	storeMetrics struct {
 		seconds *prometheus.HistogramVec
 		errors  *prometheus.CounterVec
-		lost    *prometheus.CounterVec
 	}
 )
 
-func initRedisMetrics() {
-	redisMetrics.seconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+func initMetrics() {
+	storeMetrics.seconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy",
 		Subsystem: "lock",
 		Name:      "redis_seconds",
 		Help:      "Round-trip time of Redis calls of the lock store, retries included, by zone and operation.",
 		Buckets:   []float64{.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1},
 	}, []string{"zone", "op"})
-	redisMetrics.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+	storeMetrics.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "lock",
 		Name:      "redis_errors_total",
 		Help:      "Redis calls of the lock store that failed (unreachable, timed out, or refused), by zone and operation.",
 	}, []string{"zone", "op"})
-	redisMetrics.lost = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy",
-		Subsystem: "lock",
-		Name:      "leases_lost_total",
-		Help:      "In-flight locks whose lease was lost (not renewed in time) while their request ran, by zone.",
-	}, []string{"zone"})
 }
 
-func registerRedisMetrics(ctx caddy.Context, logger *zap.Logger) {
-	redisMetricsOnce.Do(initRedisMetrics)
+func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
+	metricsOnce.Do(initMetrics)
 	reg := ctx.GetMetricsRegistry()
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{redisMetrics.seconds, redisMetrics.errors, redisMetrics.lost} {
+	for _, c := range []prometheus.Collector{storeMetrics.seconds, storeMetrics.errors} {
 		if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			logger.Error("registering redis lock metrics", zap.Error(err))
 		}
 	}
-}
-
-// countLostLease counts a lease lost while its request ran.
-func countLostLease(zone string) {
-	redisMetricsOnce.Do(initRedisMetrics)
-	redisMetrics.lost.WithLabelValues(zone).Inc()
 }
 
 // scriptOps names the store's scripts by SHA1, as EVALSHA sends them.
@@ -84,8 +72,8 @@ var scriptOps = map[string]string{
 	xAffectingScript.Hash():   "explicit_affecting",
 }
 
-// redisOp names the operation a command performs.
-func redisOp(cmd redis.Cmder) string {
+// opOf names the operation a command performs.
+func opOf(cmd redis.Cmder) string {
 	name := cmd.Name()
 	args := cmd.Args()
 	if len(args) < 2 {
@@ -107,23 +95,23 @@ func redisOp(cmd redis.Cmder) string {
 	return "script"
 }
 
-// redisMetricsHook times every command of a zone's client and counts its
+// metricsHook times every command of a zone's client and counts its
 // failures. A missing key (redis.Nil) and NOSCRIPT, which go-redis
 // answers by sending the script, are not failures.
-type redisMetricsHook struct{ zone string }
+type metricsHook struct{ zone string }
 
-func (h redisMetricsHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h metricsHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (h redisMetricsHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h metricsHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmd)
-		h.observe(redisOp(cmd), time.Since(start), err)
+		h.observe(opOf(cmd), time.Since(start), err)
 		return err
 	}
 }
 
-func (h redisMetricsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h metricsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmds)
@@ -132,11 +120,11 @@ func (h redisMetricsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) re
 	}
 }
 
-func (h redisMetricsHook) observe(op string, d time.Duration, err error) {
-	redisMetricsOnce.Do(initRedisMetrics)
-	redisMetrics.seconds.WithLabelValues(h.zone, op).Observe(d.Seconds())
+func (h metricsHook) observe(op string, d time.Duration, err error) {
+	metricsOnce.Do(initMetrics)
+	storeMetrics.seconds.WithLabelValues(h.zone, op).Observe(d.Seconds())
 	if err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err) {
-		redisMetrics.errors.WithLabelValues(h.zone, op).Inc()
+		storeMetrics.errors.WithLabelValues(h.zone, op).Inc()
 	}
 }
 

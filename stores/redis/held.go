@@ -1,4 +1,4 @@
-package caddylock
+package redisstore
 
 // Listing the in-flight locks of a Redis zone, for the admin API: every
 // node sees the locks that any node holds.
@@ -16,10 +16,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// redisListPage is the COUNT of each ZSCAN step of a listing: it bounds
+// listPage is the COUNT of each ZSCAN step of a listing: it bounds
 // the work of one script call, so that a listing never holds Redis up
 // for long, whatever the size of the zone.
-const redisListPage = 256
+const listPage = 256
 
 // livePageScript reads one ZSCAN step of a sorted set whose scores are
 // expiry times (ms, server clock) and returns the entries that have not
@@ -27,18 +27,7 @@ const redisListPage = 256
 //
 // KEYS: the sorted set [, the hash]; ARGV: cursor, count. Returns {next
 // cursor, member, value, member, value, …}, value being "" without a hash.
-var livePageScript = redis.NewScript(scriptTime + `
-local page = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local out = {page[1]}
-local es = page[2]
-for i = 1, #es, 2 do
-  if tonumber(es[i + 1]) > now then
-    out[#out + 1] = es[i]
-    out[#out + 1] = KEYS[2] and (redis.call('HGET', KEYS[2], es[i]) or '') or ''
-  end
-end
-return out
-`)
+var livePageScript = redis.NewScript(scriptTime + lua("held_page"))
 
 // HeldLocks lists the zone's in-flight locks as Redis holds them, whoever
 // holds them: per key its kind, its holders, the earliest grant among them
@@ -49,7 +38,7 @@ return out
 // per call, each call bounded by the timeout; the table itself is bounded
 // by max_locks. The list is consistent per step only: a lock taken or
 // released meanwhile may be missing or listed.
-func (l *RedisLocker) HeldLocks(ctx context.Context) ([]lockstore.HeldLock, error) {
+func (l *Locker) HeldLocks(ctx context.Context) ([]lockstore.HeldLock, error) {
 	byKey := map[string]*lockstore.HeldLock{}
 	seen := map[string]bool{} // ZSCAN may return an entry twice
 	err := l.scanLive(ctx, l.kExp, l.kInfo, func(member, info string) {
@@ -99,7 +88,7 @@ func (l *RedisLocker) HeldLocks(ctx context.Context) ([]lockstore.HeldLock, erro
 
 // scanLive calls fn for every live entry of the sorted set set (holders
 // or waiters), with its value in hash ("" for none).
-func (l *RedisLocker) scanLive(ctx context.Context, set, hash string, fn func(member, value string)) error {
+func (l *Locker) scanLive(ctx context.Context, set, hash string, fn func(member, value string)) error {
 	keys := []string{set}
 	if hash != "" {
 		keys = append(keys, hash)
@@ -107,7 +96,7 @@ func (l *RedisLocker) scanLive(ctx context.Context, set, hash string, fn func(me
 	cursor := "0"
 	for {
 		cctx, cancel := context.WithTimeout(ctx, l.timeout)
-		v, err := livePageScript.Run(cctx, l.client, keys, cursor, redisListPage).Slice()
+		v, err := livePageScript.Run(cctx, l.client, keys, cursor, listPage).Slice()
 		cancel()
 		if err != nil {
 			return err
@@ -128,7 +117,7 @@ func (l *RedisLocker) scanLive(ctx context.Context, set, hash string, fn func(me
 	}
 }
 
-func (l *RedisLocker) listErr(ctx context.Context, err error) error {
+func (l *Locker) listErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("redis in-flight lock list: %w", ctx.Err())
 	}

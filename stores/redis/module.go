@@ -1,4 +1,4 @@
-package caddylock
+package redisstore
 
 import (
 	"crypto/sha256"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/cfgarg"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
@@ -20,24 +21,24 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(RedisStore{})
+	caddy.RegisterModule(Store{})
 }
 
-// Values of RedisStore.OnError.
+// Values of Store.OnError.
 const (
 	OnErrorFailClosed = "fail_closed"
 	OnErrorFailOpen   = "fail_open"
 )
 
-// RedisStore keeps the lock tables of zones in Redis, so that every Caddy
+// Store keeps the lock tables of zones in Redis, so that every Caddy
 // instance configured with the same Redis, key prefix and zone shares
 // them: a write through one instance is refused by the others while it
 // runs. Module ID http.handlers.lock.stores.redis.
-type RedisStore struct {
+type Store struct {
 	// The connection, key prefix, lease and timeout. Addresses,
 	// master_name, username, password and key_prefix may use global
 	// placeholders such as {env.REDIS_PASSWORD}.
-	RedisConfig
+	Config
 
 	// TLS enables TLS to Redis with these options (the same as
 	// reverse_proxy's transport); an empty object means TLS with the
@@ -56,20 +57,20 @@ type RedisStore struct {
 	logger   *zap.Logger
 }
 
-// redisIdlePoll is how often a zone being closed checks whether its last
+// idlePoll is how often a zone being closed checks whether its last
 // lease was released.
-const redisIdlePoll = 100 * time.Millisecond
+const idlePoll = 100 * time.Millisecond
 
 // CaddyModule returns the Caddy module information.
-func (RedisStore) CaddyModule() caddy.ModuleInfo {
+func (Store) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.lock.stores.redis",
-		New: func() caddy.Module { return new(RedisStore) },
+		New: func() caddy.Module { return new(Store) },
 	}
 }
 
 // Provision resolves placeholders, fixes the table key and prepares TLS.
-func (s *RedisStore) Provision(ctx caddy.Context) error {
+func (s *Store) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
 	for i, a := range s.Addresses {
@@ -91,14 +92,14 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 	if s.Lease < 0 || s.Timeout < 0 || s.PoolSize < 0 {
 		return errors.New("redis lock store: lease, timeout and pool_size must not be negative")
 	}
-	s.RedisConfig = s.RedisConfig.withDefaults()
+	s.Config = s.Config.withDefaults()
 	// The key covers everything that decides which tables are reached
 	// and how leases behave, but not on_error, which is each handler's
 	// own. It is hashed so that the password appears nowhere.
 	tk := struct {
-		RedisConfig
+		Config
 		TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
-	}{s.RedisConfig, s.TLS}
+	}{s.Config, s.TLS}
 	b, err := json.Marshal(tk)
 	if err != nil {
 		return fmt.Errorf("redis lock store: encoding table key: %w", err)
@@ -110,9 +111,9 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("redis lock store: tls: %w", err)
 		}
-		s.RedisConfig.TLS, s.RedisConfig.TLSConfig = true, tc
+		s.Config.TLS, s.Config.TLSConfig = true, tc
 	}
-	registerRedisMetrics(ctx, ctx.Logger())
+	registerMetrics(ctx, ctx.Logger())
 	ctx.Logger().Debug("lock store in redis", zap.Strings("addresses", s.Addresses),
 		zap.String("key_prefix", s.KeyPrefix), zap.Duration("lease", time.Duration(s.Lease)),
 		zap.Duration("timeout", time.Duration(s.Timeout)), zap.String("on_error", s.OnError))
@@ -120,7 +121,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 }
 
 // Validate checks the configuration.
-func (s *RedisStore) Validate() error {
+func (s *Store) Validate() error {
 	if len(s.Addresses) == 0 {
 		return errors.New("redis lock store: at least one address is required")
 	}
@@ -151,25 +152,25 @@ func (s *RedisStore) Validate() error {
 }
 
 // TableKey implements Store.
-func (s *RedisStore) TableKey() string { return s.tableKey }
+func (s *Store) TableKey() string { return s.tableKey }
 
 // FailOpen implements Store.
-func (s *RedisStore) FailOpen() bool { return s.OnError == OnErrorFailOpen }
+func (s *Store) FailOpen() bool { return s.OnError == OnErrorFailOpen }
 
 // OpenZone implements Store: one client per zone, whose commands are
-// timed for the metrics, a RedisLocker and a RedisLockStore over it.
-func (s *RedisStore) OpenZone(zone string, hierarchy bool) (lockstore.ZoneTables, error) {
-	client, err := NewRedisClient(s.RedisConfig)
+// timed for the metrics, a Locker and a LockStore over it.
+func (s *Store) OpenZone(zone string, hierarchy bool) (lockstore.ZoneTables, error) {
+	client, err := NewClient(s.Config)
 	if err != nil {
 		return lockstore.ZoneTables{}, err
 	}
-	client.AddHook(redisMetricsHook{zone: zone})
-	locker, err := NewRedisLocker(client, zone, s.RedisConfig, hierarchy, 0, 0)
+	client.AddHook(metricsHook{zone: zone})
+	locker, err := NewLocker(client, zone, s.Config, hierarchy, 0, 0)
 	if err != nil {
 		client.Close()
 		return lockstore.ZoneTables{}, err
 	}
-	explicit, err := NewRedisLockStore(client, zone, s.RedisConfig)
+	explicit, err := NewLockStore(client, zone, s.Config)
 	if err != nil {
 		return lockstore.ZoneTables{}, errors.Join(err, locker.Close(), client.Close())
 	}
@@ -182,7 +183,7 @@ func (s *RedisStore) OpenZone(zone string, hierarchy bool) (lockstore.ZoneTables
 			// Each is bounded by its handler's max_hold.
 			go func() {
 				for !locker.Idle() {
-					time.Sleep(redisIdlePoll)
+					time.Sleep(idlePoll)
 				}
 				if err := errors.Join(locker.Close(), client.Close()); err != nil {
 					s.logger.Warn("closing redis lock store", zap.String("zone", zone), zap.Error(err))
@@ -214,13 +215,13 @@ func (s *RedisStore) OpenZone(zone string, hierarchy bool) (lockstore.ZoneTables
 //		pool_size    <n>
 //		on_error     fail_closed|fail_open
 //	}
-func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (s *Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store type
 	if d.NextArg() {
 		return d.Errf("lock: store redis: unexpected argument %q; settings go in a block", d.Val())
 	}
 	// Addresses add up.
-	once := givenOnce(d, "lock: store redis", "address", "addresses")
+	once := cfgarg.GivenOnce(d, "lock: store redis", "address", "addresses")
 	for d.NextBlock(0) {
 		sub := d.Val()
 		if err := once(sub); err != nil {
@@ -239,7 +240,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			s.Addresses = append(s.Addresses, addrs...)
 		case "master_name", "username", "password", "key_prefix":
-			v, err := oneArg(d, "store redis: "+sub, "a value", "value (quote one with spaces)")
+			v, err := cfgarg.One(d, "store redis: "+sub, "a value", "value (quote one with spaces)")
 			if err != nil {
 				return err
 			}
@@ -257,7 +258,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				s.KeyPrefix = v
 			}
 		case "db":
-			v, err := oneArg(d, "store redis: db", "a database number", "number")
+			v, err := cfgarg.One(d, "store redis: db", "a database number", "number")
 			if err != nil {
 				return err
 			}
@@ -267,13 +268,13 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			s.DB = n
 		case "pool_size":
-			n, err := countArg(d, "store redis: pool_size")
+			n, err := cfgarg.Count(d, "store redis: pool_size")
 			if err != nil {
 				return err
 			}
 			s.PoolSize = n
 		case "lease", "timeout":
-			dur, err := durationArg(d, "store redis: "+sub)
+			dur, err := cfgarg.Duration(d, "store redis: "+sub)
 			if err != nil {
 				return err
 			}
@@ -286,7 +287,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				s.Timeout = dur
 			}
 		case "on_error":
-			v, err := oneArg(d, "store redis: on_error", OnErrorFailClosed+" or "+OnErrorFailOpen, "value")
+			v, err := cfgarg.One(d, "store redis: on_error", OnErrorFailClosed+" or "+OnErrorFailOpen, "value")
 			if err != nil {
 				return err
 			}
@@ -307,7 +308,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(s.Addresses) == 0 {
 		return d.Errf("lock: store redis: expected at least one address (host:port) in the block")
 	}
-	if c := s.RedisConfig.withDefaults(); c.Lease < 2*c.Timeout {
+	if c := s.Config.withDefaults(); c.Lease < 2*c.Timeout {
 		return d.Errf("lock: store redis: lease %s must be at least twice the timeout %s",
 			time.Duration(c.Lease), time.Duration(c.Timeout))
 	}
@@ -315,7 +316,7 @@ func (s *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // unmarshalTLS reads `tls` and its optional block.
-func (s *RedisStore) unmarshalTLS(d *caddyfile.Dispenser) error {
+func (s *Store) unmarshalTLS(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("lock: store redis: tls: unexpected argument %q; options go in a block", d.Val())
 	}
@@ -340,7 +341,7 @@ func (s *RedisStore) unmarshalTLS(d *caddyfile.Dispenser) error {
 			}
 			s.TLS.ClientCertificateFile, s.TLS.ClientCertificateKeyFile = args[0], args[1]
 		case "server_name":
-			v, err := oneArg(d, "store redis: tls: server_name", "a host name", "name")
+			v, err := cfgarg.One(d, "store redis: tls: server_name", "a host name", "name")
 			if err != nil {
 				return err
 			}
@@ -360,8 +361,8 @@ func (s *RedisStore) unmarshalTLS(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ lockstore.Store       = (*RedisStore)(nil)
-	_ caddy.Provisioner     = (*RedisStore)(nil)
-	_ caddy.Validator       = (*RedisStore)(nil)
-	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
+	_ lockstore.Store       = (*Store)(nil)
+	_ caddy.Provisioner     = (*Store)(nil)
+	_ caddy.Validator       = (*Store)(nil)
+	_ caddyfile.Unmarshaler = (*Store)(nil)
 )

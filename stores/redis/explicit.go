@@ -1,6 +1,6 @@
-package caddylock
+package redisstore
 
-// RedisLockStore: explicit locks (LOCK, admin API) of a zone in Redis,
+// LockStore: explicit locks (LOCK, admin API) of a zone in Redis,
 // shared by every Caddy instance of the zone.
 
 import (
@@ -19,7 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// RedisLockStore is a LockStore in Redis.
+// LockStore is a LockStore in Redis.
 //
 // Data model (every key carries the zone's hash tag {prefix:zone}, so all
 // live in one Redis Cluster slot and the scripts may touch any of them):
@@ -47,7 +47,7 @@ import (
 // xsz exactly while it is in xexp, and xbytes and xown agree with xsz:
 // every script that adds or drops an entry of xexp does both in one go
 // (see account and unaccount), so the counters never leak.
-type RedisLockStore struct {
+type LockStore struct {
 	client  redis.UniversalClient
 	timeout time.Duration
 	max     atomic.Int64 // most live locks in the zone, changeable with SetMax
@@ -60,9 +60,9 @@ type RedisLockStore struct {
 	kExp     string
 }
 
-// NewRedisLockStore returns the explicit lock store of zone in Redis.
+// NewLockStore returns the explicit lock store of zone in Redis.
 // cfg supplies the key prefix and timeout. The client is not owned.
-func NewRedisLockStore(client redis.UniversalClient, zone string, cfg RedisConfig) (*RedisLockStore, error) {
+func NewLockStore(client redis.UniversalClient, zone string, cfg Config) (*LockStore, error) {
 	if client == nil {
 		return nil, errors.New("redis explicit lock store: nil client")
 	}
@@ -71,7 +71,7 @@ func NewRedisLockStore(client redis.UniversalClient, zone string, cfg RedisConfi
 		return nil, fmt.Errorf("redis explicit lock store: key prefix %q and zone %q must not contain '{' or '}'", cfg.KeyPrefix, zone)
 	}
 	base := "{" + cfg.KeyPrefix + ":" + zone + "}:"
-	s := &RedisLockStore{
+	s := &LockStore{
 		client:  client,
 		timeout: time.Duration(cfg.Timeout),
 		base:    base,
@@ -86,7 +86,7 @@ func NewRedisLockStore(client redis.UniversalClient, zone string, cfg RedisConfi
 // SetBudget changes max_lock_bytes and max_locks_per_owner (<= 0 means
 // their defaults); locks already held are never dropped. Every node of a
 // zone should use the same limits.
-func (s *RedisLockStore) SetBudget(maxBytes int64, perOwner int) {
+func (s *LockStore) SetBudget(maxBytes int64, perOwner int) {
 	if maxBytes <= 0 {
 		maxBytes = lockstore.DefaultMaxLockBytes
 	}
@@ -100,7 +100,7 @@ func (s *RedisLockStore) SetBudget(maxBytes int64, perOwner int) {
 // Usage reports what the zone's locks count against max_lock_bytes and
 // how many of them owner holds, as the counters in Redis have it (locks
 // that expired but were not purged yet included).
-func (s *RedisLockStore) Usage(ctx context.Context, owner string) (bytes int64, owned int64, err error) {
+func (s *LockStore) Usage(ctx context.Context, owner string) (bytes int64, owned int64, err error) {
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var b *redis.StringCmd
@@ -121,7 +121,7 @@ func (s *RedisLockStore) Usage(ctx context.Context, owner string) (bytes int64, 
 // SetMax changes the most live locks the zone holds (<= 0 means
 // DefaultMaxLocks); past it Create fails with ErrFull. Locks already held
 // are never dropped. Every node of a zone should use the same limit.
-func (s *RedisLockStore) SetMax(maxLocks int) {
+func (s *LockStore) SetMax(maxLocks int) {
 	if maxLocks <= 0 {
 		maxLocks = lockstore.DefaultMaxLocks
 	}
@@ -129,7 +129,7 @@ func (s *RedisLockStore) SetMax(maxLocks int) {
 }
 
 // SetLimits implements LockStore.
-func (s *RedisLockStore) SetLimits(maxLocks int, maxBytes int64, perOwner int) {
+func (s *LockStore) SetLimits(maxLocks int, maxBytes int64, perOwner int) {
 	s.SetMax(maxLocks)
 	s.SetBudget(maxBytes, perOwner)
 }
@@ -147,56 +147,7 @@ const (
 // back what they counted, and defines the helpers (luaAncestors derives a
 // root's ancestors). The counters' keys are named from xidx's, which
 // carries the zone's hash tag: they live in the same slot.
-const xPurge = scriptTime + luaAncestors + `
-local idx, xexp = KEYS[1], KEYS[2]
-local zbase = string.sub(idx, 1, #idx - 4)
-local xsz, xbytes, xown = zbase .. 'xsz', zbase .. 'xbytes', zbase .. 'xown'
--- account counts a new index entry m against the budget
-local function account(m, bytes, who)
-  redis.call('HSET', xsz, m, bytes .. ' ' .. who)
-  redis.call('INCRBY', xbytes, bytes)
-  redis.call('HINCRBY', xown, who, 1)
-end
--- unaccount gives back what m counted; running it twice gives back once
-local function unaccount(m)
-  local v = redis.call('HGET', xsz, m)
-  if not v then return end
-  local bytes, who = string.match(v, '^(%d+) (.*)$')
-  redis.call('HDEL', xsz, m)
-  if redis.call('DECRBY', xbytes, tonumber(bytes)) <= 0 then redis.call('DEL', xbytes) end
-  if redis.call('HINCRBY', xown, who, -1) <= 0 then redis.call('HDEL', xown, who) end
-end
-local function purge(lim)
-  local dead = redis.call('ZRANGEBYSCORE', xexp, '-inf', now, 'LIMIT', 0, lim)
-  if #dead > 0 then
-    redis.call('ZREM', idx, unpack(dead))
-    redis.call('ZREM', xexp, unpack(dead))
-    for _, m in ipairs(dead) do unaccount(m) end
-  end
-  return #dead
-end
-purge(256)
-local function live(m)
-  local e = redis.call('ZSCORE', xexp, m)
-  return e and tonumber(e) > now
-end
-local function tokenOf(m) return string.match(m, '%z[SX][0I]%z(.*)$') end
--- the live index entries in a BYLEX range, at most lim (0 = no limit)
-local function inRange(lo, hi, lim, out)
-  local off = 0
-  while true do
-    local ms = redis.call('ZRANGEBYLEX', idx, lo, hi, 'LIMIT', off, 256)
-    for _, m in ipairs(ms) do
-      if live(m) then
-        out[#out + 1] = m
-        if lim > 0 and #out >= lim then return out end
-      end
-    end
-    if #ms < 256 then return out end
-    off = off + 256
-  end
-end
-`
+var xPurge = scriptTime + luaAncestors + lua("explicit_prelude")
 
 // xCreateScript adds a lock unless it conflicts or passes a limit. Run
 // again with the same token (a retry), it returns the lock it created.
@@ -209,70 +160,7 @@ end
 // fields} when created, {0, {hash fields of each conflicting lock}}, or
 // {2} when the zone holds max_locks, {3} when the lock would pass
 // max_lock_bytes, {4} when its creator holds max_locks_per_owner.
-var xCreateScript = redis.NewScript(xPurge + `
-local h = KEYS[3]
-local root, tok, scope, depth = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('EXISTS', h) == 1 then
-  return {1, redis.call('HGETALL', h)}
-end
-local conflicts = {}
-local function check(ms, onlyInfinite)
-  for _, m in ipairs(ms) do
-    local s, d = string.match(m, '%z([SX])([0I])%z')
-    if (not onlyInfinite or d == 'I') and (scope == 'X' or s == 'X') then
-      conflicts[#conflicts + 1] = redis.call('HGETALL', ARGV[11] .. tokenOf(m))
-      if #conflicts >= 64 then return true end -- enough to report
-    end
-  end
-  return false
-end
--- ARGV[11] is the hash key prefix
--- locks on the root itself
-if check(inRange('[' .. root .. '\0', '(' .. root .. '\1', 0, {}), false) then return {0, conflicts} end
--- infinite locks on ancestors cover the root
-for a in ancestorsOf(root) do
-  if check(inRange('[' .. a .. '\0', '(' .. a .. '\1', 0, {}), true) then return {0, conflicts} end
-end
--- an infinite lock covers the locks below its root
-if depth == 'I' and ARGV[9] ~= '' then
-  -- every lock below conflicts with an exclusive one, so 64 will do; a
-  -- shared one conflicts only with the exclusive ones, which may come
-  -- after any number of shared ones
-  local lim = 64
-  if scope ~= 'X' then lim = 0 end
-  check(inRange(ARGV[9], ARGV[10], lim, {}), false)
-end
-if #conflicts > 0 then return {0, conflicts} end
--- the zone is full only for a lock that could be granted: a conflicting
--- one is refused as such, as in memory
-if redis.call('ZCARD', xexp) - redis.call('ZCOUNT', xexp, '-inf', now) >= tonumber(ARGV[12]) then
-  return {2}
-end
-local who, bytes = ARGV[7], tonumber(ARGV[13])
-local maxBytes, perOwner = tonumber(ARGV[14]), tonumber(ARGV[15])
-local function over()
-  if perOwner > 0 and tonumber(redis.call('HGET', xown, who) or '0') >= perOwner then return 4 end
-  if tonumber(redis.call('GET', xbytes) or '0') + bytes > maxBytes then return 3 end
-  return 0
-end
--- the counters include expired locks not purged yet: purge more before
--- refusing, in bounded steps
-local limited = over()
-for _ = 1, 16 do
-  if limited == 0 or purge(256) == 0 then break end
-  limited = over()
-end
-if limited > 0 then return {limited} end
-local ttl = tonumber(ARGV[8])
-local m = root .. '\0' .. scope .. depth .. '\0' .. tok
-redis.call('HSET', h, 'root', root, 'href', ARGV[5], 'scope', scope, 'depth', depth,
-  'owner', ARGV[6], 'creator', who, 'created', now, 'timeout', ttl, 'expires', now + ttl, 'm', m)
-redis.call('PEXPIRE', h, ttl)
-redis.call('ZADD', idx, 0, m)
-redis.call('ZADD', xexp, now + ttl, m)
-account(m, bytes, who)
-return {1, redis.call('HGETALL', h)}
-`)
+var xCreateScript = redis.NewScript(xPurge + lua("explicit_create"))
 
 // xRefreshScript restarts a lock's timeout. Safe to run twice. A lock
 // whose index entries were purged (its hash outlives them by at most the
@@ -281,16 +169,7 @@ return {1, redis.call('HGETALL', h)}
 //
 // KEYS: xidx xexp hash; ARGV: timeout ms. Returns the hash fields, or
 // false when the lock is gone.
-var xRefreshScript = redis.NewScript(xPurge + `
-local h = KEYS[3]
-local m = redis.call('HGET', h, 'm')
-if not m or not live(m) then return false end
-local ttl = tonumber(ARGV[1])
-redis.call('HSET', h, 'timeout', ttl, 'expires', now + ttl)
-redis.call('PEXPIRE', h, ttl)
-redis.call('ZADD', xexp, now + ttl, m)
-return redis.call('HGETALL', h)
-`)
+var xRefreshScript = redis.NewScript(xPurge + lua("explicit_refresh"))
 
 // xRemoveScript deletes a lock and keeps what it was under the tombstone
 // key for a while, marked with the caller's nonce: a retry of the same
@@ -298,22 +177,7 @@ return redis.call('HGETALL', h)
 //
 // KEYS: xidx xexp hash tombstone; ARGV: nonce, tombstone ttl ms. Returns
 // the hash fields, or false.
-var xRemoveScript = redis.NewScript(xPurge + `
-local h, gone = KEYS[3], KEYS[4]
-local m = redis.call('HGET', h, 'm')
-if not m then
-  if redis.call('HGET', gone, 'by') == ARGV[1] then return redis.call('HGETALL', gone) end
-  return false
-end
-local v = redis.call('HGETALL', h)
-redis.call('ZREM', idx, m)
-redis.call('ZREM', xexp, m)
-unaccount(m)
-redis.call('RENAME', h, gone)
-redis.call('HSET', gone, 'by', ARGV[1])
-redis.call('PEXPIRE', gone, tonumber(ARGV[2]))
-return v
-`)
+var xRemoveScript = redis.NewScript(xPurge + lua("explicit_remove"))
 
 // xRemoveUnderScript deletes up to a batch of the locks rooted at a key
 // or below it. Running it twice removes nothing more.
@@ -321,22 +185,7 @@ return v
 // KEYS: xidx xexp; ARGV: 1 key, 2-3 BYLEX range below key ("" = none),
 // 4 hash key prefix, 5 batch size. Returns {removed, more}, more being 1
 // when the batch was full.
-var xRemoveUnderScript = redis.NewScript(xPurge + `
-local lim = tonumber(ARGV[5])
-local ms = inRange('[' .. ARGV[1] .. '\0', '(' .. ARGV[1] .. '\1', lim, {})
-if ARGV[2] ~= '' and #ms < lim then
-  inRange(ARGV[2], ARGV[3], lim, ms)
-end
-for _, m in ipairs(ms) do
-  redis.call('DEL', ARGV[4] .. tokenOf(m))
-  redis.call('ZREM', idx, m)
-  redis.call('ZREM', xexp, m)
-  unaccount(m)
-end
-local more = 0
-if #ms >= lim then more = 1 end
-return {#ms, more}
-`)
+var xRemoveUnderScript = redis.NewScript(xPurge + lua("explicit_remove_under"))
 
 // xAffectingScript returns the live locks whose scope includes a key and,
 // when asked, those rooted below it.
@@ -344,25 +193,11 @@ return {#ms, more}
 // KEYS: xidx xexp; ARGV: 1 key, 2-3 BYLEX range below key ("" = not
 // asked), 4 hash key prefix (the script derives the key's ancestors).
 // Returns a list of hash field lists.
-var xAffectingScript = redis.NewScript(xPurge + `
-local ms = inRange('[' .. ARGV[1] .. '\0', '(' .. ARGV[1] .. '\1', 0, {})
-for a in ancestorsOf(ARGV[1]) do
-  for _, m in ipairs(inRange('[' .. a .. '\0', '(' .. a .. '\1', 0, {})) do
-    if string.match(m, '%z[SX]I%z') then ms[#ms + 1] = m end
-  end
-end
-if ARGV[2] ~= '' then inRange(ARGV[2], ARGV[3], 0, ms) end
-local out = {}
-for _, m in ipairs(ms) do
-  local v = redis.call('HGETALL', ARGV[4] .. tokenOf(m))
-  if #v > 0 then out[#out + 1] = v end
-end
-return out
-`)
+var xAffectingScript = redis.NewScript(xPurge + lua("explicit_affecting"))
 
-func (s *RedisLockStore) hashKey(token string) string { return s.base + "x:" + token }
+func (s *LockStore) hashKey(token string) string { return s.base + "x:" + token }
 
-func (s *RedisLockStore) call(ctx context.Context, op string, sc *redis.Script, keys []string, args ...any) (any, error) {
+func (s *LockStore) call(ctx context.Context, op string, sc *redis.Script, keys []string, args ...any) (any, error) {
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	v, err := sc.Run(cctx, s.client, keys, args...).Result()
@@ -383,7 +218,7 @@ func checkToken(op, token string) error {
 }
 
 // Create implements LockStore.
-func (s *RedisLockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (lockstore.ExplicitLock, error) {
+func (s *LockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (lockstore.ExplicitLock, error) {
 	if err := checkToken("create", l.Token); err != nil {
 		return lockstore.ExplicitLock{}, err
 	}
@@ -450,7 +285,7 @@ func (s *RedisLockStore) Create(ctx context.Context, l lockstore.ExplicitLock) (
 // no answer, so that it does not stand until its timeout with its token
 // never handed out. The removal is repeated once after a timeout, in case
 // the create reaches Redis after the first one.
-func (s *RedisLockStore) forget(token string) {
+func (s *LockStore) forget(token string) {
 	go func() {
 		for i := range 2 {
 			if i > 0 {
@@ -464,7 +299,7 @@ func (s *RedisLockStore) forget(token string) {
 }
 
 // Refresh implements LockStore.
-func (s *RedisLockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (lockstore.ExplicitLock, error) {
+func (s *LockStore) Refresh(ctx context.Context, token string, timeout time.Duration) (lockstore.ExplicitLock, error) {
 	if err := checkToken("refresh", token); err != nil {
 		return lockstore.ExplicitLock{}, err
 	}
@@ -480,7 +315,7 @@ func (s *RedisLockStore) Refresh(ctx context.Context, token string, timeout time
 
 // Get implements LockStore. Redis drops a lock's hash when its timeout
 // ends, so what it returns is live.
-func (s *RedisLockStore) Get(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
+func (s *LockStore) Get(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
 	if err := checkToken("get", token); err != nil {
 		return lockstore.ExplicitLock{}, err
 	}
@@ -497,7 +332,7 @@ func (s *RedisLockStore) Get(ctx context.Context, token string) (lockstore.Expli
 }
 
 // Remove implements LockStore.
-func (s *RedisLockStore) Remove(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
+func (s *LockStore) Remove(ctx context.Context, token string) (lockstore.ExplicitLock, error) {
 	if err := checkToken("remove", token); err != nil {
 		return lockstore.ExplicitLock{}, err
 	}
@@ -513,7 +348,7 @@ func (s *RedisLockStore) Remove(ctx context.Context, token string) (lockstore.Ex
 }
 
 // Affecting implements LockStore.
-func (s *RedisLockStore) Affecting(ctx context.Context, key string, below bool) ([]lockstore.ExplicitLock, error) {
+func (s *LockStore) Affecting(ctx context.Context, key string, below bool) ([]lockstore.ExplicitLock, error) {
 	lo, hi := "", ""
 	if below {
 		lo, hi = descRange(key)
@@ -546,7 +381,7 @@ func decodeLocks(v any) ([]lockstore.ExplicitLock, error) {
 }
 
 // RemoveUnder implements LockStore, in batches of one script call each.
-func (s *RedisLockStore) RemoveUnder(ctx context.Context, key string) (int, error) {
+func (s *LockStore) RemoveUnder(ctx context.Context, key string) (int, error) {
 	lo, hi := descRange(key)
 	total := 0
 	for {
@@ -571,7 +406,7 @@ func (s *RedisLockStore) RemoveUnder(ctx context.Context, key string) (int, erro
 // List implements LockStore. It walks the zone's index with ZSCAN (never
 // KEYS, never one unbounded call) and reads each page's locks in one
 // pipelined round trip.
-func (s *RedisLockStore) List(ctx context.Context) ([]lockstore.ExplicitLock, error) {
+func (s *LockStore) List(ctx context.Context) ([]lockstore.ExplicitLock, error) {
 	var locks []lockstore.ExplicitLock
 	seen := map[string]bool{} // ZSCAN may return an entry twice
 	var cursor uint64
@@ -613,7 +448,7 @@ func (s *RedisLockStore) List(ctx context.Context) ([]lockstore.ExplicitLock, er
 	return locks, nil
 }
 
-func (s *RedisLockStore) listErr(ctx context.Context, err error) error {
+func (s *LockStore) listErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -678,4 +513,4 @@ func lockFromMap(token string, m map[string]string) (lockstore.ExplicitLock, err
 	return l, nil
 }
 
-var _ lockstore.LockStore = (*RedisLockStore)(nil)
+var _ lockstore.LockStore = (*LockStore)(nil)

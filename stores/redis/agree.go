@@ -1,4 +1,4 @@
-package caddylock
+package redisstore
 
 // Zone agreement across Caddy instances: every instance that shares a
 // zone's tables in Redis must read keys the same way. One with hierarchy
@@ -23,10 +23,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// redisInstance names this process among the instances of a zone: a
+// thisInstance names this process among the instances of a zone: a
 // reload, which runs the old config and the new one side by side in one
 // process, may change a setting; another process may not.
-var redisInstance = func() string {
+var thisInstance = func() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
@@ -61,26 +61,7 @@ func (e *ZoneSettingsError) Error() string {
 // KEYS: settings hash (instance → settings), expiry sorted set (instance →
 // ms); ARGV: instance, settings, ttl ms. Returns {1} when recorded, or
 // {0, other instance, its settings, ms left of its record}.
-var agreeScript = redis.NewScript(scriptTime + `
-local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
-for _, id in ipairs(dead) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  if all[i] ~= ARGV[1] and all[i + 1] ~= ARGV[2] then
-    local e = tonumber(redis.call('ZSCORE', KEYS[2], all[i])) or now
-    return {0, all[i], all[i + 1], e - now}
-  end
-end
-local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return {1}
-`)
+var agreeScript = redis.NewScript(scriptTime + lua("agree"))
 
 // zoneSettingsString encodes what the instances of a zone must agree on.
 func zoneSettingsString(hierarchy, caseInsensitive bool) string {
@@ -88,7 +69,7 @@ func zoneSettingsString(hierarchy, caseInsensitive bool) string {
 }
 
 // agreeTTL is how long an instance's record outlives its last renewal.
-func (l *RedisLocker) agreeTTL() time.Duration { return max(3*l.lease, minAgreeTTL) }
+func (l *Locker) agreeTTL() time.Duration { return max(3*l.lease, minAgreeTTL) }
 
 // Agree records this instance's settings for the zone (its hierarchy, and
 // caseInsensitive of its handlers) and keeps them recorded while the
@@ -96,7 +77,7 @@ func (l *RedisLocker) agreeTTL() time.Duration { return max(3*l.lease, minAgreeT
 // instance recorded different ones. When Redis cannot be reached it
 // returns nil: the renewal records them (or logs the disagreement) once
 // Redis answers.
-func (l *RedisLocker) Agree(ctx context.Context, caseInsensitive bool) error {
+func (l *Locker) Agree(ctx context.Context, caseInsensitive bool) error {
 	settings := zoneSettingsString(l.hierarchy, caseInsensitive)
 	err := l.agree(ctx, settings)
 	if err != nil && !isZoneSettingsError(err) {
@@ -115,7 +96,7 @@ func isZoneSettingsError(err error) bool {
 	return ok
 }
 
-func (l *RedisLocker) agree(ctx context.Context, settings string) error {
+func (l *Locker) agree(ctx context.Context, settings string) error {
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	v, err := agreeScript.Run(ctx, l.client, []string{l.kSettings, l.kSettingsExp},
@@ -157,7 +138,7 @@ func (l *RedisLocker) agree(ctx context.Context, settings string) error {
 // disagreement found now (the other instance's record had expired while
 // this one could not reach Redis) cannot be refused any more, so it is
 // logged as an error, on every renewal until it is resolved.
-func (l *RedisLocker) renewSettings() {
+func (l *Locker) renewSettings() {
 	s := l.settings.Load()
 	if s == nil {
 		return
@@ -171,18 +152,12 @@ func (l *RedisLocker) renewSettings() {
 // settings (a reload that changed them has recorded new ones since).
 //
 // KEYS: settings hash, expiry sorted set; ARGV: instance, settings.
-var forgetScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return 1
-`)
+var forgetScript = redis.NewScript(lua("forget"))
 
 // forgetSettings removes this locker's record of its settings, so that an
 // instance restarted with other settings is not refused until the record
 // expires. Best effort: an instance that dies leaves its record to expire.
-func (l *RedisLocker) forgetSettings() {
+func (l *Locker) forgetSettings() {
 	s := l.settings.Load()
 	if s == nil {
 		return

@@ -1,4 +1,4 @@
-package caddylock
+package redisstore
 
 import (
 	"context"
@@ -9,22 +9,6 @@ import (
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
 )
-
-func heldLocks(t *testing.T, l *RedisLocker) map[string]lockstore.HeldLock {
-	t.Helper()
-	hs, err := l.HeldLocks(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(map[string]lockstore.HeldLock, len(hs))
-	for _, h := range hs {
-		if _, dup := out[h.Key]; dup {
-			t.Fatalf("%s listed twice in %v", h.Key, hs)
-		}
-		out[h.Key] = h
-	}
-	return out
-}
 
 // Each node lists the locks that any node of the zone holds, with their
 // kind, holders, grant time and waiters; a dead node's expired lease is
@@ -61,7 +45,7 @@ func TestRedisHeldLocks(t *testing.T) {
 	}()
 	waitFor(t, 2*time.Second, "the waiter to queue", func() bool { return redisStats(t, a).Waiting == 1 })
 
-	for _, l := range []*RedisLocker{a, b} {
+	for _, l := range []*Locker{a, b} {
 		got := heldLocks(t, l)
 		if len(got) != 2 {
 			t.Fatalf("listing %v, want /x and /s", got)
@@ -95,7 +79,7 @@ func TestRedisHeldLocks(t *testing.T) {
 func TestRedisHeldLocksPages(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	const n = 3*redisListPage + 7
+	const n = 3*listPage + 7
 	for i := range n {
 		ls := redisAcquire(t, l, fmt.Sprintf("/p/%d", i), lockstore.Exclusive)
 		t.Cleanup(ls.Release)

@@ -1,69 +1,18 @@
-package caddylock
+package redisstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/lockstore"
-
-	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
-
-// newRedisLockStore returns the explicit lock store of zone with its own
-// client, as one Caddy node would have it.
-func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *RedisLockStore {
-	t.Helper()
-	cfg := RedisConfig{Addresses: []string{srv.Addr}, Timeout: caddy.Duration(300 * time.Millisecond)}
-	client, err := NewRedisClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	s, err := NewRedisLockStore(client, zone, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// xlock is an explicit lock to create in a test.
-func xlock(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
-	return lockstore.ExplicitLock{
-		Token:   "urn:uuid:" + dav.NewLockToken(),
-		Root:    root,
-		Href:    root,
-		Scope:   scope,
-		Depth:   depth,
-		Owner:   []byte("<D:href>mailto:test@example.com</D:href>"),
-		Timeout: time.Minute,
-	}
-}
-
-func mustCreate(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
-	t.Helper()
-	got, err := s.Create(context.Background(), l)
-	if err != nil {
-		t.Fatalf("create %s %v depth %v: %v", l.Root, l.Scope, l.Depth, err)
-	}
-	return got
-}
-
-func roots(locks []lockstore.ExplicitLock) []string {
-	var r []string
-	for _, l := range locks {
-		r = append(r, l.Root)
-	}
-	return r
-}
 
 func TestRedisStoreCreateGet(t *testing.T) {
 	srv := startRedis(t)
@@ -88,7 +37,7 @@ func TestRedisStoreCreateGet(t *testing.T) {
 	if err != nil || !again.Created.Equal(got.Created) || again.Root != got.Root || string(again.Owner) != string(got.Owner) {
 		t.Fatalf("get: %+v %v", again, err)
 	}
-	if _, err := s.Get(context.Background(), "urn:uuid:"+dav.NewLockToken()); !errors.Is(err, lockstore.ErrNoSuchLock) {
+	if _, err := s.Get(context.Background(), testToken()); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("get of an unknown token: %v", err)
 	}
 	for _, bad := range []lockstore.ExplicitLock{
@@ -191,7 +140,7 @@ func TestRedisStoreRefreshRemove(t *testing.T) {
 	if g, _ := s.Get(ctx, l.Token); !g.Expires.Equal(r.Expires) {
 		t.Fatalf("get after refresh: expires %s, want %s", g.Expires, r.Expires)
 	}
-	if _, err := s.Refresh(ctx, "urn:uuid:"+dav.NewLockToken(), time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
+	if _, err := s.Refresh(ctx, testToken(), time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("refresh of an unknown token: %v", err)
 	}
 	gone, err := s.Remove(ctx, l.Token)
@@ -388,7 +337,7 @@ func TestRedisStoreTwoNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range keys {
-		if !strings.HasPrefix(k, "{"+DefaultRedisKeyPrefix+":shared}:") {
+		if !strings.HasPrefix(k, "{"+DefaultKeyPrefix+":shared}:") {
 			t.Errorf("key %q is outside the zone's hash tag", k)
 		}
 	}
@@ -427,32 +376,6 @@ func TestRedisStoreUnavailable(t *testing.T) {
 	}
 }
 
-// A zone with store redis keeps its explicit locks in Redis: a lock made
-// through the zone of a running Caddy is seen by another node's store.
-func TestRedisStoreZoneTables(t *testing.T) {
-	srv := startRedis(t)
-	b := newBackend(t)
-	startCaddy(t, redisSite(srv, "rzone", "", ""), b)
-	var z *zone
-	zones.Range(func(k, v any) bool {
-		if strings.HasPrefix(k.(string), "rzone\x00") {
-			z = v.(*zone)
-		}
-		return true
-	})
-	if z == nil || z.explicit == nil {
-		t.Fatalf("zone rzone: %+v", z)
-	}
-	if _, ok := z.locker.(*RedisLocker); !ok {
-		t.Fatalf("zone rzone's locker is a %T", z.locker)
-	}
-	l := mustCreate(t, z.explicit, xlock("/doc", lockstore.Exclusive, lockstore.DepthInfinity))
-	other := newRedisLockStore(t, srv, "rzone")
-	if got, err := other.Affecting(context.Background(), "/doc/page", false); err != nil || len(got) != 1 || got[0].Token != l.Token {
-		t.Fatalf("the other node sees %v, %v", roots(got), err)
-	}
-}
-
 // Past the zone's limit, Create fails with ErrFull and evicts nothing;
 // expired locks do not count.
 func TestRedisStoreFull(t *testing.T) {
@@ -474,94 +397,6 @@ func TestRedisStoreFull(t *testing.T) {
 		_, err := s.Create(ctx, xlock("/x", lockstore.Exclusive, lockstore.DepthZero))
 		return err == nil
 	})
-}
-
-// The Redis store keeps the LockStore contract that MemLockStore keeps.
-func TestRedisLockStoreContract(t *testing.T) {
-	srv := startRedis(t)
-	n := 0
-	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
-		n++
-		return newRedisLockStore(t, srv, fmt.Sprintf("contract-%d", n))
-	})
-}
-
-// The two stores give the same answers to the same random operations on
-// keys that are prefixes of one another, the root included, in zones
-// small enough to fill up.
-func TestLockStoresAgree(t *testing.T) {
-	srv := startRedis(t)
-	ctx := context.Background()
-	keys := []string{"/", "/a", "/ab", "/a/b", "/a/bc", "/a/b/c", "/ab/c", "/b"}
-	// describe renders a result without the parts a store is free to
-	// word or time differently (error texts, timestamps).
-	describe := func(ls []lockstore.ExplicitLock, err error) string {
-		var ce *lockstore.LockConflictError
-		switch {
-		case errors.As(err, &ce):
-			ls, err = ce.Conflicts, errors.New("conflict")
-		case errors.Is(err, lockstore.ErrFull):
-			err = lockstore.ErrFull
-		}
-		s := fmt.Sprint(err)
-		for _, l := range ls {
-			s += fmt.Sprintf(" %s:%s:%s:%s", l.Root, l.Token, l.Scope, l.Depth)
-		}
-		return s
-	}
-	one := func(l lockstore.ExplicitLock, err error) string {
-		if err != nil {
-			return describe(nil, err)
-		}
-		return describe([]lockstore.ExplicitLock{l}, nil)
-	}
-	for seed := range uint64(60) {
-		rng := rand.New(rand.NewPCG(seed, 1))
-		limit := 3 + int(seed%8)
-		mem := NewMemLockStore(limit)
-		t.Cleanup(mem.Close)
-		rs := newRedisLockStore(t, srv, fmt.Sprintf("agree-%d", seed))
-		rs.SetMax(limit)
-		var tokens []string
-		for step := range 200 {
-			var op, a, b string
-			switch rng.IntN(4) {
-			case 0, 1:
-				scope, depth := lockstore.Shared, lockstore.DepthZero
-				if rng.IntN(2) == 0 {
-					scope = lockstore.Exclusive
-				}
-				if rng.IntN(2) == 0 {
-					depth = lockstore.DepthInfinity
-				}
-				l := xlock(keys[rng.IntN(len(keys))], scope, depth)
-				l.Timeout = time.Hour
-				op = fmt.Sprintf("Create %s %s depth %s", l.Root, scope, depth)
-				a, b = one(mem.Create(ctx, l)), one(rs.Create(ctx, l))
-				tokens = append(tokens, l.Token)
-			case 2:
-				key, below := keys[rng.IntN(len(keys))], rng.IntN(2) == 0
-				op = fmt.Sprintf("Affecting %s below %v", key, below)
-				a, b = describe(mem.Affecting(ctx, key, below)), describe(rs.Affecting(ctx, key, below))
-			case 3:
-				if len(tokens) > 0 && rng.IntN(2) == 0 {
-					tok := tokens[rng.IntN(len(tokens))]
-					op = "Remove " + tok
-					a, b = one(mem.Remove(ctx, tok)), one(rs.Remove(ctx, tok))
-					break
-				}
-				key := keys[rng.IntN(len(keys))]
-				op = "RemoveUnder " + key
-				n1, err1 := mem.RemoveUnder(ctx, key)
-				n2, err2 := rs.RemoveUnder(ctx, key)
-				a, b = fmt.Sprint(n1, err1), fmt.Sprint(n2, err2)
-			}
-			la, lb := describe(mem.List(ctx)), describe(rs.List(ctx))
-			if a != b || la != lb {
-				t.Fatalf("seed %d, step %d, %s:\nmemory: %s\nredis:  %s\nthen listing\nmemory: %s\nredis:  %s", seed, step, op, a, b, la, lb)
-			}
-		}
-	}
 }
 
 // lostReply is a go-redis hook that lets the next call of one script run

@@ -1,0 +1,17 @@
+
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local v = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+local s = tonumber(v and string.match(v, '^(%d+)'))
+if s then
+  -- The first holdWindow holds are averaged plainly, so that the first
+  -- one sets the estimate instead of moving it part of the way from
+  -- zero; after that each weighs 1/holdWindow (as in the memory store).
+  local avg = tonumber(redis.call('HGET', KEYS[4], 'avg') or '0') or 0
+  local n = math.min((tonumber(redis.call('HGET', KEYS[4], 'holds') or '0') or 0) + 1, {{HOLD_WINDOW}})
+  avg = avg + ((nowus - s) / 1000 - avg) / n
+  redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg)), 'holds', n)
+end
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
