@@ -336,6 +336,10 @@ func (d *davRequest) hold(reqs []Request) error {
 	d.guards = guards
 	d.r = d.r.WithContext(ctx)
 	d.done = done
+	// require_if_match, verify_etag (precondition.go), under the locks.
+	if answered, err := h.checkPreconditions(d.w, d.r.WithContext(hc), d.repl, d.z, d.key, exclusiveOn(reqs, d.key)); answered {
+		return &preconditionAnswered{err}
+	}
 	return nil
 }
 
@@ -1254,6 +1258,9 @@ func (d *davRequest) storeFailed(err error) error {
 // a WebDAV client gets 423 with DAV:error naming the busy resource,
 // everybody else the handler's usual refusal.
 func (d *davRequest) refuseInflight(err error) error {
+	if a, ok := err.(*preconditionAnswered); ok {
+		return a.err // hold's precondition check answered
+	}
 	var conflict *ConflictError
 	if !d.xml || !errors.As(err, &conflict) {
 		d.counted = true // refuse counts it
