@@ -250,14 +250,10 @@ func (h *Handler) checkPreconditions(w http.ResponseWriter, r *http.Request, rep
 			Detail: err.Error(), Instance: r.URL.RequestURI(),
 		}, 0, key, err)
 	}
-	if !c.any() {
-		if !h.RequireIfMatch {
-			h.settlePrecondition(repl, preconditionSkipped)
-			return false, nil
-		}
+	if h.RequireIfMatch && !c.any() {
 		return true, d.refusePreconditionRequired()
 	}
-	if !h.VerifyETag {
+	if !h.VerifyETag || (!c.any() && !c.hasNoneMatch) {
 		h.settlePrecondition(repl, preconditionSkipped)
 		return false, nil
 	}
