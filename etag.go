@@ -3,6 +3,7 @@ package caddylock
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -67,7 +68,8 @@ func (h *Handler) withETags(r *http.Request, next caddyhttp.Handler) caddyhttp.H
 		return next
 	}
 	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		ew := &etagWriter{ResponseWriter: w, max: h.etagMaxSize(), head: r.Method == http.MethodHead, ctx: r.Context()}
+		ew := &etagWriter{ResponseWriter: w, max: h.etagMaxSize(), head: r.Method == http.MethodHead, ctx: r.Context(),
+			noneMatch: r.Header.Values("If-None-Match")}
 		if ew.head {
 			// The tag a HEAD gets is its GET's: ask with GET and drop the
 			// body, for a backend cannot hash what it does not send.
@@ -96,6 +98,10 @@ type etagWriter struct {
 	max  int64
 	head bool // the client asked HEAD: the body (of a GET) is dropped
 	ctx  context.Context
+	// noneMatch is the request's If-None-Match: the backend cannot
+	// answer 304 for a tag it never issued, so a match with the
+	// generated tag is answered 304 here (RFC 9110 section 13.1.2).
+	noneMatch []string
 
 	status    int  // buffered status; 0 until the headers come
 	buffering bool // holding the answer to hash it
@@ -174,10 +180,19 @@ func (w *etagWriter) finish(err error) {
 	w.buffering = false
 	hdr := w.Header()
 	if err == nil {
-		hdr.Set("ETag", generatedETag(hdr.Get("Content-Type"), w.buf))
+		tag := generatedETag(hdr.Get("Content-Type"), w.buf)
+		hdr.Set("ETag", tag)
 		hdr.Set("Content-Length", strconv.Itoa(len(w.buf)))
 		if p, ok := w.ctx.Value(etagProbeKey{}).(*etagProbe); ok {
 			p.generated = true
+		}
+		if len(w.noneMatch) > 0 {
+			if star, tags, perr := parseETagList(w.noneMatch); perr == nil && (star || slices.ContainsFunc(tags, func(t string) bool { return weakMatch(t, tag) })) {
+				hdr.Del("Content-Length")
+				w.passing = true
+				w.ResponseWriter.WriteHeader(http.StatusNotModified)
+				return
+			}
 		}
 	}
 	w.passing = true

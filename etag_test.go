@@ -2,8 +2,11 @@ package caddylock
 
 import (
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 // Generated ETags: stable for identical bodies, changing with the body,
@@ -37,6 +40,14 @@ func TestGeneratedETags(t *testing.T) {
 	h := send(t, http.MethodHead, url+"/a", "")
 	if h.status != http.StatusOK || h.header.Get("ETag") != tag || h.body != "" || h.header.Get("Content-Length") != "9" {
 		t.Fatalf("HEAD /a: %d ETag %q Content-Length %q body %q; want GET's tag %q", h.status, h.header.Get("ETag"), h.header.Get("Content-Length"), h.body, tag)
+	}
+	// The backend cannot answer a conditional GET with the proxy's tag:
+	// the proxy does.
+	if r := send(t, http.MethodGet, url+"/a", "", "If-None-Match", tag); r.status != http.StatusNotModified || r.body != "" || r.header.Get("ETag") != tag {
+		t.Fatalf("GET with If-None-Match of the current tag: %d ETag %q body %q, want 304", r.status, r.header.Get("ETag"), r.body)
+	}
+	if r := send(t, http.MethodGet, url+"/a", "", "If-None-Match", `"old"`); r.status != http.StatusOK {
+		t.Fatalf("GET with If-None-Match of another tag: %d", r.status)
 	}
 	b.mu.Lock()
 	heads := b.heads
@@ -84,5 +95,39 @@ func TestGeneratedETags(t *testing.T) {
 	}
 	if r := send(t, http.MethodHead, url2+"/k", ""); r.header.Get("ETag") != `"v1"` {
 		t.Fatalf("HEAD: backend ETag replaced: %q", r.header.Get("ETag"))
+	}
+}
+
+func TestUnmarshalETagOptions(t *testing.T) {
+	for _, tc := range []struct {
+		input string
+		want  Handler
+		err   string
+	}{
+		{"lock {\n etags\n require_if_match\n verify_etag\n}", Handler{ETags: true, RequireIfMatch: true, VerifyETag: true}, ""},
+		{"lock {\n verify_etag get\n etag_max_size 256KiB\n}", Handler{VerifyETag: true, VerifyETagGET: true, ETagMaxSize: 256 << 10}, ""},
+		{"lock {\n verify_etag head\n}", Handler{}, "the only argument is get"},
+		{"lock {\n etags on\n}", Handler{}, "unexpected argument"},
+		{"lock {\n etag_max_size 0\n}", Handler{}, "expected a positive size"},
+		{"lock {\n etag_max_size\n}", Handler{}, "expected a size"},
+		{"lock {\n etags\n etags\n}", Handler{}, "given twice"},
+	} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want one containing %q", tc.input, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(h, tc.want) {
+			t.Errorf("%q: got %+v, %v; want %+v", tc.input, h, err, tc.want)
+		}
+	}
+	if err := (&Handler{VerifyETagGET: true}).Validate(); err == nil {
+		t.Error("verify_etag_get without verify_etag validated")
+	}
+	if err := (&Handler{ETagMaxSize: -1}).Validate(); err == nil {
+		t.Error("a negative etag_max_size validated")
 	}
 }

@@ -119,7 +119,7 @@ func readConditions(hdr http.Header) (conditions, error) {
 
 // parseETagList reads `"*"` or a comma-separated list of entity-tags
 // (RFC 9110 section 8.8.3) from the values of one header.
-func parseETagList(vals []string) (any bool, tags []string, err error) {
+func parseETagList(vals []string) (star bool, tags []string, err error) {
 	s := strings.Join(vals, ",")
 	if strings.TrimSpace(s) == "*" {
 		return true, nil, nil
