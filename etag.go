@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cespare/xxhash/v2"
 )
@@ -63,7 +64,14 @@ func (h *Handler) etagMaxSize() int64 {
 // answer then gets an ETag when it has none. It wraps next rather than
 // the response, so that every way ServeHTTP reaches the rest of the route
 // (no lock, a held lock, a sub-request, WebDAV) is covered by one hook.
+// In a zone that checks preconditions it also sets
+// {http.lock.precondition} empty, for requests that are not checked.
 func (h *Handler) withETags(r *http.Request, next caddyhttp.Handler) caddyhttp.Handler {
+	if h.VerifyETag || h.RequireIfMatch {
+		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+			repl.Set("http.lock.precondition", "")
+		}
+	}
 	if !h.ETags || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		return next
 	}

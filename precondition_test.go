@@ -28,10 +28,14 @@ type docBackend struct {
 	writes  []string // "METHOD path body If-Match=... If-None-Match=..."
 	heads   int      // HEAD requests that reached it
 	writing overlapRecorder
+	// A write with X-Hold: <id> is held, before it changes anything,
+	// until the test opens that gate; started says it arrived.
+	gateSet
+	started chan string
 }
 
 func newDocBackend(t testing.TB, etags bool) *docBackend {
-	b := &docBackend{etags: etags, docs: map[string]string{}, version: map[string]int{}}
+	b := &docBackend{etags: etags, docs: map[string]string{}, version: map[string]int{}, started: make(chan string, 16)}
 	t.Cleanup(func() { b.writing.assertNone(t, "the document backend "+b.URL) })
 	b.Server = httptest.NewServer(http.HandlerFunc(b.serve))
 	t.Cleanup(b.Close)
@@ -72,6 +76,10 @@ func (b *docBackend) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		body, _ := io.ReadAll(r.Body)
 		defer b.writing.begin(p)()
+		if id := r.Header.Get("X-Hold"); id != "" {
+			b.started <- id
+			<-b.gate(id)
+		}
 		b.mu.Lock()
 		b.writes = append(b.writes, fmt.Sprintf("%s %s %s If-Match=%s If-None-Match=%s", r.Method, p, body,
 			r.Header.Get("If-Match"), r.Header.Get("If-None-Match")))
@@ -244,6 +252,34 @@ func TestVerifyETagLostUpdate(t *testing.T) {
 	})
 }
 
+// The check runs under the write's lock, and the lock is held until the
+// backend has answered: a save queued behind another save of the same
+// version is checked against what the first one wrote, deterministically.
+func TestVerifyETagChecksUnderLock(t *testing.T) {
+	b := newDocBackend(t, false)
+	url := etagSite(t, "etags\n verify_etag\n wait 10s", b)
+	b.set("/doc", "v1")
+	tag := send(t, http.MethodGet, url+"/doc", "").header.Get("ETag")
+	first := make(chan result, 1)
+	go func() { first <- send(t, http.MethodPut, url+"/doc", "first", "If-Match", tag, "X-Hold", "w1") }()
+	if id := <-b.started; id != "w1" {
+		t.Fatalf("backend started %q", id)
+	}
+	second := make(chan result, 1)
+	go func() { second <- send(t, http.MethodPut, url+"/doc", "second", "If-Match", tag) }()
+	waitForQueue(t, zoneTable(t, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())), 1)
+	b.open("w1")
+	if r := <-first; r.status != http.StatusNoContent {
+		t.Fatalf("first save: %d %s", r.status, r.body)
+	}
+	if r := <-second; r.status != http.StatusPreconditionFailed || r.header.Get("X-Precondition") != "failed" {
+		t.Fatalf("second save of the same version: %d, precondition %q; body %s", r.status, r.header.Get("X-Precondition"), r.body)
+	}
+	if w := b.writesSeen(); len(w) != 1 {
+		t.Fatalf("backend saw %q, want the first save only", w)
+	}
+}
+
 // If-Unmodified-Since and weak If-None-Match are evaluated as RFC 9110
 // orders them; a malformed If-Match is refused with 400.
 func TestVerifyETagEvaluation(t *testing.T) {
@@ -295,8 +331,8 @@ func TestRequireIfMatch(t *testing.T) {
 			t.Fatalf("create with If-None-Match: *: %d; body %s", r.status, r.body)
 		}
 		// GETs are not writes.
-		if r := send(t, http.MethodGet, url+"/new", ""); r.status != http.StatusOK || r.body != "fresh" {
-			t.Fatalf("GET /new: %d %q", r.status, r.body)
+		if r := send(t, http.MethodGet, url+"/new", ""); r.status != http.StatusOK || r.body != "fresh" || r.header.Get("X-Precondition") != "" {
+			t.Fatalf("GET /new: %d %q, precondition %q", r.status, r.body, r.header.Get("X-Precondition"))
 		}
 	})
 	// Alone, it only asks for a precondition; the backend evaluates it.
