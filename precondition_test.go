@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // docBackend is a document store that ignores preconditions, as the
@@ -467,4 +469,40 @@ func TestVerifyETagWebDAV(t *testing.T) {
 	davLock(t, url+"/g", "exclusive", "me", nil, http.StatusCreated)
 	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/f", "stale", map[string]string{"If-Match": `"stale"`})
 	davMust(t, http.StatusCreated, "PUT", url+"/f", "two", map[string]string{"If-Match": tag})
+}
+
+// verify_etag's sub-request meets the route's auth as the client's own
+// read would: where reads need a login, an anonymous write's validators
+// cannot be read (401, with the challenge) and nothing is written; with
+// the login the write is checked and goes on.
+func TestVerifyETagSubRequestMeetsAuth(t *testing.T) {
+	b := newDocBackend(t, false)
+	hash, err := bcrypt.GenerateFromPassword([]byte("a"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.set("/doc", "v1")
+	url := startCaddy(t, fmt.Sprintf(`
+@read method GET HEAD
+basic_auth @read {
+	alice %s
+}
+lock {
+	zone %s
+	etags
+	verify_etag
+}
+reverse_proxy %s`, hash, strings.NewReplacer("/", "_").Replace(t.Name()), strings.TrimPrefix(b.URL, "http://")), nil)
+	login := "Basic " + basicAuth("alice", "a")
+	tag := send(t, http.MethodGet, url+"/doc", "", "Authorization", login).header.Get("ETag")
+	r := send(t, http.MethodPut, url+"/doc", "anon", "If-Match", tag)
+	if r.status != http.StatusUnauthorized || r.header.Get("WWW-Authenticate") == "" {
+		t.Fatalf("anonymous verified write where reads need a login: %d %v, want 401 with a challenge", r.status, r.header)
+	}
+	if w := b.writesSeen(); len(w) != 0 {
+		t.Fatalf("backend saw %q", w)
+	}
+	if r := send(t, http.MethodPut, url+"/doc", "alice", "If-Match", tag, "Authorization", login); r.status != http.StatusNoContent {
+		t.Fatalf("verified write with the login: %d %s", r.status, r.body)
+	}
 }
