@@ -309,6 +309,13 @@ func TestVerifyETagEvaluation(t *testing.T) {
 	if r := send(t, http.MethodPut, url+"/missing", "y", "If-Match", "*"); r.status != 412 {
 		t.Errorf("If-Match: * on a missing resource: %d, want 412", r.status)
 	}
+	// A browser gets the refusal page, with the status and the tag.
+	const browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+	r := send(t, http.MethodPut, url+"/d", "y", "If-Match", `"stale"`, "Accept", browser)
+	if r.status != 412 || !strings.HasPrefix(r.header.Get("Content-Type"), "text/html") || r.header.Get("ETag") == "" ||
+		!strings.Contains(r.body, "Precondition failed") {
+		t.Errorf("412 to a browser: %d %q ETag %q", r.status, r.header.Get("Content-Type"), r.header.Get("ETag"))
+	}
 }
 
 // require_if_match: a write without a precondition gets 428 naming the
