@@ -337,7 +337,7 @@ func (d *davRequest) hold(reqs []Request) error {
 	d.r = d.r.WithContext(ctx)
 	d.done = done
 	// require_if_match, verify_etag (precondition.go), under the locks.
-	if answered, err := h.checkPreconditions(d.w, d.r.WithContext(hc), d.repl, d.z, d.key, exclusiveOn(reqs, d.key)); answered {
+	if answered, err := h.checkPreconditions(hc, d.w, d.r, d.repl, d.z, d.key, exclusiveOn(reqs, d.key)); answered {
 		return &preconditionAnswered{err}
 	}
 	return nil

@@ -496,7 +496,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return guard.settle(w, key, bw.abandon(key, err))
 	}
 	// require_if_match, verify_etag (precondition.go), under the lock.
-	if answered, err := h.checkPreconditions(guard.writer(w), r.WithContext(hc), repl, z, key, kind == Exclusive); answered {
+	if answered, err := h.checkPreconditions(hc, guard.writer(w), r, repl, z, key, kind == Exclusive); answered {
 		return guard.settle(w, key, err)
 	}
 	return guard.settle(w, key, next.ServeHTTP(guard.writer(w), r.WithContext(ctx)))

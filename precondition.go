@@ -235,10 +235,14 @@ func exclusiveOn(reqs []Request, key string) bool {
 // with preconditions where verify_etag is off (the backend evaluates
 // them). WebDAV's LOCK and UNLOCK are not checked: a WebDAV client makes
 // its writes conditional with the If header and lock tokens.
-func (h *Handler) checkPreconditions(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, exclusive bool) (bool, error) {
+func (h *Handler) checkPreconditions(ctx context.Context, w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, exclusive bool) (bool, error) {
 	if (!h.VerifyETag && !h.RequireIfMatch) || !exclusive || (h.WebDAV && (r.Method == "LOCK" || r.Method == "UNLOCK")) {
 		return false, nil
 	}
+	// Not the context that a store's lease guard watches: the
+	// sub-request is not the write being sent upstream. r's header is
+	// shared: what is removed below is not forwarded.
+	r = r.WithContext(ctx)
 	d := &davRequest{h: h, z: z, w: w, r: r, repl: repl, key: key, xml: isDAVClient(r)}
 	c, err := readConditions(r.Header)
 	if err != nil {
