@@ -58,6 +58,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_wait_body     <size>
 //		store             <type> { ... }
 //		fence_header      <header name>
+//		etags
+//		etag_max_size     <size>
+//		require_if_match
+//		verify_etag       [get]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -106,6 +110,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Exclusive = append(h.Exclusive, methods...)
 			} else {
 				h.Shared = append(h.Shared, methods...)
+			}
+		case "etags", "require_if_match", "verify_etag", "etag_max_size":
+			if err := h.unmarshalETagOption(d, sub); err != nil {
+				return err
 			}
 		case "hierarchy", "case_insensitive", "use_handle_errors", "webdav":
 			if d.NextArg() {
@@ -215,7 +223,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("lock: unknown subdirective %q; expected one of key, exclusive, shared, hierarchy, "+
 				"case_insensitive, wait, max_waiters, retry_after, max_hold, max_locks, zone, use_handle_errors, "+
-				"max_wait_body, webdav, max_timeout, default_timeout, max_lock_body, max_lock_bytes, max_locks_per_owner, store, fence_header", sub)
+				"max_wait_body, webdav, max_timeout, default_timeout, max_lock_body, max_lock_bytes, max_locks_per_owner, store, fence_header, etags, etag_max_size, require_if_match, verify_etag", sub)
 		}
 	}
 	// What Provision and Validate would refuse later, without a line.

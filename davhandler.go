@@ -282,6 +282,11 @@ func (d *davRequest) hold(reqs []lockstore.Request) error {
 	d.held = a
 	d.w = a.writer(d.w)
 	d.r = d.r.WithContext(a.ctx)
+	// require_if_match, verify_etag (precondition.go), under the locks:
+	// see acquisition.ready.
+	if answered, err := h.checkPreconditions(a.hc, d.w, d.r, d.repl, d.z, d.key, exclusiveOn(reqs, d.key)); answered {
+		return &preconditionAnswered{err}
+	}
 	return nil
 }
 
@@ -1185,6 +1190,9 @@ func (d *davRequest) storeFailed(err error) error {
 // a WebDAV client gets 423 with DAV:error naming the busy resource,
 // everybody else the handler's usual refusal.
 func (d *davRequest) refuseInflight(err error) error {
+	if a, ok := err.(*preconditionAnswered); ok {
+		return a.err // hold's precondition check answered
+	}
 	var conflict *lockstore.ConflictError
 	if !d.xml || !errors.As(err, &conflict) {
 		d.counted = true // refuse counts it

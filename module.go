@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -149,6 +150,34 @@ type Handler struct {
 	// removed. Needs a store that issues fencing numbers (redis).
 	FenceHeader string `json:"fence_header,omitempty"`
 
+	// ETags gives a 200 answer to GET or HEAD that has no ETag a strong
+	// one computed from its body, so that clients of a backend that sends
+	// none can make conditional writes (see docs/etags.md). Answers past
+	// etag_max_size, ranges and content-encoded answers get none. A HEAD
+	// is asked of the backend as a GET, whose body is dropped. Default: off.
+	ETags bool `json:"etags,omitempty"`
+
+	// ETagMaxSize is the largest body, in bytes, that etags buffers to
+	// hash. Default: 1 MiB.
+	ETagMaxSize int64 `json:"etag_max_size,omitempty"`
+
+	// RequireIfMatch refuses a write (a method that takes an exclusive
+	// lock) that carries none of If-Match, If-Unmodified-Since and
+	// If-None-Match: * with 428 Precondition Required, so that no client
+	// can overwrite a version it never read. Default: off.
+	RequireIfMatch bool `json:"require_if_match,omitempty"`
+
+	// VerifyETag evaluates a write's If-Match, If-None-Match and
+	// If-Unmodified-Since here, under the write's exclusive lock, against
+	// the validators the server gives the resource now (one HEAD through
+	// the route, or GET with etags): 412 when one fails, and the write
+	// never reaches the backend. For backends that ignore them. Default: off.
+	VerifyETag bool `json:"verify_etag,omitempty"`
+
+	// VerifyETagGET makes verify_etag ask with GET rather than HEAD, for
+	// backends whose HEAD answers lack or differ in their validators.
+	VerifyETagGET bool `json:"verify_etag_get,omitempty"`
+
 	// Source is where the handler was configured (file:line), set by
 	// the Caddyfile adapter: errors that only the whole config shows,
 	// such as handlers of one zone that disagree, name it.
@@ -165,6 +194,8 @@ type Handler struct {
 	logger  *zap.Logger
 	// keyParts are the key's placeholders that a request can repeat.
 	keyParts keyParts
+	// preconditions count {http.lock.precondition} (precondition.go).
+	preconditions map[string]prometheus.Counter
 }
 
 // CaddyModule returns the Caddy module information.
@@ -222,6 +253,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.shared = h.settingsOf(z)
 	h.shared.attach()
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
+	h.preconditions = registerPreconditionMetrics(ctx, h.logger, h.Zone)
 	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
 	// Instances sharing the zone in a store must read keys alike, as
 	// checkZoneTable has the handlers of one config do.
@@ -265,6 +297,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.FenceHeader != "" && !validMethod(h.FenceHeader) { // header names are RFC 9110 tokens too
 		return fmt.Errorf("lock: fence_header: %q is not a valid header name", h.FenceHeader)
+	}
+	if err := h.validateETags(); err != nil {
+		return err
 	}
 	return h.validateDAV()
 }
@@ -314,6 +349,7 @@ func (h *Handler) kindOf(method string) (lockstore.Kind, bool) {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	next = h.withETags(r, next) // etags (etag.go): sub-requests' answers too
 	if h.passesSub(r) {
 		// A request this zone's WebDAV handling makes for a client,
 		// under the locks of the client's request (see davRequest.sub).
@@ -414,7 +450,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err := a.ready(); err != nil {
 		return a.settle(w, key, a.bw.abandon(key, err))
 	}
-	return a.settle(w, key, next.ServeHTTP(a.writer(w), r.WithContext(a.ctx)))
+	aw := a.writer(w)
+	// require_if_match, verify_etag (precondition.go), under the lock:
+	// see acquisition.ready.
+	if answered, err := h.checkPreconditions(a.hc, aw, r, repl, z, key, kind == lockstore.Exclusive); answered {
+		return a.settle(w, key, err)
+	}
+	return a.settle(w, key, next.ServeHTTP(aw, r.WithContext(a.ctx)))
 }
 
 // heldBefore reports whether r holds, through a lock handler of this

@@ -63,6 +63,8 @@ type problem struct {
 	Detail   string       `json:"detail"`
 	Instance string       `json:"instance"`
 	Lock     *problemLock `json:"lock,omitempty"`
+	// ETag is the resource's current ETag in a 412 or 428 (precondition.go).
+	ETag string `json:"etag,omitempty"`
 }
 
 type problemLock struct {
@@ -181,7 +183,8 @@ func (h *Handler) writeRefusalTo(w http.ResponseWriter, r *http.Request, p probl
 		}
 		return caddyhttp.Error(status, fmt.Errorf("lock %s: %w", key, err))
 	}
-	negotiated := r != nil && (status == http.StatusLocked || status == http.StatusServiceUnavailable)
+	negotiated := r != nil && (status == http.StatusLocked || status == http.StatusServiceUnavailable ||
+		status == http.StatusPreconditionFailed || status == http.StatusPreconditionRequired)
 	if negotiated && wantsRefusalPage(r) {
 		shown := int64(0)
 		if retry > 0 {
@@ -261,6 +264,10 @@ func (p *problem) appendJSON(b []byte) []byte {
 			b = append(b, '"')
 		}
 		b = append(b, '}')
+	}
+	if p.ETag != "" {
+		b = append(b, `,"etag":`...)
+		b = appendJSONString(b, p.ETag)
 	}
 	return append(b, '}')
 }

@@ -22,6 +22,8 @@ func TestProblemJSONMatchesEncodingJSON(t *testing.T) {
 		{Detail: "quote \" backslash \\ tab \t nl \n cr \r bs \b ff \f nul \x00 esc \x1b del \x7f"},
 		{Detail: "<script>&amp;</script>", Instance: "/über/日本/\u2028\u2029/😀"},
 		{Detail: "bad utf-8: \xff\xfe \xe2\x82 end", Title: "\xc0"},
+		{Status: 412, Title: "Precondition failed", ETag: `"cl-b-5c0bd6f3a17e22d1"`},
+		{Status: 428, Lock: &problemLock{Key: "/a"}, ETag: `W/"<&>"`},
 	} {
 		want, err := json.Marshal(p)
 		if err != nil {
