@@ -547,6 +547,29 @@ func lockerContextEnds(t *testing.T, open OpenLocker) {
 		held.Release()
 		waitEmpty(t, l)
 	})
+
+	// With hierarchy, also when the head of the queue is blocked by an
+	// ancestor: the one behind takes its place and is woken by the
+	// ancestor's release.
+	t.Run("blocked above", func(t *testing.T) {
+		l := open(t, true, 0, 0)
+		parent := acquire(t, l, "/a", lockstore.Shared)
+		child := acquire(t, l, "/a/b", lockstore.Shared)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		first := attempt(ctx, l, "/a/b", lockstore.Exclusive)
+		waitQueued(t, l, "/a/b", 1)
+		second := acquireAsync(t, l, "/a/b", lockstore.Exclusive)
+		waitQueued(t, l, "/a/b", 2)
+		child.Release() // the ancestor's lock is left in the way
+		cancel()
+		if err := <-first; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the cancelled waiter: %v, want context.Canceled", err)
+		}
+		parent.Release()
+		received(t, second, "the waiter behind the cancelled one").Release()
+		waitEmpty(t, l)
+	})
 }
 
 // With hierarchy, a release wakes the waiters it unblocks on keys above
