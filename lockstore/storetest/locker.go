@@ -89,16 +89,22 @@ func full(t *testing.T, l lockstore.Locker, req lockstore.Request) {
 	}
 }
 
+// grant is what an asynchronous Acquire returned.
+type grant struct {
+	lease lockstore.Lease
+	err   error
+}
+
 // acquireAsync asks for a lock that may wait, from a goroutine of its
-// own; the channel yields the lease, or nil with the test failed.
-func acquireAsync(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) <-chan lockstore.Lease {
-	got := make(chan lockstore.Lease, 1)
+// own; the channel yields what Acquire returned (see received).
+func acquireAsync(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) <-chan grant {
+	got := make(chan grant, 1)
 	go func() {
-		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind, Wait: time.Minute})
+		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind, Wait: 2 * patience})
 		if err != nil {
-			t.Errorf("waiting for %s %s: %v", kind, key, err)
+			err = fmt.Errorf("waiting for %s %s: %w", kind, key, err)
 		}
-		got <- ls
+		got <- grant{ls, err}
 	}()
 	return got
 }
@@ -109,7 +115,7 @@ func acquireAsync(t *testing.T, l lockstore.Locker, key string, kind lockstore.K
 func attempt(ctx context.Context, l lockstore.Locker, key string, kind lockstore.Kind) <-chan error {
 	got := make(chan error, 1)
 	go func() {
-		ls, err := l.Acquire(ctx, lockstore.Request{Key: key, Kind: kind, Wait: time.Minute})
+		ls, err := l.Acquire(ctx, lockstore.Request{Key: key, Kind: kind, Wait: 2 * patience})
 		if err == nil {
 			ls.Release()
 		}
@@ -118,16 +124,16 @@ func attempt(ctx context.Context, l lockstore.Locker, key string, kind lockstore
 	return got
 }
 
-// received waits for a lease from ch, failing the test on nil or after
-// patience.
-func received(t *testing.T, ch <-chan lockstore.Lease, what string) lockstore.Lease {
+// received waits for a lease from ch, failing the test on an error or
+// after patience.
+func received(t *testing.T, ch <-chan grant, what string) lockstore.Lease {
 	t.Helper()
 	select {
-	case ls := <-ch:
-		if ls == nil {
-			t.Fatalf("%s: not granted", what)
+	case g := <-ch:
+		if g.err != nil {
+			t.Fatalf("%s: %v", what, g.err)
 		}
-		return ls
+		return g.lease
 	case <-time.After(patience):
 		t.Fatalf("%s: not granted after %s", what, patience)
 	}
