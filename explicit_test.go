@@ -9,11 +9,9 @@ import (
 	"go/token"
 	"io/fs"
 	"net/http"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,11 +19,13 @@ import (
 	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
+	"github.com/caddy-lock/caddy-lock/lockstore/storetest"
 
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
 )
 
+// The memory store keeps the LockStore contract.
 func TestMemLockStoreContract(t *testing.T) {
 	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
 		s := newMemLockStore(0)
@@ -34,348 +34,10 @@ func TestMemLockStoreContract(t *testing.T) {
 	})
 }
 
-// testLockStoreContract checks the rules of the LockStore interface; every
-// implementation runs it. newStore returns an empty store.
+// testLockStoreContract runs the LockStore contract suite on the stores
+// newStore returns, each empty; every implementation runs it.
 func testLockStoreContract(t *testing.T, newStore func(t *testing.T) lockstore.LockStore) {
-	ctx := context.Background()
-	lock := func(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
-		return lockstore.ExplicitLock{
-			Token:   dav.NewLockToken(),
-			Root:    root,
-			Href:    root,
-			Scope:   scope,
-			Depth:   depth,
-			Owner:   []byte(`<href xmlns="DAV:">mailto:a@example.com</href>`),
-			Creator: "alice",
-			Timeout: time.Hour,
-		}
-	}
-	mustCreate := func(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
-		t.Helper()
-		got, err := s.Create(ctx, l)
-		if err != nil {
-			t.Fatalf("Create %s %s depth %s: %v", l.Scope, l.Root, l.Depth, err)
-		}
-		return got
-	}
-	roots := func(ls []lockstore.ExplicitLock) []string {
-		var out []string
-		for _, l := range ls {
-			out = append(out, l.Root)
-		}
-		return out
-	}
-
-	t.Run("CreateGetRemove", func(t *testing.T) {
-		s := newStore(t)
-		want := lock("/a/b", lockstore.Exclusive, lockstore.DepthZero)
-		before := time.Now()
-		got := mustCreate(t, s, want)
-		if got.Created.Before(before.Add(-time.Second)) || got.Created.After(time.Now().Add(time.Second)) {
-			t.Fatalf("Created = %v, want about now", got.Created)
-		}
-		if d := got.Expires.Sub(got.Created); d != time.Hour {
-			t.Fatalf("Expires - Created = %v, want 1h", d)
-		}
-		g, err := s.Get(ctx, want.Token)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if g.Root != "/a/b" || g.Href != "/a/b" || g.Scope != lockstore.Exclusive || g.Depth != lockstore.DepthZero ||
-			string(g.Owner) != string(want.Owner) || g.Creator != "alice" || g.Timeout != time.Hour {
-			t.Fatalf("Get = %+v, want the fields given to Create", g)
-		}
-		if !g.Expires.Equal(got.Expires) {
-			t.Fatalf("Get Expires %v, Create returned %v", g.Expires, got.Expires)
-		}
-		r, err := s.Remove(ctx, want.Token)
-		if err != nil || r.Token != want.Token {
-			t.Fatalf("Remove = %+v, %v", r, err)
-		}
-		if _, err := s.Get(ctx, want.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
-			t.Fatalf("Get after Remove: %v, want ErrNoSuchLock", err)
-		}
-		if _, err := s.Remove(ctx, want.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
-			t.Fatalf("second Remove: %v, want ErrNoSuchLock", err)
-		}
-		if _, err := s.Refresh(ctx, want.Token, time.Minute); !errors.Is(err, lockstore.ErrNoSuchLock) {
-			t.Fatalf("Refresh after Remove: %v, want ErrNoSuchLock", err)
-		}
-		if ls, err := s.List(ctx); err != nil || len(ls) != 0 {
-			t.Fatalf("List after Remove = %v, %v; want none", roots(ls), err)
-		}
-	})
-
-	t.Run("Conflicts", func(t *testing.T) {
-		cases := []struct {
-			name     string
-			held     lockstore.ExplicitLock
-			new      lockstore.ExplicitLock
-			conflict bool
-		}{
-			{"exclusive same root", lock("/a", lockstore.Exclusive, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthZero), true},
-			{"shared after exclusive", lock("/a", lockstore.Exclusive, lockstore.DepthZero), lock("/a", lockstore.Shared, lockstore.DepthZero), true},
-			{"exclusive after shared", lock("/a", lockstore.Shared, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthZero), true},
-			{"shared with shared", lock("/a", lockstore.Shared, lockstore.DepthInfinity), lock("/a", lockstore.Shared, lockstore.DepthInfinity), false},
-			{"infinite parent covers child", lock("/a", lockstore.Exclusive, lockstore.DepthInfinity), lock("/a/b/c", lockstore.Shared, lockstore.DepthZero), true},
-			{"depth-0 parent does not cover child", lock("/a", lockstore.Exclusive, lockstore.DepthZero), lock("/a/b", lockstore.Exclusive, lockstore.DepthZero), false},
-			{"new infinite lock over held child", lock("/a/b", lockstore.Shared, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthInfinity), true},
-			{"new depth-0 lock over held child", lock("/a/b", lockstore.Exclusive, lockstore.DepthZero), lock("/a", lockstore.Exclusive, lockstore.DepthZero), false},
-			{"siblings", lock("/a/b", lockstore.Exclusive, lockstore.DepthInfinity), lock("/a/c", lockstore.Exclusive, lockstore.DepthInfinity), false},
-			{"prefix is not a parent", lock("/a", lockstore.Exclusive, lockstore.DepthInfinity), lock("/ab", lockstore.Exclusive, lockstore.DepthInfinity), false},
-			{"root lock covers all", lock("/", lockstore.Exclusive, lockstore.DepthInfinity), lock("/x/y", lockstore.Exclusive, lockstore.DepthZero), true},
-		}
-		for _, c := range cases {
-			t.Run(c.name, func(t *testing.T) {
-				s := newStore(t)
-				held := mustCreate(t, s, c.held)
-				_, err := s.Create(ctx, c.new)
-				var ce *lockstore.LockConflictError
-				if !c.conflict {
-					if err != nil {
-						t.Fatalf("Create: %v, want no conflict", err)
-					}
-					return
-				}
-				if !errors.As(err, &ce) {
-					t.Fatalf("Create: %v, want *LockConflictError", err)
-				}
-				if len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token || ce.Conflicts[0].Root != held.Root {
-					t.Fatalf("conflicts = %+v, want the held lock", ce.Conflicts)
-				}
-				if _, err := s.Get(ctx, c.new.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
-					t.Fatalf("refused lock was added: %v", err)
-				}
-			})
-		}
-	})
-
-	t.Run("Affecting", func(t *testing.T) {
-		s := newStore(t)
-		for _, l := range []lockstore.ExplicitLock{
-			lock("/", lockstore.Shared, lockstore.DepthZero),
-			lock("/a", lockstore.Shared, lockstore.DepthInfinity),
-			lock("/a", lockstore.Shared, lockstore.DepthZero),
-			lock("/a/b", lockstore.Shared, lockstore.DepthZero),
-			lock("/a/b/c", lockstore.Shared, lockstore.DepthInfinity),
-			lock("/a/b/c/d", lockstore.Shared, lockstore.DepthZero),
-			lock("/a/bb", lockstore.Shared, lockstore.DepthZero),
-			lock("/z", lockstore.Shared, lockstore.DepthInfinity),
-		} {
-			mustCreate(t, s, l)
-		}
-		cases := []struct {
-			key   string
-			below bool
-			want  []string
-		}{
-			{"/a/b", false, []string{"/a", "/a/b"}},
-			{"/a/b", true, []string{"/a", "/a/b", "/a/b/c", "/a/b/c/d"}},
-			{"/a", false, []string{"/a", "/a"}},
-			{"/a/b/c/d/e", false, []string{"/a", "/a/b/c"}},
-			{"/", false, []string{"/"}},
-			{"/", true, []string{"/", "/a", "/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/bb", "/z"}},
-			{"/q", true, nil},
-			{"/z/1", true, []string{"/z"}},
-		}
-		for _, c := range cases {
-			got, err := s.Affecting(ctx, c.key, c.below)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(roots(got), c.want) {
-				t.Errorf("Affecting(%q, %v) = %v, want %v", c.key, c.below, roots(got), c.want)
-			}
-			if !slices.IsSortedFunc(got, func(a, b lockstore.ExplicitLock) int {
-				if a.Root != b.Root {
-					return strings.Compare(a.Root, b.Root)
-				}
-				return strings.Compare(a.Token, b.Token)
-			}) {
-				t.Errorf("Affecting(%q, %v) not ordered by root then token", c.key, c.below)
-			}
-		}
-		all, err := s.List(ctx)
-		if err != nil || len(all) != 8 {
-			t.Fatalf("List = %d locks, %v; want 8", len(all), err)
-		}
-	})
-
-	t.Run("RemoveUnder", func(t *testing.T) {
-		s := newStore(t)
-		keep := []lockstore.ExplicitLock{lock("/a", lockstore.Shared, lockstore.DepthInfinity), lock("/ab", lockstore.Exclusive, lockstore.DepthZero), lock("/c", lockstore.Exclusive, lockstore.DepthZero)}
-		gone := []lockstore.ExplicitLock{lock("/a/b", lockstore.Shared, lockstore.DepthZero), lock("/a/b/c", lockstore.Shared, lockstore.DepthZero), lock("/a/b/c/d", lockstore.Shared, lockstore.DepthInfinity)}
-		for _, l := range append(slices.Clone(keep), gone...) {
-			mustCreate(t, s, l)
-		}
-		n, err := s.RemoveUnder(ctx, "/a/b")
-		if err != nil || n != 3 {
-			t.Fatalf("RemoveUnder = %d, %v; want 3", n, err)
-		}
-		for _, l := range gone {
-			if _, err := s.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
-				t.Fatalf("lock on %s survived RemoveUnder: %v", l.Root, err)
-			}
-		}
-		ls, _ := s.List(ctx)
-		if !slices.Equal(roots(ls), []string{"/a", "/ab", "/c"}) {
-			t.Fatalf("left = %v", roots(ls))
-		}
-		// Below-queries no longer see the removed subtree.
-		if got, _ := s.Affecting(ctx, "/a", true); !slices.Equal(roots(got), []string{"/a"}) {
-			t.Fatalf("Affecting after RemoveUnder = %v", roots(got))
-		}
-		// A new exclusive infinite lock on /a/b is now possible once
-		// the shared /a lock is gone.
-		if _, err := s.Remove(ctx, keep[0].Token); err != nil {
-			t.Fatal(err)
-		}
-		mustCreate(t, s, lock("/a/b", lockstore.Exclusive, lockstore.DepthInfinity))
-		if n, err := s.RemoveUnder(ctx, "/nothing"); err != nil || n != 0 {
-			t.Fatalf("RemoveUnder of an unlocked path = %d, %v", n, err)
-		}
-	})
-
-	t.Run("Refresh", func(t *testing.T) {
-		s := newStore(t)
-		l := lock("/r", lockstore.Exclusive, lockstore.DepthZero)
-		l.Timeout = 150 * time.Millisecond
-		created := mustCreate(t, s, l)
-		r, err := s.Refresh(ctx, l.Token, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.Timeout != time.Hour || !r.Expires.After(created.Expires.Add(50*time.Minute)) {
-			t.Fatalf("refreshed lock: timeout %v expires %v (created expiry %v)", r.Timeout, r.Expires, created.Expires)
-		}
-		if !r.Created.Equal(created.Created) {
-			t.Fatalf("Refresh changed Created")
-		}
-		// Past the original timeout the lock is still there.
-		time.Sleep(300 * time.Millisecond)
-		if _, err := s.Get(ctx, l.Token); err != nil {
-			t.Fatalf("refreshed lock expired at its old timeout: %v", err)
-		}
-	})
-
-	t.Run("Expiry", func(t *testing.T) {
-		s := newStore(t)
-		short := lock("/e", lockstore.Exclusive, lockstore.DepthInfinity)
-		short.Timeout = 100 * time.Millisecond
-		long := lock("/f", lockstore.Exclusive, lockstore.DepthZero)
-		mustCreate(t, s, short)
-		mustCreate(t, s, long)
-		waitFor(t, 5*time.Second, "the short lock to expire", func() bool {
-			_, err := s.Get(ctx, short.Token)
-			return errors.Is(err, lockstore.ErrNoSuchLock)
-		})
-		for _, q := range []string{"/e", "/e/x"} {
-			if got, _ := s.Affecting(ctx, q, true); len(got) != 0 {
-				t.Fatalf("expired lock still affects %s: %v", q, roots(got))
-			}
-		}
-		ls, _ := s.List(ctx)
-		if !slices.Equal(roots(ls), []string{"/f"}) {
-			t.Fatalf("List = %v, want only /f", roots(ls))
-		}
-		if _, err := s.Refresh(ctx, short.Token, time.Hour); !errors.Is(err, lockstore.ErrNoSuchLock) {
-			t.Fatalf("Refresh of an expired lock: %v", err)
-		}
-		// Its root can be locked again.
-		mustCreate(t, s, lock("/e/child", lockstore.Exclusive, lockstore.DepthZero))
-	})
-
-	t.Run("ContextEnded", func(t *testing.T) {
-		s := newStore(t)
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		l := lock("/c", lockstore.Exclusive, lockstore.DepthZero)
-		if _, err := s.Create(cctx, l); !errors.Is(err, context.Canceled) {
-			t.Fatalf("Create with an ended context: %v", err)
-		}
-		if _, err := s.Affecting(cctx, "/c", true); !errors.Is(err, context.Canceled) {
-			t.Fatalf("Affecting with an ended context: %v", err)
-		}
-		if _, err := s.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
-			t.Fatalf("lock created with an ended context: %v", err)
-		}
-	})
-
-	t.Run("ConcurrentExclusive", func(t *testing.T) {
-		// Many goroutines race for an exclusive lock on nested roots:
-		// at any time the store grants at most one of them.
-		s := newStore(t)
-		paths := []string{"/p", "/p/q", "/p/q/r"}
-		var (
-			wg      sync.WaitGroup
-			mu      sync.Mutex
-			granted = map[string]int{}
-		)
-		for i := range 16 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for j := range 50 {
-					l := lock(paths[(i+j)%3], lockstore.Exclusive, lockstore.DepthInfinity)
-					if _, err := s.Create(ctx, l); err != nil {
-						var ce *lockstore.LockConflictError
-						if !errors.As(err, &ce) {
-							t.Errorf("Create: %v", err)
-						}
-						continue
-					}
-					mu.Lock()
-					granted["any"]++
-					if granted["any"] > 1 {
-						t.Errorf("two exclusive locks on nested roots granted at once")
-					}
-					mu.Unlock()
-					runtime.Gosched()
-					mu.Lock()
-					granted["any"]--
-					mu.Unlock()
-					if _, err := s.Remove(ctx, l.Token); err != nil {
-						t.Errorf("Remove: %v", err)
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		if ls, _ := s.List(ctx); len(ls) != 0 {
-			t.Fatalf("locks left: %v", roots(ls))
-		}
-	})
-	// A shared lock of depth infinity conflicts with an exclusive lock
-	// below its root however many shared locks come before it there.
-	t.Run("SharedInfiniteOverManyShared", func(t *testing.T) {
-		s := newStore(t)
-		for i := range 70 {
-			mustCreate(t, s, lock(fmt.Sprintf("/a/s%02d", i), lockstore.Shared, lockstore.DepthZero))
-		}
-		excl := mustCreate(t, s, lock("/a/z", lockstore.Exclusive, lockstore.DepthZero))
-		_, err := s.Create(ctx, lock("/a", lockstore.Shared, lockstore.DepthInfinity))
-		var ce *lockstore.LockConflictError
-		if !errors.As(err, &ce) || !slices.ContainsFunc(ce.Conflicts, func(l lockstore.ExplicitLock) bool { return l.Token == excl.Token }) {
-			t.Fatalf("shared depth-infinity lock over an exclusive lock below: %v, want a conflict with /a/z", err)
-		}
-	})
-
-	// A lock that conflicts is refused as a conflict (423) even when
-	// the zone is full: it could not be granted with room either, and
-	// the in-flight table answers the same way.
-	t.Run("ConflictInFullZone", func(t *testing.T) {
-		s := newStore(t)
-		s.(interface{ SetMax(int) }).SetMax(1)
-		held := mustCreate(t, s, lock("/a", lockstore.Exclusive, lockstore.DepthInfinity))
-		_, err := s.Create(ctx, lock("/a/b", lockstore.Shared, lockstore.DepthZero))
-		var ce *lockstore.LockConflictError
-		if !errors.As(err, &ce) || len(ce.Conflicts) != 1 || ce.Conflicts[0].Token != held.Token {
-			t.Fatalf("conflicting Create in a full zone: %v, want a conflict with the lock on /a", err)
-		}
-		if _, err := s.Create(ctx, lock("/b", lockstore.Exclusive, lockstore.DepthZero)); !errors.Is(err, lockstore.ErrFull) {
-			t.Fatalf("Create of a free root in a full zone: %v, want ErrFull", err)
-		}
-	})
+	storetest.LockStore(t, newStore)
 }
 
 func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
@@ -398,30 +60,6 @@ func TestMemLockStoreExpiresWithoutCalls(t *testing.T) {
 	s.mu.Unlock()
 	if nodes != 0 {
 		t.Fatalf("%d tree nodes left after every lock expired", nodes)
-	}
-}
-
-func TestMemLockStoreFull(t *testing.T) {
-	s := newMemLockStore(2)
-	defer s.Close()
-	ctx := context.Background()
-	var tokens []string
-	for i := range 2 {
-		l, err := s.Create(ctx, lockstore.ExplicitLock{Token: dav.NewLockToken(), Root: fmt.Sprintf("/%d", i), Scope: lockstore.Exclusive, Timeout: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens = append(tokens, l.Token)
-	}
-	_, err := s.Create(ctx, lockstore.ExplicitLock{Token: dav.NewLockToken(), Root: "/x", Scope: lockstore.Exclusive, Timeout: time.Hour})
-	if !errors.Is(err, lockstore.ErrFull) {
-		t.Fatalf("Create past the limit: %v, want ErrFull", err)
-	}
-	// Nothing was evicted.
-	for _, tok := range tokens {
-		if _, err := s.Get(ctx, tok); err != nil {
-			t.Fatalf("a held lock was evicted: %v", err)
-		}
 	}
 }
 

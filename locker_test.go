@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
+	"github.com/caddy-lock/caddy-lock/lockstore/storetest"
 )
 
 func mustAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) lockstore.Lease {
@@ -61,96 +62,6 @@ func reserved(l *memLocker) int64 {
 	return r
 }
 
-func TestLockerExclusiveShared(t *testing.T) {
-	l := newMemLocker(false, 0, 0)
-	a := mustAcquire(t, l, "/a", lockstore.Exclusive)
-	c := mustConflict(t, l, "/a", lockstore.Exclusive)
-	if c.Key != "/a" || c.Kind != lockstore.Exclusive || c.RetryAfter < time.Second || c.HeldFor <= 0 {
-		t.Fatalf("conflict = %+v", c)
-	}
-	mustConflict(t, l, "/a", lockstore.Shared)
-	b := mustAcquire(t, l, "/b", lockstore.Exclusive) // distinct keys do not conflict
-	a.Release()
-	a.Release() // a second release changes nothing
-	s1 := mustAcquire(t, l, "/a", lockstore.Shared)
-	a.Release() // a stale lease does not release its key's next holder
-	s2 := mustAcquire(t, l, "/a", lockstore.Shared)
-	if c := mustConflict(t, l, "/a", lockstore.Exclusive); c.Kind != lockstore.Shared {
-		t.Fatalf("conflict kind = %v, want shared", c.Kind)
-	}
-	var wg sync.WaitGroup
-	for range 2 { // nor do releases racing each other
-		wg.Add(1)
-		go func() { defer wg.Done(); a.Release() }()
-	}
-	wg.Wait()
-	if held, _, _ := l.Stats(); held != 3 {
-		t.Fatalf("held = %d, want 3", held)
-	}
-	s1.Release()
-	mustConflict(t, l, "/a", lockstore.Exclusive)
-	s2.Release()
-	b.Release()
-	mustAcquire(t, l, "/a", lockstore.Exclusive).Release()
-	assertEmpty(t, l)
-}
-
-func TestLockerHierarchy(t *testing.T) {
-	for _, tc := range []struct {
-		held, want string
-		conflict   bool
-	}{
-		{"/a", "/a/b", true},
-		{"/a/b", "/a", true},
-		{"/a", "/a/b/c/d", true},
-		{"/a/b/c/d", "/a", true},
-		{"/", "/x", true},
-		{"/x/y", "/", true},
-		{"/a", "/ab", false},
-		{"/ab", "/a", false},
-		{"/a/b", "/a/c", false},
-		{"/a/b", "/a/bc", false},
-	} {
-		t.Run(tc.held+" vs "+tc.want, func(t *testing.T) {
-			l := newMemLocker(true, 0, 0)
-			h := mustAcquire(t, l, tc.held, lockstore.Exclusive)
-			if tc.conflict {
-				c := mustConflict(t, l, tc.want, lockstore.Exclusive)
-				mustConflict(t, l, tc.want, lockstore.Shared)
-				if len(tc.held) < len(tc.want) && c.Key != tc.held {
-					t.Fatalf("conflict key = %q, want the ancestor %q", c.Key, tc.held)
-				}
-				if len(tc.held) > len(tc.want) && !c.Below {
-					t.Fatalf("conflict %+v should say the lock is below", c)
-				}
-			} else {
-				mustAcquire(t, l, tc.want, lockstore.Exclusive).Release()
-			}
-			h.Release()
-			mustAcquire(t, l, tc.want, lockstore.Exclusive).Release()
-			assertEmpty(t, l)
-		})
-	}
-
-	// Shared locks coexist across levels; an exclusive one anywhere on
-	// the path does not.
-	l := newMemLocker(true, 0, 0)
-	s1 := mustAcquire(t, l, "/a", lockstore.Shared)
-	s2 := mustAcquire(t, l, "/a/b", lockstore.Shared)
-	mustConflict(t, l, "/a/b/c", lockstore.Exclusive)
-	mustConflict(t, l, "/", lockstore.Exclusive)
-	s1.Release()
-	s2.Release()
-	assertEmpty(t, l)
-
-	// Without hierarchy, nested paths are independent.
-	flat := newMemLocker(false, 0, 0)
-	x := mustAcquire(t, flat, "/a", lockstore.Exclusive)
-	mustAcquire(t, flat, "/a/b", lockstore.Exclusive).Release()
-	x.Release()
-	assertEmpty(t, flat)
-}
-
 // waitForQueue polls until key has n waiters; waiters queue asynchronously.
 func waitForQueue(t *testing.T, l *memLocker, n int) {
 	t.Helper()
@@ -164,302 +75,6 @@ func waitForQueue(t *testing.T, l *memLocker, n int) {
 			t.Fatalf("waiters = %d, want %d", waiting, n)
 		}
 		time.Sleep(time.Millisecond)
-	}
-}
-
-func TestLockerFIFO(t *testing.T) {
-	for _, hierarchy := range []bool{false, true} {
-		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
-			l := newMemLocker(hierarchy, 0, 0)
-			first := mustAcquire(t, l, "/doc", lockstore.Exclusive)
-			order := make(chan int, 10)
-			var wg sync.WaitGroup
-			for i := range 5 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/doc", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
-					if err != nil {
-						t.Errorf("waiter %d: %v", i, err)
-						return
-					}
-					order <- i
-					ls.Release()
-				}()
-				waitForQueue(t, l, i+1) // queue them in a known order
-			}
-			// A newcomer must not overtake the queue, even when it
-			// does not wait.
-			first.Release()
-			wg.Wait()
-			close(order)
-			want := 0
-			for got := range order {
-				if got != want {
-					t.Fatalf("granted waiter %d, want %d", got, want)
-				}
-				want++
-			}
-			assertEmpty(t, l)
-		})
-	}
-}
-
-func TestLockerNoOvertaking(t *testing.T) {
-	l := newMemLocker(false, 0, 0)
-	held := mustAcquire(t, l, "/doc", lockstore.Exclusive)
-	got := make(chan error, 1)
-	go func() {
-		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/doc", Kind: lockstore.Shared, Wait: 10 * time.Second})
-		if err == nil {
-			ls.Release() // before reporting, so the table is empty then
-		}
-		got <- err
-	}()
-	waitForQueue(t, l, 1)
-	held.Release()
-	if err := <-got; err != nil {
-		t.Fatal(err)
-	}
-	assertEmpty(t, l)
-
-	// While a writer waits behind readers, new readers queue behind it.
-	r1 := mustAcquire(t, l, "/doc", lockstore.Shared)
-	writer := acquireAsync(t, l, "/doc", lockstore.Exclusive, 10*time.Second)
-	waitForQueue(t, l, 1)
-	mustConflict(t, l, "/doc", lockstore.Shared)
-	r1.Release()
-	w := <-writer
-	if w == nil {
-		t.FailNow()
-	}
-	w.Release()
-	assertEmpty(t, l)
-}
-
-func TestLockerSharedWaitersGrantedTogether(t *testing.T) {
-	l := newMemLocker(false, 0, 0)
-	w := mustAcquire(t, l, "/doc", lockstore.Exclusive)
-	var inside, peak atomic.Int32
-	release := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/doc", Kind: lockstore.Shared, Wait: 10 * time.Second})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			n := inside.Add(1)
-			for {
-				p := peak.Load()
-				if n <= p || peak.CompareAndSwap(p, n) {
-					break
-				}
-			}
-			<-release
-			inside.Add(-1)
-			ls.Release()
-		}()
-	}
-	waitForQueue(t, l, 3)
-	w.Release()
-	deadline := time.Now().Add(5 * time.Second)
-	for peak.Load() < 3 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
-	wg.Wait()
-	if peak.Load() != 3 {
-		t.Fatalf("shared waiters held together: %d, want 3", peak.Load())
-	}
-	assertEmpty(t, l)
-}
-
-func TestLockerWaitTimeoutAndCancel(t *testing.T) {
-	for _, hierarchy := range []bool{false, true} {
-		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
-			l := newMemLocker(hierarchy, 0, 0)
-			held := mustAcquire(t, l, "/a", lockstore.Exclusive)
-			key := "/a"
-			if hierarchy {
-				key = "/a/b" // blocked by the ancestor
-			}
-			_, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: lockstore.Exclusive, Wait: 20 * time.Millisecond})
-			var c *lockstore.ConflictError
-			if !errors.As(err, &c) || c.Key != "/a" {
-				t.Fatalf("after waiting: %v, want a conflict on /a", err)
-			}
-
-			// A cancelled waiter at the head frees its place at once:
-			// the one behind it becomes the head and gets the lock.
-			ctx, cancel := context.WithCancel(context.Background())
-			first := make(chan error, 1)
-			go func() {
-				_, err := l.Acquire(ctx, lockstore.Request{Key: key, Kind: lockstore.Exclusive, Wait: time.Minute})
-				first <- err
-			}()
-			waitForQueue(t, l, 1)
-			second := make(chan lockstore.Lease, 1)
-			go func() {
-				ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: lockstore.Exclusive, Wait: time.Minute})
-				if err != nil {
-					t.Error(err)
-				}
-				second <- ls
-			}()
-			waitForQueue(t, l, 2)
-			cancel()
-			if err := <-first; !errors.Is(err, context.Canceled) {
-				t.Fatalf("cancelled waiter: %v", err)
-			}
-			waitForQueue(t, l, 1)
-			held.Release()
-			ls := <-second
-			if ls == nil {
-				t.FailNow()
-			}
-			ls.Release()
-			assertEmpty(t, l)
-		})
-	}
-}
-
-func TestLockerMaxWaiters(t *testing.T) {
-	l := newMemLocker(false, 0, 2)
-	held := mustAcquire(t, l, "/a", lockstore.Exclusive)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	for range 2 {
-		go func() {
-			_, _ = l.Acquire(ctx, lockstore.Request{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Minute})
-			done <- struct{}{}
-		}()
-	}
-	waitForQueue(t, l, 2)
-	start := time.Now()
-	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Minute})
-	if !errors.As(err, new(*lockstore.ConflictError)) {
-		t.Fatalf("third waiter: %v, want an immediate conflict", err)
-	}
-	if time.Since(start) > 10*time.Second {
-		t.Fatal("third waiter queued past max_waiters")
-	}
-	cancel()
-	<-done
-	<-done
-	held.Release()
-	assertEmpty(t, l)
-}
-
-func TestLockerMaxLocks(t *testing.T) {
-	l := newMemLocker(false, 3, 0)
-	var leases []lockstore.Lease
-	for i := range 3 {
-		leases = append(leases, mustAcquire(t, l, fmt.Sprintf("/k%d", i), lockstore.Exclusive))
-	}
-	if _, err := l.Acquire(context.Background(), lockstore.Request{Key: "/other", Kind: lockstore.Exclusive}); !errors.Is(err, lockstore.ErrFull) {
-		t.Fatalf("fourth lock: %v, want ErrFull", err)
-	}
-	// Nothing was evicted: all three still conflict.
-	for i := range 3 {
-		mustConflict(t, l, fmt.Sprintf("/k%d", i), lockstore.Exclusive)
-	}
-	leases[0].Release()
-	leases[0] = mustAcquire(t, l, "/other", lockstore.Exclusive)
-	for _, ls := range leases {
-		ls.Release()
-	}
-	assertEmpty(t, l)
-}
-
-// TestLockerStress hammers a few keys from many goroutines, with and
-// without hierarchy, waiting and not, and checks with independent counters
-// that no two conflicting leases ever overlap.
-func TestLockerStress(t *testing.T) {
-	keys := []string{"/a", "/a/b", "/a/b/c", "/a/d", "/e"}
-	for _, hierarchy := range []bool{false, true} {
-		t.Run(fmt.Sprintf("hierarchy=%v", hierarchy), func(t *testing.T) {
-			l := newMemLocker(hierarchy, 0, 1000)
-			var mu sync.Mutex
-			excl := map[string]int{}
-			shared := map[string]int{}
-			related := func(a, b string) bool {
-				if a == b {
-					return true
-				}
-				if !hierarchy {
-					return false
-				}
-				return len(a) < len(b) && b[:len(a)] == a && b[len(a)] == '/' ||
-					len(b) < len(a) && a[:len(b)] == b && a[len(b)] == '/'
-			}
-			enter := func(key string, kind lockstore.Kind) {
-				mu.Lock()
-				defer mu.Unlock()
-				for k, n := range excl {
-					if n > 0 && related(k, key) {
-						t.Errorf("%s %s granted while %s is held exclusively", kind, key, k)
-					}
-				}
-				if kind == lockstore.Exclusive {
-					for k, n := range shared {
-						if n > 0 && related(k, key) {
-							t.Errorf("exclusive %s granted while %s is held shared", key, k)
-						}
-					}
-					excl[key]++
-				} else {
-					shared[key]++
-				}
-			}
-			leave := func(key string, kind lockstore.Kind) {
-				mu.Lock()
-				defer mu.Unlock()
-				if kind == lockstore.Exclusive {
-					excl[key]--
-				} else {
-					shared[key]--
-				}
-			}
-			var wg sync.WaitGroup
-			var granted atomic.Int64
-			for g := range 16 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i := range 300 {
-						key := keys[(g+i)%len(keys)]
-						kind := lockstore.Exclusive
-						if (g+i)%3 == 0 {
-							kind = lockstore.Shared
-						}
-						var wait time.Duration
-						if g%2 == 0 {
-							wait = 50 * time.Millisecond
-						}
-						ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind, Wait: wait})
-						if err != nil {
-							continue
-						}
-						granted.Add(1)
-						enter(key, kind)
-						if i%10 == 0 {
-							time.Sleep(50 * time.Microsecond)
-						}
-						leave(key, kind)
-						ls.Release()
-					}
-				}()
-			}
-			wg.Wait()
-			if granted.Load() == 0 {
-				t.Fatal("nothing was granted")
-			}
-			assertEmpty(t, l)
-		})
 	}
 }
 
@@ -728,46 +343,49 @@ func TestLineageHashes(t *testing.T) {
 // deepKey is a path of n one-letter segments, "/a/a/…/a".
 func deepKey(n int) string { return strings.Repeat("/a", n) }
 
-// Both lock tables refuse a hierarchical acquire of a key deeper than
-// MaxHierarchyDepth with ErrTooDeep, take one just at the bound, and do
-// not bound keys in a zone without hierarchy, which walks no ancestors.
-func TestHierarchyDepthBound(t *testing.T) {
-	stores := map[string]func(t *testing.T, hierarchy bool) lockstore.Locker{
-		"memory": func(t *testing.T, hierarchy bool) lockstore.Locker { return newMemLocker(hierarchy, 0, 0) },
-		"redis": func(t *testing.T, hierarchy bool) lockstore.Locker {
-			return newRedisLocker(t, startRedis(t), t.Name(), redisOpts{hierarchy: hierarchy})
-		},
-	}
-	for name, newLocker := range stores {
-		t.Run(name, func(t *testing.T) {
-			l := newLocker(t, true)
-			ls, err := l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth), Kind: lockstore.Exclusive})
-			if err != nil {
-				t.Fatalf("acquire at %d segments: %v", lockstore.MaxHierarchyDepth, err)
+// The memory table keeps the Locker contract. Its cleanup also checks
+// what the contract cannot see: that every node and every unit of the
+// max_locks budget went back once the scenario released its locks.
+func TestMemLockerContract(t *testing.T) {
+	storetest.Locker(t, func(t *testing.T, hierarchy bool, maxLocks, maxWaiters int) lockstore.Locker {
+		l := newMemLocker(hierarchy, maxLocks, maxWaiters)
+		t.Cleanup(func() {
+			if !t.Failed() {
+				assertEmpty(t, l)
 			}
-			ls.Release()
-			ls, err = l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth + 1), Kind: lockstore.Shared})
-			if !errors.Is(err, lockstore.ErrTooDeep) {
-				if ls != nil {
-					ls.Release()
-				}
-				t.Fatalf("acquire at %d segments: %v, want ErrTooDeep", lockstore.MaxHierarchyDepth+1, err)
-			}
-			if !strings.Contains(err.Error(), "256 segments") {
-				t.Fatalf("error %q does not say how deep the key is", err)
-			}
-			if m, ok := l.(*memLocker); ok {
-				assertEmpty(t, m)
-			}
-
-			flat := newLocker(t, false)
-			ls, err = flat.Acquire(context.Background(), lockstore.Request{Key: deepKey(8000), Kind: lockstore.Exclusive})
-			if err != nil {
-				t.Fatalf("acquire without hierarchy at 8000 segments: %v", err)
-			}
-			ls.Release()
 		})
+		return l
+	})
+}
+
+// The Redis table refuses a hierarchical acquire of a key deeper than
+// MaxHierarchyDepth with ErrTooDeep, takes one just at the bound, and
+// does not bound keys in a zone without hierarchy. (The memory table's
+// half of this test is the contract suite's HierarchyDepthBound.)
+func TestHierarchyDepthBound(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
+	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth), Kind: lockstore.Exclusive})
+	if err != nil {
+		t.Fatalf("acquire at %d segments: %v", lockstore.MaxHierarchyDepth, err)
 	}
+	ls.Release()
+	ls, err = l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth + 1), Kind: lockstore.Shared})
+	if !errors.Is(err, lockstore.ErrTooDeep) {
+		if ls != nil {
+			ls.Release()
+		}
+		t.Fatalf("acquire at %d segments: %v, want ErrTooDeep", lockstore.MaxHierarchyDepth+1, err)
+	}
+	if !strings.Contains(err.Error(), "256 segments") {
+		t.Fatalf("error %q does not say how deep the key is", err)
+	}
+	flat := newRedisLocker(t, srv, t.Name()+"-flat", redisOpts{})
+	ls, err = flat.Acquire(context.Background(), lockstore.Request{Key: deepKey(8000), Kind: lockstore.Exclusive})
+	if err != nil {
+		t.Fatalf("acquire without hierarchy at 8000 segments: %v", err)
+	}
+	ls.Release()
 }
 
 // acquireAsync asks l for a lock that may wait, from a goroutine of its
@@ -806,11 +424,6 @@ func assertQueuedLease(t *testing.T, l lockstore.Locker, queuedOne func()) {
 	if !second.Queued() {
 		t.Fatal("a lease granted after waiting says it did not queue")
 	}
-}
-
-func TestQueuedLease(t *testing.T) {
-	l := newMemLocker(false, 0, 0)
-	assertQueuedLease(t, l, func() { waitForQueue(t, l, 1) })
 }
 
 // With hierarchy, a release wakes the waiters on the keys above the one
