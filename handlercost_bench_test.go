@@ -107,9 +107,14 @@ func transportNext(served *int) caddyhttp.Handler {
 var proxyValueKeys = []any{caddy.ReplacerCtxKey, caddyhttp.VarsCtxKey, caddyhttp.ServerCtxKey,
 	caddyhttp.OriginalRequestCtxKey, caddyhttp.ExtraLogFieldsCtxKey}
 
-// proxyNext is transportNext that also looks up proxyValueKeys twice each
-// in the request's context, as reverse_proxy does: a lock handler whose
-// context makes those lookups cost more costs that much more per request.
+// proxyNext is transportNext behind what reverse_proxy does to the
+// request's context first: it looks up proxyValueKeys twice each, and adds
+// a value (the dial information) that the transport's cancellable context
+// then derives from. A lock handler whose context makes those lookups
+// cost more, or makes the context package watch it with a goroutine of
+// its own (which it does for a parent it cannot find a cancelCtx or an
+// AfterFunc method on, as behind a value), costs that much more per
+// request.
 func proxyNext(served *int) caddyhttp.Handler {
 	transport := transportNext(served)
 	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
@@ -121,6 +126,11 @@ func proxyNext(served *int) caddyhttp.Handler {
 				}
 			}
 		}
-		return transport.ServeHTTP(w, r)
+		ctx = context.WithValue(ctx, dialInfoKey{}, r.URL.Path)
+		return transport.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
+
+// dialInfoKey stands for reverse_proxy's context key of its dial
+// information.
+type dialInfoKey struct{}
