@@ -39,6 +39,19 @@ const (
 //     lowers max_locks below what is in use), so held + waiting never
 //     exceeds max_locks.
 type memLocker struct {
+	// Each shard has its 128-byte pair of cache lines (CPUs prefetch
+	// lines in pairs) to itself: the allocation of a memLocker begins
+	// on a multiple of 128 bytes (its size class, 9472, is one), and
+	// Go puts an 8-byte header first in an allocation this size that
+	// holds pointers, so the shards begin 8+120 bytes in
+	// (TestShardsOwnTheirCacheLines checks the addresses). Behind the
+	// header fields, as they were, every shard straddled two pairs and
+	// shared a line with its neighbour's hold average and table: two
+	// CPUs on neighbouring shards moved that line between them on every
+	// operation.
+	_          [shardAlign - mallocHeader]byte
+	shards     [numShards]shard
+	_          [shardAlign]byte // the fields below are read by every operation
 	hierarchy  bool
 	seed       maphash.Seed
 	maxLocks   atomic.Int64
@@ -46,10 +59,17 @@ type memLocker struct {
 	// free is the part of max_locks that no shard holds. Shards take it
 	// in batches (see reserve), so it changes rarely and its cache line
 	// is read, not fought over, on the uncontended path.
-	free   atomic.Int64
-	_      [64]byte
-	shards [numShards]shard
+	free atomic.Int64
 }
+
+const (
+	// shardAlign is the alignment of a table's shards: a pair of cache
+	// lines.
+	shardAlign = 128
+	// mallocHeader is what the Go runtime puts before an allocation of
+	// more than 512 bytes that holds pointers (its type).
+	mallocHeader = 8
+)
 
 // shard is a part of the table, padded to 128 bytes: CPUs prefetch cache
 // lines in pairs, so neighbouring shards must not share a pair.
@@ -86,7 +106,13 @@ func (s *shard) observeHold(hold time.Duration) {
 		s.holdN.Store(n)
 	}
 	avg := s.holdAvg.Load()
-	s.holdAvg.Store(avg + (int64(hold)-avg)/n)
+	// Most releases leave the average as it is (a hold shorter than a
+	// tick of the coarse clock reads as 0, and so does an average of
+	// such holds): then nothing is stored, which spares a locked
+	// instruction (an atomic store is an exchange on amd64).
+	if d := (int64(hold) - avg) / n; d != 0 {
+		s.holdAvg.Store(avg + d)
+	}
 }
 
 // holdEstimate is the zone's recent average hold time, 0 before any
@@ -231,10 +257,10 @@ func (l *memLocker) lookup(a anc) *node {
 
 func (l *memLocker) getNode(key string, h uint64) *node {
 	s := &l.shards[shardIndex(h)]
-	if n := s.nodes.get(h, key); n != nil {
+	n, slot := s.nodes.find(h, key)
+	if n != nil {
 		return n
 	}
-	var n *node
 	if k := len(s.free); k > 0 {
 		n = s.free[k-1]
 		s.free = s.free[:k-1]
@@ -243,7 +269,7 @@ func (l *memLocker) getNode(key string, h uint64) *node {
 	}
 	n.key = key
 	n.hash = h
-	s.nodes.insert(h, n)
+	s.nodes.insertAt(slot, h, n)
 	return n
 }
 

@@ -26,35 +26,15 @@ func BenchmarkServeHTTP(b *testing.B) {
 		{"read", http.MethodGet},  // takes none: the handler's floor
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			h := &Handler{Zone: "bench-servehttp-" + c.name}
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-			defer cancel()
-			if err := h.Provision(ctx); err != nil {
-				b.Fatal(err)
-			}
-			defer func() { _ = h.Cleanup() }()
+			h := provisionedHandler(b, "bench-servehttp-"+c.name)
 			w := httptest.NewRecorder()
 			reqs := make([]*http.Request, 10000)
 			for i := range reqs {
 				r := httptest.NewRequest(c.method, "/docs/"+strconv.Itoa(i), nil)
 				reqs[i] = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
 			}
-			// The next handler does to the request's context what
-			// reverse_proxy's transport does (a cancellable child,
-			// watched through Done), so that costs the context would
-			// incur there anyway are not counted as the lock's.
 			served := 0
-			next := caddyhttp.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) error {
-				ctx, cancel := context.WithCancel(r.Context())
-				defer cancel()
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				default:
-				}
-				served++
-				return nil
-			})
+			next := transportNext(&served)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
@@ -80,13 +60,7 @@ func BenchmarkRefusal(b *testing.B) { benchRefusal(b, "bench-refusal", "") }
 // benchRefusal measures 423s for PUT /hot, held in zone, to a client
 // sending accept ("" sends no Accept header).
 func benchRefusal(b *testing.B, zone, accept string) {
-	h := &Handler{Zone: zone}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	if err := h.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = h.Cleanup() }()
+	h := provisionedHandler(b, zone)
 	// As in a Caddy that logs at INFO or above: debug lines are not written.
 	h.logger = zap.NewNop()
 	held, err := h.zone.locker.Acquire(context.Background(), lockstore.Request{Key: "/hot", Kind: lockstore.Exclusive})

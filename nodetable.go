@@ -46,12 +46,39 @@ func (t *nodeTable) get(h uint64, key string) *node {
 	}
 }
 
+// find returns the node with key and hash h, or nil and the empty slot
+// where a probe for it ended, which is where insertAt puts it: a lookup
+// that misses and the insert that follows probe the table once.
+func (t *nodeTable) find(h uint64, key string) (*node, uint64) {
+	mask := uint64(len(t.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		s := &t.slots[i]
+		if s.n == nil {
+			return nil, i
+		}
+		if s.hash == h && s.n.key == key {
+			return s.n, i
+		}
+	}
+}
+
 // insert adds n, whose key must not be in the table yet.
 func (t *nodeTable) insert(h uint64, n *node) {
 	if (t.count+1)*4 > len(t.slots)*3 {
 		t.resize(len(t.slots) * 2)
 	}
 	t.place(h, n)
+	t.count++
+}
+
+// insertAt adds n, whose key find has just not found, ending its probe
+// at slot i; the table has not changed since.
+func (t *nodeTable) insertAt(i, h uint64, n *node) {
+	if (t.count+1)*4 > len(t.slots)*3 {
+		t.insert(h, n) // the slot moves with the resize
+		return
+	}
+	t.slots[i] = tableSlot{hash: h, n: n}
 	t.count++
 }
 

@@ -6,7 +6,8 @@ import (
 	"testing"
 )
 
-// TestNodeTableAgainstMap inserts and removes nodes at random and checks
+// TestNodeTableAgainstMap inserts (by insert, or by find and insertAt) and
+// removes nodes at random and checks
 // the table against a map after every step. Hashes come from a small
 // range, so that runs of slots collide, wrap around the end of the table
 // and are closed again by removals.
@@ -57,7 +58,17 @@ func TestNodeTableAgainstMap(t *testing.T) {
 				t.Fatalf("step %d: %q found before insertion", step, k)
 			}
 			n := &node{key: k, hash: h}
-			tbl.insert(h, n)
+			if step%2 == 0 {
+				tbl.insert(h, n)
+			} else {
+				// The lock table's way: one probe finds the key
+				// missing and the slot where it goes.
+				got, slot := tbl.find(h, k)
+				if got != nil {
+					t.Fatalf("step %d: find %q before insertion = %p", step, k, got)
+				}
+				tbl.insertAt(slot, h, n)
+			}
 			model[k] = n
 		}
 		if step%97 == 0 {
@@ -75,5 +86,32 @@ func TestNodeTableAgainstMap(t *testing.T) {
 	check(-2)
 	if len(tbl.slots) != minTableSlots {
 		t.Fatalf("%d slots left in an empty table, want %d", len(tbl.slots), minTableSlots)
+	}
+}
+
+// TestNodeTableInsertAtGrows fills a table the lock table's way only (find,
+// then insertAt where the probe ended): the table must still grow before
+// it is more than 3/4 full, and keep every key findable.
+func TestNodeTableInsertAtGrows(t *testing.T) {
+	tbl := newNodeTable()
+	var nodes []*node
+	for i := range 1000 {
+		k := fmt.Sprintf("/k%d", i)
+		h := uint64(i * 7)
+		got, slot := tbl.find(h, k)
+		if got != nil {
+			t.Fatalf("find %q before insertion = %p", k, got)
+		}
+		n := &node{key: k, hash: h}
+		tbl.insertAt(slot, h, n)
+		nodes = append(nodes, n)
+		if tbl.count*4 > len(tbl.slots)*3 {
+			t.Fatalf("after %d inserts: %d nodes in %d slots", i+1, tbl.count, len(tbl.slots))
+		}
+	}
+	for _, n := range nodes {
+		if got, _ := tbl.find(n.hash, n.key); got != n {
+			t.Fatalf("find %q = %p, want %p", n.key, got, n)
+		}
 	}
 }

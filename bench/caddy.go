@@ -57,11 +57,24 @@ func startCaddy(binary, config string, port int, logPath string) (*proc, error) 
 	return startProc("caddy", cmd, "127.0.0.1:"+strconv.Itoa(port), logPath, "")
 }
 
+// snapshotAllocs fetches the allocation profile of the Caddy whose admin
+// endpoint is admin into path: every allocation since Caddy started, so
+// that two snapshots around a measurement give its allocations
+// (go tool pprof -sample_index=alloc_objects -base before after).
+func snapshotAllocs(admin, path string) error {
+	return fetchProfile(fmt.Sprintf("http://%s/debug/pprof/allocs", admin), path)
+}
+
 // profileCPU fetches a CPU profile of the Caddy whose admin endpoint is
 // admin, over d, into path.
 func profileCPU(admin string, d time.Duration, path string) error {
 	secs := max(1, int(d/time.Second))
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs))
+	return fetchProfile(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, secs), path)
+}
+
+// fetchProfile writes what url answers into path.
+func fetchProfile(url, path string) error {
+	resp, err := http.Get(url)
 	if err != nil {
 		return fmt.Errorf("profiling caddy: %w", err)
 	}

@@ -136,12 +136,16 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
+	own, err := runOwnBench(cfg)
+	if err != nil {
+		return err
+	}
 	mem, err := runMemoryTest(cfg)
 	if err != nil {
 		return err
 	}
 
-	report := buildReport(machine, cfg, runs, lk, mem)
+	report := buildReport(machine, cfg, runs, lk, own, mem)
 	fmt.Print("\n" + report)
 	path := filepath.Join(cfg.out, "results.md")
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
@@ -173,6 +177,8 @@ type measurement struct {
 	peakRSS  float64       // bytes, Caddy's VmHWM so far
 	cpuPer   time.Duration // Caddy's CPU time per answered request
 	redisPer time.Duration // the redis-server's CPU time per answered request, 0 without Redis
+	redisCPU time.Duration // the redis-server's CPU time over the measurement, 0 without Redis
+	writes   int           // writes that reached the backend: with lock, the locked writes
 	answered int
 	statuses statuses
 }
@@ -240,14 +246,23 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 	}
 	profiled := make(chan error, 1)
 	if cfg.profile > 0 {
-		path := filepath.Join(cfg.out, fmt.Sprintf("%s-%d.pprof", rd.name, pair))
-		go func() { profiled <- profileCPU(rd.admin, cfg.profile, path) }()
+		prefix := filepath.Join(cfg.out, fmt.Sprintf("%s-%d", rd.name, pair))
+		if err := snapshotAllocs(rd.admin, prefix+".allocs-before.pprof"); err != nil {
+			return m, err
+		}
+		go func() { profiled <- profileCPU(rd.admin, cfg.profile, prefix+".pprof") }()
 	} else {
 		profiled <- nil
 	}
 	res := runLoad(rd.load(cfg))
 	if err := <-profiled; err != nil {
 		return m, err
+	}
+	if cfg.profile > 0 {
+		prefix := filepath.Join(cfg.out, fmt.Sprintf("%s-%d", rd.name, pair))
+		if err := snapshotAllocs(rd.admin, prefix+".allocs-after.pprof"); err != nil {
+			return m, err
+		}
 	}
 	after, err := p.usage()
 	if err != nil {
@@ -270,7 +285,9 @@ func measure(cfg config, rd *runDef, pair int) (measurement, error) {
 	m.answered = len(res.samples)
 	m.peakRSS = float64(after.peakRSS)
 	m.cpuPer = (after.cpu - before.cpu) / time.Duration(max(1, m.answered))
-	m.redisPer = (redisAfter.cpu - redisBefore.cpu) / time.Duration(max(1, m.answered))
+	m.redisCPU = redisAfter.cpu - redisBefore.cpu
+	m.redisPer = m.redisCPU / time.Duration(max(1, m.answered))
+	m.writes = int(rd.backend.writes.Load())
 	var lat []time.Duration
 	for _, s := range res.samples {
 		if !rd.refusals || s.status == 423 {

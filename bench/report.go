@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 )
@@ -38,7 +37,7 @@ func pairRatios(b, a *runDef, f func(measurement) float64) spread {
 	return spreadOf(rs)
 }
 
-func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem memResult) string {
+func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, own ownRuns, mem memResult) string {
 	byName := map[string]*runDef{}
 	for _, r := range runs {
 		byName[r.name] = r
@@ -91,54 +90,26 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, mem 
 	b.WriteString("\nThe lock table alone (`BenchmarkLocker`, caddy-lock vs golang.org/x/net/webdav's MemLS, Acquire+Release vs Create+Unlock):\n\n")
 	b.WriteString(lockerTable(lk))
 
-	b.WriteString("\nTargets:\n\n")
-	two := func(f func(measurement) float64) spread { return pairRatios(byName["lock-put"], base, f) }
-	four := pairRatios(byName["hot-423"], base, rate)
-	distinctRatio, allocs, scaling := lockerTargets(lk)
+	b.WriteString(ownSummary(own))
+
+	b.WriteString("\nGoals (medians over the pairs; a goal is met when every figure's median is within its bound):\n\n")
+	for _, g := range goals(byName, lk, own) {
+		fmt.Fprintf(&b, "- %s\n", g)
+	}
+
+	b.WriteString("\nOther checks:\n\n")
 	target := func(ok bool, what string) {
 		mark := "met"
 		if !ok {
-			mark = "MISSED"
+			mark = "missed"
 		}
 		fmt.Fprintf(&b, "- %s: %s\n", what, mark)
 	}
-	atLeast := func(what string, s spread, bound float64) {
-		fmt.Fprintf(&b, "- %s >= %.2f: %s: %s\n", what, bound, s.ratio(), verdict(s, bound, true))
-	}
-	atMost := func(what string, s spread, bound float64) {
-		fmt.Fprintf(&b, "- %s <= %.2f: %s: %s\n", what, bound, s.ratio(), verdict(s, bound, false))
-	}
-	atLeast("scenario 2 throughput ratio", two(rate), 0.97)
-	atMost("scenario 2 p99 ratio", two(p99), 1.05)
-	atLeast("scenario 4 423s/s over scenario 1's req/s", four, 3)
-	atLeast("locker ops/s over the reference's on distinct keys (-cpu 1)", distinctRatio, 10)
+	allocs := lockerAllocs(lk)
 	target(allocs >= 0 && allocs <= 1, fmt.Sprintf("locker <= 1 alloc per acquire: %.0f (most of any caddylock workload)", allocs))
-	atLeast("locker scaling, distinct keys ops/s at -cpu 2 over -cpu 1", scaling, 1.7)
 	target(mem.perLock <= 256, fmt.Sprintf("<= 256 bytes per held lock: %.0f", mem.perLock))
 	target(mem.passed, fmt.Sprintf("heap back to its start after release (within 1 MiB): %+d bytes", mem.residue))
 	return b.String()
-}
-
-// verdict judges a spread of per-pair ratios against a target: met or
-// missed when every pair agrees, and otherwise which way the median
-// falls, flagged as not settled by this run. Fewer than three pairs (a
-// smoke run) are not judged at all.
-func verdict(s spread, bound float64, higherIsBetter bool) string {
-	good := func(x float64) bool { return (x >= bound) == higherIsBetter || x == bound }
-	switch {
-	case s.n == 0:
-		return "no data"
-	case s.n < 3:
-		return fmt.Sprintf("not judged: too few pairs (%d)", s.n)
-	case good(s.min) && good(s.max):
-		return "met"
-	case !good(s.min) && !good(s.max):
-		return "MISSED"
-	case good(s.med):
-		return "met by the median, but not by every pair (noise or a small margin; more pairs or a quieter machine settle it)"
-	default:
-		return "MISSED by the median, though not by every pair (noise or a small margin; more pairs or a quieter machine settle it)"
-	}
 }
 
 // redisSummary says what the redis-server of scenario 2r cost besides
@@ -211,27 +182,36 @@ func lockerTable(lk lockerRuns) string {
 	return b.String()
 }
 
-// lockerTargets extracts the locker's target figures: the ratio to the
-// reference on distinct keys at -cpu 1, the most allocations per op of any
-// caddy-lock workload, and the -cpu 2 / -cpu 1 ops ratio on distinct keys.
-func lockerTargets(lk lockerRuns) (distinctRatio spread, maxAllocs float64, scaling spread) {
-	var ratios, scales []float64
-	maxAllocs = -1
+// lockerAllocs is the most allocations per operation of any caddy-lock
+// workload of the locker benchmark, -1 without results.
+func lockerAllocs(lk lockerRuns) float64 {
+	most := -1.0
 	for _, run := range lk {
-		ns := map[string]float64{}
 		for _, l := range run {
-			ns[fmt.Sprintf("%s/%s/%d", l.workload, l.impl, l.cpu)] = l.nsPerOp
 			if l.impl == "caddylock" {
-				maxAllocs = max(maxAllocs, l.allocs)
+				most = max(most, l.allocs)
 			}
 		}
-		if a, b := ns["distinct/caddylock/1"], ns["distinct/webdav/1"]; a > 0 && b > 0 {
-			ratios = append(ratios, b/a)
+	}
+	return most
+}
+
+// ownSummary is a line on BenchmarkHandlerOwn: what the handler adds to a
+// locked write and to a read, medians over the pairs.
+func ownSummary(own ownRuns) string {
+	var wns, wa, rns, ra []float64
+	for _, run := range own {
+		if ns, a, ok := run.diff("write"); ok {
+			wns, wa = append(wns, ns), append(wa, a)
 		}
-		if one, two := ns["distinct/caddylock/1"], ns["distinct/caddylock/2"]; one > 0 && two > 0 {
-			scales = append(scales, one/two)
+		if ns, a, ok := run.diff("read"); ok {
+			rns, ra = append(rns, ns), append(ra, a)
 		}
 	}
-	slices.Sort(ratios)
-	return spreadOf(ratios), maxAllocs, spreadOf(scales)
+	if len(wns) == 0 && len(rns) == 0 {
+		return "\nThe handler's own cost (`BenchmarkHandlerOwn`): no results.\n"
+	}
+	return fmt.Sprintf("\nThe handler's own cost (`BenchmarkHandlerOwn`, -cpu 1, the route through `lock` minus the same route without it): "+
+		"a locked write %s and %s allocs, a read %s and %s allocs.\n",
+		spreadOf(wns).durations(), spreadOf(wa).counts(), spreadOf(rns).durations(), spreadOf(ra).counts())
 }

@@ -52,7 +52,7 @@ func rowOf(report, label string) string {
 
 func TestReportComparesRedisWithMemoryStore(t *testing.T) {
 	cfg := config{pairs: 3, requests: 100, duration: time.Second, concurrency: 16}
-	report := buildReport("machine: test", cfg, reportRuns(true), nil, memResult{perLock: 100, passed: true})
+	report := buildReport("machine: test", cfg, reportRuns(true), nil, nil, memResult{perLock: 100, passed: true})
 	row := rowOf(report, "2r")
 	if row == "" {
 		t.Fatalf("no 2r row in:\n%s", report)
@@ -80,7 +80,7 @@ func TestReportComparesRedisWithMemoryStore(t *testing.T) {
 
 func TestReportSaysRedisWasSkipped(t *testing.T) {
 	cfg := config{pairs: 3, requests: 100, duration: time.Second, concurrency: 16}
-	report := buildReport("machine: test", cfg, reportRuns(false), nil, memResult{perLock: 100, passed: true})
+	report := buildReport("machine: test", cfg, reportRuns(false), nil, nil, memResult{perLock: 100, passed: true})
 	if row := rowOf(report, "2r"); row != "" {
 		t.Errorf("a 2r row without Redis: %s", row)
 	}

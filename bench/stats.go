@@ -61,6 +61,17 @@ func (s spread) durations() string {
 	return fmt.Sprintf("%s (%s–%s)", med, fmtDur(time.Duration(s.min)), fmtDur(time.Duration(s.max)))
 }
 
+// counts formats a spread of counts as "12 (11–13)".
+func (s spread) counts() string {
+	if s.n == 0 {
+		return "—"
+	}
+	if s.n == 1 || s.min == s.max {
+		return fmt.Sprintf("%.0f", s.med)
+	}
+	return fmt.Sprintf("%.0f (%.0f–%.0f)", s.med, s.min, s.max)
+}
+
 // fmtDur prints a latency with three significant digits.
 func fmtDur(d time.Duration) string {
 	switch {

@@ -48,7 +48,7 @@ type acquireResult struct {
 }
 
 // descRange is the BYLEX range of the keys strictly below key, as
-// ancestors() defines them: "/" covers every other "/"-rooted key, other
+// lockstore.Ancestors defines them: "/" covers every other "/"-rooted key, other
 // keys cover key+"/"….
 func descRange(key string) (lo, hi string) {
 	if len(key) == 0 || key[0] != '/' {
@@ -138,7 +138,7 @@ func (l *Locker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.
 		return nil, fmt.Errorf("redis lock acquire %q: key contains a NUL byte", req.Key)
 	}
 	if l.hierarchy {
-		// The script walks every ancestor too: refuse what MemLocker does.
+		// The script walks every ancestor too: refuse what the memory table does.
 		if err := lockstore.CheckDepth(req.Key); err != nil {
 			return nil, fmt.Errorf("redis lock acquire: %w", err)
 		}
@@ -240,7 +240,7 @@ func (l *Locker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.
 // Linux's PATH_MAX; few real paths come near it.
 const MaxKeyBytes = 4096
 
-// cutKey returns key's longest ancestor (as ancestors() defines them) of
+// cutKey returns key's longest ancestor (as lockstore.Ancestors defines them) of
 // at most max bytes, and true, when key is longer than max and has one.
 func cutKey(key string, max int) (string, bool) {
 	if len(key) <= max || len(key) < 2 || key[0] != '/' {

@@ -28,7 +28,7 @@ const (
 
 // Locker is a Locker whose lock table lives in Redis, shared by every
 // Locker (on any host) with the same key prefix and zone. It has the
-// semantics of MemLocker: shared/exclusive locks, optional hierarchy, FIFO
+// semantics of the memory table (and the lockstore contract): shared/exclusive locks, optional hierarchy, FIFO
 // waiting with a bounded queue per key, and max_locks. Locks are leases
 // that this Locker renews in the background; they expire in Redis
 // when their holder stops renewing them. All timing decisions use the
@@ -109,7 +109,7 @@ type waiter struct {
 // NewLocker returns the lock table of zone in Redis. cfg supplies the
 // key prefix, lease and timeout (its connection fields are used by
 // NewClient, not here). hierarchy, maxLocks and maxWaiters are as
-// for NewMemLocker; values <= 0 for the limits mean the defaults. All
+// for the memory table; values <= 0 for the limits mean the defaults. All
 // Lockers sharing a zone must agree on hierarchy and the limits.
 //
 // The client is not owned: Close leaves it open. NewLocker does not
@@ -180,7 +180,7 @@ func checkZone(zone string) error {
 }
 
 // SetLimits changes the zone's limits for the next acquisitions, as
-// MemLocker.SetLimits does; values <= 0 mean the defaults. Every node of a
+// the memory table's SetLimits does; values <= 0 mean the defaults. Every node of a
 // zone should use the same limits, since each acquisition checks its own.
 func (l *Locker) SetLimits(maxLocks, maxWaiters int) {
 	locks, waiters := lockstore.Limits(maxLocks, maxWaiters)
