@@ -133,3 +133,60 @@ func TestRefusalPageInBrowser(t *testing.T) {
 		t.Errorf("%d writes reached the backend after going back, want 1: the form was resubmitted", writes)
 	}
 }
+
+// TestRefusalPagePreconditionInBrowser posts a form, which cannot say
+// which version it edits, in a real headless Chromium to a zone with
+// require_if_match: the browser shows the 428 page, which says to reload
+// before saving (not to submit the same form again), and nothing reaches
+// the backend.
+func TestRefusalPagePreconditionInBrowser(t *testing.T) {
+	bin := findChromium(t)
+	b := newBackend(t)
+	const form = `<!DOCTYPE html><html lang="en"><head><title>Edit note</title></head><body>` +
+		`<form method="post" action="/notes/7"><input name="text" value="new"><button id="save" type="submit">Save</button></form></body></html>`
+	url := startCaddy(t, "@form path /form\nhandle @form {\n header Content-Type \"text/html; charset=utf-8\"\n respond `"+form+"` 200\n}\n"+
+		"handle {\n lock {\n  zone browser428\n  require_if_match\n }\n reverse_proxy {backend}\n}", b)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Flag("disable-dev-shm-usage", true))
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	defer acancel()
+	bctx, bcancel := chromedp.NewContext(actx)
+	defer bcancel()
+
+	if err := chromedp.Do(bctx, chromedp.Navigate(url+"/form"), chromedp.WaitVisible("#save")); err != nil {
+		t.Fatalf("browser, opening the form: %v", err)
+	}
+	resp, err := chromedp.RunResponse(bctx, chromedp.Click("#save"))
+	if err != nil {
+		t.Fatalf("browser, posting the form: %v", err)
+	}
+	if resp.Status != http.StatusPreconditionRequired || !strings.HasPrefix(resp.MimeType, "text/html") {
+		t.Fatalf("the browser got %d, %s; want 428 and the page", resp.Status, resp.MimeType)
+	}
+	title, err := chromedp.Run(bctx, chromedp.Title())
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	text, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	t.Logf("the browser shows:\n%s", text)
+	if title != "428 Precondition required" {
+		t.Errorf("title %q, want 428 Precondition required", title)
+	}
+	if !strings.Contains(text, "This page must be reloaded before saving") || !strings.Contains(text, "reload the page to get the current version") {
+		t.Errorf("page does not say to reload before saving:\n%s", text)
+	}
+	if strings.Contains(text, "submit again") || strings.Contains(text, "Try again") {
+		t.Errorf("page tells to submit the same form again:\n%s", text)
+	}
+	if err := chromedp.Do(bctx, chromedp.Click("#back"), chromedp.WaitVisible("#save")); err != nil {
+		t.Fatalf("browser, going back: %v", err)
+	}
+	if writes, _, _ := b.counts(); writes != 0 {
+		t.Errorf("%d writes reached the backend, want none", writes)
+	}
+}
