@@ -434,6 +434,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if err := a.ready(); err != nil {
 			return a.bw.abandon(key, err)
 		}
+		h.passUnchecked(repl, kind) // no lock, no precondition check
 		return h.failOpen(w, r, repl, key, a.storeErr, next)
 	}
 	// Constant strings: a placeholder set from a variable would allocate.

@@ -385,6 +385,17 @@ func (h *Handler) checkPreconditions(ctx context.Context, w http.ResponseWriter,
 	return false, nil
 }
 
+// passUnchecked marks a write of a zone with require_if_match or
+// verify_etag that goes on without its lock (the store's on_error
+// fail_open) as skipped: a check without the lock could not keep another
+// write from slipping in between, and a refusal would put back the
+// unavailability that fail_open trades safety for. See docs/etags.md.
+func (h *Handler) passUnchecked(repl *caddy.Replacer, kind lockstore.Kind) {
+	if h.checksPreconditions(kind) {
+		h.settlePrecondition(repl, preconditionSkipped)
+	}
+}
+
 // settlePrecondition sets {http.lock.precondition} and counts it.
 func (h *Handler) settlePrecondition(repl *caddy.Replacer, outcome string) {
 	repl.Set("http.lock.precondition", outcome)

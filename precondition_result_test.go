@@ -90,3 +90,38 @@ route {
 		t.Fatalf("backend saw %q, want the current write and /other only", w)
 	}
 }
+
+// With the Redis store's on_error fail_open and Redis down, a write goes
+// on without its lock and so unchecked: {http.lock.precondition} says
+// skipped (no lock, no atomic check) and the backend gets it as sent.
+func TestPreconditionFailOpenSkipped(t *testing.T) {
+	srv := startRedis(t)
+	b := newDocBackend(t, true)
+	b.set("/f", "v1")
+	url := startCaddy(t, fmt.Sprintf(`header >X-Result {http.lock.result}
+header >X-Precondition {http.lock.precondition}
+lock {
+	zone %s
+	verify_etag
+	require_if_match
+	store redis {
+		address %s
+		timeout 200ms
+		on_error fail_open
+	}
+}
+reverse_proxy %s`, strings.NewReplacer("/", "_").Replace(t.Name()), srv.Addr, strings.TrimPrefix(b.URL, "http://")), nil)
+	// Checked while Redis is up.
+	if r := send(t, http.MethodPut, url+"/f", "stale", "If-Match", `"v0"`); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("stale write with Redis up: %d, want 412; body %s", r.status, r.body)
+	}
+	srv.Stop()
+	r := send(t, http.MethodPut, url+"/f", "stale", "If-Match", `"v0"`)
+	if r.status != http.StatusNoContent || r.header.Get("X-Result") != resultFailOpen || r.header.Get("X-Precondition") != preconditionSkipped {
+		t.Fatalf("stale write with Redis down: %d, result %q, precondition %q; want 204 fail_open skipped; body %s",
+			r.status, r.header.Get("X-Result"), r.header.Get("X-Precondition"), r.body)
+	}
+	if w := b.writesSeen(); len(w) != 1 || !strings.Contains(w[0], `If-Match="v0"`) {
+		t.Fatalf("backend saw %q, want the unchecked write with its If-Match", w)
+	}
+}
