@@ -77,10 +77,15 @@ func (h *Handler) countPass(result string) {
 // countChecked counts a write held back by countNow, once it has passed
 // the precondition check (or ended before it), by its
 // {http.lock.result}: acquired, waited, or fail_open.
+// Small enough to inline: plain writes pay no call for it.
 func (h *Handler) countChecked(repl *caddy.Replacer, checked bool) {
-	if !checked {
-		return
+	if checked {
+		h.countByResult(repl)
 	}
+}
+
+// countByResult counts a request by its {http.lock.result}.
+func (h *Handler) countByResult(repl *caddy.Replacer) {
 	result, _ := repl.GetString("http.lock.result")
 	if c := h.metrics.requests[result]; c != nil {
 		c.Inc()
