@@ -28,7 +28,7 @@ func initMetrics() {
 		Namespace: "caddy",
 		Subsystem: "lock",
 		Name:      "requests_total",
-		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none, unavailable, fail_open, too_deep, bad_key).",
+		Help:      "Requests seen by the lock handler, by zone and result (acquired, waited, conflict, full, none, unavailable, fail_open, store_error, too_deep, bad_key, ambiguous, bad_precondition, precondition_failed, precondition_required).",
 	}, []string{"zone", "result"})
 	lockMetrics.held = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy",
@@ -75,7 +75,8 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMet
 		held:     lockMetrics.held.WithLabelValues(zone),
 		wait:     lockMetrics.wait.WithLabelValues(zone),
 	}
-	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultStoreError, resultTooDeep, resultBadKey, resultAmbiguous} {
+	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultStoreError, resultTooDeep, resultBadKey, resultAmbiguous,
+		resultBadPrecondition, resultPreconditionFailed, resultPreconditionRequired} {
 		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
 	}
 	return m

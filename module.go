@@ -375,6 +375,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				r.Header.Del(h.FenceHeader)
 			}
 		}
+		// This handler's preconditions, under the held lock (precondition.go).
+		if answered, err := h.checkHeldPreconditions(w, r, repl, kind, ok); answered {
+			return err
+		}
 		return next.ServeHTTP(w, r)
 	}
 	repl.Set("http.lock.fence", "")
@@ -430,6 +434,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if err := a.ready(); err != nil {
 			return a.bw.abandon(key, err)
 		}
+		h.passUnchecked(repl, kind) // no lock, no precondition check
 		return h.failOpen(w, r, repl, key, a.storeErr, next)
 	}
 	// Constant strings: a placeholder set from a variable would allocate.
@@ -439,23 +444,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.lock.result", resultAcquired)
 	}
 	a.hc.zone, a.hc.key, a.hc.kind = z, key, kind
+	// A write the precondition check may refuse is counted after it.
+	checked := h.checksPreconditions(kind)
 	if kind == lockstore.Exclusive {
 		// It counts the request, by how it ends.
-		if refused, err := h.refuseMaintenance(w, r, repl, z, key, a.lease, a.result); refused {
+		if refused, err := h.refuseMaintenance(w, r, repl, z, key, a.lease, countNow(a.result, checked)); refused {
 			return err
 		}
 	} else {
 		h.metrics.count(a.result)
 	}
 	if err := a.ready(); err != nil {
+		h.countChecked(repl, checked)
 		return a.settle(w, key, a.bw.abandon(key, err))
 	}
 	aw := a.writer(w)
 	// require_if_match, verify_etag (precondition.go), under the lock:
-	// see acquisition.ready.
+	// see acquisition.ready. A refusal is counted by its result.
 	if answered, err := h.checkPreconditions(a.hc, aw, r, repl, z, key, kind == lockstore.Exclusive); answered {
 		return a.settle(w, key, err)
 	}
+	h.countChecked(repl, checked)
 	return a.settle(w, key, next.ServeHTTP(aw, r.WithContext(a.ctx)))
 }
 

@@ -35,6 +35,101 @@ const (
 	preconditionSkipped = "skipped" // a write not evaluated here (see checkPreconditions)
 )
 
+// Values of {http.lock.result} for a write that the precondition check
+// refused, each also a label of the requests metric (metrics.go), so that
+// a refused write is never counted as acquired.
+const (
+	// resultBadPrecondition: 400, a malformed If-Match or If-None-Match.
+	resultBadPrecondition = "bad_precondition"
+	// resultPreconditionFailed: 412, or refused because the resource's
+	// current version could not be read (502, or the 401 or 403 the
+	// sub-request got).
+	resultPreconditionFailed = "precondition_failed"
+	// resultPreconditionRequired: 428 (require_if_match).
+	resultPreconditionRequired = "precondition_required"
+)
+
+// checksPreconditions reports whether checkPreconditions may refuse an
+// exclusive write of this handler: ServeHTTP then counts the write in
+// the requests metric only after the check (countChecked).
+func (h *Handler) checksPreconditions(kind lockstore.Kind) bool {
+	return kind == lockstore.Exclusive && (h.VerifyETag || h.RequireIfMatch)
+}
+
+// countNow is the result that refuseMaintenance counts a passing write
+// as: "" for a write that the precondition check may still refuse,
+// which countChecked counts afterwards.
+func countNow(result string, checked bool) string {
+	if checked {
+		return ""
+	}
+	return result
+}
+
+// countPass counts a write that refuseMaintenance lets pass, unless
+// its count is held back for the precondition check ("", countNow).
+func (h *Handler) countPass(result string) {
+	if result != "" {
+		h.metrics.count(result)
+	}
+}
+
+// countChecked counts a write held back by countNow, once it has passed
+// the precondition check (or ended before it), by its
+// {http.lock.result}: acquired, waited, or fail_open.
+// Small enough to inline: plain writes pay no call for it.
+func (h *Handler) countChecked(repl *caddy.Replacer, checked bool) {
+	if checked {
+		h.countByResult(repl)
+	}
+}
+
+// countByResult counts a request by its {http.lock.result}.
+func (h *Handler) countByResult(repl *caddy.Replacer) {
+	result, _ := repl.GetString("http.lock.result")
+	if c := h.metrics.requests[result]; c != nil {
+		c.Inc()
+	}
+}
+
+// refusedPrecondition sets {http.lock.result} for a write the check
+// refused and, in a plain zone, counts it (ServeHTTP held its count back:
+// countNow). A WebDAV request is counted by davRequest.settle, and one
+// checked by a nested handler (checkHeldPreconditions) by the handler
+// that holds its lock, each once.
+func (h *Handler) refusedPrecondition(ctx context.Context, repl *caddy.Replacer, result string) {
+	repl.Set("http.lock.result", result)
+	if !h.WebDAV && ctx.Value(nestedCheckKey{}) == nil {
+		h.metrics.count(result)
+	}
+}
+
+// nestedCheckKey marks the context of a check made by a handler nested in
+// one of its zone that holds the request's lock.
+type nestedCheckKey struct{}
+
+// checkHeldPreconditions is checkPreconditions for a write whose lock an
+// earlier handler of the zone holds (ServeHTTP's heldBefore): this
+// handler's require_if_match and verify_etag apply under that lock, which
+// is exclusive whenever this handler's is. A write the earlier handler
+// evaluated already (passed) is not asked for again: its If-Match may
+// have been dropped on the way (a generated tag), and the lock has not
+// been let go since.
+func (h *Handler) checkHeldPreconditions(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, kind lockstore.Kind, locks bool) (bool, error) {
+	if !locks || !h.checksPreconditions(kind) {
+		return false, nil
+	}
+	if done, _ := repl.GetString("http.lock.precondition"); done == preconditionPassed {
+		return false, nil
+	}
+	c, _ := r.Context().Value(heldLockKey{}).(*holdContext)
+	if c == nil {
+		return false, nil
+	}
+	ctx := context.WithValue(c, nestedCheckKey{}, true)
+	return h.checkPreconditions(ctx, w, r, repl, h.zone, c.key, true)
+}
+
 // preconditionMetric counts writes by {http.lock.precondition}; created
 // once per process, registered on every config load, as metrics.go does.
 var (
@@ -248,6 +343,7 @@ func (h *Handler) checkPreconditions(ctx context.Context, w http.ResponseWriter,
 	c, err := readConditions(r.Header)
 	if err != nil {
 		h.settlePrecondition(repl, preconditionFailed)
+		h.refusedPrecondition(ctx, repl, resultBadPrecondition)
 		h.logger.Debug("malformed precondition refused", zap.String("key", key), zap.String("method", r.Method),
 			zap.String("precondition", preconditionFailed), zap.Error(err))
 		return true, h.writeRefusalTo(w, r, problem{
@@ -265,6 +361,7 @@ func (h *Handler) checkPreconditions(ctx context.Context, w http.ResponseWriter,
 	v, status, hdr, err := d.currentValidators()
 	if err != nil || (status != 0 && !v.exists && existenceOf(status) == resourceUnknown) {
 		h.settlePrecondition(repl, preconditionFailed)
+		h.refusedPrecondition(ctx, repl, resultPreconditionFailed)
 		msg := fmt.Sprintf("cannot check the request's preconditions: reading the current version of %s gave %d", d.href(), status)
 		if err != nil {
 			msg = "cannot check the request's preconditions: reading the current version of " + d.href() + ": " + err.Error()
@@ -291,6 +388,17 @@ func (h *Handler) checkPreconditions(ctx context.Context, w http.ResponseWriter,
 	}
 	h.settlePrecondition(repl, preconditionPassed)
 	return false, nil
+}
+
+// passUnchecked marks a write of a zone with require_if_match or
+// verify_etag that goes on without its lock (the store's on_error
+// fail_open) as skipped: a check without the lock could not keep another
+// write from slipping in between, and a refusal would put back the
+// unavailability that fail_open trades safety for. See docs/etags.md.
+func (h *Handler) passUnchecked(repl *caddy.Replacer, kind lockstore.Kind) {
+	if h.checksPreconditions(kind) {
+		h.settlePrecondition(repl, preconditionSkipped)
+	}
 }
 
 // settlePrecondition sets {http.lock.precondition} and counts it.
@@ -346,6 +454,7 @@ func (d *davRequest) currentValidators() (v validators, status int, hdr http.Hea
 func (d *davRequest) refusePreconditionFailed(failed string, v validators) error {
 	h, r := d.h, d.r
 	h.settlePrecondition(d.repl, preconditionFailed)
+	h.refusedPrecondition(d.r.Context(), d.repl, resultPreconditionFailed)
 	var detail string
 	switch {
 	case failed == "If-None-Match" && v.etag == "":
@@ -381,6 +490,7 @@ func (d *davRequest) refusePreconditionFailed(failed string, v validators) error
 func (d *davRequest) refusePreconditionRequired() error {
 	h, r := d.h, d.r
 	h.settlePrecondition(d.repl, preconditionMissing)
+	h.refusedPrecondition(d.r.Context(), d.repl, resultPreconditionRequired)
 	var v validators
 	if h.VerifyETag {
 		v, _, _, _ = d.currentValidators() // best effort: the refusal stands either way

@@ -463,8 +463,8 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 	if !lease.ExplicitLocksInZone() {
 		// The grant saw no explicit lock in the zone; one made since
 		// then is no different from one made while this write was
-		// already in flight.
-		h.metrics.count(result)
+		// already in flight. result "" is counted by the caller (countNow).
+		h.countPass(result)
 		return false, nil
 	}
 	// With hierarchy a write covers the keys below its own, as the
@@ -474,7 +474,7 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 		if h.failsOpen(err) {
 			h.storeTrouble(key, err)
 			repl.Set("http.lock.result", resultFailOpen)
-			h.metrics.count(resultFailOpen)
+			h.countPass(countNow(resultFailOpen, result == ""))
 			return false, nil
 		}
 		result, err := h.refuseExplicitStore(w, r, repl, key, err)
@@ -485,7 +485,7 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 		return true, err
 	}
 	if len(ls) == 0 {
-		h.metrics.count(result)
+		h.countPass(result)
 		return false, nil
 	}
 	repl.Set("http.lock.result", resultConflict)

@@ -37,6 +37,35 @@ func findChromium(t *testing.T) string {
 	return ""
 }
 
+// postFormInBrowser opens the form at formURL in a headless Chromium
+// that lives until the test ends, clicks its #save button, and returns
+// the browser's context and the answer to the form's submission.
+func postFormInBrowser(t *testing.T, bin, formURL string) (context.Context, formAnswer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Flag("disable-dev-shm-usage", true))
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(bcancel)
+	if err := chromedp.Do(bctx, chromedp.Navigate(formURL), chromedp.WaitVisible("#save")); err != nil {
+		t.Fatalf("browser, opening the form: %v", err)
+	}
+	resp, err := chromedp.RunResponse(bctx, chromedp.Click("#save"))
+	if err != nil {
+		t.Fatalf("browser, posting the form: %v", err)
+	}
+	return bctx, formAnswer{Status: resp.Status, MimeType: resp.MimeType, Headers: resp.Headers}
+}
+
+// formAnswer is what the browser got for a form's submission.
+type formAnswer struct {
+	Status   int64
+	MimeType string
+	Headers  map[string]any
+}
+
 // TestRefusalPageInBrowser posts a form, in a real headless Chromium,
 // to a path whose write is held: the browser shows the refusal page
 // with that path and the configured seconds, and its button goes back
@@ -56,21 +85,7 @@ func TestRefusalPageInBrowser(t *testing.T) {
 		<-done
 	}()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox, chromedp.Flag("disable-dev-shm-usage", true))
-	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-
-	if err := chromedp.Do(bctx, chromedp.Navigate(url+"/form"), chromedp.WaitVisible("#save")); err != nil {
-		t.Fatalf("browser, opening the form: %v", err)
-	}
-	resp, err := chromedp.RunResponse(bctx, chromedp.Click("#save"))
-	if err != nil {
-		t.Fatalf("browser, posting the form: %v", err)
-	}
+	bctx, resp := postFormInBrowser(t, bin, url+"/form")
 	if resp.Status != http.StatusLocked || resp.Headers["Retry-After"] != "9" || !strings.HasPrefix(resp.MimeType, "text/html") {
 		t.Fatalf("the browser got %d, Retry-After %v, %s; want 423, 9 and the page", resp.Status, resp.Headers["Retry-After"], resp.MimeType)
 	}
@@ -131,5 +146,48 @@ func TestRefusalPageInBrowser(t *testing.T) {
 	}
 	if writes, _, _ := b.counts(); writes != 1 {
 		t.Errorf("%d writes reached the backend after going back, want 1: the form was resubmitted", writes)
+	}
+}
+
+// TestRefusalPagePreconditionInBrowser posts a form, which cannot say
+// which version it edits, in a real headless Chromium to a zone with
+// require_if_match: the browser shows the 428 page, which says to reload
+// before saving (not to submit the same form again), and nothing reaches
+// the backend.
+func TestRefusalPagePreconditionInBrowser(t *testing.T) {
+	bin := findChromium(t)
+	b := newBackend(t)
+	const form = `<!DOCTYPE html><html lang="en"><head><title>Edit note</title></head><body>` +
+		`<form method="post" action="/notes/7"><input name="text" value="new"><button id="save" type="submit">Save</button></form></body></html>`
+	url := startCaddy(t, "@form path /form\nhandle @form {\n header Content-Type \"text/html; charset=utf-8\"\n respond `"+form+"` 200\n}\n"+
+		"handle {\n lock {\n  zone browser428\n  require_if_match\n }\n reverse_proxy {backend}\n}", b)
+
+	bctx, resp := postFormInBrowser(t, bin, url+"/form")
+	if resp.Status != http.StatusPreconditionRequired || !strings.HasPrefix(resp.MimeType, "text/html") {
+		t.Fatalf("the browser got %d, %s; want 428 and the page", resp.Status, resp.MimeType)
+	}
+	title, err := chromedp.Run(bctx, chromedp.Title())
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	text, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	t.Logf("the browser shows:\n%s", text)
+	if title != "428 Precondition required" {
+		t.Errorf("title %q, want 428 Precondition required", title)
+	}
+	if !strings.Contains(text, "This page must be reloaded before saving") || !strings.Contains(text, "reload the page to get the current version") {
+		t.Errorf("page does not say to reload before saving:\n%s", text)
+	}
+	if strings.Contains(text, "submit again") || strings.Contains(text, "Try again") {
+		t.Errorf("page tells to submit the same form again:\n%s", text)
+	}
+	if err := chromedp.Do(bctx, chromedp.Click("#back"), chromedp.WaitVisible("#save")); err != nil {
+		t.Fatalf("browser, going back: %v", err)
+	}
+	if writes, _, _ := b.counts(); writes != 0 {
+		t.Errorf("%d writes reached the backend, want none", writes)
 	}
 }

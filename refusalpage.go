@@ -172,6 +172,7 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break
 <p class="status">Error {{.Status}}</p>
 <h1>{{.Title}}</h1>
 <p>{{.Explain}}</p>
+{{- if or .Key .HasSince .HasUntil .Retry}}
 <dl>
 {{- if .Key}}
 <dt>Locked</dt>
@@ -190,7 +191,8 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break
 <dd id="retry">in <span id="retry-seconds">{{.Retry}}</span> {{if eq .Retry 1}}second{{else}}seconds{{end}}</dd>
 {{- end}}
 </dl>
-<p>Nothing was changed. Reloading this page may send the same request again; go back, wait, then submit again.</p>
+{{- end}}
+<p id="advice">{{.Advice}}</p>
 <p><a class="back" id="back" href="{{.Back}}">Go back</a></p>
 </main>
 <script>` + refusalScript + `</script>
@@ -213,7 +215,22 @@ type refusalPage struct {
 	UntilClock string
 	Retry      int64
 	Back       string
+	// Advice says what to do next: wait and submit again for a lock,
+	// reload first for a failed or missing precondition.
+	Advice string
 }
+
+// The pages' advice: a locked resource is free again soon, so the same
+// submission can simply be sent again; a 412 or 428 says the form holds
+// an old version (or none), which only reloading it can fix.
+const (
+	adviceRetry = "Nothing was changed. Reloading this page may send the same request again; go back, wait, then submit again."
+	// 412 (verify_etag).
+	explainChanged = "Someone else changed this since you loaded it, so your change was not saved: saving it would have overwritten theirs."
+	adviceReload   = "Nothing was changed. Go back, reload the page to get the current version, apply your change again, then save."
+	// 428 (require_if_match).
+	explainReload = "This page must be reloaded before saving: your save did not say which version it was based on, so it was not carried out."
+)
 
 // appendRefusalPage appends the HTML page for problem p, refused with
 // Retry-After secs (0 for none), to b. now and r give the time the lock
@@ -222,7 +239,13 @@ func appendRefusalPage(b []byte, r *http.Request, p *problem, secs int64, now ti
 	// Copies: a string of p that flowed into the template's data would
 	// make the compiler put it on the heap for every refusal, the API
 	// clients' too (BenchmarkRefusal), not just this rare path.
-	page := refusalPage{Status: p.Status, Title: strings.Clone(p.Title), Explain: strings.Clone(p.Detail), Retry: secs, Back: backLink(r)}
+	page := refusalPage{Status: p.Status, Title: strings.Clone(p.Title), Explain: strings.Clone(p.Detail), Retry: secs, Back: backLink(r), Advice: adviceRetry}
+	switch p.Status {
+	case http.StatusPreconditionFailed:
+		page.Explain, page.Advice = explainChanged, adviceReload
+	case http.StatusPreconditionRequired:
+		page.Explain, page.Advice = explainReload, adviceReload
+	}
 	if l := p.Lock; l != nil {
 		page.Key, page.Kind = strings.Clone(l.Key), strings.Clone(l.Kind)
 		page.Explain = "Another request is changing this resource right now, so yours was not carried out."

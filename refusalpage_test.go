@@ -1,6 +1,7 @@
 package caddylock
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -262,4 +263,47 @@ func TestRefusalPageExplicitLock(t *testing.T) {
 	}
 	r = davDo(t, http.MethodPut, url+"/doc.txt", "x", map[string]string{"Accept": chromiumAccept, "Depth": "0"})
 	assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/doc.txt")
+}
+
+// TestRefusalPagePrecondition: a browser that saves an outdated version
+// (412) or an unconditional one under require_if_match (428) is told to
+// reload before saving again, not to wait and submit the same form again
+// as for a lock; the 423 page keeps that advice.
+func TestRefusalPagePrecondition(t *testing.T) {
+	b := newDocBackend(t, true)
+	b.set("/d", "v1")
+	url := startCaddy(t, fmt.Sprintf("lock {\n zone %s\n verify_etag\n require_if_match\n}\nreverse_proxy %s",
+		strings.NewReplacer("/", "_").Replace(t.Name()), strings.TrimPrefix(b.URL, "http://")), nil)
+	for _, c := range []struct {
+		name    string
+		header  []string
+		status  int
+		explain string
+	}{
+		{"outdated", []string{"If-Match", `"v0"`}, http.StatusPreconditionFailed, "Someone else changed this since you loaded it"},
+		{"unconditional", nil, http.StatusPreconditionRequired, "This page must be reloaded before saving"},
+	} {
+		r := send(t, http.MethodPost, url+"/d", "text=new", append(c.header, "Accept", chromiumAccept)...)
+		if r.status != c.status || !strings.HasPrefix(r.header.Get("Content-Type"), "text/html") {
+			t.Fatalf("%s: %d %q, want %d and the page; body %s", c.name, r.status, r.header.Get("Content-Type"), c.status, r.body)
+		}
+		for _, want := range []string{c.explain, `<p id="advice">` + adviceReload + `</p>`} {
+			if !strings.Contains(r.body, want) {
+				t.Errorf("%s: page lacks %q:\n%s", c.name, want, r.body)
+			}
+		}
+		if strings.Contains(r.body, "wait, then submit again") || strings.Contains(r.body, "<dl>") {
+			t.Errorf("%s: page tells to submit the same again, or shows an empty lock box:\n%s", c.name, r.body)
+		}
+	}
+	if w := b.writesSeen(); len(w) != 0 {
+		t.Fatalf("backend saw %q", w)
+	}
+	// A lock's page keeps its own advice.
+	p := problem{Type: problemType, Title: "Resource is locked", Status: http.StatusLocked, Detail: "POST /d", Instance: "/d",
+		Lock: &problemLock{Key: "/d", Kind: "exclusive", HeldSeconds: 1}}
+	body, err := appendRefusalPage(nil, httptest.NewRequest(http.MethodPost, "/d", nil), &p, 3, time.Now())
+	if err != nil || !strings.Contains(string(body), `<p id="advice">`+adviceRetry+`</p>`) {
+		t.Fatalf("423 page (%v) lacks its advice:\n%s", err, body)
+	}
 }
