@@ -162,50 +162,6 @@ func TestRedisHandlerReaderQueuesBehindWriter(t *testing.T) {
 	}
 }
 
-func TestRedisCancelWhileWaiting(t *testing.T) {
-	srv := startRedis(t)
-	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, l1, "/c", lockstore.Exclusive)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	first := make(chan error, 1)
-	go func() {
-		_, err := l1.Acquire(ctx, lockstore.Request{Key: "/c", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
-		first <- err
-	}()
-	waitFor(t, 2*time.Second, "first waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
-	second := acquireAsync(t, l2, "/c", lockstore.Exclusive, 10*time.Second)
-	waitFor(t, 2*time.Second, "second waiter", func() bool { return redisStats(t, l1).Waiting == 2 })
-
-	start := time.Now()
-	cancel()
-	if err := <-first; !errors.Is(err, context.Canceled) {
-		t.Fatalf("first waiter: %v", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("canceled waiter took %s to leave", d)
-	}
-	waitFor(t, time.Second, "first waiter to leave the queue", func() bool { return redisStats(t, l1).Waiting == 1 })
-	hold.Release()
-	select {
-	case ls := <-second:
-		if ls == nil {
-			t.Fatal("second waiter failed")
-		}
-		ls.Release()
-	case <-time.After(3 * time.Second):
-		t.Fatal("second waiter not granted after the first left")
-	}
-}
-
-func TestRedisQueuedLease(t *testing.T) {
-	l := newRedisLocker(t, startRedis(t), t.Name(), redisOpts{})
-	assertQueuedLease(t, l, func() {
-		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
-	})
-}
-
 // Fencing numbers strictly increase within one primary even when the
 // server clock is behind the last number issued: a clock stepped back
 // (an NTP correction, a primary whose clock ran ahead before it handed
@@ -242,40 +198,6 @@ func TestRedisFencingAboveTheClock(t *testing.T) {
 	}
 }
 
-// A full table still reports a conflict as a conflict (423, not 503) when
-// the request would not queue, in Redis as in memory; a request that
-// would queue is refused as full, since its waiter needs a place.
-func TestFullTableReportsConflict(t *testing.T) {
-	srv := startRedis(t)
-	for name, l := range map[string]lockstore.Locker{
-		"memory": NewMemLocker(false, 2, 0),
-		"redis":  newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 2}),
-	} {
-		t.Run(name, func(t *testing.T) {
-			a := mustAcquire(t, l, "/a", lockstore.Exclusive)
-			b := mustAcquire(t, l, "/b", lockstore.Shared)
-			if ce := mustConflict(t, l, "/a", lockstore.Shared); ce.Key != "/a" || ce.Kind != lockstore.Exclusive {
-				t.Fatalf("conflict = %+v", ce)
-			}
-			mustConflict(t, l, "/b", lockstore.Exclusive)
-			for _, req := range []lockstore.Request{
-				{Key: "/c", Kind: lockstore.Exclusive},
-				{Key: "/b", Kind: lockstore.Shared},
-				{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Second},
-			} {
-				if ls, err := l.Acquire(context.Background(), req); !errors.Is(err, lockstore.ErrFull) {
-					if ls != nil {
-						ls.Release()
-					}
-					t.Fatalf("%+v: %v, want ErrFull", req, err)
-				}
-			}
-			a.Release()
-			b.Release()
-		})
-	}
-}
-
 // lockOutcome describes the result of an acquire for comparing stores.
 // The kind of a conflict below the key is left out: with several locks
 // below, the memory store reports the strongest and Redis the first.
@@ -303,7 +225,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 		for seed := range 40 {
 			rng := mrand.New(mrand.NewPCG(uint64(seed), 1))
 			maxLocks := 3 + rng.IntN(5)
-			mem := NewMemLocker(hier, maxLocks, 0)
+			mem := newMemLocker(hier, maxLocks, 0)
 			rl := newRedisLocker(t, srv, fmt.Sprintf("%s-%v-%d", t.Name(), hier, seed), redisOpts{hierarchy: hier, maxLocks: maxLocks})
 			var held [][2]lockstore.Lease
 			var steps []string
@@ -365,16 +287,6 @@ func TestRedisStoreZoneTables(t *testing.T) {
 	}
 }
 
-// The Redis store keeps the LockStore contract that MemLockStore keeps.
-func TestRedisLockStoreContract(t *testing.T) {
-	srv := startRedis(t)
-	n := 0
-	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
-		n++
-		return newRedisLockStore(t, srv, fmt.Sprintf("contract-%d", n))
-	})
-}
-
 // The two stores give the same answers to the same random operations on
 // keys that are prefixes of one another, the root included, in zones
 // small enough to fill up.
@@ -407,7 +319,7 @@ func TestLockStoresAgree(t *testing.T) {
 	for seed := range uint64(60) {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		limit := 3 + int(seed%8)
-		mem := NewMemLockStore(limit)
+		mem := newMemLockStore(limit)
 		t.Cleanup(mem.Close)
 		rs := newRedisLockStore(t, srv, fmt.Sprintf("agree-%d", seed))
 		rs.SetMax(limit)
