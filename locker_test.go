@@ -19,29 +19,6 @@ import (
 	"github.com/caddy-lock/caddy-lock/lockstore/storetest"
 )
 
-func mustAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) lockstore.Lease {
-	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err != nil {
-		t.Fatalf("acquire %s %s: %v", kind, key, err)
-	}
-	return ls
-}
-
-func mustConflict(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *lockstore.ConflictError {
-	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err == nil {
-		ls.Release()
-		t.Fatalf("acquire %s %s: granted, want conflict", kind, key)
-	}
-	var c *lockstore.ConflictError
-	if !errors.As(err, &c) {
-		t.Fatalf("acquire %s %s: %v, want *ConflictError", kind, key, err)
-	}
-	return c
-}
-
 func assertEmpty(t *testing.T, l *memLocker) {
 	t.Helper()
 	held, waiting, nodes := l.Stats()

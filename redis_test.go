@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
@@ -21,12 +20,17 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The waiting and goroutine-counting helpers are shared with the stores'
-// tests.
+// The helpers shared with the Redis store's tests: waiting, counting
+// goroutines, taking locks and making explicit ones.
 var (
 	waitFor        = testsupport.WaitFor
 	labelled       = testsupport.Labelled
 	labelledStacks = testsupport.LabelledStacks
+	mustAcquire    = testsupport.Acquire
+	mustConflict   = testsupport.Conflict
+	xlock          = testsupport.XLock
+	mustCreate     = testsupport.MustCreate
+	roots          = testsupport.Roots
 )
 
 // waitParked waits until a goroutine labelled value sleeps in a function
@@ -74,11 +78,7 @@ func newRedisLocker(t testing.TB, srv *testRedis, zone string, o redisOpts) *red
 
 func redisAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *redisstore.Lease {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err != nil {
-		t.Fatalf("acquire %s %s: %v", kind, key, err)
-	}
-	return ls.(*redisstore.Lease)
+	return mustAcquire(t, l, key, kind).(*redisstore.Lease)
 }
 
 // newRedisLockStore returns the explicit lock store of zone with its own
@@ -96,36 +96,6 @@ func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *redisstore.Lo
 		t.Fatal(err)
 	}
 	return s
-}
-
-// xlock is an explicit lock to create in a test.
-func xlock(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
-	return lockstore.ExplicitLock{
-		Token:   dav.NewLockToken(),
-		Root:    root,
-		Href:    root,
-		Scope:   scope,
-		Depth:   depth,
-		Owner:   []byte("<D:href>mailto:test@example.com</D:href>"),
-		Timeout: time.Minute,
-	}
-}
-
-func mustCreate(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
-	t.Helper()
-	got, err := s.Create(context.Background(), l)
-	if err != nil {
-		t.Fatalf("create %s %v depth %v: %v", l.Root, l.Scope, l.Depth, err)
-	}
-	return got
-}
-
-func roots(locks []lockstore.ExplicitLock) []string {
-	var r []string
-	for _, l := range locks {
-		r = append(r, l.Root)
-	}
-	return r
 }
 
 // Through Caddy with the Redis store: a reader (shared GET) that arrives

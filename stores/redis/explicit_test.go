@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/redis/go-redis/v9"
 )
@@ -39,9 +40,9 @@ func TestRedisStoreManyLocks(t *testing.T) {
 	const n = 1200
 	s.SetBudget(0, n+1) // one anonymous owner holds them all
 	for i := range n {
-		mustCreate(t, s, xlock(fmt.Sprintf("/big/%04d", i), lockstore.Exclusive, lockstore.DepthZero))
+		testsupport.MustCreate(t, s, testsupport.XLock(fmt.Sprintf("/big/%04d", i), lockstore.Exclusive, lockstore.DepthZero))
 	}
-	mustCreate(t, s, xlock("/other", lockstore.Exclusive, lockstore.DepthZero))
+	testsupport.MustCreate(t, s, testsupport.XLock("/other", lockstore.Exclusive, lockstore.DepthZero))
 	all, err := s.List(ctx)
 	if err != nil || len(all) != n+1 {
 		t.Fatalf("list: %d locks, %v; want %d", len(all), err, n+1)
@@ -51,7 +52,7 @@ func TestRedisStoreManyLocks(t *testing.T) {
 			t.Fatalf("list[%d] = %s", i, all[i].Root)
 		}
 	}
-	_, err = s.Create(ctx, xlock("/big", lockstore.Exclusive, lockstore.DepthInfinity))
+	_, err = s.Create(ctx, testsupport.XLock("/big", lockstore.Exclusive, lockstore.DepthInfinity))
 	var ce *lockstore.LockConflictError
 	if !errors.As(err, &ce) || len(ce.Conflicts) == 0 {
 		t.Fatalf("an infinite lock over %d locks: %v", n, err)
@@ -60,7 +61,7 @@ func TestRedisStoreManyLocks(t *testing.T) {
 	if err != nil || removed != n {
 		t.Fatalf("remove under: %d %v, want %d", removed, err, n)
 	}
-	if all, _ = s.List(ctx); !slices.Equal(roots(all), []string{"/other"}) {
+	if all, _ = s.List(ctx); !slices.Equal(testsupport.Roots(all), []string{"/other"}) {
 		t.Fatalf("after remove under: %d locks", len(all))
 	}
 }
@@ -71,15 +72,15 @@ func TestRedisStoreExpiry(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	short := xlock("/e", lockstore.Exclusive, lockstore.DepthInfinity)
+	short := testsupport.XLock("/e", lockstore.Exclusive, lockstore.DepthInfinity)
 	short.Timeout = 150 * time.Millisecond
-	l := mustCreate(t, s, short)
-	mustCreate(t, s, xlock("/k", lockstore.Exclusive, lockstore.DepthZero))
+	l := testsupport.MustCreate(t, s, short)
+	testsupport.MustCreate(t, s, testsupport.XLock("/k", lockstore.Exclusive, lockstore.DepthZero))
 	waitFor(t, 3*time.Second, "the lock to expire", func() bool {
 		_, err := s.Get(ctx, l.Token)
 		return errors.Is(err, lockstore.ErrNoSuchLock)
 	})
-	mustCreate(t, s, xlock("/e/x", lockstore.Exclusive, lockstore.DepthZero))
+	testsupport.MustCreate(t, s, testsupport.XLock("/e/x", lockstore.Exclusive, lockstore.DepthZero))
 	c := redisClient(t, srv)
 	if n, _ := c.ZCard(ctx, s.kExp).Result(); n != 2 {
 		t.Fatalf("%d index entries, want 2", n)
@@ -92,10 +93,10 @@ func TestRedisStoreScriptsIdempotent(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	l := xlock("/i", lockstore.Exclusive, lockstore.DepthZero)
-	first := mustCreate(t, s, l)
+	l := testsupport.XLock("/i", lockstore.Exclusive, lockstore.DepthZero)
+	first := testsupport.MustCreate(t, s, l)
 	time.Sleep(5 * time.Millisecond)
-	second := mustCreate(t, s, l) // the same token again: a retry
+	second := testsupport.MustCreate(t, s, l) // the same token again: a retry
 	if !second.Created.Equal(first.Created) || !second.Expires.Equal(first.Expires) {
 		t.Fatalf("retried create changed the lock: %+v / %+v", first, second)
 	}
@@ -124,8 +125,8 @@ func TestRedisStoreTwoNodes(t *testing.T) {
 	srv := startRedis(t)
 	a, b := newRedisLockStore(t, srv, "shared"), newRedisLockStore(t, srv, "shared")
 	ctx := context.Background()
-	l := mustCreate(t, a, xlock("/doc", lockstore.Exclusive, lockstore.DepthZero))
-	if _, err := b.Create(ctx, xlock("/doc", lockstore.Shared, lockstore.DepthZero)); !errors.As(err, new(*lockstore.LockConflictError)) {
+	l := testsupport.MustCreate(t, a, testsupport.XLock("/doc", lockstore.Exclusive, lockstore.DepthZero))
+	if _, err := b.Create(ctx, testsupport.XLock("/doc", lockstore.Shared, lockstore.DepthZero)); !errors.As(err, new(*lockstore.LockConflictError)) {
 		t.Fatalf("second node: %v", err)
 	}
 	if g, err := b.Get(ctx, l.Token); err != nil || g.Root != "/doc" {
@@ -137,7 +138,7 @@ func TestRedisStoreTwoNodes(t *testing.T) {
 	if _, err := a.Get(ctx, l.Token); !errors.Is(err, lockstore.ErrNoSuchLock) {
 		t.Fatalf("first node after removal by the second: %v", err)
 	}
-	mustCreate(t, a, xlock("/doc2", lockstore.Exclusive, lockstore.DepthZero))
+	testsupport.MustCreate(t, a, testsupport.XLock("/doc2", lockstore.Exclusive, lockstore.DepthZero))
 	keys, err := redisClient(t, srv).Keys(ctx, "*").Result() // a test may use KEYS
 	if err != nil {
 		t.Fatal(err)
@@ -155,12 +156,12 @@ func TestRedisStoreUnavailable(t *testing.T) {
 	srv := startRedis(t)
 	s := newRedisLockStore(t, srv, t.Name())
 	ctx := context.Background()
-	l := mustCreate(t, s, xlock("/u", lockstore.Exclusive, lockstore.DepthZero))
+	l := testsupport.MustCreate(t, s, testsupport.XLock("/u", lockstore.Exclusive, lockstore.DepthZero))
 	srv.Stop()
 	start := time.Now()
 	for name, call := range map[string]func() error{
 		"create": func() error {
-			_, err := s.Create(ctx, xlock("/v", lockstore.Exclusive, lockstore.DepthZero))
+			_, err := s.Create(ctx, testsupport.XLock("/v", lockstore.Exclusive, lockstore.DepthZero))
 			return err
 		},
 		"refresh":      func() error { _, err := s.Refresh(ctx, l.Token, time.Minute); return err },
@@ -207,11 +208,11 @@ func TestRedisCreateReplyLost(t *testing.T) {
 	ctx := context.Background()
 	h := &lostReply{script: xCreateScript.Hash()}
 	s.client.AddHook(h)
-	if _, err := s.Create(ctx, xlock("/warm", lockstore.Exclusive, lockstore.DepthZero)); err != nil {
+	if _, err := s.Create(ctx, testsupport.XLock("/warm", lockstore.Exclusive, lockstore.DepthZero)); err != nil {
 		t.Fatal(err) // loads the script, so that the next create is one evalsha
 	}
 	h.armed.Store(true)
-	l := xlock("/a", lockstore.Exclusive, lockstore.DepthInfinity)
+	l := testsupport.XLock("/a", lockstore.Exclusive, lockstore.DepthInfinity)
 	if _, err := s.Create(ctx, l); !errors.Is(err, lockstore.ErrStoreUnavailable) {
 		t.Fatalf("create with its reply lost: %v, want ErrStoreUnavailable", err)
 	}
@@ -219,7 +220,7 @@ func TestRedisCreateReplyLost(t *testing.T) {
 		_, err := s.Get(ctx, l.Token)
 		return errors.Is(err, lockstore.ErrNoSuchLock)
 	})
-	if _, err := s.Create(ctx, xlock("/a", lockstore.Exclusive, lockstore.DepthInfinity)); err != nil {
+	if _, err := s.Create(ctx, testsupport.XLock("/a", lockstore.Exclusive, lockstore.DepthInfinity)); err != nil {
 		t.Fatalf("a new lock on the path: %v", err)
 	}
 }

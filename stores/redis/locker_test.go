@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
@@ -229,8 +230,8 @@ func TestRedisRenewal(t *testing.T) {
 	a := redisAcquire(t, l1, "/r", lockstore.Exclusive)
 	b := redisAcquire(t, l1, "/r2", lockstore.Shared)
 	time.Sleep(3500 * time.Millisecond)
-	redisConflict(t, l2, "/r", lockstore.Shared)
-	redisConflict(t, l2, "/r2", lockstore.Exclusive)
+	testsupport.Conflict(t, l2, "/r", lockstore.Shared)
+	testsupport.Conflict(t, l2, "/r2", lockstore.Exclusive)
 	for _, ls := range []*Lease{a, b} {
 		select {
 		case <-ls.Lost():
@@ -284,7 +285,7 @@ func TestRedisRetryAfterFromFirstHold(t *testing.T) {
 	ls.Release()
 	h := redisAcquire(t, l, "/next", lockstore.Exclusive)
 	defer h.Release()
-	if c := redisConflict(t, l, "/next", lockstore.Exclusive); c.RetryAfter != 2*time.Second {
+	if c := testsupport.Conflict(t, l, "/next", lockstore.Exclusive); c.RetryAfter != 2*time.Second {
 		t.Fatalf("RetryAfter = %v after one hold of 1.5s, want 2s", c.RetryAfter)
 	}
 }
