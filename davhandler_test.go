@@ -2,7 +2,6 @@ package caddylock
 
 import (
 	"context"
-	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,17 +17,19 @@ import (
 	"github.com/caddy-lock/caddy-lock/lockstore"
 
 	"github.com/caddyserver/caddy/v2"
-	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/net/webdav"
 )
 
 func (grantAll) Confirm(time.Time, string, string, ...webdav.Condition) (func(), error) {
 	return func() {}, nil
 }
+
 func (grantAll) Create(time.Time, webdav.LockDetails) (string, error) { return "backend-token", nil }
+
 func (grantAll) Refresh(time.Time, string, time.Duration) (webdav.LockDetails, error) {
 	return webdav.LockDetails{}, nil
 }
+
 func (grantAll) Unlock(time.Time, string) error { return nil }
 
 // saw counts the requests "METHOD /path" that reached the backend.
@@ -67,140 +67,6 @@ func (b *davBackend) mkdir(t *testing.T, p string) {
 	if err := b.fs.Mkdir(context.Background(), p, 0o755); err != nil {
 		t.Fatalf("mkdir %s at the backend: %v", p, err)
 	}
-}
-
-func TestDAVLockWriteUnlock(t *testing.T) {
-	url, b := davSite(t, "")
-	tok, l := davLock(t, url+"/doc.txt", "exclusive", "alice", nil, http.StatusCreated)
-	if !b.exists("/doc.txt") {
-		t.Fatal("LOCK on an unmapped URL did not create the resource at the backend")
-	}
-	if l.Scope.Exclusive == nil || l.Type.Write == nil || l.Depth != "infinity" || l.Owner != "http://example.org/~alice" ||
-		l.Timeout != "Second-600" || l.Root != "/doc.txt" {
-		t.Fatalf("activelock = %+v", l)
-	}
-	if b.saw("LOCK /doc.txt") != 0 {
-		t.Fatal("LOCK was forwarded to the backend")
-	}
-
-	// Without the token: 423 naming the lock root, not forwarded.
-	r := davDo(t, "PUT", url+"/doc.txt", "intruder", map[string]string{"Accept": "application/xml"})
-	assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/doc.txt")
-	for _, m := range []string{"DELETE", "PROPPATCH", "POST", "PATCH"} {
-		r := davDo(t, m, url+"/doc.txt", "", map[string]string{"Accept": "text/xml"})
-		assertDAVError(t, r, http.StatusLocked, dav.CondLockTokenSubmitted, "/doc.txt")
-	}
-	if n := b.saw("PUT /doc.txt"); n != 1 { // the creating PUT only
-		t.Fatalf("backend saw %d PUTs, want only the one that created the resource", n)
-	}
-	// A token that is not the lock's does not help.
-	r = davDo(t, "PUT", url+"/doc.txt", "x", map[string]string{"If": "(<urn:uuid:00000000-0000-4000-8000-000000000000>)"})
-	if r.status != http.StatusPreconditionFailed {
-		t.Fatalf("PUT with a wrong token: %d, want 412", r.status)
-	}
-	// Reads pass.
-	davMust(t, http.StatusOK, "GET", url+"/doc.txt", "", nil)
-
-	// With the token the write goes through, without the If header.
-	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "hello", ifToken(tok))
-	if n := b.saw("PUT /doc.txt"); n != 2 {
-		t.Fatalf("backend saw %d PUTs, want 2", n)
-	}
-	if len(b.ifSeen) != 0 {
-		t.Fatalf("If headers reached the backend: %q", b.ifSeen)
-	}
-	// A tagged list naming this host works as well.
-	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "hello again", map[string]string{"If": "<" + url + "/doc.txt> (<" + tok + ">)"})
-
-	// UNLOCK: missing header 400, unknown token 409, URL outside the lock 409.
-	davMust(t, http.StatusBadRequest, "UNLOCK", url+"/doc.txt", "", nil)
-	davMust(t, http.StatusBadRequest, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": tok})
-	r = davDo(t, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<urn:uuid:00000000-0000-4000-8000-000000000000>"})
-	assertDAVError(t, r, http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
-	r = davDo(t, "UNLOCK", url+"/other", "", map[string]string{"Lock-Token": "<" + tok + ">"})
-	assertDAVError(t, r, http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
-	davMust(t, http.StatusNoContent, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<" + tok + ">"})
-	if b.saw("UNLOCK /doc.txt") != 0 {
-		t.Fatal("UNLOCK was forwarded to the backend")
-	}
-	// Unlocked: anybody writes again; the token is gone.
-	davMust(t, http.StatusCreated, "PUT", url+"/doc.txt", "free", nil)
-	r = davDo(t, "UNLOCK", url+"/doc.txt", "", map[string]string{"Lock-Token": "<" + tok + ">"})
-	assertDAVError(t, r, http.StatusConflict, dav.CondLockTokenMatchesRequestURI)
-}
-
-func TestDAVRefresh(t *testing.T) {
-	url, b := davSite(t, "max_timeout 2h")
-	b.put(t, "/r.txt", "x")
-	tok, l := davLock(t, url+"/r.txt", "exclusive", "a", map[string]string{"Timeout": "Second-60"}, http.StatusOK)
-	if l.Timeout != "Second-60" {
-		t.Fatalf("timeout = %q, want Second-60", l.Timeout)
-	}
-	r := davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Infinite, Second-5"})
-	if r.header.Get("Lock-Token") != "" {
-		t.Fatal("a refresh answered with a Lock-Token header")
-	}
-	locks := parseLockDiscovery(t, r.body)
-	if len(locks) != 1 || locks[0].Timeout != "Second-7200" || locks[0].Token != tok {
-		t.Fatalf("refreshed lock = %+v, want Infinite clamped to max_timeout 2h", locks)
-	}
-	// Unknown token, and a URL outside the lock: 412.
-	r = davDo(t, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<urn:uuid:00000000-0000-4000-8000-000000000000>)"})
-	assertDAVError(t, r, http.StatusPreconditionFailed, dav.CondLockTokenMatchesRequestURI)
-	r = davDo(t, "LOCK", url+"/elsewhere", "", map[string]string{"If": "(<" + tok + ">)"})
-	assertDAVError(t, r, http.StatusPreconditionFailed, dav.CondLockTokenMatchesRequestURI)
-	// No body and no If header: 400.
-	davMust(t, http.StatusBadRequest, "LOCK", url+"/r.txt", "", nil)
-	// Second-0 gets the shortest lock, not an error.
-	r = davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Second-0"})
-	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-1" {
-		t.Fatalf("refresh with Second-0: %s", r.body)
-	}
-	davMust(t, http.StatusOK, "LOCK", url+"/r.txt", "", map[string]string{"If": "(<" + tok + ">)"})
-	// A second exclusive lock: 423 no-conflicting-lock naming the root.
-	r = davDo(t, "LOCK", url+"/r.txt", fmt.Sprintf(lockBody, "exclusive", "b"), nil)
-	assertDAVError(t, r, http.StatusLocked, dav.CondNoConflictingLock, "/r.txt")
-}
-
-// A refresh without a Timeout header restarts the lock's own timeout
-// (RFC 4918 section 6.6), not default_timeout: a client that locked for
-// an hour and refreshes keeps an hour, not ten minutes.
-func TestDAVRefreshKeepsTimeout(t *testing.T) {
-	inEachStore(t, testRefreshKeepsTimeout)
-}
-
-func testRefreshKeepsTimeout(t *testing.T, store string) {
-	url, b := davSite(t, "max_timeout 2h\n"+store)
-	b.put(t, "/k.txt", "x")
-	tok, _ := davLock(t, url+"/k.txt", "exclusive", "a", map[string]string{"Timeout": "Second-3600"}, http.StatusOK)
-	r := davMust(t, http.StatusOK, "LOCK", url+"/k.txt", "", ifToken(tok))
-	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-3600" {
-		t.Fatalf("refresh without Timeout: %s, want the lock's own Second-3600", r.body)
-	}
-	// A Timeout header still sets a new one, and later refreshes keep it.
-	davMust(t, http.StatusOK, "LOCK", url+"/k.txt", "", map[string]string{"If": "(<" + tok + ">)", "Timeout": "Second-120"})
-	r = davMust(t, http.StatusOK, "LOCK", url+"/k.txt", "", ifToken(tok))
-	if locks := parseLockDiscovery(t, r.body); len(locks) != 1 || locks[0].Timeout != "Second-120" {
-		t.Fatalf("refresh without Timeout after Second-120: %s", r.body)
-	}
-}
-
-func TestDAVSharedLocks(t *testing.T) {
-	url, b := davSite(t, "")
-	b.put(t, "/s.txt", "x")
-	t1, _ := davLock(t, url+"/s.txt", "shared", "a", map[string]string{"Depth": "0"}, http.StatusOK)
-	t2, l2 := davLock(t, url+"/s.txt", "shared", "b", map[string]string{"Depth": "0"}, http.StatusOK)
-	if t1 == t2 || l2.Scope.Shared == nil || l2.Depth != "0" {
-		t.Fatalf("second shared lock %+v, token %s (first %s)", l2, t2, t1)
-	}
-	r := davDo(t, "LOCK", url+"/s.txt", fmt.Sprintf(lockBody, "exclusive", "c"), nil)
-	assertDAVError(t, r, http.StatusLocked, dav.CondNoConflictingLock, "/s.txt")
-	// Writing needs one of the shared tokens.
-	assertDAVError(t, davDo(t, "PUT", url+"/s.txt", "y", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/s.txt")
-	davMust(t, http.StatusCreated, "PUT", url+"/s.txt", "y", ifToken(t2))
-	davMust(t, http.StatusNoContent, "UNLOCK", url+"/s.txt", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
-	davMust(t, http.StatusNoContent, "UNLOCK", url+"/s.txt", "", map[string]string{"Lock-Token": "<" + t2 + ">"})
-	davLock(t, url+"/s.txt", "exclusive", "c", nil, http.StatusOK)
 }
 
 func TestDAVCollections(t *testing.T) {
@@ -277,54 +143,6 @@ func TestDAVCollections(t *testing.T) {
 	}
 }
 
-// TestDAVLockBelowMultiStatus drives RFC 4918 section 9.10.6: a
-// depth-infinity LOCK refused only for locks below its request URI gets
-// 207 naming them; a conflict on the URI or an ancestor stays 423. It
-// runs with the in-memory store and with the Redis store, whose conflict
-// lists the answer is made of.
-func TestDAVLockBelowMultiStatus(t *testing.T) {
-	inEachStore(t, testLockBelowMultiStatus)
-}
-
-func testLockBelowMultiStatus(t *testing.T, store string) {
-	url, b := davSite(t, store)
-	b.mkdir(t, "/c")
-	b.mkdir(t, "/c/sub dir")
-	b.put(t, "/c/sub dir/f", "f")
-	b.put(t, "/c/g", "g")
-	b.put(t, "/c/h", "h")
-	davLock(t, url+"/c/sub%20dir/f", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
-	davLock(t, url+"/c/g", "shared", "a", map[string]string{"Depth": "0"}, http.StatusOK)
-	davLock(t, url+"/c/g", "shared", "b", map[string]string{"Depth": "0"}, http.StatusOK)
-
-	// Exclusive: every lock below is in the way; each root once, escaped
-	// as an href, and the request URI as the client spelled it.
-	assertLockFailure(t, davDo(t, "LOCK", url+"/c/", fmt.Sprintf(lockBody, "exclusive", "c"), nil),
-		"/c/", "/c/g", "/c/sub%20dir/f")
-	// Shared: only the exclusive lock below is.
-	assertLockFailure(t, davDo(t, "LOCK", url+"/c", fmt.Sprintf(lockBody, "shared", "c"), map[string]string{"Depth": "infinity"}),
-		"/c", "/c/sub%20dir/f")
-	// Nothing was locked: a write without a token passes.
-	davMust(t, http.StatusCreated, "PUT", url+"/c/h", "changed", nil)
-
-	// A lock on the request URI itself, or on an ancestor, is a plain
-	// conflict even with locks below as well.
-	b.mkdir(t, "/d")
-	b.put(t, "/d/f", "f")
-	davLock(t, url+"/d", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
-	davLock(t, url+"/d/f", "exclusive", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "LOCK", url+"/d", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, dav.CondNoConflictingLock, "/d", "/d/f")
-	b.mkdir(t, "/e")
-	b.mkdir(t, "/e/x")
-	b.put(t, "/e/x/f", "f")
-	davLock(t, url+"/e", "shared", "a", nil, http.StatusOK)
-	davLock(t, url+"/e/x/f", "shared", "a", nil, http.StatusOK)
-	assertDAVError(t, davDo(t, "LOCK", url+"/e/x", fmt.Sprintf(lockBody, "exclusive", "c"), nil), http.StatusLocked, dav.CondNoConflictingLock, "/e", "/e/x/f")
-
-	// Depth 0 does not cover the members: granted despite the locks below.
-	davLock(t, url+"/c", "exclusive", "c", map[string]string{"Depth": "0"}, http.StatusOK)
-}
-
 func TestDAVMoveCopy(t *testing.T) {
 	url, b := davSite(t, "")
 	b.put(t, "/src", "s")
@@ -364,32 +182,6 @@ func TestDAVMoveCopy(t *testing.T) {
 	davMust(t, http.StatusBadGateway, "MOVE", url+"/other", "", map[string]string{"Destination": "http://elsewhere.example/x"})
 	davMust(t, http.StatusBadRequest, "MOVE", url+"/other", "", nil)
 	davMust(t, http.StatusBadRequest, "COPY", url+"/other", "", map[string]string{"Destination": "::not a uri"})
-}
-
-// A COPY or MOVE onto a collection replaces everything below it
-// (Overwrite: T), so it needs the tokens of the locks on the members
-// below the destination too, not only of locks on the destination or
-// above it; with the member's token it passes.
-func TestDAVCopyMoveOntoCollectionMembers(t *testing.T) {
-	url, b := davSite(t, "")
-	b.mkdir(t, "/dst")
-	b.put(t, "/dst/member", "m")
-	tm, _ := davLock(t, url+"/dst/member", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusOK)
-	for _, method := range []string{"COPY", "MOVE"} {
-		src := "/src-" + strings.ToLower(method)
-		b.mkdir(t, src)
-		b.put(t, src+"/file", "s")
-		h := map[string]string{"Destination": url + "/dst", "Overwrite": "T", "Depth": "infinity"}
-		assertDAVError(t, davDo(t, method, url+src, "", h), http.StatusLocked, dav.CondLockTokenSubmitted, "/dst/member")
-		if b.saw(method+" "+src) != 0 || !b.exists("/dst/member") {
-			t.Fatalf("a refused %s onto the collection reached the backend", method)
-		}
-	}
-	h := map[string]string{"Destination": url + "/dst", "Overwrite": "T", "Depth": "infinity", "If": "<" + url + "/dst/member> (<" + tm + ">)"}
-	davMust(t, http.StatusNoContent, "COPY", url+"/src-copy", "", h)
-	if !b.exists("/dst/file") || b.exists("/dst/member") {
-		t.Fatal("the COPY with the member's token did not replace the collection at the backend")
-	}
 }
 
 // With case_insensitive, a Destination path and an If tag are folded as
@@ -443,103 +235,6 @@ func TestDAVMethodCase(t *testing.T) {
 	assertDAVError(t, davDo(t, "delete", dsite+"/coll", "", map[string]string{"Accept": "text/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/coll/f")
 	if n := db.saw("copy /src") + db.saw("move /src") + db.saw("delete /coll"); n != 0 {
 		t.Fatalf("%d refused writes reached the backend", n)
-	}
-}
-
-func TestDAVUnmappedURL(t *testing.T) {
-	url, b := davSite(t, "")
-	// Missing parent collection: 409, no lock left behind.
-	r := davDo(t, "LOCK", url+"/missing/x", fmt.Sprintf(lockBody, "exclusive", "a"), nil)
-	if r.status != http.StatusConflict {
-		t.Fatalf("LOCK under a missing collection: %d, want 409; %s", r.status, r.body)
-	}
-	if ls, _ := zoneStore(t, "TestDAVUnmappedURL").List(context.Background()); len(ls) != 0 {
-		t.Fatalf("a failed LOCK left %d locks", len(ls))
-	}
-	// LOCK creates an empty resource; a PROPFIND sees it.
-	davLock(t, url+"/new", "exclusive", "a", map[string]string{"Depth": "0"}, http.StatusCreated)
-	if !b.exists("/new") {
-		t.Fatal("no resource created")
-	}
-	if r := davMust(t, http.StatusOK, "GET", url+"/new", "", nil); r.body != "" {
-		t.Fatalf("created resource has content %q", r.body)
-	}
-}
-
-func TestDAVIfETags(t *testing.T) {
-	url, b := davSite(t, "")
-	b.put(t, "/e.txt", "one")
-	etag := headETag(t, url+"/e.txt")
-	// A stale ETag: 412, the write never reaches the backend.
-	r := davDo(t, "PUT", url+"/e.txt", "two", map[string]string{"If": `(["stale"])`})
-	if r.status != http.StatusPreconditionFailed {
-		t.Fatalf("PUT with a stale ETag: %d, want 412", r.status)
-	}
-	if b.saw("PUT /e.txt") != 0 {
-		t.Fatal("a PUT with a false If header reached the backend")
-	}
-	// Lists are ORed, conditions ANDed, Not negates.
-	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "two", map[string]string{"If": `([` + etag + `] Not [` + etag + `])`})
-	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "two", map[string]string{"If": `(["stale"]) ([` + etag + `])`})
-	// The matching ETag went along as If-Match where one list allowed it.
-	b.mu.Lock()
-	ifMatch := slices.Clone(b.ifMatch)
-	b.mu.Unlock()
-	if len(ifMatch) != 0 {
-		t.Fatalf("If-Match sent for a two-list If header: %q", ifMatch)
-	}
-	etag2 := headETag(t, url+"/e.txt")
-	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "three", map[string]string{"If": `([` + etag2 + `])`})
-	b.mu.Lock()
-	ifMatch = slices.Clone(b.ifMatch)
-	b.mu.Unlock()
-	if !slices.Equal(ifMatch, []string{etag2}) {
-		t.Fatalf("If-Match at the backend = %q, want [%s]", ifMatch, etag2)
-	}
-	// Lock token and ETag together; Not <DAV:no-lock> always holds.
-	tok, _ := davLock(t, url+"/e.txt", "exclusive", "a", nil, http.StatusOK)
-	etag3 := headETag(t, url+"/e.txt")
-	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag2 + `])`})
-	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "four", map[string]string{"If": `(<` + tok + `> [` + etag3 + `])`})
-	davMust(t, http.StatusCreated, "PUT", url+"/e.txt", "five", map[string]string{"If": `(<` + tok + `>) (Not <DAV:no-lock>)`})
-	// A tag for another host cannot be checked: that list is false.
-	davMust(t, http.StatusPreconditionFailed, "PUT", url+"/e.txt", "six", map[string]string{"If": `<http://other.example/e.txt> (<` + tok + `>)`})
-	if len(b.ifSeen) != 0 {
-		t.Fatalf("If headers reached the backend: %q", b.ifSeen)
-	}
-}
-
-// The If header's ETag is checked while the in-flight lock is held, so
-// that no write can come between the check and the write it guards. Two
-// PUTs with the same current ETag: the first is slow at the backend, the
-// second queues (wait) and, once let through, finds the ETag changed.
-// Had it been checked before the queue, both writes would pass and the
-// second would overwrite the first unseen.
-func TestDAVIfETagCheckedUnderInflightLock(t *testing.T) {
-	url, b := davSite(t, "wait 10s")
-	b.put(t, "/e.txt", "one")
-	etag := headETag(t, url+"/e.txt")
-	cond := `([` + etag + `])`
-	first := make(chan result, 1)
-	go func() {
-		first <- do(http.DefaultClient, "PUT", url+"/e.txt", map[string]string{"If": cond, "X-Delay": "1s"})
-	}()
-	waitFor(t, 5*time.Second, "the first PUT to reach the backend", func() bool { return b.saw("PUT /e.txt") == 1 })
-	second := make(chan result, 1)
-	go func() { second <- do(http.DefaultClient, "PUT", url+"/e.txt", map[string]string{"If": cond}) }()
-	// The second PUT waits for the first's in-flight lock.
-	waitForQueue(t, zoneTable(t, t.Name()), 1)
-	if r := <-first; r.err != nil || r.status != http.StatusCreated {
-		t.Fatalf("first PUT: %d %v %s", r.status, r.err, r.body)
-	}
-	if r := <-second; r.err != nil || r.status != http.StatusPreconditionFailed {
-		t.Fatalf("second PUT with the ETag the first changed: %d %v %s, want 412", r.status, r.err, r.body)
-	}
-	if n := b.saw("PUT /e.txt"); n != 1 {
-		t.Fatalf("backend saw %d PUTs, want 1", n)
-	}
-	if n := b.writing.count(); n != 0 {
-		t.Fatalf("%d writes overlapped at the backend", n)
 	}
 }
 
@@ -619,100 +314,6 @@ func TestDAVBadInput(t *testing.T) {
 	// Good Depth headers pass, infinity in any case.
 	propfind(t, url+"/b", "1", "")
 	davMust(t, http.StatusNoContent, "DELETE", url+"/b", "", map[string]string{"Depth": "Infinity"})
-}
-
-func TestDAVExpiry(t *testing.T) {
-	url, b := davSite(t, "max_timeout 300ms\ndefault_timeout 300ms")
-	b.put(t, "/x", "x")
-	_, l := davLock(t, url+"/x", "exclusive", "a", map[string]string{"Timeout": "Infinite"}, http.StatusOK)
-	if l.Timeout != "Second-1" {
-		t.Fatalf("timeout = %q, want Second-1 (300ms rounded up)", l.Timeout)
-	}
-	assertDAVError(t, davDo(t, "PUT", url+"/x", "y", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/x")
-	waitFor(t, 5*time.Second, "the lock to expire", func() bool {
-		return davDo(t, "PUT", url+"/x", "y", nil).status == http.StatusCreated
-	})
-	if ls, _ := zoneStore(t, "TestDAVExpiry").List(context.Background()); len(ls) != 0 {
-		t.Fatalf("expired lock still listed")
-	}
-}
-
-func TestDAVOwnerBinding(t *testing.T) {
-	hash := func(pw string) string {
-		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(h)
-	}
-	// basic_auth runs before lock in the standard order.
-	url, b := davSiteAfter(t, fmt.Sprintf("basic_auth {\n alice %s\n bob %s\n}", hash("a"), hash("b")), "")
-	b.put(t, "/owned", "x")
-	as := func(user, pw string, h map[string]string) map[string]string {
-		out := map[string]string{"Authorization": "Basic " + basicAuth(user, pw)}
-		for k, v := range h {
-			out[k] = v
-		}
-		return out
-	}
-	tok, _ := davLock(t, url+"/owned", "exclusive", "alice", as("alice", "a", nil), http.StatusOK)
-	// Bob has the token but the lock is Alice's.
-	assertDAVError(t, davDo(t, "PUT", url+"/owned", "bob", as("bob", "b", ifToken(tok))), http.StatusLocked, dav.CondLockTokenSubmitted, "/owned")
-	davMust(t, http.StatusForbidden, "UNLOCK", url+"/owned", "", as("bob", "b", map[string]string{"Lock-Token": "<" + tok + ">"}))
-	davMust(t, http.StatusForbidden, "LOCK", url+"/owned", "", as("bob", "b", ifToken(tok)))
-	davMust(t, http.StatusCreated, "PUT", url+"/owned", "alice", as("alice", "a", ifToken(tok)))
-	davMust(t, http.StatusNoContent, "UNLOCK", url+"/owned", "", as("alice", "a", map[string]string{"Lock-Token": "<" + tok + ">"}))
-	davMust(t, http.StatusCreated, "PUT", url+"/owned", "bob", as("bob", "b", nil))
-
-	// Shared locks of both on one resource: a refresh that names Alice's
-	// token before Bob's refreshes Bob's, not 403.
-	ta, _ := davLock(t, url+"/owned", "shared", "alice", as("alice", "a", nil), http.StatusOK)
-	tb, _ := davLock(t, url+"/owned", "shared", "bob", as("bob", "b", nil), http.StatusOK)
-	r := davMust(t, http.StatusOK, "LOCK", url+"/owned", "", as("bob", "b", map[string]string{"If": "(<" + ta + ">) (<" + tb + ">)"}))
-	if ls := parseLockDiscovery(t, r.body); len(ls) != 1 || ls[0].Token != tb {
-		t.Fatalf("refresh by bob naming both tokens: %+v, want bob's lock %s", ls, tb)
-	}
-	davMust(t, http.StatusForbidden, "LOCK", url+"/owned", "", as("bob", "b", ifToken(ta)))
-}
-
-func TestDAVNonDAVClientsGetProblemJSON(t *testing.T) {
-	url, b := davSite(t, "")
-	b.put(t, "/p", "x")
-	davLock(t, url+"/p", "exclusive", "a", nil, http.StatusOK)
-	r := davDo(t, "PUT", url+"/p", "plain client", nil)
-	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "application/problem+json" {
-		t.Fatalf("plain client: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
-	}
-	var p struct {
-		Status int
-		Lock   struct {
-			Key      string
-			Kind     string
-			Explicit bool
-			Expires  time.Time
-		}
-	}
-	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
-		t.Fatal(err)
-	}
-	if p.Status != 423 || p.Lock.Key != "/p" || p.Lock.Kind != "exclusive" || !p.Lock.Explicit || time.Until(p.Lock.Expires) < 9*time.Minute {
-		t.Fatalf("problem document: %s", r.body)
-	}
-	ra, err := strconv.Atoi(r.header.Get("Retry-After"))
-	if err != nil || ra < 590 || ra > 600 {
-		t.Fatalf("Retry-After = %q, want the seconds until the lock ends (600)", r.header.Get("Retry-After"))
-	}
-	// Asking for XML gets DAV:error.
-	assertDAVError(t, davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": "application/xml"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/p")
-	// A browser's Accept lists XML below HTML: it gets the refusal page
-	// (refusalpage.go), not DAV:error.
-	r = davDo(t, "PUT", url+"/p", "x", map[string]string{"Accept": browserAccept})
-	if r.status != http.StatusLocked || r.header.Get("Content-Type") != "text/html; charset=utf-8" {
-		t.Fatalf("browser: %d %s %s", r.status, r.header.Get("Content-Type"), r.body)
-	}
-	if b.saw("PUT /p") != 0 {
-		t.Fatal("a refused PUT reached the backend")
-	}
 }
 
 // browserAccept is the Accept header of a browser navigating to a page.
@@ -872,23 +473,6 @@ func TestDAVPropfind(t *testing.T) {
 	}
 }
 
-func TestDAVFullStoreGives503(t *testing.T) {
-	url, b := davSite(t, "max_locks 2")
-	for _, p := range []string{"/1", "/2", "/3"} {
-		b.put(t, p, "x")
-	}
-	t1, _ := davLock(t, url+"/1", "exclusive", "a", nil, http.StatusOK)
-	davLock(t, url+"/2", "exclusive", "a", nil, http.StatusOK)
-	r := davDo(t, "LOCK", url+"/3", fmt.Sprintf(lockBody, "exclusive", "a"), nil)
-	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(r.body, "explicit locks") {
-		t.Fatalf("LOCK past max_locks: %d %s", r.status, r.body)
-	}
-	// Nothing was evicted: /1 is still locked.
-	assertDAVError(t, davDo(t, "PUT", url+"/1", "x", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/1")
-	davMust(t, http.StatusNoContent, "UNLOCK", url+"/1", "", map[string]string{"Lock-Token": "<" + t1 + ">"})
-	davLock(t, url+"/3", "exclusive", "a", nil, http.StatusOK)
-}
-
 func TestDAVPlaceholders(t *testing.T) {
 	// A deferred header shows the result.
 	url, b := davSiteAfter(t, "header >X-Lock {http.lock.result}", "")
@@ -940,25 +524,6 @@ func TestCoalesce(t *testing.T) {
 	}
 }
 
-func TestDAVLocksSurviveReload(t *testing.T) {
-	url, b := davSite(t, "")
-	b.put(t, "/kept", "x")
-	tok, _ := davLock(t, url+"/kept", "exclusive", "a", nil, http.StatusOK)
-	port := 0
-	fmt.Sscan(strings.TrimPrefix(url, "http://127.0.0.1:"), &port)
-	// The same zone under a changed config: the lock is still there.
-	loadCaddy(t, port, "", davSiteConfig(t, b, "header X-Config two", "max_timeout 2h"), nil)
-	// The old server closes its connections; wait until the new one
-	// answers.
-	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
-		http.DefaultClient.CloseIdleConnections()
-		r := do(http.DefaultClient, "GET", url+"/kept", nil)
-		return r.err == nil && r.header.Get("X-Config") == "two"
-	})
-	assertDAVError(t, davDo(t, "PUT", url+"/kept", "y", map[string]string{"Depth": "0"}), http.StatusLocked, dav.CondLockTokenSubmitted, "/kept")
-	davMust(t, http.StatusCreated, "PUT", url+"/kept", "y", ifToken(tok))
-}
-
 // A move into the moved collection's own subtree takes one in-flight
 // lock, not two that conflict with each other.
 func TestDAVMoveIntoItself(t *testing.T) {
@@ -970,29 +535,6 @@ func TestDAVMoveIntoItself(t *testing.T) {
 	}
 	if b.saw("MOVE /c") != 1 {
 		t.Fatal("MOVE did not reach the backend")
-	}
-}
-
-func TestSameHost(t *testing.T) {
-	for _, c := range []struct {
-		uri, host string
-		want      bool
-	}{
-		{"http://Example.com/x", "example.com", true},
-		{"http://example.com:80/x", "example.com", true},
-		{"https://example.com:443/x", "example.com", true},
-		{"https://example.com/x", "example.com:443", true},
-		{"http://example.com:8080/x", "example.com", false},
-		{"https://example.com:80/x", "example.com", false},
-		{"http://other.com/x", "example.com", false},
-	} {
-		u, err := url.Parse(c.uri)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := sameHost(u, c.host); got != c.want {
-			t.Errorf("sameHost(%s, %s) = %v", c.uri, c.host, got)
-		}
 	}
 }
 

@@ -14,10 +14,10 @@ func TestShardsOwnTheirCacheLines(t *testing.T) {
 		t.Fatalf("a shard is %d bytes, want 128", s)
 	}
 	for range 16 { // allocations of the size class at several addresses
-		l := NewMemLocker(false, 0, 0)
+		l := newMemLocker(false, 0, 0)
 		for i := range l.shards {
 			if a := uintptr(unsafe.Pointer(&l.shards[i])); a%128 != 0 {
-				t.Fatalf("shard %d at %#x, not on a 128-byte boundary (MemLocker is %d bytes)", i, a, unsafe.Sizeof(*l))
+				t.Fatalf("shard %d at %#x, not on a 128-byte boundary (memLocker is %d bytes)", i, a, unsafe.Sizeof(*l))
 			}
 		}
 	}

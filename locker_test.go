@@ -19,29 +19,6 @@ import (
 	"github.com/caddy-lock/caddy-lock/lockstore/storetest"
 )
 
-func mustAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) lockstore.Lease {
-	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err != nil {
-		t.Fatalf("acquire %s %s: %v", kind, key, err)
-	}
-	return ls
-}
-
-func mustConflict(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *lockstore.ConflictError {
-	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err == nil {
-		ls.Release()
-		t.Fatalf("acquire %s %s: granted, want conflict", kind, key)
-	}
-	var c *lockstore.ConflictError
-	if !errors.As(err, &c) {
-		t.Fatalf("acquire %s %s: %v, want *ConflictError", kind, key, err)
-	}
-	return c
-}
-
 func assertEmpty(t *testing.T, l *memLocker) {
 	t.Helper()
 	held, waiting, nodes := l.Stats()
@@ -356,74 +333,6 @@ func TestMemLockerContract(t *testing.T) {
 		})
 		return l
 	})
-}
-
-// The Redis table refuses a hierarchical acquire of a key deeper than
-// MaxHierarchyDepth with ErrTooDeep, takes one just at the bound, and
-// does not bound keys in a zone without hierarchy. (The memory table's
-// half of this test is the contract suite's HierarchyDepthBound.)
-func TestHierarchyDepthBound(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth), Kind: lockstore.Exclusive})
-	if err != nil {
-		t.Fatalf("acquire at %d segments: %v", lockstore.MaxHierarchyDepth, err)
-	}
-	ls.Release()
-	ls, err = l.Acquire(context.Background(), lockstore.Request{Key: deepKey(lockstore.MaxHierarchyDepth + 1), Kind: lockstore.Shared})
-	if !errors.Is(err, lockstore.ErrTooDeep) {
-		if ls != nil {
-			ls.Release()
-		}
-		t.Fatalf("acquire at %d segments: %v, want ErrTooDeep", lockstore.MaxHierarchyDepth+1, err)
-	}
-	if !strings.Contains(err.Error(), "256 segments") {
-		t.Fatalf("error %q does not say how deep the key is", err)
-	}
-	flat := newRedisLocker(t, srv, t.Name()+"-flat", redisOpts{})
-	ls, err = flat.Acquire(context.Background(), lockstore.Request{Key: deepKey(8000), Kind: lockstore.Exclusive})
-	if err != nil {
-		t.Fatalf("acquire without hierarchy at 8000 segments: %v", err)
-	}
-	ls.Release()
-}
-
-// acquireAsync asks l for a lock that may wait, from a goroutine of its
-// own; the channel yields the lease (nil, with the test failed, on an
-// error).
-func acquireAsync(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind, wait time.Duration) <-chan lockstore.Lease {
-	got := make(chan lockstore.Lease, 1)
-	go func() {
-		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind, Wait: wait})
-		if err != nil {
-			t.Error(err)
-		}
-		got <- ls
-	}()
-	return got
-}
-
-// assertQueuedLease checks that a lease granted at once says it did not
-// queue, and one granted after waiting says it did, on either store:
-// the handler's "waited" result rests on that, not on how long Acquire
-// took.
-func assertQueuedLease(t *testing.T, l lockstore.Locker, queuedOne func()) {
-	t.Helper()
-	first := mustAcquire(t, l, "/q", lockstore.Exclusive)
-	if first.Queued() {
-		t.Fatal("a lease granted at once says it queued")
-	}
-	got := acquireAsync(t, l, "/q", lockstore.Exclusive, 10*time.Second)
-	queuedOne()
-	first.Release()
-	second := <-got
-	if second == nil {
-		t.FailNow()
-	}
-	defer second.Release()
-	if !second.Queued() {
-		t.Fatal("a lease granted after waiting says it did not queue")
-	}
 }
 
 // With hierarchy, a release wakes the waiters on the keys above the one

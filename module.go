@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 func init() {
@@ -319,18 +320,9 @@ func (h *Handler) Cleanup() error {
 	return err
 }
 
-func validMethod(m string) bool {
-	if m == "" {
-		return false
-	}
-	for _, c := range m {
-		// RFC 9110 token characters.
-		if c > 0x7e || c <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, c) {
-			return false
-		}
-	}
-	return true
-}
+// validMethod tells whether m is an RFC 9110 token, as method and header
+// names must be.
+func validMethod(m string) bool { return httpguts.ValidHeaderFieldName(m) }
 
 // kindOf returns the lock a method takes, and false for none. Methods are
 // compared upper-cased, as the lists are kept: HTTP methods are

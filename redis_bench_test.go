@@ -35,7 +35,7 @@ func BenchmarkStores(b *testing.B) {
 		{"distinct-hierarchy", true, lockstore.Exclusive, distinct},
 	} {
 		b.Run(wl.name+"/memory", func(b *testing.B) {
-			benchLocker(b, NewMemLocker(wl.hierarchy, 0, 0), wl.kind, wl.key)
+			benchLocker(b, newMemLocker(wl.hierarchy, 0, 0), wl.kind, wl.key)
 		})
 		b.Run(wl.name+"/redis", func(b *testing.B) {
 			l := newRedisLocker(b, srv, "bench-"+wl.name, redisOpts{hierarchy: wl.hierarchy})
@@ -81,7 +81,7 @@ func BenchmarkStoresThroughCaddy(b *testing.B) {
 func BenchmarkHeldLocks(b *testing.B) {
 	srv := startRedis(b)
 	for _, n := range []int{100, 10000} {
-		mem := NewMemLocker(false, 0, 0)
+		mem := newMemLocker(false, 0, 0)
 		red := newRedisLocker(b, srv, fmt.Sprintf("bench-held-%d", n), redisOpts{})
 		for _, l := range []lockstore.Locker{mem, red} {
 			for i := range n {

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-lock/caddy-lock/internal/dav"
 	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	redisstore "github.com/caddy-lock/caddy-lock/stores/redis"
@@ -21,12 +20,17 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The waiting and goroutine-counting helpers are shared with the stores'
-// tests.
+// The helpers shared with the Redis store's tests: waiting, counting
+// goroutines, taking locks and making explicit ones.
 var (
 	waitFor        = testsupport.WaitFor
 	labelled       = testsupport.Labelled
 	labelledStacks = testsupport.LabelledStacks
+	mustAcquire    = testsupport.Acquire
+	mustConflict   = testsupport.Conflict
+	xlock          = testsupport.XLock
+	mustCreate     = testsupport.MustCreate
+	roots          = testsupport.Roots
 )
 
 // waitParked waits until a goroutine labelled value sleeps in a function
@@ -74,11 +78,7 @@ func newRedisLocker(t testing.TB, srv *testRedis, zone string, o redisOpts) *red
 
 func redisAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *redisstore.Lease {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err != nil {
-		t.Fatalf("acquire %s %s: %v", kind, key, err)
-	}
-	return ls.(*redisstore.Lease)
+	return mustAcquire(t, l, key, kind).(*redisstore.Lease)
 }
 
 // newRedisLockStore returns the explicit lock store of zone with its own
@@ -96,36 +96,6 @@ func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *redisstore.Lo
 		t.Fatal(err)
 	}
 	return s
-}
-
-// xlock is an explicit lock to create in a test.
-func xlock(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
-	return lockstore.ExplicitLock{
-		Token:   dav.NewLockToken(),
-		Root:    root,
-		Href:    root,
-		Scope:   scope,
-		Depth:   depth,
-		Owner:   []byte("<D:href>mailto:test@example.com</D:href>"),
-		Timeout: time.Minute,
-	}
-}
-
-func mustCreate(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
-	t.Helper()
-	got, err := s.Create(context.Background(), l)
-	if err != nil {
-		t.Fatalf("create %s %v depth %v: %v", l.Root, l.Scope, l.Depth, err)
-	}
-	return got
-}
-
-func roots(locks []lockstore.ExplicitLock) []string {
-	var r []string
-	for _, l := range locks {
-		r = append(r, l.Root)
-	}
-	return r
 }
 
 // Through Caddy with the Redis store: a reader (shared GET) that arrives
@@ -160,50 +130,6 @@ func TestRedisHandlerReaderQueuesBehindWriter(t *testing.T) {
 			t.Fatalf("%s: %d %v %s", name, r.status, r.err, r.body)
 		}
 	}
-}
-
-func TestRedisCancelWhileWaiting(t *testing.T) {
-	srv := startRedis(t)
-	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, l1, "/c", lockstore.Exclusive)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	first := make(chan error, 1)
-	go func() {
-		_, err := l1.Acquire(ctx, lockstore.Request{Key: "/c", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
-		first <- err
-	}()
-	waitFor(t, 2*time.Second, "first waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
-	second := acquireAsync(t, l2, "/c", lockstore.Exclusive, 10*time.Second)
-	waitFor(t, 2*time.Second, "second waiter", func() bool { return redisStats(t, l1).Waiting == 2 })
-
-	start := time.Now()
-	cancel()
-	if err := <-first; !errors.Is(err, context.Canceled) {
-		t.Fatalf("first waiter: %v", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("canceled waiter took %s to leave", d)
-	}
-	waitFor(t, time.Second, "first waiter to leave the queue", func() bool { return redisStats(t, l1).Waiting == 1 })
-	hold.Release()
-	select {
-	case ls := <-second:
-		if ls == nil {
-			t.Fatal("second waiter failed")
-		}
-		ls.Release()
-	case <-time.After(3 * time.Second):
-		t.Fatal("second waiter not granted after the first left")
-	}
-}
-
-func TestRedisQueuedLease(t *testing.T) {
-	l := newRedisLocker(t, startRedis(t), t.Name(), redisOpts{})
-	assertQueuedLease(t, l, func() {
-		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
-	})
 }
 
 // Fencing numbers strictly increase within one primary even when the
@@ -242,40 +168,6 @@ func TestRedisFencingAboveTheClock(t *testing.T) {
 	}
 }
 
-// A full table still reports a conflict as a conflict (423, not 503) when
-// the request would not queue, in Redis as in memory; a request that
-// would queue is refused as full, since its waiter needs a place.
-func TestFullTableReportsConflict(t *testing.T) {
-	srv := startRedis(t)
-	for name, l := range map[string]lockstore.Locker{
-		"memory": NewMemLocker(false, 2, 0),
-		"redis":  newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 2}),
-	} {
-		t.Run(name, func(t *testing.T) {
-			a := mustAcquire(t, l, "/a", lockstore.Exclusive)
-			b := mustAcquire(t, l, "/b", lockstore.Shared)
-			if ce := mustConflict(t, l, "/a", lockstore.Shared); ce.Key != "/a" || ce.Kind != lockstore.Exclusive {
-				t.Fatalf("conflict = %+v", ce)
-			}
-			mustConflict(t, l, "/b", lockstore.Exclusive)
-			for _, req := range []lockstore.Request{
-				{Key: "/c", Kind: lockstore.Exclusive},
-				{Key: "/b", Kind: lockstore.Shared},
-				{Key: "/a", Kind: lockstore.Exclusive, Wait: time.Second},
-			} {
-				if ls, err := l.Acquire(context.Background(), req); !errors.Is(err, lockstore.ErrFull) {
-					if ls != nil {
-						ls.Release()
-					}
-					t.Fatalf("%+v: %v, want ErrFull", req, err)
-				}
-			}
-			a.Release()
-			b.Release()
-		})
-	}
-}
-
 // lockOutcome describes the result of an acquire for comparing stores.
 // The kind of a conflict below the key is left out: with several locks
 // below, the memory store reports the strongest and Redis the first.
@@ -303,7 +195,7 @@ func TestRedisMatchesMemory(t *testing.T) {
 		for seed := range 40 {
 			rng := mrand.New(mrand.NewPCG(uint64(seed), 1))
 			maxLocks := 3 + rng.IntN(5)
-			mem := NewMemLocker(hier, maxLocks, 0)
+			mem := newMemLocker(hier, maxLocks, 0)
 			rl := newRedisLocker(t, srv, fmt.Sprintf("%s-%v-%d", t.Name(), hier, seed), redisOpts{hierarchy: hier, maxLocks: maxLocks})
 			var held [][2]lockstore.Lease
 			var steps []string
@@ -365,16 +257,6 @@ func TestRedisStoreZoneTables(t *testing.T) {
 	}
 }
 
-// The Redis store keeps the LockStore contract that MemLockStore keeps.
-func TestRedisLockStoreContract(t *testing.T) {
-	srv := startRedis(t)
-	n := 0
-	testLockStoreContract(t, func(t *testing.T) lockstore.LockStore {
-		n++
-		return newRedisLockStore(t, srv, fmt.Sprintf("contract-%d", n))
-	})
-}
-
 // The two stores give the same answers to the same random operations on
 // keys that are prefixes of one another, the root included, in zones
 // small enough to fill up.
@@ -407,7 +289,7 @@ func TestLockStoresAgree(t *testing.T) {
 	for seed := range uint64(60) {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		limit := 3 + int(seed%8)
-		mem := NewMemLockStore(limit)
+		mem := newMemLockStore(limit)
 		t.Cleanup(mem.Close)
 		rs := newRedisLockStore(t, srv, fmt.Sprintf("agree-%d", seed))
 		rs.SetMax(limit)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
@@ -91,7 +92,7 @@ func TestRedisClusterMode(t *testing.T) {
 			}
 			defer l2.Close()
 			held := redisAcquire(t, l1, "/a", lockstore.Exclusive)
-			redisConflict(t, l2, "/a/b", lockstore.Shared)
+			testsupport.Conflict(t, l2, "/a/b", lockstore.Shared)
 			// A waiter on the other client is woken by the release.
 			got := make(chan error, 1)
 			go func() {
@@ -115,12 +116,12 @@ func TestRedisClusterMode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l := mustCreate(t, s1, xlock("/docs", lockstore.Exclusive, lockstore.DepthInfinity))
-			if _, err := s2.Create(ctx, xlock("/docs/x", lockstore.Shared, lockstore.DepthZero)); !errors.As(err, new(*lockstore.LockConflictError)) {
+			l := testsupport.MustCreate(t, s1, testsupport.XLock("/docs", lockstore.Exclusive, lockstore.DepthInfinity))
+			if _, err := s2.Create(ctx, testsupport.XLock("/docs/x", lockstore.Shared, lockstore.DepthZero)); !errors.As(err, new(*lockstore.LockConflictError)) {
 				t.Fatalf("explicit lock through the other client: %v", err)
 			}
 			if all, err := s2.List(ctx); err != nil || len(all) != 1 || all[0].Token != l.Token {
-				t.Fatalf("list: %v %v", roots(all), err)
+				t.Fatalf("list: %v %v", testsupport.Roots(all), err)
 			}
 			if n, err := s2.RemoveUnder(ctx, "/docs"); err != nil || n != 1 {
 				t.Fatalf("remove under: %d %v", n, err)

@@ -2,9 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"crypto/rand"
-	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -16,7 +13,8 @@ import (
 )
 
 // The waiting and goroutine-counting helpers shared with the handler's
-// tests.
+// tests. (Those that take locks and make explicit ones are called from
+// testsupport by name.)
 var (
 	waitFor        = testsupport.WaitFor
 	labelled       = testsupport.Labelled
@@ -34,13 +32,6 @@ func waitParked(t *testing.T, value, fn string) {
 type testRedis = redistest.Server
 
 func startRedis(t testing.TB, args ...string) *testRedis { return redistest.Start(t, args...) }
-
-// testToken is a lock token as the handler makes them: an absolute URI.
-func testToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("urn:uuid:%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
 
 // redisClient is a plain client of the test's Redis, to look at and
 // disturb what the lock store keeps there.
@@ -92,24 +83,7 @@ func newRedisLocker(t testing.TB, srv *testRedis, zone string, o redisOpts) *Loc
 
 func redisAcquire(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *Lease {
 	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	if err != nil {
-		t.Fatalf("acquire %s %s: %v", kind, key, err)
-	}
-	return ls.(*Lease)
-}
-
-func redisConflict(t *testing.T, l lockstore.Locker, key string, kind lockstore.Kind) *lockstore.ConflictError {
-	t.Helper()
-	ls, err := l.Acquire(context.Background(), lockstore.Request{Key: key, Kind: kind})
-	var ce *lockstore.ConflictError
-	if !errors.As(err, &ce) {
-		if ls != nil {
-			ls.Release()
-		}
-		t.Fatalf("acquire %s %s: want conflict, got %v", kind, key, err)
-	}
-	return ce
+	return testsupport.Acquire(t, l, key, kind).(*Lease)
 }
 
 func redisStats(t *testing.T, l *Locker) Stats {
@@ -146,36 +120,6 @@ func newRedisLockStore(t *testing.T, srv *testRedis, zone string) *LockStore {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// xlock is an explicit lock to create in a test.
-func xlock(root string, scope lockstore.Kind, depth lockstore.Depth) lockstore.ExplicitLock {
-	return lockstore.ExplicitLock{
-		Token:   testToken(),
-		Root:    root,
-		Href:    root,
-		Scope:   scope,
-		Depth:   depth,
-		Owner:   []byte("<D:href>mailto:test@example.com</D:href>"),
-		Timeout: time.Minute,
-	}
-}
-
-func mustCreate(t *testing.T, s lockstore.LockStore, l lockstore.ExplicitLock) lockstore.ExplicitLock {
-	t.Helper()
-	got, err := s.Create(context.Background(), l)
-	if err != nil {
-		t.Fatalf("create %s %v depth %v: %v", l.Root, l.Scope, l.Depth, err)
-	}
-	return got
-}
-
-func roots(locks []lockstore.ExplicitLock) []string {
-	var r []string
-	for _, l := range locks {
-		r = append(r, l.Root)
-	}
-	return r
 }
 
 func heldLocks(t *testing.T, l *Locker) map[string]lockstore.HeldLock {

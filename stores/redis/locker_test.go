@@ -11,117 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
-
-func TestRedisExclusiveConflict(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	a := redisAcquire(t, l, "/a", lockstore.Exclusive)
-	time.Sleep(20 * time.Millisecond)
-	ce := redisConflict(t, l, "/a", lockstore.Exclusive)
-	if ce.Key != "/a" || ce.Kind != lockstore.Exclusive || ce.Below || ce.HeldFor < 10*time.Millisecond || ce.RetryAfter < time.Second {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	if ce := redisConflict(t, l, "/a", lockstore.Shared); ce.Kind != lockstore.Exclusive {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	// Other keys are independent.
-	redisAcquire(t, l, "/b", lockstore.Exclusive).Release()
-	a.Release()
-	redisAcquire(t, l, "/a", lockstore.Exclusive).Release()
-}
-
-func TestRedisShared(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	s1 := redisAcquire(t, l, "/s", lockstore.Shared)
-	s2 := redisAcquire(t, l, "/s", lockstore.Shared)
-	if ce := redisConflict(t, l, "/s", lockstore.Exclusive); ce.Kind != lockstore.Shared || ce.Key != "/s" {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	s1.Release()
-	redisConflict(t, l, "/s", lockstore.Exclusive)
-	s2.Release()
-	x := redisAcquire(t, l, "/s", lockstore.Exclusive)
-	if ce := redisConflict(t, l, "/s", lockstore.Shared); ce.Kind != lockstore.Exclusive {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	x.Release()
-	if s := redisStats(t, l); s.Held != 0 || s.Waiting != 0 || s.Local != 0 {
-		t.Fatalf("stats after release = %+v", s)
-	}
-}
-
-func TestRedisHierarchy(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
-
-	// Ancestor held blocks descendants.
-	a := redisAcquire(t, l, "/a", lockstore.Exclusive)
-	if ce := redisConflict(t, l, "/a/b/c", lockstore.Shared); ce.Key != "/a" || ce.Kind != lockstore.Exclusive || ce.Below {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	redisAcquire(t, l, "/ab", lockstore.Exclusive).Release() // not below /a
-	redisAcquire(t, l, "/b/a", lockstore.Exclusive).Release()
-	redisConflict(t, l, "/", lockstore.Shared)
-	a.Release()
-
-	// Descendant held blocks ancestors, reported as Below on the key.
-	c := redisAcquire(t, l, "/a/b/c", lockstore.Exclusive)
-	for _, k := range []string{"/a/b", "/a", "/"} {
-		if ce := redisConflict(t, l, k, lockstore.Shared); ce.Key != k || !ce.Below || ce.Kind != lockstore.Exclusive {
-			t.Fatalf("%s: conflict = %+v", k, ce)
-		}
-	}
-	redisAcquire(t, l, "/a/b/d", lockstore.Exclusive).Release() // sibling
-	redisAcquire(t, l, "/a/bc", lockstore.Exclusive).Release()
-	c.Release()
-
-	// Shared locks nest; an exclusive one does not fit under or over them.
-	s := redisAcquire(t, l, "/a", lockstore.Shared)
-	s2 := redisAcquire(t, l, "/a/b", lockstore.Shared)
-	redisConflict(t, l, "/a/b/c", lockstore.Exclusive)
-	if ce := redisConflict(t, l, "/", lockstore.Exclusive); !ce.Below || ce.Kind != lockstore.Shared {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	s.Release()
-	s2.Release()
-	redisAcquire(t, l, "/", lockstore.Exclusive).Release()
-
-	// Keys that are not rooted at "/" have no hierarchy.
-	x := redisAcquire(t, l, "x", lockstore.Exclusive)
-	redisAcquire(t, l, "x/y", lockstore.Exclusive).Release()
-	x.Release()
-}
-
-func TestRedisNoHierarchy(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	a := redisAcquire(t, l, "/a", lockstore.Exclusive)
-	b := redisAcquire(t, l, "/a/b", lockstore.Exclusive)
-	r := redisAcquire(t, l, "/", lockstore.Exclusive)
-	a.Release()
-	b.Release()
-	r.Release()
-}
-
-func TestRedisDoubleRelease(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	a := redisAcquire(t, l, "/k", lockstore.Exclusive)
-	a.Release()
-	a.Release()
-	b := redisAcquire(t, l, "/k", lockstore.Exclusive)
-	a.Release() // must not free b's lock
-	redisConflict(t, l, "/k", lockstore.Exclusive)
-	b.Release()
-	if s := redisStats(t, l); s.Held != 0 {
-		t.Fatalf("stats = %+v", s)
-	}
-}
 
 // Two nodes hammer a few keys; an in-test counter checks that exclusive
 // holders never overlap with any other holder of the same key.
@@ -336,8 +230,8 @@ func TestRedisRenewal(t *testing.T) {
 	a := redisAcquire(t, l1, "/r", lockstore.Exclusive)
 	b := redisAcquire(t, l1, "/r2", lockstore.Shared)
 	time.Sleep(3500 * time.Millisecond)
-	redisConflict(t, l2, "/r", lockstore.Shared)
-	redisConflict(t, l2, "/r2", lockstore.Exclusive)
+	testsupport.Conflict(t, l2, "/r", lockstore.Shared)
+	testsupport.Conflict(t, l2, "/r2", lockstore.Exclusive)
 	for _, ls := range []*Lease{a, b} {
 		select {
 		case <-ls.Lost():
@@ -391,7 +285,7 @@ func TestRedisRetryAfterFromFirstHold(t *testing.T) {
 	ls.Release()
 	h := redisAcquire(t, l, "/next", lockstore.Exclusive)
 	defer h.Release()
-	if c := redisConflict(t, l, "/next", lockstore.Exclusive); c.RetryAfter != 2*time.Second {
+	if c := testsupport.Conflict(t, l, "/next", lockstore.Exclusive); c.RetryAfter != 2*time.Second {
 		t.Fatalf("RetryAfter = %v after one hold of 1.5s, want 2s", c.RetryAfter)
 	}
 }

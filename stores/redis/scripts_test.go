@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/redis/go-redis/v9"
 )
@@ -140,8 +141,8 @@ func TestRedisDeepKeySentOnce(t *testing.T) {
 		t.Fatalf("a key within the limit was locked as %q", ls.Key())
 	}
 	// The script still finds the conflicts on ancestors and below.
-	redisConflict(t, l, key[:len(key)/2], lockstore.Exclusive)
-	redisConflict(t, l, key+"/below", lockstore.Shared)
+	testsupport.Conflict(t, l, key[:len(key)/2], lockstore.Exclusive)
+	testsupport.Conflict(t, l, key+"/below", lockstore.Shared)
 	ls.Release()
 }
 
@@ -164,10 +165,10 @@ func TestRedisLongKeyCut(t *testing.T) {
 		t.Fatalf("a %d-byte key was locked as %d bytes, want its %d-byte ancestor", len(key), len(ls.Key()), len(want))
 	}
 	other := want + deepRedisKey(100, 100)
-	if ce := redisConflict(t, l, other, lockstore.Shared); ce.Key != want {
+	if ce := testsupport.Conflict(t, l, other, lockstore.Shared); ce.Key != want {
 		t.Fatalf("another key cut to the same ancestor conflicts on %d bytes, want %d", len(ce.Key), len(want))
 	}
-	redisConflict(t, l, want, lockstore.Shared)
+	testsupport.Conflict(t, l, want, lockstore.Shared)
 	redisAcquire(t, l, "/beside"+deepRedisKey(3, 75), lockstore.Exclusive).Release()
 	ls.Release()
 	redisAcquire(t, l, other, lockstore.Exclusive).Release()
@@ -207,7 +208,7 @@ func TestRedisStoreDeepKeySentOnce(t *testing.T) {
 	c := redisClient(t, srv)
 	ctx := context.Background()
 	key := deepRedisKey(250, 16) // 4000 bytes
-	top := mustCreate(t, s, xlock(key[:16], lockstore.Exclusive, lockstore.DepthInfinity))
+	top := testsupport.MustCreate(t, s, testsupport.XLock(key[:16], lockstore.Exclusive, lockstore.DepthInfinity))
 	if _, err := s.Affecting(ctx, "/warm", true); err != nil { // loads the script
 		t.Fatal(err)
 	}
@@ -218,13 +219,13 @@ func TestRedisStoreDeepKeySentOnce(t *testing.T) {
 	n := netInput(t, c) - before - idle
 	t.Logf("explicit locks affecting a %d-byte key of 250 segments: %d bytes to Redis", len(key), n)
 	if err != nil || len(ls) != 1 || ls[0].Token != top.Token {
-		t.Fatalf("affecting %d-byte key: %v, %v; want the lock on its ancestor", len(key), roots(ls), err)
+		t.Fatalf("affecting %d-byte key: %v, %v; want the lock on its ancestor", len(key), testsupport.Roots(ls), err)
 	}
 	// The key and the bounds of the range below it.
 	if max := int64(3*len(key) + 1024); n > max {
 		t.Fatalf("checking a %d-byte key sent %d bytes to Redis, want at most %d", len(key), n, max)
 	}
-	l := xlock(key, lockstore.Shared, lockstore.DepthZero)
+	l := testsupport.XLock(key, lockstore.Shared, lockstore.DepthZero)
 	l.Token = "deep-token"
 	if _, err := s.Create(ctx, l); !errors.As(err, new(*lockstore.LockConflictError)) {
 		t.Fatalf("LOCK below an exclusive infinite lock: %v, want a conflict", err)

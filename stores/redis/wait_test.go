@@ -12,6 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// Waiters from two nodes are granted in the order they queued. (One
+// table's order is the contract suite's FIFO.)
 func TestRedisFIFOAcrossNodes(t *testing.T) {
 	srv := startRedis(t)
 	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
@@ -57,69 +59,6 @@ func TestRedisFIFOAcrossNodes(t *testing.T) {
 	}
 }
 
-func TestRedisNoOvertaking(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{hierarchy: true})
-	parent := redisAcquire(t, l, "/p", lockstore.Exclusive)
-	done := make(chan error, 1)
-	go func() {
-		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/p/c", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
-		if err == nil {
-			ls.Release()
-		}
-		done <- err
-	}()
-	waitFor(t, 2*time.Second, "waiter to queue", func() bool { return redisStats(t, l).Waiting == 1 })
-	// The queue on /p/c is not empty: no newcomer gets /p/c, even shared.
-	if ce := redisConflict(t, l, "/p/c", lockstore.Shared); ce.Key != "/p" {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	parent.Release()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-
-	// Where only the queue stands in the way: a reader arriving while a
-	// writer waits behind another reader would be granted beside that
-	// reader, and is refused instead.
-	r1 := redisAcquire(t, l, "/q", lockstore.Shared)
-	writer := make(chan error, 1)
-	go func() {
-		ls, err := l.Acquire(context.Background(), lockstore.Request{Key: "/q", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
-		if err == nil {
-			ls.Release()
-		}
-		writer <- err
-	}()
-	waitFor(t, 2*time.Second, "the writer to queue", func() bool { return redisStats(t, l).Waiting == 1 })
-	if ce := redisConflict(t, l, "/q", lockstore.Shared); ce.Key != "/q" {
-		t.Fatalf("conflict = %+v", ce)
-	}
-	r1.Release()
-	if err := <-writer; err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestRedisWaitTimeout(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
-	hold := redisAcquire(t, l, "/w", lockstore.Exclusive)
-	defer hold.Release()
-	start := time.Now()
-	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/w", Kind: lockstore.Exclusive, Wait: 300 * time.Millisecond})
-	var ce *lockstore.ConflictError
-	if !errors.As(err, &ce) || ce.Key != "/w" {
-		t.Fatalf("err = %v", err)
-	}
-	if d := time.Since(start); d < 300*time.Millisecond || d > 2*time.Second {
-		t.Fatalf("returned after %s", d)
-	}
-	if s := redisStats(t, l); s.Waiting != 0 {
-		t.Fatalf("waiter left behind: %+v", s)
-	}
-}
-
 // A release on another node wakes a waiter through the subscription, not
 // the fallback poll (disabled here by a long interval).
 func TestRedisWakeByNotification(t *testing.T) {
@@ -155,38 +94,9 @@ func TestRedisWakeByNotification(t *testing.T) {
 	}
 }
 
-func TestRedisMaxWaiters(t *testing.T) {
-	srv := startRedis(t)
-	l := newRedisLocker(t, srv, t.Name(), redisOpts{maxWaiters: 2})
-	hold := redisAcquire(t, l, "/m", lockstore.Exclusive)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _ = l.Acquire(ctx, lockstore.Request{Key: "/m", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
-		}()
-	}
-	waitFor(t, 2*time.Second, "waiters", func() bool { return redisStats(t, l).Waiting == 2 })
-	start := time.Now()
-	_, err := l.Acquire(context.Background(), lockstore.Request{Key: "/m", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
-	var ce *lockstore.ConflictError
-	if !errors.As(err, &ce) || time.Since(start) > time.Second {
-		t.Fatalf("third waiter: %v after %s", err, time.Since(start))
-	}
-	// Other keys have their own queue.
-	hold2 := redisAcquire(t, l, "/m2", lockstore.Exclusive)
-	go func() {
-		_, _ = l.Acquire(ctx, lockstore.Request{Key: "/m2", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
-	}()
-	waitFor(t, 2*time.Second, "waiter on /m2", func() bool { return redisStats(t, l).Waiting == 3 })
-	cancel()
-	wg.Wait()
-	hold.Release()
-	hold2.Release()
-}
-
+// max_locks is the zone's budget, not a node's: the locks and waiters of
+// two nodes fill it for both. (One table's rules are the contract suite's
+// MaxLocks.)
 func TestRedisMaxLocks(t *testing.T) {
 	srv := startRedis(t)
 	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{maxLocks: 3})
@@ -204,15 +114,8 @@ func TestRedisMaxLocks(t *testing.T) {
 			t.Fatalf("want ErrFull, got %v", err)
 		}
 	}
-	// Nothing was evicted.
-	if s := redisStats(t, l1); s.Held != 3 {
-		t.Fatalf("stats = %+v", s)
-	}
 	b.Release()
-	for _, k := range []string{"/1", "/3"} {
-		redisConflict(t, l2, k, lockstore.Exclusive)
-	}
-	// A waiter takes a place too.
+	// A waiter on one node takes a place on the other's count too.
 	go func() {
 		ls, err := l2.Acquire(context.Background(), lockstore.Request{Key: "/1", Kind: lockstore.Exclusive, Wait: 5 * time.Second})
 		if err == nil {
@@ -226,6 +129,53 @@ func TestRedisMaxLocks(t *testing.T) {
 	a.Release()
 	c.Release()
 	waitFor(t, 2*time.Second, "empty table", func() bool { s := redisStats(t, l1); return s.Held == 0 && s.Waiting == 0 })
+}
+
+// A waiter that leaves the queue (its context ends) hands its place to
+// the one queued behind it from another node, at once. (One table's rule
+// is the contract suite's ContextEndsWhileQueued.)
+func TestRedisCancelWhileWaiting(t *testing.T) {
+	srv := startRedis(t)
+	l1 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	l2 := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	hold := redisAcquire(t, l1, "/c", lockstore.Exclusive)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := l1.Acquire(ctx, lockstore.Request{Key: "/c", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
+		first <- err
+	}()
+	waitFor(t, 2*time.Second, "first waiter", func() bool { return redisStats(t, l1).Waiting == 1 })
+	second := make(chan lockstore.Lease, 1)
+	go func() {
+		ls, err := l2.Acquire(context.Background(), lockstore.Request{Key: "/c", Kind: lockstore.Exclusive, Wait: 10 * time.Second})
+		if err != nil {
+			t.Error(err)
+		}
+		second <- ls
+	}()
+	waitFor(t, 2*time.Second, "second waiter", func() bool { return redisStats(t, l1).Waiting == 2 })
+
+	start := time.Now()
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first waiter: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("canceled waiter took %s to leave", d)
+	}
+	waitFor(t, time.Second, "first waiter to leave the queue", func() bool { return redisStats(t, l1).Waiting == 1 })
+	hold.Release()
+	select {
+	case ls := <-second:
+		if ls == nil {
+			t.Fatal("second waiter failed")
+		}
+		ls.Release()
+	case <-time.After(3 * time.Second):
+		t.Fatal("second waiter not granted after the first left")
+	}
 }
 
 // lateAcquire is a go-redis hook that makes the next acquire script call
