@@ -71,7 +71,8 @@ func (d *davRequest) storeFailed(err error) error {
 // everybody else the handler's usual refusal.
 func (d *davRequest) refuseInflight(err error) error {
 	if a, ok := err.(*preconditionAnswered); ok {
-		return a.err // hold's precondition check answered
+		d.counted = true // the check set the result and counted it
+		return a.err
 	}
 	var conflict *lockstore.ConflictError
 	if !d.xml || !errors.As(err, &conflict) {

@@ -93,13 +93,13 @@ func (h *Handler) countByResult(repl *caddy.Replacer) {
 }
 
 // refusedPrecondition sets {http.lock.result} for a write the check
-// refused and, in a plain zone, counts it (ServeHTTP held its count back:
-// countNow). A WebDAV request is counted by davRequest.settle, and one
-// checked by a nested handler (checkHeldPreconditions) by the handler
-// that holds its lock, each once.
+// refused and counts it (ServeHTTP held its count back: countNow; a
+// WebDAV request's settle leaves it counted, see refuseInflight). One
+// checked by a nested handler (checkHeldPreconditions) is counted by the
+// handler that holds its lock, once.
 func (h *Handler) refusedPrecondition(ctx context.Context, repl *caddy.Replacer, result string) {
 	repl.Set("http.lock.result", result)
-	if !h.WebDAV && ctx.Value(nestedCheckKey{}) == nil {
+	if ctx.Value(nestedCheckKey{}) == nil {
 		h.metrics.count(result)
 	}
 }

@@ -11,13 +11,19 @@ import (
 // and is counted by that result in caddy_lock_requests_total, never as
 // acquired; a write that passes is counted once, as acquired.
 func TestPreconditionRefusalResult(t *testing.T) {
+	for _, mode := range []string{"", "webdav"} {
+		t.Run("mode="+mode, func(t *testing.T) { testPreconditionRefusalResult(t, mode) })
+	}
+}
+
+func testPreconditionRefusalResult(t *testing.T, mode string) {
 	b := newDocBackend(t, true)
 	b.set("/r", "x")
 	zone := fmt.Sprintf("precondres%d", meteredRuns.Add(1))
 	url, admin := startCaddyAdmin(t, "metrics", fmt.Sprintf(
 		"header >X-Result {http.lock.result}\nheader >X-Precondition {http.lock.precondition}\n"+
-			"lock /r* {\n zone %s\n verify_etag\n require_if_match\n}\nreverse_proxy %s",
-		zone, strings.TrimPrefix(b.URL, "http://")), nil)
+			"lock /r* {\n zone %s\n verify_etag\n require_if_match\n %s\n}\nreverse_proxy %s",
+		zone, mode, strings.TrimPrefix(b.URL, "http://")), nil)
 	cur := send(t, http.MethodHead, url+"/r", "").header.Get("ETag")
 	for _, c := range []struct {
 		name         string
