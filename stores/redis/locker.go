@@ -304,6 +304,8 @@ func (l *Locker) untrack(ls *Lease) {
 	l.mu.Unlock()
 }
 
+// holderKeys are the keys of releaseScript; the waiters' expiry set is
+// among them so that a release tells nobody when nobody waits.
 func (l *Locker) holderKeys() []string {
-	return []string{l.kExp, l.kHeld, l.kInfo, l.kMeta}
+	return []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kWexp}
 }

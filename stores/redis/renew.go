@@ -15,7 +15,7 @@ import (
 // average hold time and notifies waiters. Running it twice is a no-op the
 // second time.
 //
-// KEYS: exp held info meta; ARGV: member, key, channel. Returns 1 if the
+// KEYS: exp held info meta wexp; ARGV: member, key, channel. Returns 1 if the
 // holder was removed, else 0. The script's file holds holdWindowMark
 // where lockstore.HoldWindow goes, substituted once here.
 var releaseScript = redis.NewScript(scriptTime + strings.Replace(lua("release"), holdWindowMark, strconv.Itoa(lockstore.HoldWindow), 1))
