@@ -84,7 +84,7 @@ func (l *Locker) runAcquire(ctx context.Context, args []any) (acquireResult, err
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	keys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq, l.kXidx}
-	v, err := acquireScript.Run(ctx, l.client, keys, args...).Slice()
+	v, err := l.batch.run(ctx, acquireScript, keys, args...).Slice()
 	if err != nil {
 		return acquireResult{}, err
 	}

@@ -25,7 +25,7 @@ var releaseScript = redis.NewScript(scriptTime + strings.Replace(lua("release"),
 func (l *Locker) release(member, key string) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
-	_ = releaseScript.Run(ctx, l.client, l.holderKeys(), member, key, l.channel).Err()
+	_ = l.batch.run(ctx, releaseScript, l.holderKeys(), member, key, l.channel).Err()
 }
 
 // renewScript extends the leases that are still live and returns the
