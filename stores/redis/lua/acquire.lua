@@ -87,8 +87,11 @@ end
 -- and a table that looks full takes the slow path, which purges). The
 -- first call that takes the slow path purges them; until then every
 -- check skips them, as it skips those the bounded purge leaves.
-if not redis.call('ZRANGEBYLEX', q, qlo, qhi, 'LIMIT', 0, 1)[1] and not blocker(want) and not mine
-    and redis.call('ZCARD', exp) + redis.call('ZCARD', wexp) < maxLocks then
+-- A queue entry always has its expiry in wexp: with none there, no queue
+-- need be looked at.
+local nw = redis.call('ZCARD', wexp)
+if (nw == 0 or not redis.call('ZRANGEBYLEX', q, qlo, qhi, 'LIMIT', 0, 1)[1]) and not blocker(want) and not mine
+    and redis.call('ZCARD', exp) + nw < maxLocks then
   return {1, grant(), redis.call('ZCARD', xidx)}
 end
 
