@@ -32,6 +32,7 @@ type batcher struct {
 }
 
 type batchCall struct {
+	ctx    context.Context // the caller's
 	script *redis.Script
 	keys   []string
 	args   []any
@@ -52,7 +53,7 @@ func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, 
 		b.next()
 		return cmd
 	}
-	c := &batchCall{script: script, keys: keys, args: args, done: make(chan struct{})}
+	c := &batchCall{ctx: ctx, script: script, keys: keys, args: args, done: make(chan struct{})}
 	b.pending = append(b.pending, c)
 	b.mu.Unlock()
 	select {
@@ -84,16 +85,31 @@ func (b *batcher) next() {
 // send runs batch in one pipeline, bounded by the timeout as a single
 // call is. A script Redis does not know (restarted, failed over, flushed)
 // is sent again on its own, which loads it.
+//
+// A call whose caller has left is not sent: the caller has already set
+// about undoing it (see Locker.abandon), which a call arriving later than
+// that clean-up's last round would defeat.
 func (b *batcher) send(batch []*batchCall) {
 	defer b.next()
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 	defer cancel()
 	pipe := b.client.Pipeline()
+	sent := batch[:0]
 	for _, c := range batch {
+		if err := c.ctx.Err(); err != nil {
+			c.cmd = redis.NewCmd(c.ctx)
+			c.cmd.SetErr(err)
+			close(c.done)
+			continue
+		}
 		c.cmd = pipe.EvalSha(ctx, c.script.Hash(), c.keys, c.args...)
+		sent = append(sent, c)
+	}
+	if len(sent) == 0 {
+		return
 	}
 	_, _ = pipe.Exec(ctx)
-	for _, c := range batch {
+	for _, c := range sent {
 		if isNoScript(c.cmd.Err()) {
 			c.cmd = c.script.Run(ctx, b.client, c.keys, c.args...)
 		}

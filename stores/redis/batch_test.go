@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -40,6 +41,24 @@ func (g *scriptGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
+// holdRelease takes a lock and starts releasing it, holding the release
+// at the gate it returns (which records the pipelines from then on)
+// until the gate opens; released is closed when the release returns.
+func holdRelease(t *testing.T, l *Locker) (gate *scriptGate, released chan struct{}) {
+	t.Helper()
+	first := redisAcquire(t, l, "/first", lockstore.Exclusive)
+	gate = &scriptGate{releaseGate: releaseGate{entered: make(chan struct{}), open: make(chan struct{})}}
+	l.client.AddHook(gate)
+	gate.armed.Store(true)
+	released = make(chan struct{})
+	go func() {
+		first.Release()
+		close(released)
+	}()
+	<-gate.entered
+	return gate, released
+}
+
 func (l *Locker) queuedCalls() int {
 	l.batch.mu.Lock()
 	defer l.batch.mu.Unlock()
@@ -56,17 +75,8 @@ func TestRedisConcurrentCallsPipelined(t *testing.T) {
 	srv := startRedis(t)
 	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute, timeout: 5 * time.Second})
 	l.client.AddHook(metricsHook{zone: t.Name()})
-	first := redisAcquire(t, l, "/first", lockstore.Exclusive)
 	acquires := timedCalls(t, t.Name(), "acquire")
-	gate := &scriptGate{releaseGate: releaseGate{entered: make(chan struct{}), open: make(chan struct{})}}
-	l.client.AddHook(gate)
-	gate.armed.Store(true)
-	released := make(chan struct{})
-	go func() {
-		first.Release()
-		close(released)
-	}()
-	<-gate.entered
+	gate, released := holdRelease(t, l)
 	const n = 6
 	type result struct {
 		ls  lockstore.Lease
@@ -119,5 +129,42 @@ func TestRedisConcurrentCallsPipelined(t *testing.T) {
 	}
 	if s := redisStats(t, l); s.Held != 0 {
 		t.Fatalf("stats %+v after the releases, want none held", s)
+	}
+}
+
+// An acquire whose caller gives up while it is queued is not sent: the
+// caller's clean-up has already run, and a grant arriving after it would
+// hold the key, for nobody, until its lease ran out.
+func TestRedisQueuedCallOfLeftCallerNotSent(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute, timeout: 5 * time.Second})
+	gate, released := holdRelease(t, l)
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := l.Acquire(ctx, lockstore.Request{Key: "/left", Kind: lockstore.Exclusive})
+		gaveUp <- err
+	}()
+	waitFor(t, 5*time.Second, "the acquire to queue", func() bool { return l.queuedCalls() == 1 })
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("acquire: %v, want context.Canceled", err)
+	}
+	// The caller's clean-up (a release of the token it was to get) queues
+	// behind it.
+	waitFor(t, 5*time.Second, "the clean-up to queue", func() bool { return l.queuedCalls() == 2 })
+	close(gate.open)
+	<-released
+	pipelines := func() []int {
+		gate.mu.Lock()
+		defer gate.mu.Unlock()
+		return append([]int(nil), gate.piped...)
+	}
+	waitFor(t, 5*time.Second, "the queued calls to go out", func() bool { return len(pipelines()) == 1 })
+	if p := pipelines(); p[0] != 1 {
+		t.Fatalf("pipeline of %d calls, want the clean-up alone", p[0])
+	}
+	if s := redisStats(t, l); s.Held != 0 {
+		t.Fatalf("stats %+v, want nothing held", s)
 	}
 }
