@@ -34,7 +34,13 @@ import (
 // Messages on the channel are either a key whose locks changed, for the
 // heads of queues that key may block, or "key\0waiter token" for a waiter
 // that just became the head of its queue.
-var acquireScript = redis.NewScript(scriptTime + luaAncestors + lua("acquire"))
+//
+// Its fast path (lua/acquire.lua) grants a free key with nobody queued on
+// it without purging expired entries; everything else runs on to the
+// purge of expired entries and the full logic (lua/acquire_slow.lua).
+// Expired entries left behind are harmless meanwhile (every check skips
+// them) and bounded: a table that looks full takes the slow path.
+var acquireScript = redis.NewScript(scriptTime + luaAncestors + lua("acquire") + lua("acquire_slow"))
 
 // acquireResult is a decoded acquireScript reply.
 type acquireResult struct {
@@ -78,7 +84,7 @@ func (l *Locker) runAcquire(ctx context.Context, args []any) (acquireResult, err
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	keys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq, l.kXidx}
-	v, err := acquireScript.Run(ctx, l.client, keys, args...).Slice()
+	v, err := l.batch.run(ctx, acquireScript, keys, args...).Slice()
 	if err != nil {
 		return acquireResult{}, err
 	}

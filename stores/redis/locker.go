@@ -51,6 +51,7 @@ const (
 // from its first waiting Acquire until Close.
 type Locker struct {
 	client     redis.UniversalClient
+	batch      batcher // sends acquire and release calls
 	hierarchy  bool
 	maxLocks   atomic.Int64 // limits, changeable with SetLimits
 	maxWaiters atomic.Int64
@@ -133,6 +134,7 @@ func NewLocker(client redis.UniversalClient, zone string, cfg Config, hierarchy 
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Locker{
 		client:    client,
+		batch:     batcher{client: client, timeout: timeout},
 		zone:      zone,
 		hierarchy: hierarchy,
 		lease:     lease,
@@ -304,6 +306,8 @@ func (l *Locker) untrack(ls *Lease) {
 	l.mu.Unlock()
 }
 
+// holderKeys are the keys of releaseScript; the waiters' expiry set is
+// among them so that a release tells nobody when nobody waits.
 func (l *Locker) holderKeys() []string {
-	return []string{l.kExp, l.kHeld, l.kInfo, l.kMeta}
+	return []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kWexp}
 }

@@ -115,9 +115,28 @@ func (h metricsHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		start := time.Now()
 		err := next(ctx, cmds)
-		h.observe("pipeline", time.Since(start), err)
+		h.observe(pipelineOp(cmds), time.Since(start), err)
 		return err
 	}
+}
+
+// pipelineOp names a pipeline by the operation of its commands when they
+// all perform the same one (acquires or releases sent together, see
+// batcher): each of their callers waited that long for its reply.
+func pipelineOp(cmds []redis.Cmder) string {
+	op := ""
+	for _, c := range cmds {
+		switch o := opOf(c); {
+		case op == "":
+			op = o
+		case o != op:
+			return "pipeline"
+		}
+	}
+	if op == "" {
+		return "pipeline"
+	}
+	return op
 }
 
 func (h metricsHook) observe(op string, d time.Duration, err error) {

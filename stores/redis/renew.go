@@ -15,7 +15,7 @@ import (
 // average hold time and notifies waiters. Running it twice is a no-op the
 // second time.
 //
-// KEYS: exp held info meta; ARGV: member, key, channel. Returns 1 if the
+// KEYS: exp held info meta wexp; ARGV: member, key, channel. Returns 1 if the
 // holder was removed, else 0. The script's file holds holdWindowMark
 // where lockstore.HoldWindow goes, substituted once here.
 var releaseScript = redis.NewScript(scriptTime + strings.Replace(lua("release"), holdWindowMark, strconv.Itoa(lockstore.HoldWindow), 1))
@@ -25,7 +25,7 @@ var releaseScript = redis.NewScript(scriptTime + strings.Replace(lua("release"),
 func (l *Locker) release(member, key string) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
-	_ = releaseScript.Run(ctx, l.client, l.holderKeys(), member, key, l.channel).Err()
+	_ = l.batch.run(ctx, releaseScript, l.holderKeys(), member, key, l.channel).Err()
 }
 
 // renewScript extends the leases that are still live and returns the

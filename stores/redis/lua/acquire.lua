@@ -9,35 +9,11 @@ local dlo, dhi = '', ''
 if hier and string.byte(key, 1) == 47 then
   if key == '/' then dlo, dhi = '[/\1', '(0' else dlo, dhi = '[' .. key .. '/', '(' .. key .. '0' end
 end
+local M = key .. '\0' .. tok
+local want = string.sub(tok, 1, 1)
+local qlo, qhi = '[' .. key .. '\0', '(' .. key .. '\1'
+local mine = false -- set when onKey meets M, this call's own member
 local TL = 34 -- "\0" and a token (kind letter, 32 hex digits)
-
--- Purge expired holders and waiters (a bounded batch per call; whatever
--- is left is still recognised as expired below). Their keys may now be
--- free: tell the waiters.
-local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 256)
-if #dead > 0 then
-  for _, m in ipairs(dead) do
-    redis.call('ZREM', held, m)
-    redis.call('HDEL', info, m)
-    redis.call('PUBLISH', chan, string.sub(m, 1, #m - TL))
-  end
-  redis.call('ZREM', exp, unpack(dead))
-end
--- tell the head of k's queue, if any, that it is now the head
-local function newHead(k)
-  local h = redis.call('ZRANGEBYLEX', q, '[' .. k .. '\0', '(' .. k .. '\1', 'LIMIT', 0, 1)[1]
-  if h then redis.call('PUBLISH', chan, k .. '\0' .. string.sub(h, -33)) end
-end
-dead = redis.call('ZRANGEBYSCORE', wexp, '-inf', now, 'LIMIT', 0, 256)
-if #dead > 0 then
-  for _, wm in ipairs(dead) do
-    local w = redis.call('HGET', wseq, wm)
-    if w then redis.call('ZREM', q, w) end
-    redis.call('HDEL', wseq, wm)
-    newHead(string.sub(wm, 1, #wm - TL))
-  end
-  redis.call('ZREM', wexp, unpack(dead))
-end
 
 local function live(m)
   local e = redis.call('ZSCORE', exp, m)
@@ -52,6 +28,7 @@ local function onKey(k, want)
   local kind, s = nil, nil
   for _, m in ipairs(redis.call('ZRANGEBYLEX', held, '[' .. k .. '\0', '(' .. k .. '\1')) do
     local hk = string.sub(m, #k + 2, #k + 2)
+    if m == M then mine = true end
     if (want == 'X' or hk == 'X') and live(m) then
       if hk == 'X' then kind = 'X' elseif not kind then kind = 'S' end
       local ms = since(m)
@@ -90,72 +67,31 @@ local function blocker(want)
   return nil
 end
 
-local M = key .. '\0' .. tok
-local e = redis.call('ZSCORE', exp, M)
-if e and tonumber(e) > now then
-  local v = redis.call('HGET', info, M) or ''
-  return {1, tonumber(string.match(v, ' (%d+)$')) or 0, redis.call('ZCARD', xidx)}
+-- The fence is the counter's next value or the server clock in µs,
+-- whichever is greater: a failover that loses grants also loses their
+-- increments, and the clock still puts the new primary's numbers
+-- above them (see the README on fencing).
+local function grant()
+  local fence = math.max((tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1, nowus)
+  redis.call('HSET', meta, 'fence', string.format('%d', fence))
+  redis.call('ZADD', exp, now + ttl, M)
+  redis.call('ZADD', held, 0, M)
+  redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
+  return fence
 end
 
-local wm, W = nil, false
-if wtok ~= '' then
-  wm = key .. '\0' .. wtok
-  W = redis.call('HGET', wseq, wm)
-end
--- Every holder and waiter takes a place of max_locks; a queued waiter has
--- its place already. As in MemLocker, a conflict that will not queue is
--- reported as such even when the table is full: the lock in the way is
--- the more useful answer.
-local full = not W and redis.call('ZCARD', exp) + redis.call('ZCARD', wexp) >= maxLocks
-
-local want = string.sub(tok, 1, 1)
-local qlo, qhi = '[' .. key .. '\0', '(' .. key .. '\1'
-local head = redis.call('ZRANGEBYLEX', q, qlo, qhi, 'LIMIT', 0, 1)[1]
-local bk, bkind, bs, bbelow
-if head and head ~= W then
-  -- Never overtake a queue: report what blocks its head.
-  bk, bkind, bs, bbelow = blocker(string.sub(head, -33, -33))
-  if not bk then bk, bkind, bs, bbelow = key, 'S', nowus, 0 end
-else
-  bk, bkind, bs, bbelow = blocker(want)
-  if not bk then
-    if full then return {2} end
-    -- The fence is the counter's next value or the server clock in µs,
-    -- whichever is greater: a failover that loses grants also loses their
-    -- increments, and the clock still puts the new primary's numbers
-    -- above them (see the README on fencing).
-    local fence = math.max((tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1, nowus)
-    redis.call('HSET', meta, 'fence', string.format('%d', fence))
-    redis.call('ZADD', exp, now + ttl, M)
-    redis.call('ZADD', held, 0, M)
-    redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
-    if W then
-      redis.call('ZREM', q, W)
-      redis.call('HDEL', wseq, wm)
-      redis.call('ZREM', wexp, wm)
-      newHead(key)
-    end
-    return {1, fence, redis.call('ZCARD', xidx)}
-  end
+-- Fast path: a key with nobody queued on it, no live holder in the way,
+-- not already ours and room in the table is granted without purging
+-- expired entries first (they cannot be in the way: holders are checked
+-- for expiry one by one, an expired waiter would head the key's queue,
+-- and a table that looks full takes the slow path, which purges). The
+-- first call that takes the slow path purges them; until then every
+-- check skips them, as it skips those the bounded purge leaves.
+-- A queue entry always has its expiry in wexp: with none there, no queue
+-- need be looked at.
+local nw = redis.call('ZCARD', wexp)
+if (nw == 0 or not redis.call('ZRANGEBYLEX', q, qlo, qhi, 'LIMIT', 0, 1)[1]) and not blocker(want) and not mine
+    and redis.call('ZCARD', exp) + nw < maxLocks then
+  return {1, grant(), redis.call('ZCARD', xidx)}
 end
 
-local queued = 0
-if W then
-  redis.call('ZADD', wexp, now + wttl, wm)
-elseif wtok ~= '' and redis.call('ZLEXCOUNT', q, qlo, qhi) < maxWaiters then
-  if full then return {2} end
-  local seq = redis.call('HINCRBY', meta, 'wseq', 1)
-  W = key .. '\0' .. string.format('%016d', seq) .. '\0' .. wtok
-  redis.call('ZADD', q, 0, W)
-  redis.call('HSET', wseq, wm, W)
-  redis.call('ZADD', wexp, now + wttl, wm)
-  if not head then head = W end
-end
-if W then
-  queued = 2
-  if head == W then queued = 1 end
-end
-local avg = tonumber(redis.call('HGET', meta, 'avg') or '0') or 0
-local kind = 1
-if bkind == 'X' then kind = 2 end
-return {0, bk, kind, nowus - bs, bbelow, math.floor(avg), queued}

@@ -8,10 +8,13 @@ if s then
   -- The first holdWindow holds are averaged plainly, so that the first
   -- one sets the estimate instead of moving it part of the way from
   -- zero; after that each weighs 1/holdWindow (as in the memory store).
-  local avg = tonumber(redis.call('HGET', KEYS[4], 'avg') or '0') or 0
-  local n = math.min((tonumber(redis.call('HGET', KEYS[4], 'holds') or '0') or 0) + 1, {{HOLD_WINDOW}})
+  local m = redis.call('HMGET', KEYS[4], 'avg', 'holds')
+  local avg = tonumber(m[1] or '0') or 0
+  local n = math.min((tonumber(m[2] or '0') or 0) + 1, {{HOLD_WINDOW}})
   avg = avg + ((nowus - s) / 1000 - avg) / n
   redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg)), 'holds', n)
 end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+-- Only queued waiters listen (a waiter is queued by the same script call
+-- that finds the key taken): with none in the zone, nobody is told.
+if redis.call('ZCARD', KEYS[5]) > 0 then redis.call('PUBLISH', ARGV[3], ARGV[2]) end
 return 1
