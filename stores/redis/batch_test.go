@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/testsupport"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -122,7 +123,7 @@ func TestRedisConcurrentCallsPipelined(t *testing.T) {
 		t.Fatalf("metrics timed %d acquire calls and %d pipelines, want the pipeline timed as an acquire", got, other)
 	}
 	for i := range n {
-		redisConflict(t, l, "/p/"+string(rune('a'+i)), lockstore.Shared)
+		testsupport.Conflict(t, l, "/p/"+string(rune('a'+i)), lockstore.Shared)
 	}
 	for _, ls := range held {
 		ls.Release()
