@@ -71,7 +71,7 @@ func benchHandlerOwn(b *testing.B, zone, method string, withLock bool) {
 
 // provisionedHandler returns a lock handler of zone with its defaults,
 // provisioned, and cleaned up when b ends.
-func provisionedHandler(b *testing.B, zone string) *Handler {
+func provisionedHandler(b testing.TB, zone string) *Handler {
 	h := &Handler{Zone: zone}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)
