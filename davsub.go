@@ -84,7 +84,7 @@ func (c *subContext) Value(key any) any {
 	case heldLockKey{}:
 		hc, _ := c.Context.Value(heldLockKey{}).(*holdContext)
 		for hc != nil && hc.zone == nil {
-			hc, _ = hc.values.Value(heldLockKey{}).(*holdContext)
+			hc, _ = hc.base.values.Value(heldLockKey{}).(*holdContext)
 		}
 		if hc == nil {
 			return nil

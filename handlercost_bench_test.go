@@ -18,8 +18,10 @@ import (
 // handler, <method>/route runs the same request straight to the same next
 // handler. Both build every request alike, the way Caddy's server prepares
 // it (a fresh replacer, vars and context per request, since the handler
-// writes its placeholders there), and the next handler uses the context
-// as reverse_proxy does (proxyNext); so lock minus route, in
+// writes its placeholders there) on a context that net/http gives every
+// request (cancelled when the request ends, a child of its connection's),
+// and the next handler uses the context as reverse_proxy does
+// (proxyNext); so lock minus route, in
 // ns/op and allocs/op, is the handler's own cost, apart from Caddy's
 // request set-up and from the benchmark's. bench/run reports the
 // differences as goal 2 of BENCHMARKS.md. write is a PUT, which takes and
@@ -48,16 +50,23 @@ func benchHandlerOwn(b *testing.B, zone, method string, withLock bool) {
 	w := &discardWriter{header: http.Header{}}
 	served := 0
 	next := proxyNext(&served)
+	// The connection's context: net/http cancels a request's context when
+	// the request ends, and the transport of reverse_proxy derives its own
+	// from it (or from the lock's, with the lock).
+	conn, closeConn := context.WithCancel(context.Background())
+	defer closeConn()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		r := caddyhttp.PrepareRequest(tmpl[i%len(tmpl)], caddy.NewReplacer(), w, nil)
+		ctx, cancel := context.WithCancel(conn)
+		r := caddyhttp.PrepareRequest(tmpl[i%len(tmpl)].WithContext(ctx), caddy.NewReplacer(), w, nil)
 		var err error
 		if withLock {
 			err = h.ServeHTTP(w, r, next)
 		} else {
 			err = next.ServeHTTP(w, r)
 		}
+		cancel()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -71,7 +80,7 @@ func benchHandlerOwn(b *testing.B, zone, method string, withLock bool) {
 
 // provisionedHandler returns a lock handler of zone with its defaults,
 // provisioned, and cleaned up when b ends.
-func provisionedHandler(b *testing.B, zone string) *Handler {
+func provisionedHandler(b testing.TB, zone string) *Handler {
 	h := &Handler{Zone: zone}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,43 +20,42 @@ import (
 )
 
 // A granted request runs the rest of its route on a holdContext, which
-// does two things that the standard contexts could do only with a timer,
-// a timer context and an AfterFunc registration per request:
+// does two things:
 //
 //   - A client that goes away does not cancel it: a legacy backend half-way
 //     through a write keeps writing, and the lock is held until it has
 //     answered.
 //   - max_hold bounds that. At the deadline the context ends with
-//     context.DeadlineExceeded (reverse_proxy answers 504 and cancels the
-//     upstream request) and reads of the client's body are cut off, so
-//     that a route blocked on a client that trickles its body returns.
-//     The locks are released when the route has returned, never before:
-//     a handler that ignores the cancellation (the fastcgi transport
-//     does) may still be writing to the backend, and releasing then
-//     would let a second write in beside it.
+//     context.DeadlineExceeded as its cause (reverse_proxy's transport
+//     returns the cause, and reverse_proxy answers 504) and reads of the
+//     client's body are cut off, so that a route blocked on a client that
+//     trickles its body returns. The locks are released when the route has
+//     returned, never before: a handler that ignores the cancellation (the
+//     fastcgi transport does) may still be writing to the backend, and
+//     releasing then would let a second write in beside it.
 //
 // The deadlines come from a holdReaper: every request of a handler gets
 // the same max_hold, so deadlines arrive in the order the requests were
 // granted, and one list with one timer serves them all.
 
-// holdContext is the context of a granted request's route. It implements
-// context.Context, and AfterFunc, so that contexts derived from it (such
-// as reverse_proxy's upstream request) are cancelled with it without a
-// goroutine each.
+// holdContext is the context of a granted request's route. Its
+// cancellation is a cancelCtx of the context package (made by
+// WithCancelCause), because only that one can be found through the value
+// contexts that reverse_proxy wraps around it: the transport's context
+// then registers with it, where a context of another type behind a value
+// context makes the context package start a goroutine per request to
+// watch it. The cancelCtx's parent is base, in the same allocation: it
+// gives the request's values and the deadline, and has no cancellation
+// of its own (so the request's cancelCtx, which a departing client
+// cancels, is never found).
 type holdContext struct {
-	// values is the request's context without its cancellation: Value
-	// goes there, and it hides the request's own cancelCtx from the
-	// context package (so Cause and WithCancel see only this context).
-	values   context.Context
-	deadline time.Time
+	// Context is the cancelCtx: Done, Value and Deadline (through base)
+	// are its own.
+	context.Context
+	cancel context.CancelCauseFunc
+	base   holdBase
 
-	mu     sync.Mutex
-	done   atomic.Value // chan struct{}, made on the first Done or at the end
-	err    error        // set once, when the context ends; guarded by mu
-	afters []afterFunc  // guarded by mu; run when the context ends
-	nextID uint64       // guarded by mu
-	inline [2]afterFunc // backing for afters: one or two registrations need no allocation
-
+	mu sync.Mutex
 	// released is set when the leases are released, at the end of the
 	// route.
 	released atomic.Bool
@@ -84,97 +82,45 @@ type holdContext struct {
 	listed     bool
 }
 
-type afterFunc struct {
-	id uint64
-	f  func()
+// holdBase is the parent of a holdContext's cancelCtx: the request's
+// values without its cancellation, and max_hold's deadline. Value goes
+// straight to the request's context (context.WithoutCancel's context
+// would box itself on every lookup, about ten times per proxied write).
+type holdBase struct {
+	values   context.Context
+	deadline time.Time
+	hc       *holdContext
 }
 
-// closedDone is the Done channel of a context that ended before anybody
-// asked for one.
-var closedDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+func (b *holdBase) Deadline() (time.Time, bool) { return b.deadline, true }
+func (b *holdBase) Done() <-chan struct{}       { return nil }
+func (b *holdBase) Err() error                  { return nil }
 
-func (c *holdContext) Deadline() (time.Time, bool) { return c.deadline, true }
-
-func (c *holdContext) Done() <-chan struct{} {
-	if d := c.done.Load(); d != nil {
-		return d.(chan struct{})
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d := c.done.Load(); d != nil {
-		return d.(chan struct{})
-	}
-	d := make(chan struct{})
-	c.done.Store(d)
-	return d
-}
-
-func (c *holdContext) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
-
-func (c *holdContext) Value(key any) any {
+func (b *holdBase) Value(key any) any {
 	if key == (heldLockKey{}) {
-		return c
+		return b.hc
 	}
-	return c.values.Value(key)
+	return b.values.Value(key)
 }
 
 // heldLockKey is the context key under which a holdContext answers with
 // itself, for Handler.heldBefore.
 type heldLockKey struct{}
 
-// AfterFunc arranges for f to run in its own goroutine once the context
-// has ended, as context.AfterFunc does; stop cancels that and reports
-// whether it did. The context package uses it for contexts derived from
-// this one.
-func (c *holdContext) AfterFunc(f func()) (stop func() bool) {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		go f()
-		return func() bool { return false }
+// Err is context.Canceled once the route is done, or
+// context.DeadlineExceeded from max_hold on. Contexts derived from it end
+// with Canceled and the same cause (context.Cause).
+func (c *holdContext) Err() error {
+	if c.Context.Err() == nil {
+		return nil
 	}
-	id := c.nextID
-	c.nextID++
-	if c.afters == nil {
-		c.afters = c.inline[:0]
-	}
-	c.afters = append(c.afters, afterFunc{id, f})
-	c.mu.Unlock()
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		i := slices.IndexFunc(c.afters, func(a afterFunc) bool { return a.id == id })
-		if i < 0 {
-			return false
-		}
-		c.afters = slices.Delete(c.afters, i, i+1)
-		return true
-	}
+	return context.Cause(c.Context)
 }
 
-// end ends the context with err, once; later calls do nothing.
+// end ends the context with err as its cause, once; later calls do
+// nothing.
 func (c *holdContext) end(err error) {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return
-	}
-	c.err = err
-	if d := c.done.Load(); d != nil {
-		close(d.(chan struct{}))
-	} else {
-		c.done.Store(closedDone)
-	}
-	fs := c.afters
-	c.afters = nil
-	c.mu.Unlock()
-	for _, a := range fs {
-		go a.f()
-	}
+	c.cancel(err)
 }
 
 // releaseOnce releases the leases unless that has been done.
@@ -259,12 +205,10 @@ func (rp *holdReaper) holdAll(parent context.Context, now time.Time, leases []lo
 
 func (rp *holdReaper) newHold(parent context.Context, now time.Time, abort func()) *holdContext {
 	rp.held.Inc()
-	return &holdContext{
-		values:   context.WithoutCancel(parent),
-		deadline: now.Add(rp.maxHold),
-		reaper:   rp,
-		abort:    abort,
-	}
+	c := &holdContext{reaper: rp, abort: abort}
+	c.base = holdBase{values: parent, deadline: now.Add(rp.maxHold), hc: c}
+	c.Context, c.cancel = context.WithCancelCause(&c.base)
+	return c
 }
 
 // abortReads returns a func that makes pending and later reads of r's
@@ -314,8 +258,8 @@ func (rp *holdReaper) add(c *holdContext) {
 		// Requests granted at nearly the same moment may arrive here out
 		// of order; a deadline a few microseconds later keeps the list
 		// sorted, which is what lets fire stop at the first one not due.
-		if c.deadline.Before(rp.tail.deadline) {
-			c.deadline = rp.tail.deadline
+		if c.base.deadline.Before(rp.tail.base.deadline) {
+			c.base.deadline = rp.tail.base.deadline
 		}
 		rp.tail.next = c
 	} else {
@@ -323,7 +267,7 @@ func (rp *holdReaper) add(c *holdContext) {
 	}
 	rp.tail = c
 	if !rp.armed {
-		d := time.Until(rp.head.deadline)
+		d := time.Until(rp.head.base.deadline)
 		if rp.timer == nil {
 			rp.timer = time.AfterFunc(d, rp.fire)
 		} else {
@@ -363,13 +307,13 @@ func (rp *holdReaper) fire() {
 	now := time.Now()
 	var due []*holdContext
 	rp.mu.Lock()
-	for rp.head != nil && !now.Before(rp.head.deadline) {
+	for rp.head != nil && !now.Before(rp.head.base.deadline) {
 		c := rp.head
 		rp.unlink(c)
 		due = append(due, c)
 	}
 	if rp.head != nil {
-		rp.timer.Reset(rp.head.deadline.Sub(now))
+		rp.timer.Reset(rp.head.base.deadline.Sub(now))
 	} else {
 		rp.armed = false
 	}

@@ -373,18 +373,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return next.ServeHTTP(w, r)
 	}
-	repl.Set("http.lock.fence", "")
-	// Set on every path, also where webdav takes no in-flight lock.
-	repl.Set("http.lock.wait", time.Duration(0))
 	if h.FenceHeader != "" {
 		r.Header.Del(h.FenceHeader) // only the lock sets it
 	}
 	if !ok && !h.WebDAV {
-		repl.Set("http.lock.key", "")
-		repl.Set("http.lock.result", resultNone)
+		setNoLockPlaceholders(repl) // placeholders.go
 		h.metrics.count(resultNone)
 		return next.ServeHTTP(w, r)
 	}
+	repl.Set("http.lock.fence", "")
+	// Set on every path, also where webdav takes no in-flight lock.
+	repl.Set("http.lock.wait", time.Duration(0))
 	z := h.zone
 	if z.drain {
 		var borrowed bool

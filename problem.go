@@ -88,17 +88,17 @@ var errNULKey = errors.New("a NUL byte (%00) in the lock key")
 // it for a key too deep for hierarchy or with a NUL byte, which retrying
 // cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
-	var conflict *lockstore.ConflictError
 	// Not errors.As: its target would escape, an allocation on every
 	// conflict; keyOf and destination return a *pathError unwrapped.
+	conflict := asConflict(err) // refusalcost.go
 	badPath, _ := err.(*pathError)
 	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
 	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
 	switch {
-	case errors.As(err, &conflict):
+	case conflict != nil:
 		status, retry, result = http.StatusLocked, conflict.RetryAfter, resultConflict
 		p.Title = "Resource is locked"
-		p.Detail = r.Method + " " + key + " " + conflict.Error()
+		p.Detail = conflictDetail(r.Method, key, conflict)
 		p.Lock = &problemLock{
 			Key:         conflict.Key,
 			Kind:        conflict.Kind.String(),
@@ -152,7 +152,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		h.logger.Error("acquiring lock", zap.String("key", key), zap.String("method", r.Method), zap.Error(err))
 	}
 	p.Status = status
-	repl.Set("http.lock.result", result)
+	repl.Set("http.lock.result", resultValue(result))
 	h.metrics.count(result)
 	if h.RetryAfter > 0 && retry > 0 {
 		retry = time.Duration(h.RetryAfter)
@@ -209,11 +209,12 @@ func (h *Handler) writeRefusalTo(w http.ResponseWriter, r *http.Request, p probl
 		// still says what happened.
 		h.logger.Error("writing the refusal page", zap.Error(perr))
 	}
-	body := p.appendJSON(make([]byte, 0, 512))
+	bp := refusalBufs.Get().(*[]byte)
+	body := p.appendJSON((*bp)[:0])
 	// The header values share one backing array (one allocation, not
 	// one each); each has a capacity of one, so an append by a later
 	// handler copies it rather than writing into its neighbour.
-	vals := [...]string{strconv.FormatInt(secs, 10), "application/problem+json", strconv.Itoa(len(body)), "Accept"}
+	vals := [...]string{decimal(int(secs)), "application/problem+json", decimal(len(body)), "Accept"}
 	if retry > 0 {
 		hdr["Retry-After"] = vals[0:1:1]
 	}
@@ -229,6 +230,10 @@ func (h *Handler) writeRefusalTo(w http.ResponseWriter, r *http.Request, p probl
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+	if cap(body) <= maxPooledRefusal {
+		*bp = body[:0]
+		refusalBufs.Put(bp)
+	}
 	return nil
 }
 
@@ -479,7 +484,7 @@ func (h *Handler) refuseMaintenance(w http.ResponseWriter, r *http.Request, repl
 		}
 		result, err := h.refuseExplicitStore(w, r, repl, key, err)
 		if result != "" {
-			repl.Set("http.lock.result", result)
+			repl.Set("http.lock.result", resultValue(result))
 			h.metrics.count(result)
 		}
 		return true, err
