@@ -76,12 +76,13 @@ const (
 type shard struct {
 	mu    sync.Mutex
 	nodes nodeTable
-	free  []*node // recycled nodes, at most maxFree
-	// leases[nextLease:] are the leases not handed out yet: allocating
-	// them leaseBlock at a time takes malloc off the path of most grants.
-	// Each lease is handed out once.
-	leases    *[leaseBlock]memLease
-	nextLease int
+	// live is the leases granted in this shard and not yet released,
+	// by number, each with its node (see memLease).
+	live nodeTable
+	free [maxFree]*node // recycled nodes: free[:nfree]
+	// region.t[nextTicket:] are the tickets not handed out yet (see
+	// newLease); each is handed out once.
+	region *leaseRegion
 	// credit is max_locks budget taken from memLocker.free and not yet
 	// used by this shard's locks and waiters.
 	credit int64
@@ -89,9 +90,11 @@ type shard struct {
 	// released in this shard, and holdN the number of releases it
 	// averages, up to holdWindow (see observeHold). They are written
 	// under mu and read without it, from every shard, by holdEstimate.
-	holdAvg atomic.Int64
-	holdN   atomic.Int64
-	_       [24]byte
+	holdAvg    atomic.Int64
+	holdN      atomic.Int32
+	nfree      uint8
+	nextTicket uint8
+	_          [8]byte
 }
 
 // observeHold adds the hold time of a lock released in s to its average;
@@ -100,10 +103,10 @@ type shard struct {
 // an eighth of the way from zero; later ones weigh 1/holdWindow each.
 // holdN stops changing after that, so a release stores one word.
 func (s *shard) observeHold(hold time.Duration) {
-	n := s.holdN.Load()
+	n := int64(s.holdN.Load())
 	if n < lockstore.HoldWindow {
 		n++
-		s.holdN.Store(n)
+		s.holdN.Store(int32(n))
 	}
 	avg := s.holdAvg.Load()
 	// Most releases leave the average as it is (a hold shorter than a
@@ -126,7 +129,7 @@ func (l *memLocker) holdEstimate() time.Duration {
 	var sum, n int64
 	for i := range l.shards {
 		s := &l.shards[i]
-		if k := s.holdN.Load(); k > 0 {
+		if k := int64(s.holdN.Load()); k > 0 {
 			sum += s.holdAvg.Load() * k
 			n += k
 		}
@@ -190,6 +193,7 @@ func newMemLocker(hierarchy bool, maxLocks, maxWaiters int) *memLocker {
 	l.SetLimits(maxLocks, maxWaiters)
 	for i := range l.shards {
 		l.shards[i].nodes = newNodeTable()
+		l.shards[i].live = newNodeTable()
 	}
 	return l
 }
@@ -261,9 +265,9 @@ func (l *memLocker) getNode(key string, h uint64) *node {
 	if n != nil {
 		return n
 	}
-	if k := len(s.free); k > 0 {
-		n = s.free[k-1]
-		s.free = s.free[:k-1]
+	if s.nfree > 0 {
+		s.nfree--
+		n = s.free[s.nfree]
 	} else {
 		n = &node{l: l, shard: s}
 	}
@@ -290,8 +294,9 @@ func (l *memLocker) maybeFree(n *node) {
 	if n.waits != nil {
 		n.waits = nil
 	}
-	if len(s.free) < maxFree {
-		s.free = append(s.free, n)
+	if s.nfree < maxFree {
+		s.free[s.nfree] = n
+		s.nfree++
 	}
 }
 
@@ -455,7 +460,7 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 		}
 		if free {
 			l.grant(n, req.Kind, lin)
-			ls := newLease(n, req.Kind)
+			ls := newLease(n, req.Kind, false)
 			l.unlock(m)
 			return ls, nil
 		}
