@@ -111,8 +111,12 @@ func (s *shard) observeHold(hold time.Duration) {
 	avg := s.holdAvg.Load()
 	// Most releases leave the average as it is (a hold shorter than a
 	// tick of the coarse clock reads as 0, and so does an average of
-	// such holds): then nothing is stored, which spares a locked
-	// instruction (an atomic store is an exchange on amd64).
+	// such holds): then nothing is divided nor stored, which spares a
+	// division and a locked instruction (an atomic store is an
+	// exchange on amd64).
+	if int64(hold) == avg {
+		return
+	}
 	if d := (int64(hold) - avg) / n; d != 0 {
 		s.holdAvg.Store(avg + d)
 	}
@@ -428,8 +432,15 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 	h := l.hashOf(req.Key)
 	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
+	// Most operations need the key's shard alone: then its mutex is
+	// taken directly, not through the walk over the set.
+	single := m&(m-1) == 0
 	for reclaimed := false; ; reclaimed = true {
-		l.lock(m)
+		if single {
+			s.mu.Lock()
+		} else {
+			l.lock(m)
+		}
 		n := l.getNode(req.Key, h)
 		// A request never overtakes the queue: with one, the head's
 		// blocker is what stands in the way.
@@ -460,8 +471,12 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 		}
 		if free {
 			l.grant(n, req.Kind, lin)
-			ls := newLease(n, req.Kind, false)
-			l.unlock(m)
+			ls := newLease(n, false)
+			if single {
+				s.mu.Unlock()
+			} else {
+				l.unlock(m)
+			}
 			return ls, nil
 		}
 		w := &waiter{kind: req.Kind, node: n, ch: make(chan struct{}, 1)}
@@ -491,7 +506,9 @@ func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 		s.observeHold(time.Duration(max(0, clock.read()-n.since)))
 	}
 	l.unreserve(s)
-	l.wake(n, lin)
+	if n.waits != nil {
+		l.wake(n, lin)
+	}
 	for i, a := range lin {
 		an := l.lookup(a)
 		if kind == lockstore.Exclusive {
@@ -501,7 +518,9 @@ func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 		}
 		l.wake(an, lin[:i])
 	}
-	l.advance(n, lin)
+	if n.waits != nil {
+		l.advance(n, lin)
+	}
 	l.maybeFree(n)
 	for _, a := range lin {
 		if an := l.lookup(a); an != nil {

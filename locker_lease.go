@@ -25,24 +25,24 @@ import (
 // later holder's lock.
 //
 // The ticket itself holds its index in the region, from which the lease
-// finds its region (and so its shard and number), and the kind and
-// whether the grant waited. It is written before the lease is handed out
-// and never again, so reading it needs no lock.
-type memLease uint16
+// finds its region (and so its shard and number), and whether the grant
+// waited. It is written before the lease is handed out and never again,
+// so reading it needs no lock. The kind is the node's: a node held by an
+// exclusive lease is held by no other.
+type memLease uint8
 
 const (
-	ticketIndex     memLease = 1<<8 - 1 // index in the region
-	ticketExclusive memLease = 1 << 8   // an exclusive lock, else shared
-	ticketQueued    memLease = 1 << 9   // granted after waiting in the queue
+	ticketIndex  memLease = 1<<7 - 1 // index in the region
+	ticketQueued memLease = 1 << 7   // granted after waiting in the queue
 )
 
-// regionTickets is the number of tickets of a leaseRegion: as many as
-// fill 512 bytes, the largest size the runtime allocates without a
-// header, so a grant allocates about two bytes, none of which the
-// garbage collector scans (only the region's first word is a pointer). A
-// lease held for long keeps its region alive: at most 512 bytes, and
-// less when the region's other leases are held as well.
-const regionTickets = (512 - 16) / 2
+// regionTickets is the number of tickets of a leaseRegion: the most its
+// index bits can number. A grant allocates little more than its one-byte
+// ticket, none of which the garbage collector scans (only the region's
+// first word is a pointer). A lease held for long keeps its region alive:
+// 144 bytes at most, and less when the region's other leases are held as
+// well.
+const regionTickets = int(ticketIndex) + 1
 
 // leaseRegion is the tickets a shard hands out, in order.
 type leaseRegion struct {
@@ -52,15 +52,15 @@ type leaseRegion struct {
 	t    [regionTickets]memLease
 }
 
-// newLease hands out a lease of kind on n, which has just been granted;
-// the caller holds n's shard.
-func newLease(n *node, kind lockstore.Kind, queued bool) *memLease {
+// newLease hands out a lease on n, which has just been granted; the
+// caller holds n's shard.
+func newLease(n *node, queued bool) *memLease {
 	s := n.shard
 	r := s.region
-	if r == nil || s.nextTicket == regionTickets {
+	if r == nil || int(s.nextTicket) == regionTickets {
 		var base uint64
 		if r != nil {
-			base = r.base + regionTickets
+			base = r.base + uint64(regionTickets)
 		}
 		r = &leaseRegion{s: s, base: base}
 		s.region, s.nextTicket = r, 0
@@ -68,9 +68,6 @@ func newLease(n *node, kind lockstore.Kind, queued bool) *memLease {
 	i := s.nextTicket
 	s.nextTicket++
 	v := memLease(i)
-	if kind == lockstore.Exclusive {
-		v |= ticketExclusive
-	}
 	if queued {
 		v |= ticketQueued
 	}
@@ -88,8 +85,10 @@ func (ls *memLease) region() *leaseRegion {
 	return (*leaseRegion)(unsafe.Add(unsafe.Pointer(ls), -int(back)))
 }
 
-func (ls *memLease) kind() lockstore.Kind {
-	if *ls&ticketExclusive != 0 {
+// leaseKind is the kind of the lock held by a live lease on n; the caller
+// holds n's shard.
+func leaseKind(n *node) lockstore.Kind {
+	if n.excl {
 		return lockstore.Exclusive
 	}
 	return lockstore.Shared
@@ -116,7 +115,7 @@ func (ls *memLease) Release() {
 	l := n.l
 	if !l.hierarchy {
 		s.live.removeAt(i)
-		l.release(n, ls.kind(), nil)
+		l.release(n, leaseKind(n), nil)
 		s.mu.Unlock()
 		return
 	}
@@ -147,6 +146,6 @@ func (ls *memLease) releaseHierarchy(n *node, num, i uint64) {
 		}
 	}
 	s.live.removeAt(i)
-	l.release(n, ls.kind(), lin)
+	l.release(n, leaseKind(n), lin)
 	l.unlock(m)
 }

@@ -102,19 +102,22 @@ func TestStaleLeaseAcrossRegions(t *testing.T) {
 	}
 }
 
-// A lease finds its region and shard from its own address, and tells its
-// kind and whether it waited, from every ticket of a region.
+// A lease finds its region and shard from its own address, from every
+// ticket of a region, and releases the lock it was granted.
 func TestLeaseTicketsFindTheirRegion(t *testing.T) {
 	l := newMemLocker(false, 0, 0)
 	keys := keysInShard(l, 9, 2)
 	sh := &l.shards[9]
 	var first *leaseRegion
-	for i := range regionTickets + 2 {
+	// Two grants an iteration: the lease's, then the one that checks
+	// the key is free again.
+	for i := range regionTickets/2 + 2 {
 		kind := lockstore.Shared
 		if i%3 == 0 {
 			kind = lockstore.Exclusive
 		}
-		ls := mustAcquire(t, l, keys[i%2], kind).(*memLease)
+		key := keys[i%2]
+		ls := mustAcquire(t, l, key, kind).(*memLease)
 		r := ls.region()
 		if r.s != sh {
 			t.Fatalf("lease %d: region of shard %p, want %p", i, r.s, sh)
@@ -122,13 +125,17 @@ func TestLeaseTicketsFindTheirRegion(t *testing.T) {
 		if first == nil {
 			first = r
 		}
-		if want := i >= regionTickets; (r != first) != want {
+		if want := 2*i >= regionTickets; (r != first) != want {
 			t.Fatalf("lease %d: in a new region %v, want %v", i, r != first, want)
 		}
-		if ls.kind() != kind || ls.Queued() {
-			t.Fatalf("lease %d: kind %v queued %v, want %v and not queued", i, ls.kind(), ls.Queued(), kind)
+		if ls.Queued() {
+			t.Fatalf("lease %d: queued, want not", i)
+		}
+		if c := mustConflict(t, l, key, lockstore.Exclusive); c.Kind != kind {
+			t.Fatalf("lease %d: %v lock held, want %v", i, c.Kind, kind)
 		}
 		ls.Release()
+		mustAcquire(t, l, key, lockstore.Exclusive).Release()
 	}
 	assertEmpty(t, l)
 }

@@ -105,7 +105,7 @@ func (l *memLocker) wait(ctx context.Context, req lockstore.Request, m uint64, l
 			granted := w.granted
 			var ls *memLease
 			if granted {
-				ls = newLease(n, w.kind, true)
+				ls = newLease(n, true)
 			}
 			l.unlock(m)
 			if granted {
@@ -118,7 +118,7 @@ func (l *memLocker) wait(ctx context.Context, req lockstore.Request, m uint64, l
 		}
 		l.lock(m)
 		if w.granted {
-			lease := newLease(n, w.kind, true)
+			lease := newLease(n, true)
 			l.unlock(m)
 			if ctxErr != nil {
 				// The caller left; do not hand it a lock it will not use.
