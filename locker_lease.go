@@ -36,16 +36,20 @@ const (
 	ticketQueued memLease = 1 << 7   // granted after waiting in the queue
 )
 
-// regionTickets is the number of tickets of a leaseRegion: the most its
-// index bits can number. A grant allocates little more than its one-byte
-// ticket, none of which the garbage collector scans (only the region's
-// first word is a pointer). A lease held for long keeps its region alive:
-// 144 bytes at most, and less when the region's other leases are held as
-// well.
-const regionTickets = int(ticketIndex) + 1
+// regionTickets is the number of tickets of a leaseRegion: as many as
+// make it 128 bytes, a size the runtime aligns to 128, so that a region
+// shares no pair of cache lines with another shard's region (regions of
+// 144 bytes made two CPUs on different shards write the same line and
+// took -cpu 2 below -cpu 1). A grant allocates little more than its
+// one-byte ticket, none of which the garbage collector scans (only the
+// region's first word is a pointer). A lease held for long keeps its
+// region alive: 128 bytes at most, and less when the region's other
+// leases are held as well.
+const regionTickets = 128 - 24
 
 // leaseRegion is the tickets a shard hands out, in order.
 type leaseRegion struct {
+	l *memLocker
 	s *shard
 	// base is the number of t[0]; t[i] is lease number base+i.
 	base uint64
@@ -53,16 +57,15 @@ type leaseRegion struct {
 }
 
 // newLease hands out a lease on n, which has just been granted; the
-// caller holds n's shard.
-func newLease(n *node, queued bool) *memLease {
-	s := n.shard
+// caller holds n's shard s.
+func (l *memLocker) newLease(s *shard, n *node, queued bool) *memLease {
 	r := s.region
 	if r == nil || int(s.nextTicket) == regionTickets {
 		var base uint64
 		if r != nil {
 			base = r.base + uint64(regionTickets)
 		}
-		r = &leaseRegion{s: s, base: base}
+		r = &leaseRegion{l: l, s: s, base: base}
 		s.region, s.nextTicket = r, 0
 	}
 	i := s.nextTicket
@@ -112,23 +115,21 @@ func (ls *memLease) Release() {
 		s.mu.Unlock()
 		return
 	}
-	l := n.l
+	l := r.l
 	if !l.hierarchy {
 		s.live.removeAt(i)
 		l.release(n, leaseKind(n), nil)
 		s.mu.Unlock()
 		return
 	}
-	ls.releaseHierarchy(n, num, i)
+	releaseHierarchy(l, s, n, num, i)
 }
 
-// releaseHierarchy is Release in a table with hierarchy of the lease
-// numbered num on n, in slot i of the shard's live leases; the caller
-// holds n's shard. It is apart so that Release without hierarchy does
+// releaseHierarchy is Release in table l, with hierarchy, of the lease
+// numbered num on n, in slot i of the live leases of n's shard s; the
+// caller holds s. It is apart so that Release without hierarchy does
 // not clear the lineage buffer.
-func (ls *memLease) releaseHierarchy(n *node, num, i uint64) {
-	s := n.shard
-	l := n.l
+func releaseHierarchy(l *memLocker, s *shard, n *node, num, i uint64) {
 	// n.key is read under the shard's mutex: once the lease is done, n
 	// may be recycled for another key.
 	var buf [lineageInline]anc
