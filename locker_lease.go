@@ -38,13 +38,12 @@ const (
 
 // regionTickets is the number of tickets of a leaseRegion: as many as
 // make it 128 bytes, a size the runtime aligns to 128, so that a region
-// shares no pair of cache lines with another shard's region (regions of
-// 144 bytes made two CPUs on different shards write the same line and
-// took -cpu 2 below -cpu 1). A grant allocates little more than its
-// one-byte ticket, none of which the garbage collector scans (only the
-// region's first word is a pointer). A lease held for long keeps its
-// region alive: 128 bytes at most, and less when the region's other
-// leases are held as well.
+// shares no pair of cache lines with another shard's region, which the
+// other CPU may be writing (at 144 bytes, neighbouring regions shared
+// lines). A grant allocates little more than its one-byte ticket, none of
+// which the garbage collector scans (only the region's first two words
+// are pointers). A lease held for long keeps its region alive: 128 bytes
+// at most, and less when the region's other leases are held as well.
 const regionTickets = 128 - 24
 
 // leaseRegion is the tickets a shard hands out, in order.
