@@ -76,12 +76,13 @@ const (
 type shard struct {
 	mu    sync.Mutex
 	nodes nodeTable
-	free  []*node // recycled nodes, at most maxFree
-	// leases[nextLease:] are the leases not handed out yet: allocating
-	// them leaseBlock at a time takes malloc off the path of most grants.
-	// Each lease is handed out once.
-	leases    *[leaseBlock]memLease
-	nextLease int
+	// live is the leases granted in this shard and not yet released,
+	// by number, each with its node (see memLease).
+	live nodeTable
+	free [maxFree]*node // recycled nodes: free[:nfree]
+	// region.t[nextTicket:] are the tickets not handed out yet (see
+	// newLease); each is handed out once.
+	region *leaseRegion
 	// credit is max_locks budget taken from memLocker.free and not yet
 	// used by this shard's locks and waiters.
 	credit int64
@@ -89,9 +90,11 @@ type shard struct {
 	// released in this shard, and holdN the number of releases it
 	// averages, up to holdWindow (see observeHold). They are written
 	// under mu and read without it, from every shard, by holdEstimate.
-	holdAvg atomic.Int64
-	holdN   atomic.Int64
-	_       [24]byte
+	holdAvg    atomic.Int64
+	holdN      atomic.Int32
+	nfree      uint8
+	nextTicket uint8
+	_          [8]byte
 }
 
 // observeHold adds the hold time of a lock released in s to its average;
@@ -100,16 +103,20 @@ type shard struct {
 // an eighth of the way from zero; later ones weigh 1/holdWindow each.
 // holdN stops changing after that, so a release stores one word.
 func (s *shard) observeHold(hold time.Duration) {
-	n := s.holdN.Load()
+	n := int64(s.holdN.Load())
 	if n < lockstore.HoldWindow {
 		n++
-		s.holdN.Store(n)
+		s.holdN.Store(int32(n))
 	}
 	avg := s.holdAvg.Load()
 	// Most releases leave the average as it is (a hold shorter than a
 	// tick of the coarse clock reads as 0, and so does an average of
-	// such holds): then nothing is stored, which spares a locked
-	// instruction (an atomic store is an exchange on amd64).
+	// such holds): then nothing is divided nor stored, which spares a
+	// division and a locked instruction (an atomic store is an
+	// exchange on amd64).
+	if int64(hold) == avg {
+		return
+	}
 	if d := (int64(hold) - avg) / n; d != 0 {
 		s.holdAvg.Store(avg + d)
 	}
@@ -126,7 +133,7 @@ func (l *memLocker) holdEstimate() time.Duration {
 	var sum, n int64
 	for i := range l.shards {
 		s := &l.shards[i]
-		if k := s.holdN.Load(); k > 0 {
+		if k := int64(s.holdN.Load()); k > 0 {
 			sum += s.holdAvg.Load() * k
 			n += k
 		}
@@ -137,13 +144,13 @@ func (l *memLocker) holdEstimate() time.Duration {
 	return time.Duration(sum / n)
 }
 
+// node is 64 bytes, one cache line once the runtime aligns it (its size
+// class is 64): an operation on a shard that the other CPU used last
+// moves every line it touches, and a node of 80 bytes, with its table and
+// its shard, straddled two. Its shard is l.shardOf(n), from its hash.
 type node struct {
-	// l and shard never change, not even when the node is recycled
-	// (always within its shard), so a Release reads them without a lock.
-	l     *memLocker
-	shard *shard
-	key   string
-	hash  uint64 // hashOf(key), kept to hash the key once
+	key  string
+	hash uint64 // hashOf(key), kept to hash the key once
 	// since is the coarse clock at the start of the current held period.
 	since  int64
 	shared int32
@@ -190,6 +197,7 @@ func newMemLocker(hierarchy bool, maxLocks, maxWaiters int) *memLocker {
 	l.SetLimits(maxLocks, maxWaiters)
 	for i := range l.shards {
 		l.shards[i].nodes = newNodeTable()
+		l.shards[i].live = newNodeTable()
 	}
 	return l
 }
@@ -231,6 +239,9 @@ func (l *memLocker) Stats() (held, waiting, nodes int) {
 
 func (l *memLocker) hashOf(key string) uint64 { return maphash.String(l.seed, key) }
 
+// shardOf is the shard that holds n.
+func (l *memLocker) shardOf(n *node) *shard { return &l.shards[shardIndex(n.hash)] }
+
 func shardIndex(h uint64) uint { return uint(h >> (64 - shardBits)) }
 
 // lock takes the shards of mask in ascending order, which is what keeps
@@ -261,11 +272,11 @@ func (l *memLocker) getNode(key string, h uint64) *node {
 	if n != nil {
 		return n
 	}
-	if k := len(s.free); k > 0 {
-		n = s.free[k-1]
-		s.free = s.free[:k-1]
+	if s.nfree > 0 {
+		s.nfree--
+		n = s.free[s.nfree]
 	} else {
-		n = &node{l: l, shard: s}
+		n = new(node)
 	}
 	n.key = key
 	n.hash = h
@@ -278,20 +289,20 @@ func (l *memLocker) maybeFree(n *node) {
 	if !n.idle() {
 		return
 	}
-	s := n.shard
+	s := l.shardOf(n)
 	if !s.nodes.remove(n.hash, n) {
 		return
 	}
-	// An idle node is all zero but for l and shard, which stay, and key,
-	// hash, since and belowSince, which are set again before they are
+	// An idle node is all zero but for key, hash, since and belowSince, which are set again before they are
 	// read (the stale key stays referenced until then, by at most
 	// maxFree nodes per shard). Writing only what must change keeps
 	// pointer writes, and the GC's write barriers, off this path.
 	if n.waits != nil {
 		n.waits = nil
 	}
-	if len(s.free) < maxFree {
-		s.free = append(s.free, n)
+	if s.nfree < maxFree {
+		s.free[s.nfree] = n
+		s.nfree++
 	}
 }
 
@@ -423,8 +434,15 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 	h := l.hashOf(req.Key)
 	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
+	// Most operations need the key's shard alone: then its mutex is
+	// taken directly, not through the walk over the set.
+	single := m&(m-1) == 0
 	for reclaimed := false; ; reclaimed = true {
-		l.lock(m)
+		if single {
+			s.mu.Lock()
+		} else {
+			l.lock(m)
+		}
 		n := l.getNode(req.Key, h)
 		// A request never overtakes the queue: with one, the head's
 		// blocker is what stands in the way.
@@ -455,8 +473,12 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 		}
 		if free {
 			l.grant(n, req.Kind, lin)
-			ls := newLease(n, req.Kind)
-			l.unlock(m)
+			ls := l.newLease(s, n, false)
+			if single {
+				s.mu.Unlock()
+			} else {
+				l.unlock(m)
+			}
 			return ls, nil
 		}
 		w := &waiter{kind: req.Kind, node: n, ch: make(chan struct{}, 1)}
@@ -478,7 +500,7 @@ func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 	} else {
 		n.shared--
 	}
-	s := n.shard
+	s := l.shardOf(n)
 	if !n.held() {
 		// A lock taken while the clock was starting has a since from
 		// the system clock, which may be a little ahead of the coarse
@@ -486,7 +508,9 @@ func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 		s.observeHold(time.Duration(max(0, clock.read()-n.since)))
 	}
 	l.unreserve(s)
-	l.wake(n, lin)
+	if n.waits != nil {
+		l.wake(n, lin)
+	}
 	for i, a := range lin {
 		an := l.lookup(a)
 		if kind == lockstore.Exclusive {
@@ -496,7 +520,9 @@ func (l *memLocker) release(n *node, kind lockstore.Kind, lin []anc) {
 		}
 		l.wake(an, lin[:i])
 	}
-	l.advance(n, lin)
+	if n.waits != nil {
+		l.advance(n, lin)
+	}
 	l.maybeFree(n)
 	for _, a := range lin {
 		if an := l.lookup(a); an != nil {

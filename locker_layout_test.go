@@ -1,8 +1,11 @@
 package caddylock
 
 import (
+	"strconv"
 	"testing"
 	"unsafe"
+
+	"github.com/caddy-lock/caddy-lock/lockstore"
 )
 
 // Every shard of a lock table sits in a 128-byte pair of cache lines of
@@ -19,6 +22,32 @@ func TestShardsOwnTheirCacheLines(t *testing.T) {
 			if a := uintptr(unsafe.Pointer(&l.shards[i])); a%128 != 0 {
 				t.Fatalf("shard %d at %#x, not on a 128-byte boundary (memLocker is %d bytes)", i, a, unsafe.Sizeof(*l))
 			}
+		}
+	}
+}
+
+// A node and a region of leases are each one size class the runtime
+// aligns to their size, so that neither shares a cache line with another
+// shard's: an operation on a shard that the other CPU used last moves
+// every line it touches.
+func TestNodesAndRegionsOwnTheirLines(t *testing.T) {
+	if s := unsafe.Sizeof(node{}); s != 64 {
+		t.Fatalf("a node is %d bytes, want 64", s)
+	}
+	if s := unsafe.Sizeof(leaseRegion{}); s != 128 {
+		t.Fatalf("a region of leases is %d bytes, want 128", s)
+	}
+	l := newMemLocker(false, 0, 0)
+	for i := range 256 {
+		ls := mustAcquire(t, l, "/k"+strconv.Itoa(i), lockstore.Exclusive).(*memLease)
+		r := ls.region()
+		if a := uintptr(unsafe.Pointer(r)); a%128 != 0 {
+			t.Fatalf("region at %#x, not on a 128-byte boundary", a)
+		}
+		if _, n := r.s.live.findNum(r.base + uint64(*ls&ticketIndex)); n == nil {
+			t.Fatalf("lease %d not live", i)
+		} else if a := uintptr(unsafe.Pointer(n)); a%64 != 0 {
+			t.Fatalf("node at %#x, not on a 64-byte boundary", a)
 		}
 	}
 }

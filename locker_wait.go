@@ -105,8 +105,7 @@ func (l *memLocker) wait(ctx context.Context, req lockstore.Request, m uint64, l
 			granted := w.granted
 			var ls *memLease
 			if granted {
-				ls = newLease(n, w.kind)
-				ls.queued = true
+				ls = l.newLease(l.shardOf(n), n, true)
 			}
 			l.unlock(m)
 			if granted {
@@ -119,8 +118,7 @@ func (l *memLocker) wait(ctx context.Context, req lockstore.Request, m uint64, l
 		}
 		l.lock(m)
 		if w.granted {
-			lease := newLease(n, w.kind)
-			lease.queued = true
+			lease := l.newLease(l.shardOf(n), n, true)
 			l.unlock(m)
 			if ctxErr != nil {
 				// The caller left; do not hand it a lock it will not use.
@@ -148,7 +146,7 @@ func (l *memLocker) wait(ctx context.Context, req lockstore.Request, m uint64, l
 		if err == nil {
 			err = l.conflict(n, b)
 		}
-		l.unreserve(n.shard)
+		l.unreserve(l.shardOf(n))
 		l.maybeFree(n)
 		l.unlock(m)
 		return nil, err

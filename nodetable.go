@@ -103,6 +103,29 @@ func (t *nodeTable) remove(h uint64, n *node) bool {
 		}
 		i = (i + 1) & mask
 	}
+	t.removeAt(i)
+	return true
+}
+
+// The same table holds a shard's live leases (see shard.live), keyed by
+// sequence number instead of by hash: a number is never used twice in a
+// shard, so the number alone tells the entries apart, with no key to
+// compare, and consecutive numbers fill consecutive slots.
+
+// findNum returns the slot of the entry numbered h and its node, or nil.
+func (t *nodeTable) findNum(h uint64) (uint64, *node) {
+	mask := uint64(len(t.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		s := &t.slots[i]
+		if s.n == nil || s.hash == h {
+			return i, s.n
+		}
+	}
+}
+
+// removeAt empties slot i, which holds an entry.
+func (t *nodeTable) removeAt(i uint64) {
+	mask := uint64(len(t.slots) - 1)
 	// Close the hole at i: a later entry of the same run moves into it
 	// when its home is not after i (cyclically), that is when the
 	// distance from its home to its slot is at least the distance from
@@ -119,7 +142,6 @@ func (t *nodeTable) remove(h uint64, n *node) bool {
 	if t.count*8 < len(t.slots) && len(t.slots) > minTableSlots {
 		t.resize(len(t.slots) / 2)
 	}
-	return true
 }
 
 func (t *nodeTable) resize(size int) {
