@@ -215,7 +215,8 @@ func TestClusterWritesNeverOverlap(t *testing.T) {
 	// What is asserted is exclusion, not how an outage is answered: the
 	// bound per Redis call is generous, as 48 queued writes under the
 	// race detector on a busy machine can take longer than 200ms a call.
-	lock := strings.Replace(clusterLock(srv, "wait 20s\n\t\tmax_waiters 100", ""), "timeout 200ms", "timeout 2s", 1)
+	// (A lease must be at least twice the timeout.)
+	lock := strings.NewReplacer("timeout 200ms", "timeout 2s", "lease 1s", "lease 4s").Replace(clusterLock(srv, "wait 20s\n\t\tmax_waiters 100", ""))
 	nodes := []*caddyProc{startCaddyProc(t, "a", lock, b), startCaddyProc(t, "b", lock, b)}
 	const paths, perPath = 3, 16
 	results := make(chan result, paths*perPath)
