@@ -69,7 +69,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("lock: unexpected argument %q; settings go in a block: lock { ... }", d.Val())
 	}
 	// Only the method lists add up.
-	once := givenOnce(d, "lock", "exclusive", "shared")
+	once := cfgarg.GivenOnce(d, "lock", "exclusive", "shared")
 	// Where key and fence_header were given, to report there a mistake
 	// that only the whole block shows (they may come before or after
 	// webdav and store).
@@ -82,7 +82,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch sub {
 		case "key":
 			keyAt = d.Token()
-			key, err := oneArg(d, sub, "a template such as {http.request.uri.path}", "template (quote one with spaces)")
+			key, err := cfgarg.One(d, sub, "a template such as {http.request.uri.path}", "template (quote one with spaces)")
 			if err != nil {
 				return err
 			}
@@ -129,24 +129,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				h.UseHandleErrors = true
 			}
-		case "wait", "retry_after", "max_hold":
-			dur, err := durationArg(d, sub)
+		case "wait", "retry_after":
+			dur, err := cfgarg.Duration(d, sub)
 			if err != nil {
 				return err
 			}
-			switch sub {
-			case "wait":
+			if sub == "wait" {
 				h.Wait = dur
-			case "retry_after":
+			} else {
 				h.RetryAfter = dur
-			default:
-				if dur == 0 {
-					return d.Errf("lock: max_hold: expected a positive duration, got 0")
-				}
-				h.MaxHold = dur
 			}
+		case "max_hold":
+			dur, err := cfgarg.PositiveDuration(d, sub)
+			if err != nil {
+				return err
+			}
+			h.MaxHold = dur
 		case "max_waiters", "max_locks", "max_locks_per_owner":
-			n, err := countArg(d, sub)
+			n, err := cfgarg.Count(d, sub)
 			if err != nil {
 				return err
 			}
@@ -159,12 +159,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxLocksPerOwner = n
 			}
 		case "max_timeout", "default_timeout":
-			dur, err := durationArg(d, sub)
+			dur, err := cfgarg.PositiveDuration(d, sub)
 			if err != nil {
 				return err
-			}
-			if dur == 0 {
-				return d.Errf("lock: %s: expected a positive duration, got 0", sub)
 			}
 			if sub == "max_timeout" {
 				h.MaxTimeout = dur
@@ -179,7 +176,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "max_wait_body":
 				example = "1MiB"
 			}
-			val, err := oneArg(d, sub, "a size such as "+example, "size")
+			val, err := cfgarg.One(d, sub, "a size such as "+example, "size")
 			if err != nil {
 				return err
 			}
@@ -196,7 +193,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxLockBytes = int64(n)
 			}
 		case "zone":
-			zone, err := oneArg(d, sub, "a zone name", "name")
+			zone, err := cfgarg.One(d, sub, "a zone name", "name")
 			if err != nil {
 				return err
 			}
@@ -212,7 +209,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.StoreRaw = raw
 		case "fence_header":
 			fenceAt = d.Token()
-			name, err := oneArg(d, sub, "a header name such as X-Lock-Fence", "header name")
+			name, err := cfgarg.One(d, sub, "a header name such as X-Lock-Fence", "header name")
 			if err != nil {
 				return err
 			}
@@ -245,15 +242,6 @@ func errAt(tok caddyfile.Token, format string, args ...any) error {
 	d.Next()
 	return d.Errf(format, args...)
 }
-
-// The argument readers are shared with the store modules' blocks (see
-// package cfgarg), so that every block words its refusals alike.
-var (
-	givenOnce   = cfgarg.GivenOnce
-	oneArg      = cfgarg.One
-	durationArg = cfgarg.Duration
-	countArg    = cfgarg.Count
-)
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-lock/caddy-lock/internal/cfgarg"
 	"github.com/caddy-lock/caddy-lock/lockstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -515,7 +516,7 @@ func (d *davRequest) refusePreconditionRequired() error {
 func (h *Handler) unmarshalETagOption(d *caddyfile.Dispenser, sub string) error {
 	switch sub {
 	case "etag_max_size":
-		val, err := oneArg(d, sub, "a size such as 1MiB", "size")
+		val, err := cfgarg.One(d, sub, "a size such as 1MiB", "size")
 		if err != nil {
 			return err
 		}

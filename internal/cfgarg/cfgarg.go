@@ -55,6 +55,16 @@ func Duration(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
 	return caddy.Duration(dur), nil
 }
 
+// PositiveDuration reads the single duration argument of sub, which must
+// be more than zero.
+func PositiveDuration(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
+	dur, err := Duration(d, sub)
+	if err == nil && dur == 0 {
+		return 0, d.Errf("lock: %s: expected a positive duration, got 0", sub)
+	}
+	return dur, err
+}
+
 // Count reads the single positive whole number argument of sub.
 func Count(d *caddyfile.Dispenser, sub string) (int, error) {
 	val, err := One(d, sub, "a positive whole number", "number")

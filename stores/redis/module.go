@@ -274,12 +274,9 @@ func (s *Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			s.PoolSize = n
 		case "lease", "timeout":
-			dur, err := cfgarg.Duration(d, "store redis: "+sub)
+			dur, err := cfgarg.PositiveDuration(d, "store redis: "+sub)
 			if err != nil {
 				return err
-			}
-			if dur == 0 {
-				return d.Errf("lock: store redis: %s: expected a positive duration, got 0", sub)
 			}
 			if sub == "lease" {
 				s.Lease = dur
