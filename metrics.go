@@ -20,6 +20,9 @@ var (
 		held     *prometheus.GaugeVec
 		wait     *prometheus.HistogramVec
 		lost     *prometheus.CounterVec
+		// preconditions counts writes by {http.lock.precondition}
+		// (precondition.go).
+		preconditions *prometheus.CounterVec
 	}
 )
 
@@ -49,6 +52,12 @@ func initMetrics() {
 		Name:      "leases_lost_total",
 		Help:      "In-flight locks whose lease was lost (not renewed in time) while their request ran, by zone.",
 	}, []string{"zone"})
+	lockMetrics.preconditions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "lock",
+		Name:      "preconditions_total",
+		Help:      "Writes checked by require_if_match or verify_etag, by zone and outcome (passed, failed, missing, skipped).",
+	}, []string{"zone", "result"})
 }
 
 // zoneMetrics are the collectors of one zone, looked up once at provision
@@ -57,6 +66,8 @@ type zoneMetrics struct {
 	requests map[string]prometheus.Counter
 	held     prometheus.Gauge
 	wait     prometheus.Observer
+	// preconditions by {http.lock.precondition} outcome.
+	preconditions map[string]prometheus.Counter
 }
 
 func (m zoneMetrics) count(result string) { m.requests[result].Inc() }
@@ -64,20 +75,24 @@ func (m zoneMetrics) count(result string) { m.requests[result].Inc() }
 func registerMetrics(ctx caddy.Context, logger *zap.Logger, zone string) zoneMetrics {
 	metricsOnce.Do(initMetrics)
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{lockMetrics.requests, lockMetrics.held, lockMetrics.wait, lockMetrics.lost} {
+		for _, c := range []prometheus.Collector{lockMetrics.requests, lockMetrics.held, lockMetrics.wait, lockMetrics.lost, lockMetrics.preconditions} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				logger.Error("registering lock metrics", zap.Error(err))
 			}
 		}
 	}
 	m := zoneMetrics{
-		requests: make(map[string]prometheus.Counter),
-		held:     lockMetrics.held.WithLabelValues(zone),
-		wait:     lockMetrics.wait.WithLabelValues(zone),
+		requests:      make(map[string]prometheus.Counter),
+		held:          lockMetrics.held.WithLabelValues(zone),
+		wait:          lockMetrics.wait.WithLabelValues(zone),
+		preconditions: make(map[string]prometheus.Counter, 4),
 	}
 	for _, r := range []string{resultAcquired, resultWaited, resultConflict, resultFull, resultNone, resultUnavailable, resultFailOpen, resultStoreError, resultTooDeep, resultBadKey, resultAmbiguous,
 		resultBadPrecondition, resultPreconditionFailed, resultPreconditionRequired} {
 		m.requests[r] = lockMetrics.requests.WithLabelValues(zone, r)
+	}
+	for _, r := range []string{preconditionPassed, preconditionFailed, preconditionMissing, preconditionSkipped} {
+		m.preconditions[r] = lockMetrics.preconditions.WithLabelValues(zone, r)
 	}
 	return m
 }

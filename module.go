@@ -16,7 +16,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 )
@@ -195,8 +194,6 @@ type Handler struct {
 	logger  *zap.Logger
 	// keyParts are the key's placeholders that a request can repeat.
 	keyParts keyParts
-	// preconditions count {http.lock.precondition} (precondition.go).
-	preconditions map[string]prometheus.Counter
 }
 
 // CaddyModule returns the Caddy module information.
@@ -254,7 +251,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.shared = h.settingsOf(z)
 	h.shared.attach()
 	h.metrics = registerMetrics(ctx, h.logger, h.Zone)
-	h.preconditions = registerPreconditionMetrics(ctx, h.logger, h.Zone)
 	h.reaper = newHoldReaper(time.Duration(h.MaxHold), h.metrics.held)
 	// Instances sharing the zone in a store must read keys alike, as
 	// checkZoneTable has the handlers of one config do.

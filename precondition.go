@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddy-lock/caddy-lock/internal/cfgarg"
@@ -16,7 +15,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -129,35 +127,6 @@ func (h *Handler) checkHeldPreconditions(w http.ResponseWriter, r *http.Request,
 	}
 	ctx := context.WithValue(c, nestedCheckKey{}, true)
 	return h.checkPreconditions(ctx, w, r, repl, h.zone, c.key, true)
-}
-
-// preconditionMetric counts writes by {http.lock.precondition}; created
-// once per process, registered on every config load, as metrics.go does.
-var (
-	preconditionOnce   sync.Once
-	preconditionMetric *prometheus.CounterVec
-)
-
-// registerPreconditionMetrics returns the zone's counters by outcome.
-func registerPreconditionMetrics(ctx caddy.Context, logger *zap.Logger, zone string) map[string]prometheus.Counter {
-	preconditionOnce.Do(func() {
-		preconditionMetric = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "caddy",
-			Subsystem: "lock",
-			Name:      "preconditions_total",
-			Help:      "Writes checked by require_if_match or verify_etag, by zone and outcome (passed, failed, missing, skipped).",
-		}, []string{"zone", "result"})
-	})
-	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		if err := reg.Register(preconditionMetric); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-			logger.Error("registering lock precondition metrics", zap.Error(err))
-		}
-	}
-	m := make(map[string]prometheus.Counter, 4)
-	for _, r := range []string{preconditionPassed, preconditionFailed, preconditionMissing, preconditionSkipped} {
-		m[r] = preconditionMetric.WithLabelValues(zone, r)
-	}
-	return m
 }
 
 // validateETags checks the settings of this file and etag.go.
@@ -405,7 +374,7 @@ func (h *Handler) passUnchecked(repl *caddy.Replacer, kind lockstore.Kind) {
 // settlePrecondition sets {http.lock.precondition} and counts it.
 func (h *Handler) settlePrecondition(repl *caddy.Replacer, outcome string) {
 	repl.Set("http.lock.precondition", outcome)
-	if c := h.preconditions[outcome]; c != nil {
+	if c := h.metrics.preconditions[outcome]; c != nil {
 		c.Inc()
 	}
 }
