@@ -136,10 +136,10 @@ func (h *Handler) acquire(a *acquisition, w http.ResponseWriter, r *http.Request
 // writes (ServeHTTP) and WebDAV ones (davRequest.hold) both come here, and
 // nothing has gone upstream yet.
 //
-// Hook for ETag preconditions (issue 12): check If-Match and friends
-// here, after the body is whole, when a.hc != nil (the locks are held)
-// and the write's lock is exclusive, so that no other write can change
-// the resource between the check and the request's own write.
+// Right after it, both callers run the ETag preconditions
+// (Handler.checkPreconditions) under the locks, so that no other write
+// can change the resource between the check and the request's own
+// write; a check of that kind goes beside them (docs/acquisition.md).
 func (a *acquisition) ready() error {
 	return a.bw.ready(a.ctx)
 }
