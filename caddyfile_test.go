@@ -87,6 +87,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"lock {\n\twait -1s\n}", `wait: expected a duration that is not negative`},
 		{"lock {\n\tretry_after\n}", `retry_after: expected a duration`},
 		{"lock {\n\tmax_hold 0s\n}", `max_hold: expected a positive duration`},
+		{"lock {\n\tstore memory extra\n}", `wrong argument count`},
+		{"lock {\n\tstore memory {\n\t\tsize 1\n\t}\n}", `store memory: unexpected "size": the memory store takes no options`},
 		{"lock {\n\tmax_locks -5\n}", `max_locks: expected a positive whole number, got "-5"`},
 		{"lock {\n\tmax_locks many\n}", `max_locks: expected a positive whole number, got "many"`},
 		{"lock {\n\tmax_waiters\n}", `max_waiters: expected a positive whole number`},
