@@ -117,8 +117,8 @@ var proxyValueKeys = []any{caddy.ReplacerCtxKey, caddyhttp.VarsCtxKey, caddyhttp
 	caddyhttp.OriginalRequestCtxKey, caddyhttp.ExtraLogFieldsCtxKey}
 
 // proxyNext is transportNext behind what reverse_proxy does to the
-// request's context first: it looks up proxyValueKeys twice each, and adds
-// a value (the dial information) that the transport's cancellable context
+// request's context first: it looks up proxyValueKeys twice each, sets
+// its placeholders of the upstream, and adds a value (the dial information) that the transport's cancellable context
 // then derives from. A lock handler whose context makes those lookups
 // cost more, or makes the context package watch it with a goroutine of
 // its own (which it does for a parent it cannot find a cancelCtx or an
@@ -135,6 +135,10 @@ func proxyNext(served *int) caddyhttp.Handler {
 				}
 			}
 		}
+		// Its placeholders of the upstream, set for every request: the
+		// first Set of a request gives the replacer's map its first
+		// bucket, whichever handler makes it.
+		ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Set("http.reverse_proxy.upstream.hostport", "127.0.0.1:80")
 		ctx = context.WithValue(ctx, dialInfoKey{}, r.URL.Path)
 		return transport.ServeHTTP(w, r.WithContext(ctx))
 	})

@@ -103,6 +103,12 @@ func (b *holdBase) Value(key any) any {
 	return b.values.Value(key)
 }
 
+// heldKey is a holdContext as the {http.lock.key} placeholder of its
+// request: the key of the lock it holds (see Handler.ServeHTTP).
+type heldKey holdContext
+
+func (k *heldKey) String() string { return k.key }
+
 // heldLockKey is the context key under which a holdContext answers with
 // itself, for Handler.heldBefore.
 type heldLockKey struct{}

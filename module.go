@@ -5,6 +5,7 @@
 package caddylock
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -401,23 +402,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	key, err := h.keyOf(r, repl)
-	repl.Set("http.lock.key", key)
 	if err != nil {
+		repl.Set("http.lock.key", key)
 		if err == errNULKey {
 			return h.refuse(w, r, repl, key, err)
 		}
 		return h.refuse(w, r, repl, r.URL.Path, err)
 	}
 	if h.WebDAV {
+		repl.Set("http.lock.key", key)
 		return h.serveDAV(w, r, next, repl, z, key, davMethod, kind, ok)
 	}
 
 	var a acquisition
 	if err := h.acquire(&a, w, r, repl, z, key, lockstore.Request{Key: key, Kind: kind}); err != nil {
+		repl.Set("http.lock.key", key)
 		return h.refuse(w, r, repl, key, err)
 	}
 	defer a.release()
 	if a.result == resultFailOpen {
+		repl.Set("http.lock.key", key)
 		if err := a.ready(); err != nil {
 			return a.bw.abandon(key, err)
 		}
@@ -431,6 +435,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set("http.lock.result", resultAcquired)
 	}
 	a.hc.zone, a.hc.key, a.hc.kind = z, key, kind
+	// The key of a granted request is its hold's: a string set as a
+	// placeholder would be boxed, an allocation per locked write.
+	repl.Set("http.lock.key", (*heldKey)(a.hc))
 	// A write the precondition check may refuse is counted after it.
 	checked := h.checksPreconditions(kind)
 	if kind == lockstore.Exclusive {
@@ -452,7 +459,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return a.settle(w, key, err)
 	}
 	h.countChecked(repl, checked)
-	return a.settle(w, key, next.ServeHTTP(aw, r.WithContext(a.ctx)))
+	return a.settle(w, key, serveOn(a.ctx, aw, r, next))
+}
+
+// serveOn runs the rest of the route on ctx. The request is switched to
+// ctx in place, and back when the route returns, rather than copied with
+// WithContext: a copy is 320 bytes allocated per locked write, and
+// Caddy's own handlers change the request in place as it goes down the
+// route (rewrite, method, request_body), so a handler before this one
+// sees nothing it would not see otherwise once the route has returned.
+func serveOn(ctx context.Context, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	orig := r.Context()
+	*r = *r.WithContext(ctx)
+	defer func() { *r = *r.WithContext(orig) }()
+	return next.ServeHTTP(w, r)
 }
 
 // heldBefore reports whether r holds, through a lock handler of this

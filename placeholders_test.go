@@ -2,11 +2,7 @@ package caddylock
 
 import (
 	"net/http"
-	"net/http/httptest"
 	"testing"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // A read that takes no lock costs the handler no allocation: the same
@@ -14,29 +10,8 @@ import (
 // alike (goal 2 of BENCHMARKS.md). Setting the placeholders would
 // allocate the replacer map's first bucket.
 func TestReadWithoutLockAllocatesNothing(t *testing.T) {
-	h := provisionedHandler(t, "alloc-read")
-	tmpl := httptest.NewRequest(http.MethodGet, "/docs/a", nil)
-	w := &discardWriter{header: http.Header{}}
-	served := 0
-	next := proxyNext(&served)
-	serve := func(withLock bool) func() {
-		return func() {
-			r := caddyhttp.PrepareRequest(tmpl, caddy.NewReplacer(), w, nil)
-			var err error
-			if withLock {
-				err = h.ServeHTTP(w, r, next)
-			} else {
-				err = next.ServeHTTP(w, r)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	route := testing.AllocsPerRun(200, serve(false))
-	lock := testing.AllocsPerRun(200, serve(true))
-	if lock != route {
-		t.Fatalf("a read through the lock handler allocates %v times, straight to the next handler %v: the handler's own %v, want 0", lock, route, lock-route)
+	if own := handlerOwnAllocs(t, "alloc-read", http.MethodGet); own != 0 {
+		t.Fatalf("a read: the handler's own allocations %v, want 0", own)
 	}
 }
 
