@@ -59,8 +59,16 @@ type acquisition struct {
 func (h *Handler) acquire(a *acquisition, w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, reqs ...lockstore.Request) error {
 	start := time.Now()
 	// A write that queues reads its body meanwhile, so that a client
-	// that leaves leaves the queue (see bodyWait).
-	abort := abortReads(w, r) // for max_hold; before anything reads the body
+	// that leaves leaves the queue (see bodyWait). Its body is watched
+	// for max_hold before anything reads it (watchBody), by the hold
+	// context it will have: made now when the body may be read while
+	// the request queues, else at the grant, so that a refusal makes
+	// none.
+	var hc *holdContext
+	if h.Wait > 0 && hasBody(r) {
+		hc = new(holdContext)
+		hc.watchBody(w, r)
+	}
 	a.bw = h.newBodyWait(w, r)
 	var first lockstore.Lease
 	var leases []lockstore.Lease // only when there are several
@@ -109,12 +117,17 @@ func (h *Handler) acquire(a *acquisition, w http.ResponseWriter, r *http.Request
 	// The rest of the route runs on a context that a departing client
 	// does not cancel, and that max_hold ends (see hold.go); the locks
 	// are released when the route has returned (release).
+	if hc == nil {
+		// Nothing has read the body: the request did not queue.
+		hc = new(holdContext)
+		hc.watchBody(w, r)
+	}
 	if leases == nil {
-		a.hc = h.reaper.hold(r.Context(), start.Add(waited), first, abort)
+		a.hc = h.reaper.hold(hc, r.Context(), start.Add(waited), first)
 		a.guard, a.ctx = h.guardLease(a.hc, a.hc, first, key)
 		return nil
 	}
-	a.hc = h.reaper.holdAll(r.Context(), start.Add(waited), leases, abort)
+	a.hc = h.reaper.holdAll(hc, r.Context(), start.Add(waited), leases)
 	a.ctx = a.hc
 	for _, l := range leases {
 		var g *leaseGuard

@@ -59,11 +59,15 @@ type holdContext struct {
 	// released is set when the leases are released, at the end of the
 	// route.
 	released atomic.Bool
-	// abort cuts off reads of the client's request body, at max_hold;
-	// finished (guarded by mu) tells that the route has returned, after
-	// which the client's connection is not this request's to touch.
-	abort    func()
+	// abort cuts off reads of the client's request body, at max_hold
+	// (nil for a request without one); finished (guarded by mu) tells
+	// that the route has returned, after which the client's connection
+	// is not this request's to touch.
+	abort    aborter
 	finished bool
+	// body is the request's body, watched for abort (see watchBody): in
+	// the same allocation as the rest.
+	body watchedBody
 	leases   []lockstore.Lease
 	lease    [1]lockstore.Lease // backing for leases when there is one
 
@@ -164,7 +168,7 @@ func (c *holdContext) expire() {
 	// Under mu, so that it cannot run once finish has marked the route
 	// done: the client's connection may be serving its next request.
 	if !c.finished && c.abort != nil {
-		c.abort()
+		c.abort.abort()
 	}
 }
 
@@ -189,12 +193,13 @@ func newHoldReaper(maxHold time.Duration, held prometheus.Gauge) *holdReaper {
 }
 
 // hold starts holding lease for a request granted at now, whose context
-// is parent, and returns the context for the rest of the route. The
-// lease is released once, by finish, when the route is done; at max_hold
-// the context ends and abort (if not nil) is called to cut off reads of
-// the client's body (see abortReads).
-func (rp *holdReaper) hold(parent context.Context, now time.Time, lease lockstore.Lease, abort func()) *holdContext {
-	c := rp.newHold(parent, now, abort)
+// is parent, and returns the context for the rest of the route: c, or a
+// new one when c is nil (c comes from a request whose body is watched,
+// see watchBody). The lease is released once, by finish, when the route
+// is done; at max_hold the context ends and reads of the client's body
+// are cut off.
+func (rp *holdReaper) hold(c *holdContext, parent context.Context, now time.Time, lease lockstore.Lease) *holdContext {
+	c = rp.start(c, parent, now)
 	c.lease[0] = lease
 	c.leases = c.lease[:]
 	rp.add(c)
@@ -202,50 +207,61 @@ func (rp *holdReaper) hold(parent context.Context, now time.Time, lease lockstor
 }
 
 // holdAll is hold for several leases.
-func (rp *holdReaper) holdAll(parent context.Context, now time.Time, leases []lockstore.Lease, abort func()) *holdContext {
-	c := rp.newHold(parent, now, abort)
+func (rp *holdReaper) holdAll(c *holdContext, parent context.Context, now time.Time, leases []lockstore.Lease) *holdContext {
+	c = rp.start(c, parent, now)
 	c.leases = leases
 	rp.add(c)
 	return c
 }
 
-func (rp *holdReaper) newHold(parent context.Context, now time.Time, abort func()) *holdContext {
+func (rp *holdReaper) start(c *holdContext, parent context.Context, now time.Time) *holdContext {
 	rp.held.Inc()
-	c := &holdContext{reaper: rp, abort: abort}
+	if c == nil {
+		c = new(holdContext)
+	}
+	c.reaper = rp
 	c.base = holdBase{values: parent, deadline: now.Add(rp.maxHold), hc: c}
 	c.Context, c.cancel = context.WithCancelCause(&c.base)
 	return c
 }
 
-// abortReads returns a func that makes pending and later reads of r's
-// body fail at once, for max_hold: a route forwarding a body that its
-// client trickles (reverse_proxy waits for its body reader even after the
-// upstream request was cancelled) would otherwise return, and release
-// the lock, only when the client sends its next bytes. Call it before
-// anything reads the body: it wraps r.Body to learn when the body has
-// been read to its end, after which there is nothing to cut off, and a
-// read deadline would only break the connection for the client's next
+// aborter cuts off reads of a request's body (watchedBody.abort).
+type aborter interface{ abort() }
+
+// watchBody prepares c for a request with a body: at max_hold, pending
+// and later reads of r's body fail at once. A route forwarding a body
+// that its client trickles (reverse_proxy waits for its body reader even
+// after the upstream request was cancelled) would otherwise return, and
+// release the lock, only when the client sends its next bytes. Call it
+// before anything reads the body: it wraps r.Body to learn when the body
+// has been read to its end, after which there is nothing to cut off, and
+// a read deadline would only break the connection for the client's next
 // request (Go's HTTP/1.1 server watches the connection from then on, and
-// a failed read there cancels every later request on it). nil for a
-// request without a body.
-func abortReads(w http.ResponseWriter, r *http.Request) func() {
+// a failed read there cancels every later request on it). It does
+// nothing for a request without a body.
+func (c *holdContext) watchBody(w http.ResponseWriter, r *http.Request) {
 	if !hasBody(r) {
-		return nil
+		return
 	}
-	wb := &watchedBody{ReadCloser: r.Body}
-	r.Body = wb
-	return func() {
-		if !wb.eof.Load() {
-			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
-		}
-	}
+	c.body = watchedBody{ReadCloser: r.Body, w: w}
+	r.Body = &c.body
+	c.abort = &c.body
 }
 
 // watchedBody is a request body that records having been read to its
 // end.
 type watchedBody struct {
 	io.ReadCloser
+	w   http.ResponseWriter // the request's, whose reads abort cuts off
 	eof atomic.Bool
+}
+
+// abort makes pending and later reads of the body fail at once, unless
+// it has been read to its end.
+func (b *watchedBody) abort() {
+	if !b.eof.Load() {
+		_ = http.NewResponseController(b.w).SetReadDeadline(time.Now())
+	}
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {

@@ -77,7 +77,7 @@ func TestHoldContextOutlivesTheClient(t *testing.T) {
 		rp := newHoldReaper(time.Minute, held)
 		lease := new(countedLease)
 		parent, cancelClient := context.WithCancelCause(context.WithValue(context.Background(), holdKey{}, "v"))
-		hc := rp.hold(parent, time.Now(), lease, nil)
+		hc := rp.hold(nil, parent, time.Now(), lease)
 		child, cancelChild := context.WithCancel(hc)
 		defer cancelChild()
 
@@ -128,7 +128,7 @@ func TestHoldContextOutlivesTheClient(t *testing.T) {
 func TestHoldContextMaxHold(t *testing.T) {
 	l, rp, held := holdFixture(t, 50*time.Millisecond)
 	aborted := make(chan struct{})
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive), func() { close(aborted) })
+	hc := rp.hold(&holdContext{abort: abortFunc(func() { close(aborted) })}, context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive))
 	child, cancel := context.WithCancel(hc)
 	defer cancel()
 	select {
@@ -171,7 +171,7 @@ func TestHoldContextMaxHold(t *testing.T) {
 func TestHoldContextNoAbortAfterFinish(t *testing.T) {
 	l, rp, _ := holdFixture(t, 20*time.Millisecond)
 	aborted := make(chan struct{}, 1)
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive), func() { aborted <- struct{}{} })
+	hc := rp.hold(&holdContext{abort: abortFunc(func() { aborted <- struct{}{} })}, context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive))
 	hc.finish()
 	hc.expire() // as a reaper that fired just before finish removed it would
 	select {
@@ -191,7 +191,7 @@ func TestHoldContextChildrenNeedNoGoroutine(t *testing.T) {
 	for _, through := range []string{"direct", "value"} {
 		t.Run(through, func(t *testing.T) {
 			l, rp, _ := holdFixture(t, time.Minute)
-			hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive), nil)
+			hc := rp.hold(nil, context.Background(), time.Now(), mustAcquire(t, l, "/doc", lockstore.Exclusive))
 			before := runtime.NumGoroutine()
 			cancels := make([]context.CancelFunc, 100)
 			children := make([]context.Context, 100)
@@ -235,7 +235,7 @@ func TestHoldContextChildrenNeedNoGoroutine(t *testing.T) {
 func TestHoldContextValueAllocates(t *testing.T) {
 	rp := newHoldReaper(time.Minute, prometheus.NewGauge(prometheus.GaugeOpts{Name: "held"}))
 	parent := context.WithValue(context.Background(), holdKey{}, "v")
-	hc := rp.hold(parent, time.Now(), new(countedLease), nil)
+	hc := rp.hold(nil, parent, time.Now(), new(countedLease))
 	defer hc.finish()
 	var v any
 	if n := testing.AllocsPerRun(100, func() { v = hc.Value(holdKey{}) }); n != 0 || v != "v" {
@@ -255,7 +255,7 @@ func TestHoldContextAfterFunc(t *testing.T) {
 
 func testHoldContextAfterFunc(t *testing.T) {
 	rp := newHoldReaper(time.Minute, prometheus.NewGauge(prometheus.GaugeOpts{Name: "held"}))
-	hc := rp.hold(context.Background(), time.Now(), new(countedLease), nil)
+	hc := rp.hold(nil, context.Background(), time.Now(), new(countedLease))
 	ran := make(chan string, 3)
 	stopped := context.AfterFunc(hc, func() { ran <- "stopped" })
 	kept := context.AfterFunc(hc, func() { ran <- "kept" })
@@ -288,7 +288,7 @@ func TestHoldReaper(t *testing.T) {
 	var hcs []*holdContext
 	for i := range 40 {
 		key := "/d/" + string(rune('a'+i%26)) + string(rune('a'+i/26))
-		hcs = append(hcs, rp.hold(context.Background(), time.Now(), mustAcquire(t, l, key, lockstore.Exclusive), nil))
+		hcs = append(hcs, rp.hold(nil, context.Background(), time.Now(), mustAcquire(t, l, key, lockstore.Exclusive)))
 	}
 	for i := 0; i < len(hcs); i += 2 {
 		hcs[i].finish() // every other route ends in time
@@ -327,7 +327,7 @@ func TestHoldReaper(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// It starts again for the next route.
-	hc := rp.hold(context.Background(), time.Now(), mustAcquire(t, l, "/again", lockstore.Exclusive), nil)
+	hc := rp.hold(nil, context.Background(), time.Now(), mustAcquire(t, l, "/again", lockstore.Exclusive))
 	select {
 	case <-hc.Done():
 	case <-time.After(5 * time.Second):
@@ -806,3 +806,8 @@ func TestGrantedWriteWhoseClientLeavesBeforeItsBody(t *testing.T) {
 		t.Fatalf("the backend saw %d writes, want the first and the third", writes)
 	}
 }
+
+// abortFunc is an aborter that calls itself.
+type abortFunc func()
+
+func (f abortFunc) abort() { f() }
