@@ -67,9 +67,9 @@ type holdContext struct {
 	finished bool
 	// body is the request's body, watched for abort (see watchBody): in
 	// the same allocation as the rest.
-	body watchedBody
-	leases   []lockstore.Lease
-	lease    [1]lockstore.Lease // backing for leases when there is one
+	body   watchedBody
+	leases []lockstore.Lease
+	lease  [1]lockstore.Lease // backing for leases when there is one
 
 	// zone, key and kind name the one lock of a handler without webdav,
 	// so that a later lock handler of the same route and zone sees that
