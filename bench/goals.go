@@ -10,6 +10,10 @@ import (
 // judged from the figures of one run: every figure is a median over the
 // run's pairs, and a goal is met when every one of its figures is.
 
+// verdictPairs is how many pairs the figures are medians over, at
+// least: a line from fewer says so.
+const verdictPairs = 10
+
 // figure is one measured value of a goal and its bound.
 type figure struct {
 	what    string
@@ -76,8 +80,8 @@ func (g goal) String() string {
 	if !g.met() {
 		mark = "missed"
 	}
-	if pairs > 0 && pairs < 3 {
-		mark += " (from fewer than 3 pairs: noise)"
+	if pairs > 0 && pairs < verdictPairs {
+		mark += fmt.Sprintf(" (from %d pairs, fewer than the %d a verdict needs)", pairs, verdictPairs)
 	}
 	return fmt.Sprintf("goal %d, %s: %s: %s", g.n, g.what, strings.Join(parts, ", "), mark)
 }
