@@ -441,6 +441,15 @@ func (l *memLocker) Held() []lockstore.HeldLock {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
+		for _, e := range s.inline {
+			if e.num != 0 {
+				h := lockstore.HeldLock{Key: e.key, Kind: lockstore.Exclusive, Holders: 1, Since: wall.Add(-time.Duration(now - e.since))}
+				if e.num&inlineShared != 0 {
+					h.Kind = lockstore.Shared
+				}
+				out = append(out, h)
+			}
+		}
 		s.nodes.each(func(n *node) {
 			if !n.held() {
 				return

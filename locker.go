@@ -24,6 +24,9 @@ const (
 // memLocker is the in-memory lock table of one zone.
 //
 // Invariants, kept under the shard mutexes:
+//   - A key held by one lease, with no waiters, no watchers and no
+//     hierarchy, may be held in an inline entry of its shard instead of a
+//     node; a second request on it moves it into a node first (spill).
 //   - A node is in its shard's table exactly while it is held, counts
 //     locks held below it, has waiters queued, or is watched by a waiter;
 //     it is removed (and recycled) as soon as none of these is true.
@@ -73,13 +76,22 @@ const (
 
 // shard is a part of the table, padded to 128 bytes: CPUs prefetch cache
 // lines in pairs, so neighbouring shards must not share a pair.
+//
+// What an uncontended acquire and its release need sits in these 128
+// bytes: the mutex, the keys held inline, the budget, the hold average and
+// the next ticket. An operation on a shard the other CPU used last moves
+// this pair and reads lines nobody writes on that path (the shard's
+// shardCold, its region of tickets, the table's limits, the clock); with
+// the node, its table slot and the live lease's slot it moved about 7.
 type shard struct {
-	mu    sync.Mutex
-	nodes nodeTable
-	// live is the leases granted in this shard and not yet released,
-	// by number, each with its node (see memLease).
-	live nodeTable
-	free [maxFree]*node // recycled nodes: free[:nfree]
+	mu sync.Mutex
+	// inline are keys held by one lease each, with no waiters, no
+	// watchers and no hierarchy, kept here instead of in a node (see
+	// inlineHold). A key is in inline or in nodes, never both.
+	inline [shardInline]inlineHold
+	// shardCold is what the uncontended path reads at most: the nodes
+	// and the live leases of the keys that are not inline.
+	*shardCold
 	// region.t[nextTicket:] are the tickets not handed out yet (see
 	// newLease); each is handed out once.
 	region *leaseRegion
@@ -92,9 +104,41 @@ type shard struct {
 	// under mu and read without it, from every shard, by holdEstimate.
 	holdAvg    atomic.Int64
 	holdN      atomic.Int32
-	nfree      uint8
 	nextTicket uint8
-	_          [8]byte
+	_          [3]byte
+}
+
+// shardInline is how many keys a shard holds inline: two, as many as fit
+// in its 128 bytes, and as many as two CPUs hold at once on one shard when
+// each takes and gives back one lock at a time.
+const shardInline = 2
+
+// inlineHold is a key held by the one lease numbered num&^inlineShared,
+// with a lock of the kind inlineShared tells, since the coarse time since.
+// num is 0 when the entry is free (lease numbers start at 1); the key of
+// a free entry is stale and is never compared.
+type inlineHold struct {
+	hash  uint64
+	key   string
+	since int64
+	num   uint64
+}
+
+// inlineShared marks, in inlineHold.num, a shared lock.
+const inlineShared = 1 << 63
+
+// shardCold is the part of a shard that only contended keys, hierarchy
+// and keys beyond the inline ones use. It has its 128 bytes to itself
+// (its size class is 128), so that the other shards' writes to theirs do
+// not evict the nodes.count the uncontended path reads.
+type shardCold struct {
+	nodes nodeTable
+	// live is the leases granted in this shard, not yet released, and
+	// not inline, by number, each with its node (see memLease).
+	live  nodeTable
+	free  [maxFree]*node // recycled nodes: free[:nfree]
+	nfree uint8
+	_     [128 - 2*32 - maxFree*8 - 1]byte
 }
 
 // observeHold adds the hold time of a lock released in s to its average;
@@ -196,8 +240,7 @@ func newMemLocker(hierarchy bool, maxLocks, maxWaiters int) *memLocker {
 	l := &memLocker{hierarchy: hierarchy, seed: maphash.MakeSeed()}
 	l.SetLimits(maxLocks, maxWaiters)
 	for i := range l.shards {
-		l.shards[i].nodes = newNodeTable()
-		l.shards[i].live = newNodeTable()
+		l.shards[i].shardCold = &shardCold{nodes: newNodeTable(), live: newNodeTable()}
 	}
 	return l
 }
@@ -224,6 +267,12 @@ func (l *memLocker) Stats() (held, waiting, nodes int) {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
+		for _, e := range s.inline {
+			if e.num != 0 {
+				held++
+				nodes++
+			}
+		}
 		s.nodes.each(func(n *node) {
 			nodes++
 			waiting += len(n.queue())
@@ -443,6 +492,12 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 		} else {
 			l.lock(m)
 		}
+		if !l.hierarchy {
+			if ls := l.acquireInline(s, req.Key, h, req.Kind); ls != nil {
+				s.mu.Unlock()
+				return ls, nil
+			}
+		}
 		n := l.getNode(req.Key, h)
 		// A request never overtakes the queue: with one, the head's
 		// blocker is what stands in the way.
@@ -490,6 +545,55 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 		l.unlock(m)
 		return l.wait(ctx, req, m, lin, w)
 	}
+}
+
+// acquireInline grants kind on key, of hash h, as an inline hold of its
+// shard s when the key is free and an inline entry is, in a table without
+// hierarchy; the caller holds s. Otherwise it returns nil, and the key,
+// if it was held inline, is a node now, with its waiters' queue, for the
+// general path to go on with.
+func (l *memLocker) acquireInline(s *shard, key string, h uint64, kind lockstore.Kind) *memLease {
+	var slot *inlineHold
+	for i := range s.inline {
+		e := &s.inline[i]
+		if e.num == 0 {
+			if slot == nil {
+				slot = e
+			}
+			continue
+		}
+		if e.hash == h && e.key == key {
+			l.spill(s, e)
+			return nil
+		}
+	}
+	if slot == nil || s.nodes.count > 0 && s.nodes.get(h, key) != nil {
+		return nil
+	}
+	if !l.reserve(s) {
+		return nil // the general path refuses, once it has reclaimed credit
+	}
+	ls, num := l.newTicket(s, false)
+	if kind == lockstore.Shared {
+		num |= inlineShared
+	}
+	*slot = inlineHold{hash: h, key: key, since: clock.read(), num: num}
+	return ls
+}
+
+// spill moves the inline hold e of shard s, whose mutex the caller holds,
+// into a node and the live leases: a second request on its key needs the
+// node's count of holders or its queue.
+func (l *memLocker) spill(s *shard, e *inlineHold) {
+	n := l.getNode(e.key, e.hash)
+	n.since = e.since
+	if e.num&inlineShared != 0 {
+		n.shared = 1
+	} else {
+		n.excl = true
+	}
+	s.live.insert(e.num&^inlineShared, n)
+	e.num = 0
 }
 
 // release gives back a lock of kind on n, of lineage lin; the caller holds

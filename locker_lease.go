@@ -4,6 +4,7 @@ package caddylock
 // release, which wakes the queue.
 
 import (
+	"time"
 	"unsafe"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
@@ -16,9 +17,10 @@ import (
 // grants, with write barriers on while it did; it took a quarter of the
 // table's time.
 //
-// What the lease holds is in its shard's table of live leases (shard.live),
-// under the lease's number, not in the ticket: Release takes it out of
-// there, so a second Release finds nothing and does nothing. A number is
+// What the lease holds is in its shard, under the lease's number, not in
+// the ticket: in an inline entry (shard.inline) or the table of live
+// leases (shard.live). Release takes it out of there, so a second Release
+// finds nothing and does nothing. A number is
 // never used twice in a shard, nor a ticket's address while a lease
 // refers to it (a region is never reused; the garbage collector frees it
 // once no lease points into it), so a stale lease can never release a
@@ -26,8 +28,9 @@ import (
 //
 // The ticket itself holds its index in the region, from which the lease
 // finds its region (and so its shard and number), and whether the grant
-// waited. It is written before the lease is handed out and never again,
-// so reading it needs no lock. The kind is the node's: a node held by an
+// waited. The index is written when the region is made, the queued mark
+// before the lease is handed out, and nothing after that, so reading it
+// needs no lock. The kind is the node's: a node held by an
 // exclusive lease is held by no other.
 type memLease uint8
 
@@ -58,25 +61,36 @@ type leaseRegion struct {
 // newLease hands out a lease on n, which has just been granted; the
 // caller holds n's shard s.
 func (l *memLocker) newLease(s *shard, n *node, queued bool) *memLease {
+	ls, num := l.newTicket(s, queued)
+	s.live.insert(num, n)
+	return ls
+}
+
+// newTicket hands out the next ticket of shard s, whose mutex the caller
+// holds, and its lease number. A region's tickets are written when it is
+// made, so that a grant that did not wait writes nothing to the region:
+// its lines are read by releases on either CPU and written by neither.
+func (l *memLocker) newTicket(s *shard, queued bool) (*memLease, uint64) {
 	r := s.region
 	if r == nil || int(s.nextTicket) == regionTickets {
-		var base uint64
+		// Numbers start at 1: 0 marks a free inline entry.
+		base := uint64(1)
 		if r != nil {
 			base = r.base + uint64(regionTickets)
 		}
 		r = &leaseRegion{l: l, s: s, base: base}
+		for i := range r.t {
+			r.t[i] = memLease(i)
+		}
 		s.region, s.nextTicket = r, 0
 	}
 	i := s.nextTicket
 	s.nextTicket++
-	v := memLease(i)
-	if queued {
-		v |= ticketQueued
-	}
 	ls := &r.t[i]
-	*ls = v
-	s.live.insert(r.base+uint64(i), n)
-	return ls
+	if queued {
+		*ls |= ticketQueued
+	}
+	return ls, r.base + uint64(i)
 }
 
 // region is the region ls belongs to: its ticket is region.t[index], so the
@@ -108,6 +122,15 @@ func (ls *memLease) Release() {
 	s := r.s
 	num := r.base + uint64(*ls&ticketIndex)
 	s.mu.Lock()
+	for i := range s.inline {
+		if e := &s.inline[i]; e.num&^inlineShared == num {
+			e.num = 0
+			s.observeHold(time.Duration(max(0, clock.read()-e.since)))
+			r.l.unreserve(s)
+			s.mu.Unlock()
+			return
+		}
+	}
 	i, n := s.live.findNum(num)
 	if n == nil {
 		// Released already.
