@@ -59,8 +59,14 @@ type acquisition struct {
 func (h *Handler) acquire(a *acquisition, w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, z *zone, key string, reqs ...lockstore.Request) error {
 	start := time.Now()
 	// A write that queues reads its body meanwhile, so that a client
-	// that leaves leaves the queue (see bodyWait).
-	abort := abortReads(w, r) // for max_hold; before anything reads the body
+	// that leaves leaves the queue (see bodyWait); abortReads (for
+	// max_hold) must see the body before anything reads it. Without wait
+	// nothing reads it before the grant, and a refusal (a 423 to a client
+	// hammering a locked path) does not pay for the watcher.
+	var abort func()
+	if h.Wait > 0 {
+		abort = abortReads(w, r)
+	}
 	a.bw = h.newBodyWait(w, r)
 	var first lockstore.Lease
 	var leases []lockstore.Lease // only when there are several
@@ -94,6 +100,9 @@ func (h *Handler) acquire(a *acquisition, w http.ResponseWriter, r *http.Request
 		}
 	}
 	waited := h.recordWait(repl, start)
+	if h.Wait <= 0 {
+		abort = abortReads(w, r)
+	}
 	// The lease of the first key carries the fencing number the backend
 	// sees; with MOVE and COPY that is the lower of the two keys.
 	h.granted(r, repl, first)
