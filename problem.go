@@ -89,8 +89,16 @@ var errNULKey = errors.New("a NUL byte (%00) in the lock key")
 // cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
 	// Not errors.As: its target would escape, an allocation on every
-	// conflict; keyOf and destination return a *pathError unwrapped.
-	conflict := asConflict(err) // refusalcost.go
+	// conflict.
+	return h.refuseWith(w, r, repl, key, err, asConflict(err)) // refusalcost.go
+}
+
+// refuseWith is refuse for err, whose conflict, if it is one, is
+// conflict. A conflict the caller keeps (on its stack: see
+// acquisition.conflict) comes with a nil err, and is copied to the heap
+// only for handle_errors, which keeps it.
+func (h *Handler) refuseWith(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error, conflict *lockstore.ConflictError) error {
+	// keyOf and destination return a *pathError unwrapped.
 	badPath, _ := err.(*pathError)
 	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
 	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
@@ -110,6 +118,10 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		if ce := h.logger.Check(zapcore.DebugLevel, "lock conflict"); ce != nil {
 			ce.Write(zap.String("key", key), zap.String("method", r.Method),
 				zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
+		}
+		if err == nil && h.UseHandleErrors {
+			kept := *conflict
+			err = &kept
 		}
 	case errors.Is(err, lockstore.ErrTooDeep):
 		status, retry, result = http.StatusBadRequest, 0, resultTooDeep

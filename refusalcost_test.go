@@ -45,9 +45,10 @@ func TestConflictDetailMatchesTheError(t *testing.T) {
 // removed.
 func TestRefusalAllocations(t *testing.T) {
 	// The replacer map's first bucket, the key as a placeholder value,
-	// the locker's conflict, the detail and the header values. (The
-	// body's watcher and its function took two more before the grant.)
-	const refusalAllocs = 5
+	// the detail and the header values. (The body's watcher and its
+	// function took two more before the grant, the locker's conflict
+	// one, before the handler kept it on its stack.)
+	const refusalAllocs = 4
 	if raceEnabled() {
 		// Its sync.Pool drops a put item at random, on purpose.
 		t.Skip("allocations are counted without the race detector")
@@ -145,4 +146,18 @@ func (rb *refusalBench) run(tb testing.TB, n int, refuse bool) float64 {
 	rb.loop(tb, n, refuse)
 	runtime.ReadMemStats(&after)
 	return float64(after.Mallocs-before.Mallocs) / float64(n)
+}
+
+// A 423 whose conflict the handler kept on its stack still hands
+// handle_errors the conflict error, as {http.error.message} shows it.
+func TestRefusalConflictReachesHandleErrors(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, "lock {\n zone errs-kept\n use_handle_errors\n}\nreverse_proxy {backend}\nhandle_errors {\n respond \"{http.error.message}\"\n}", b)
+	done := holdWrite(t, b, http.MethodPut, url+"/doc", "w")
+	r := mustDo(t, http.MethodPut, url+"/doc", nil, http.StatusLocked)
+	if want := "lock /doc: conflicts with the exclusive lock on /doc, held for "; !strings.HasPrefix(r.body, want) {
+		t.Errorf("handle_errors got %q, want it to begin with %q", r.body, want)
+	}
+	b.open("w")
+	<-done
 }
