@@ -2,6 +2,7 @@ package caddylock
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -39,16 +40,46 @@ func TestConflictDetailMatchesTheError(t *testing.T) {
 	}
 }
 
+// A 423's detail, written from its conflict straight into the problem
+// document, is byte for byte what encoding/json writes for the detail
+// as a string, whatever the keys and the method hold (escapes, HTML
+// characters, line separators, bytes that are not UTF-8 at a piece's
+// end or start), and the page for browsers gets the same text.
+func TestConflictDetailWrittenInPlace(t *testing.T) {
+	keys := []string{"/a", "/über/日本/😀", `/q"\\<b>&amp;`, "/nl\n\t\x00\x7f", "/\u2028\u2029", "/bad\xe2\x82", "\x82\xffstart", "/end\xc3", ""}
+	for _, method := range []string{"PUT", "M&<>", "X\xc3"} {
+		for _, key := range keys {
+			for _, held := range keys {
+				c := &lockstore.ConflictError{Key: held, Kind: lockstore.Exclusive, Below: len(held)%2 == 0, HeldFor: 1234567 * time.Microsecond}
+				p := problem{Type: problemType, Title: "Resource is locked", Status: 423, Instance: "/i", conflict: c, method: method, keyFor: key}
+				ref := p
+				ref.conflict, ref.Detail = nil, conflictDetail(method, key, c)
+				want, err := json.Marshal(ref)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := p.appendJSON(nil); string(got) != string(want) {
+					t.Errorf("%q %q, held %q:\n got %s\nwant %s", method, key, held, got, want)
+				}
+				if got := p.detail(); got != ref.Detail {
+					t.Errorf("detail() = %q, want %q", got, ref.Detail)
+				}
+			}
+		}
+	}
+}
+
 // The handler's 423 allocates no more than the answer needs, counted on
 // requests built as Caddy's server builds them (refusalBench): each
 // allocation named in BenchmarkRefusalOwn's history, once removed, stays
 // removed.
 func TestRefusalAllocations(t *testing.T) {
-	// The replacer map's first bucket, the key as a placeholder value,
-	// the detail and the header values. (The body's watcher and its
-	// function took two more before the grant, the locker's conflict
-	// one, before the handler kept it on its stack.)
-	const refusalAllocs = 4
+	// The replacer map's first bucket, the key as a placeholder value
+	// and the header values. (The body's watcher and its function took
+	// two more before the grant, the locker's conflict one before the
+	// handler kept it on its stack, the detail one before it was written
+	// into the body.)
+	const refusalAllocs = 3
 	if raceEnabled() {
 		// Its sync.Pool drops a put item at random, on purpose.
 		t.Skip("allocations are counted without the race detector")
@@ -56,13 +87,14 @@ func TestRefusalAllocations(t *testing.T) {
 	rb := newRefusalBench(t, "alloc-refusal")
 	const runs = 2000
 	// Warm both up (the pools, the map of the writer's header).
-	rb.run(t, runs, false)
-	rb.run(t, runs, true)
-	prepared := rb.run(t, runs, false)
-	refused := rb.run(t, runs, true)
-	// {http.lock.wait} is boxed when it is 256ns or more: up to one more.
-	if own := refused - prepared; own > refusalAllocs+1 {
-		t.Fatalf("a 423 allocates %.2f times beyond the request's preparation, want at most %d and the wait", own, refusalAllocs)
+	_, _ = rb.run(t, runs, false)
+	_, _ = rb.run(t, runs, true)
+	prepared, _ := rb.run(t, runs, false)
+	refused, boxed := rb.run(t, runs, true)
+	// {http.lock.wait} is boxed when it is 256ns or more (smaller
+	// integers have static boxes): those are counted apart.
+	if own := refused - prepared - boxed; own > refusalAllocs+0.05 {
+		t.Fatalf("a 423 allocates %.2f times beyond the request's preparation and the wait, want %d", own, refusalAllocs)
 	}
 }
 
@@ -83,7 +115,7 @@ func BenchmarkRefusalOwn(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			cpu0 := cpuTime(b)
-			rb.loop(b, b.N, refuse)
+			_ = rb.loop(b, b.N, refuse)
 			// The process's CPU time, the garbage collector's included:
 			// on a shared machine steadier than ns/op.
 			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
@@ -123,8 +155,10 @@ func newRefusalBench(tb testing.TB, zone string) *refusalBench {
 	}
 }
 
-// loop prepares n requests, and refuses each when refuse is set.
-func (rb *refusalBench) loop(tb testing.TB, n int, refuse bool) {
+// loop prepares n requests, and refuses each when refuse is set. It
+// returns how many of the refusals had a {http.lock.wait} of 256ns or
+// more, which takes an allocation to box.
+func (rb *refusalBench) loop(tb testing.TB, n int, refuse bool) (boxedWaits int) {
 	for range n {
 		ctx, cancel := context.WithCancel(rb.conn)
 		r := caddyhttp.PrepareRequest(rb.tmpl.WithContext(ctx), caddy.NewReplacer(), rb.w, nil)
@@ -133,19 +167,24 @@ func (rb *refusalBench) loop(tb testing.TB, n int, refuse bool) {
 			if err := rb.h.ServeHTTP(rb.w, r, rb.next); err != nil || rb.w.status != http.StatusLocked {
 				tb.Fatalf("status %d, error %v, want 423", rb.w.status, err)
 			}
+			if wait, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Get("http.lock.wait"); wait.(time.Duration) >= 256 {
+				boxedWaits++
+			}
 		}
 		cancel()
 	}
+	return boxedWaits
 }
 
-// run is loop's allocations per request.
-func (rb *refusalBench) run(tb testing.TB, n int, refuse bool) float64 {
+// run is loop's allocations per request, and the share of them that
+// boxed a wait.
+func (rb *refusalBench) run(tb testing.TB, n int, refuse bool) (allocs, boxedWaits float64) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	rb.loop(tb, n, refuse)
+	boxed := rb.loop(tb, n, refuse)
 	runtime.ReadMemStats(&after)
-	return float64(after.Mallocs-before.Mallocs) / float64(n)
+	return float64(after.Mallocs-before.Mallocs) / float64(n), float64(boxed) / float64(n)
 }
 
 // A 423 whose conflict the handler kept on its stack still hands
