@@ -48,9 +48,9 @@ type acquisition struct {
 	// locks (fail_open).
 	storeErr error
 	// conflictHere is set by a caller that answers a conflict from
-	// conflict: a memory table refusing at once writes it there and
-	// acquire returns errConflictInto, so that the 423 allocates no
-	// error (ServeHTTP; refuseWith).
+	// a.conflict (ServeHTTP, with refuseWith): a memory table that
+	// refuses at once writes the conflict there, and acquire returns
+	// errConflictInto, so that the 423 allocates no error.
 	conflictHere bool
 	conflict     lockstore.ConflictError
 }

@@ -200,3 +200,45 @@ func TestRefusalConflictReachesHandleErrors(t *testing.T) {
 	b.open("w")
 	<-done
 }
+
+// The memory table writes the conflict of a request it refuses at once
+// into its caller's ConflictError, as Acquire returns it otherwise, and
+// leaves Acquire's own answer a *ConflictError.
+func TestAcquireIntoWritesTheConflict(t *testing.T) {
+	for _, hierarchy := range []bool{false, true} {
+		l := newMemLocker(hierarchy, 0, 0)
+		held, err := l.Acquire(context.Background(), lockstore.Request{Key: "/a/b", Kind: lockstore.Exclusive})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{"/a/b", "/a"} {
+			if key == "/a" && !hierarchy {
+				continue
+			}
+			req := lockstore.Request{Key: key, Kind: lockstore.Shared}
+			var into lockstore.ConflictError
+			if lease, err := l.acquireInto(context.Background(), req, &into); lease != nil || err != errConflictInto {
+				t.Fatalf("hierarchy %v, %s: acquireInto = %v, %v; want errConflictInto", hierarchy, key, lease, err)
+			}
+			_, err := l.Acquire(context.Background(), req)
+			c, ok := err.(*lockstore.ConflictError)
+			if !ok {
+				t.Fatalf("hierarchy %v, %s: Acquire = %v, want a *ConflictError", hierarchy, key, err)
+			}
+			if into.Key != c.Key || into.Kind != c.Kind || into.Below != c.Below || into.RetryAfter != c.RetryAfter ||
+				into.HeldFor <= 0 || into.HeldFor > c.HeldFor {
+				t.Errorf("hierarchy %v, %s: written %+v, Acquire's %+v", hierarchy, key, into, *c)
+			}
+			// The exclusive lock on /a/b, or the one below /a.
+			if want := key == "/a"; into.Below != want || into.Key != key || into.Kind != lockstore.Exclusive {
+				t.Errorf("hierarchy %v, %s: written %+v, want the exclusive lock at or below %s, below %v", hierarchy, key, into, key, want)
+			}
+		}
+		held.Release()
+		if lease, err := l.acquireInto(context.Background(), lockstore.Request{Key: "/a/b", Kind: lockstore.Exclusive}, new(lockstore.ConflictError)); err != nil {
+			t.Fatalf("a free key: %v", err)
+		} else {
+			lease.Release()
+		}
+	}
+}
