@@ -47,6 +47,12 @@ type acquisition struct {
 	// storeErr is the store's error that made the request pass without
 	// locks (fail_open).
 	storeErr error
+	// conflictHere is set by a caller that answers a conflict from
+	// a.conflict (ServeHTTP, with refuseWith): a memory table that
+	// refuses at once writes the conflict there, and acquire returns
+	// errConflictInto, so that the 423 allocates no error.
+	conflictHere bool
+	conflict     lockstore.ConflictError
 }
 
 // acquire takes the in-flight locks of reqs for r (whose key is key, for
@@ -77,7 +83,15 @@ func (h *Handler) acquire(a *acquisition, w http.ResponseWriter, r *http.Request
 	}
 	for i, q := range reqs {
 		q.Wait = time.Duration(h.Wait)
-		l, err := a.bw.acquire(z.locker, q)
+		var l lockstore.Lease
+		var err error
+		if ml, ok := z.locker.(*memLocker); ok && a.conflictHere && q.Wait <= 0 {
+			// What bodyWait.acquire does without wait, with the
+			// conflict written into a.
+			l, err = ml.acquireInto(r.Context(), q, &a.conflict)
+		} else {
+			l, err = a.bw.acquire(z.locker, q)
+		}
 		if err != nil {
 			if i > 0 {
 				for _, l := range leases {

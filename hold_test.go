@@ -743,10 +743,18 @@ func TestMaxHoldReleasesWhenTheRouteReturns(t *testing.T) {
 // are cut off, so the route returns (reverse_proxy would otherwise wait
 // for the client's next bytes) and the lock is released; the next write
 // goes through while the first client is still connected and silent.
+// With wait, the body is watched from the start (a write that queues
+// reads it); without, from the grant (a refusal does not watch it).
 func TestMaxHoldEndsATrickledBody(t *testing.T) {
+	for _, c := range []struct{ name, wait string }{{"wait", "\n wait 30s"}, {"nowait", ""}} {
+		t.Run(c.name, func(t *testing.T) { testMaxHoldEndsATrickledBody(t, "trickle-"+c.name, c.wait) })
+	}
+}
+
+func testMaxHoldEndsATrickledBody(t *testing.T, zone, wait string) {
 	b := newBackend(t)
-	url := startCaddy(t, "lock {\n zone trickle\n max_hold 300ms\n wait 30s\n}\nreverse_proxy {backend}", b)
-	l := zoneTable(t, "trickle")
+	url := startCaddy(t, "lock {\n zone "+zone+"\n max_hold 300ms"+wait+"\n}\nreverse_proxy {backend}", b)
+	l := zoneTable(t, zone)
 	conn := rawRequest(t, url, "PUT /doc HTTP/1.1\r\nHost: "+strings.TrimPrefix(url, "http://")+"\r\nX-Hold: trickle-a\r\nContent-Length: 100\r\n", "0123456789")
 	// The backend gets the head and part of the body; at max_hold the
 	// upstream request is cancelled and its body read fails there.
@@ -763,6 +771,12 @@ func TestMaxHoldEndsATrickledBody(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the backend did not see the first write end at max_hold")
 		}
+	}
+	if wait == "" {
+		// Without wait a second write arriving before the first's route
+		// has returned would be refused: the route returns, releasing
+		// the lock, only because its client's body reads were cut off.
+		waitEmpty(t, l)
 	}
 	second := holdWrite(t, b, http.MethodPut, url+"/doc", "trickle-b")
 	b.open("trickle-b")

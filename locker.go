@@ -2,6 +2,7 @@ package caddylock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/bits"
@@ -378,6 +379,14 @@ func (l *memLocker) grant(n *node, kind lockstore.Kind, lin []anc) {
 }
 
 func (l *memLocker) conflict(n *node, b *node) *lockstore.ConflictError {
+	e := new(lockstore.ConflictError)
+	l.conflictInto(e, n, b)
+	return e
+}
+
+// conflictInto writes into e the conflict of a request for n that b (or
+// n's queue, for a nil b) stands in the way of.
+func (l *memLocker) conflictInto(e *lockstore.ConflictError, n *node, b *node) {
 	if b == nil {
 		// Only the queue stood in the way: report the key itself.
 		b = n
@@ -385,7 +394,7 @@ func (l *memLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 	// The system clock, not the coarse one, so that HeldFor is never
 	// zero: since is at most one tick early, now is exact.
 	now := monotonicNow()
-	e := &lockstore.ConflictError{Key: b.key, Kind: lockstore.Shared}
+	*e = lockstore.ConflictError{Key: b.key, Kind: lockstore.Shared}
 	switch {
 	case b.held():
 		if b.excl {
@@ -405,7 +414,6 @@ func (l *memLocker) conflict(n *node, b *node) *lockstore.ConflictError {
 		remaining = avg
 	}
 	e.RetryAfter = max(1, (remaining+time.Second-1)/time.Second) * time.Second
-	return e
 }
 
 // reserve takes one unit of the max_locks budget for a lock or waiter in
@@ -461,11 +469,24 @@ func (l *memLocker) reclaim() {
 
 // Acquire implements Locker.
 func (l *memLocker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.Lease, error) {
+	return l.acquireInto(ctx, req, nil)
+}
+
+// errConflictInto is what acquireInto returns for a conflict it wrote
+// into its caller's ConflictError.
+var errConflictInto = errors.New("lock conflict, written to the caller's ConflictError")
+
+// acquireInto is Acquire for a caller that keeps a ConflictError of its
+// own (the handler, on its stack): a request refused at once for a
+// conflict fills into and gets errConflictInto, so that a 423 allocates
+// no error. A nil into makes it Acquire; a conflict after a wait is
+// returned as Acquire returns it.
+func (l *memLocker) acquireInto(ctx context.Context, req lockstore.Request, into *lockstore.ConflictError) (lockstore.Lease, error) {
 	if req.Kind != lockstore.Shared && req.Kind != lockstore.Exclusive {
 		return nil, fmt.Errorf("acquire %q: invalid lock kind %v", req.Key, req.Kind)
 	}
 	if !l.hierarchy {
-		return l.acquire(ctx, req, nil)
+		return l.acquire(ctx, req, nil, into)
 	}
 	if err := lockstore.CheckDepth(req.Key); err != nil {
 		// Not quoting the key, which may be many kilobytes.
@@ -474,12 +495,12 @@ func (l *memLocker) Acquire(ctx context.Context, req lockstore.Request) (locksto
 	// Here, not in Acquire's frame, so that a table without hierarchy
 	// does not clear it on every call.
 	var buf [lineageInline]anc
-	return l.acquire(ctx, req, l.lineage(req.Key, buf[:0]))
+	return l.acquire(ctx, req, l.lineage(req.Key, buf[:0]), into)
 }
 
-// acquire is Acquire for a request whose key has lineage lin (nil without
-// hierarchy).
-func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc) (lockstore.Lease, error) {
+// acquire is acquireInto for a request whose key has lineage lin (nil
+// without hierarchy).
+func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []anc, into *lockstore.ConflictError) (lockstore.Lease, error) {
 	h := l.hashOf(req.Key)
 	m := l.mask(h, lin)
 	s := &l.shards[shardIndex(h)]
@@ -512,7 +533,12 @@ func (l *memLocker) acquire(ctx context.Context, req lockstore.Request, lin []an
 		// A conflict is reported as such even when the table is full:
 		// the lock in the way is the more useful answer.
 		if !free && (req.Wait <= 0 || int64(len(q)) >= l.maxWaiters.Load() || ctx.Err() != nil) {
-			err := l.conflict(n, b)
+			var err error = errConflictInto
+			if into != nil {
+				l.conflictInto(into, n, b)
+			} else {
+				err = l.conflict(n, b)
+			}
 			l.maybeFree(n)
 			l.unlock(m)
 			return nil, err

@@ -414,9 +414,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveDAV(w, r, next, repl, z, key, davMethod, kind, ok)
 	}
 
-	var a acquisition
+	a := acquisition{conflictHere: true}
 	if err := h.acquire(&a, w, r, repl, z, key, lockstore.Request{Key: key, Kind: kind}); err != nil {
 		repl.Set("http.lock.key", key)
+		if err == errConflictInto {
+			return h.refuseWith(w, r, repl, key, nil, &a.conflict)
+		}
 		return h.refuse(w, r, repl, key, err)
 	}
 	defer a.release()

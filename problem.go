@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -65,6 +66,21 @@ type problem struct {
 	Lock     *problemLock `json:"lock,omitempty"`
 	// ETag is the resource's current ETag in a 412 or 428 (precondition.go).
 	ETag string `json:"etag,omitempty"`
+
+	// A 423's detail is written from its conflict straight into the
+	// answer (appendConflictText), not into a string of its own: set
+	// conflict, and Detail stays empty. detail() has the text.
+	conflict       *lockstore.ConflictError
+	method, keyFor string
+}
+
+// detail is p's detail: Detail, or the text of its conflict. A copy: a
+// string of p that flowed on would put it on the heap for every refusal.
+func (p *problem) detail() string {
+	if p.conflict != nil {
+		return conflictDetail(p.method, p.keyFor, p.conflict)
+	}
+	return strings.Clone(p.Detail)
 }
 
 type problemLock struct {
@@ -89,8 +105,16 @@ var errNULKey = errors.New("a NUL byte (%00) in the lock key")
 // cannot help.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error) error {
 	// Not errors.As: its target would escape, an allocation on every
-	// conflict; keyOf and destination return a *pathError unwrapped.
-	conflict := asConflict(err) // refusalcost.go
+	// conflict.
+	return h.refuseWith(w, r, repl, key, err, asConflict(err)) // refusalcost.go
+}
+
+// refuseWith is refuse for err, whose conflict, if it is one, is
+// conflict. A conflict the caller keeps (on its stack: see
+// acquisition.conflict) comes with a nil err, and is copied to the heap
+// only for handle_errors, which keeps it.
+func (h *Handler) refuseWith(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, err error, conflict *lockstore.ConflictError) error {
+	// keyOf and destination return a *pathError unwrapped.
 	badPath, _ := err.(*pathError)
 	status, retry, result := http.StatusServiceUnavailable, time.Second, resultFull
 	p := problem{Type: problemType, Instance: r.URL.RequestURI()}
@@ -98,7 +122,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 	case conflict != nil:
 		status, retry, result = http.StatusLocked, conflict.RetryAfter, resultConflict
 		p.Title = "Resource is locked"
-		p.Detail = conflictDetail(r.Method, key, conflict)
+		p.conflict, p.method, p.keyFor = conflict, r.Method, key
 		p.Lock = &problemLock{
 			Key:         conflict.Key,
 			Kind:        conflict.Kind.String(),
@@ -110,6 +134,10 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, repl *caddy.Rep
 		if ce := h.logger.Check(zapcore.DebugLevel, "lock conflict"); ce != nil {
 			ce.Write(zap.String("key", key), zap.String("method", r.Method),
 				zap.String("held_key", conflict.Key), zap.Duration("held_for", conflict.HeldFor))
+		}
+		if err == nil && h.UseHandleErrors {
+			kept := *conflict
+			err = &kept
 		}
 	case errors.Is(err, lockstore.ErrTooDeep):
 		status, retry, result = http.StatusBadRequest, 0, resultTooDeep
@@ -247,7 +275,13 @@ func (p *problem) appendJSON(b []byte) []byte {
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(p.Status), 10)
 	b = append(b, `,"detail":`...)
-	b = appendJSONString(b, p.Detail)
+	if p.conflict != nil {
+		b = append(b, '"')
+		b = appendConflictText(b, p.method, p.keyFor, p.conflict, true)
+		b = append(b, '"')
+	} else {
+		b = appendJSONString(b, p.Detail)
+	}
 	b = append(b, `,"instance":`...)
 	b = appendJSONString(b, p.Instance)
 	if l := p.Lock; l != nil {
@@ -305,6 +339,16 @@ const hexDigits = "0123456789abcdef"
 // < > &, and U+2028/U+2029; bytes that are not UTF-8 become U+FFFD.
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
+	b = appendJSONChars(b, s)
+	return append(b, '"')
+}
+
+// appendJSONChars appends the characters of s as appendJSONString
+// writes them, without the quotes. Strings appended one after another
+// come out as their concatenation would when each but the first begins
+// with ASCII: a byte that is not UTF-8 at the end of one cannot be taken
+// for the start of a character with the next.
+func appendJSONChars(b []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		if c := s[i]; c < utf8.RuneSelf {
@@ -348,8 +392,7 @@ func appendJSONString(b []byte, s string) []byte {
 		i += size
 		start = i
 	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	return append(b, s[start:]...)
 }
 
 // refuseAmbiguous answers 400 with a problem body saying why the request

@@ -64,12 +64,21 @@ func asConflictWrapped(err error) *lockstore.ConflictError {
 
 // conflictDetail is the detail of a 423's problem document: method and
 // key, then c.Error(), in one allocation (the error's own formatting
-// takes three).
+// takes three). The problem document itself has it written into its
+// body, with no string of its own (problem.appendJSON).
 func conflictDetail(method, key string, c *lockstore.ConflictError) string {
 	var buf [256]byte
-	b := append(buf[:0], method...)
+	return string(appendConflictText(buf[:0], method, key, c, false))
+}
+
+// appendConflictText appends conflictDetail's text to b, as the
+// characters of a JSON string (appendJSONChars) when json is set. Each
+// piece after the request's method and key and the conflict's key begins
+// with ASCII, so escaping those one by one is escaping the whole text.
+func appendConflictText(b []byte, method, key string, c *lockstore.ConflictError, json bool) []byte {
+	b = appendText(b, method, json)
 	b = append(b, ' ')
-	b = append(b, key...)
+	b = appendText(b, key, json)
 	b = append(b, " conflicts with the "...)
 	b = append(b, c.Kind.String()...)
 	if c.Below {
@@ -77,10 +86,20 @@ func conflictDetail(method, key string, c *lockstore.ConflictError) string {
 	} else {
 		b = append(b, " lock on "...)
 	}
-	b = append(b, c.Key...)
+	b = appendText(b, c.Key, json)
 	b = append(b, ", held for "...)
-	b = appendMillis(b, c.HeldFor.Round(time.Millisecond))
-	return string(b)
+	// ASCII, but for a "µ" that needs no escape in JSON.
+	return appendMillis(b, c.HeldFor.Round(time.Millisecond))
+}
+
+// appendText appends s, escaped for a JSON string when json is set. Not
+// a function passed in: the compiler would have everything given to it
+// escape, the handler's conflict with it.
+func appendText(b []byte, s string, json bool) []byte {
+	if json {
+		return appendJSONChars(b, s)
+	}
+	return append(b, s...)
 }
 
 // appendMillis appends d as time.Duration's String writes it, for a d

@@ -239,7 +239,7 @@ func appendRefusalPage(b []byte, r *http.Request, p *problem, secs int64, now ti
 	// Copies: a string of p that flowed into the template's data would
 	// make the compiler put it on the heap for every refusal, the API
 	// clients' too (BenchmarkRefusal), not just this rare path.
-	page := refusalPage{Status: p.Status, Title: strings.Clone(p.Title), Explain: strings.Clone(p.Detail), Retry: secs, Back: backLink(r), Advice: adviceRetry}
+	page := refusalPage{Status: p.Status, Title: strings.Clone(p.Title), Explain: p.detail(), Retry: secs, Back: backLink(r), Advice: adviceRetry}
 	switch p.Status {
 	case http.StatusPreconditionFailed:
 		page.Explain, page.Advice = explainChanged, adviceReload

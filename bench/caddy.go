@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -38,6 +39,17 @@ http://127.0.0.1:%d {
 	}
 	return path, nil
 }
+
+// staticRefusalBytes is the size of scenario 4's answer body: the problem
+// document of a 423 to PUT /hot ("held for 23ms", held_seconds with nine
+// digits), give or take the digits of the time held.
+const staticRefusalBytes = 265
+
+// staticRefusalSite answers every request with a 423 whose body is as long
+// as scenario 4's problem document, from Caddy's own static_response: the
+// cheapest 423 this Caddy can write, which bounds what any handler's 423
+// can reach. reverse_proxy after it is never reached.
+var staticRefusalSite = "\trespond \"" + strings.Repeat("x", staticRefusalBytes) + "\" 423\n"
 
 // freePort asks the kernel for a free loopback port.
 func freePort() (int, error) {

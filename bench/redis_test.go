@@ -113,7 +113,22 @@ func TestStartRedisServesAndStopsClean(t *testing.T) {
 // The Redis scenario's Caddyfile adapts, with Caddy's own adapter and this
 // module, to a lock handler whose store is the redis-server given.
 func TestRedisSiteAdaptsToARedisStore(t *testing.T) {
-	path, err := caddyfile(t.TempDir(), "lock-redis", 8080, "off", "127.0.0.1:9", redisSite("127.0.0.1:6390"))
+	handlers, out := siteHandlers(t, "lock-redis", redisSite("127.0.0.1:6390"))
+	if len(handlers) != 2 || handlers[0]["handler"] != "lock" || handlers[1]["handler"] != "reverse_proxy" {
+		t.Fatalf("handlers %v, want lock then reverse_proxy; config:\n%s", handlers, out)
+	}
+	store, _ := handlers[0]["store"].(map[string]any)
+	if store["type"] != "redis" || fmt.Sprint(store["addresses"]) != "[127.0.0.1:6390]" {
+		t.Errorf("lock's store is %v, want redis at 127.0.0.1:6390", handlers[0]["store"])
+	}
+}
+
+// siteHandlers adapts the Caddyfile of run name with site, with Caddy's
+// own adapter and this module, and returns its handlers in order, and the
+// JSON config.
+func siteHandlers(t *testing.T, name, site string) ([]map[string]any, []byte) {
+	t.Helper()
+	path, err := caddyfile(t.TempDir(), name, 8080, "off", "127.0.0.1:9", site)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,11 +177,19 @@ func TestRedisSiteAdaptsToARedisStore(t *testing.T) {
 			}
 		}
 	}
-	if len(handlers) != 2 || handlers[0]["handler"] != "lock" || handlers[1]["handler"] != "reverse_proxy" {
-		t.Fatalf("handlers %v, want lock then reverse_proxy; config:\n%s", handlers, out)
+	return handlers, out
+}
+
+// Scenario 4's ceiling is Caddy's static_response answering 423 with a
+// body as long as scenario 4's, ahead of reverse_proxy, which it never
+// reaches.
+func TestStaticRefusalSiteAdaptsToAStatic423(t *testing.T) {
+	handlers, out := siteHandlers(t, "static-423", staticRefusalSite)
+	if len(handlers) != 2 || handlers[0]["handler"] != "static_response" || handlers[1]["handler"] != "reverse_proxy" {
+		t.Fatalf("handlers %v, want static_response then reverse_proxy; config:\n%s", handlers, out)
 	}
-	store, _ := handlers[0]["store"].(map[string]any)
-	if store["type"] != "redis" || fmt.Sprint(store["addresses"]) != "[127.0.0.1:6390]" {
-		t.Errorf("lock's store is %v, want redis at 127.0.0.1:6390", handlers[0]["store"])
+	body, _ := handlers[0]["body"].(string)
+	if fmt.Sprint(handlers[0]["status_code"]) != "423" || len(body) != staticRefusalBytes {
+		t.Errorf("static_response answers %v with %d bytes, want 423 with %d", handlers[0]["status_code"], len(body), staticRefusalBytes)
 	}
 }

@@ -80,6 +80,9 @@ func buildReport(machine string, cfg config, runs []*runDef, lk lockerRuns, own 
 	}
 	fmt.Fprintf(&b, "\n%s\n", redisSummary(byName["lock-redis"], byName["lock-put"]))
 	fmt.Fprintf(&b, "Scenario 4 counts only the 423 answers (rate and latency); %s.\n", hotSummary(byName["hot-423"]))
+	if s := ceilingSummary(byName["static-423"], byName["hot-423"], base); s != "" {
+		fmt.Fprintf(&b, "%s\n", s)
+	}
 	memVerdict := "meets"
 	if !mem.passed {
 		memVerdict = "fails"
@@ -136,6 +139,39 @@ func hotSummary(r *runDef) string {
 		locked += m.statuses[423]
 	}
 	return fmt.Sprintf("over all pairs %d writes were proxied and %d refused with 423 without reaching the backend", ok, locked)
+}
+
+// ceilingSummary is the informational line on scenario 4's ceiling (not a
+// goal): how fast the same Caddy answers the same load with a static 423
+// of the same size, over scenario 1's rate, and how close scenario 4's
+// 423s come to it, pair by pair. "" when the ceiling was not measured.
+func ceilingSummary(static, hot, base *runDef) string {
+	if static == nil || hot == nil || base == nil {
+		return ""
+	}
+	rate := func(m measurement) float64 { return m.rate }
+	var cpu, hotCPU []float64
+	for _, m := range static.results {
+		cpu = append(cpu, float64(m.cpuPer))
+	}
+	for _, m := range hot.results {
+		hotCPU = append(hotCPU, float64(m.cpuPer))
+	}
+	return fmt.Sprintf("Ceiling (informational, not a goal): a static 423 (`respond` with a body of %d bytes, the size of scenario 4's) runs at %s scenario 1's req/s, with Caddy CPU/req %s against scenario 4's %s; scenario 4's 423s run at %s of the static 423's rate.",
+		staticRefusalBytes, timesOf(pairRatios(static, base, rate)), spreadOf(cpu).durations(),
+		spreadOf(hotCPU).durations(), pairRatios(hot, static, rate).ratio())
+}
+
+// timesOf prints a spread of ratios as "3.50x (3.40x–3.60x)".
+func timesOf(s spread) string {
+	if s.n == 0 {
+		return "—"
+	}
+	v := fmtTimes(s.med)
+	if s.n > 1 {
+		v += " (" + fmtTimes(s.min) + "–" + fmtTimes(s.max) + ")"
+	}
+	return v
 }
 
 // lockerTable tabulates the locker benchmark: ops/s of each

@@ -93,3 +93,30 @@ func TestReportSaysRedisWasSkipped(t *testing.T) {
 		}
 	}
 }
+
+// The ceiling of scenario 4 is one informational line, not a row or a
+// goal: a static 423 at 4x scenario 1's rate, scenario 4's 423s at 3x.
+func TestReportGivesTheStaticRefusalCeiling(t *testing.T) {
+	cfg := config{pairs: 3, requests: 100, duration: time.Second, concurrency: 16}
+	runs := reportRuns(false)
+	plain := buildReport("machine: test", cfg, runs, nil, nil, memResult{perLock: 100, passed: true})
+	if strings.Contains(plain, "Ceiling") {
+		t.Errorf("a ceiling line without a static-423 run:\n%s", plain)
+	}
+	static := runWith("static-423", put(4000, time.Millisecond/4, time.Millisecond, 20*time.Microsecond, 0),
+		put(4400, time.Millisecond/4, time.Millisecond, 20*time.Microsecond, 0), put(3600, time.Millisecond/4, time.Millisecond, 20*time.Microsecond, 0))
+	report := buildReport("machine: test", cfg, append(runs, static), nil, nil, memResult{perLock: 100, passed: true})
+	want := "Ceiling (informational, not a goal): a static 423 (`respond` with a body of 265 bytes, the size of scenario 4's) runs at 4.00x (4.00x–4.00x) scenario 1's req/s, " +
+		"with Caddy CPU/req 20µs (20µs–20µs) against scenario 4's 500µs (500µs–500µs); scenario 4's 423s run at 0.75 (0.75–0.75) of the static 423's rate."
+	if !strings.Contains(report, want) {
+		t.Errorf("no line\n%s\nin:\n%s", want, report)
+	}
+	for line := range strings.SplitSeq(report, "\n") {
+		if strings.Contains(line, "static") && (strings.HasPrefix(line, "|") || strings.HasPrefix(line, "- goal")) {
+			t.Errorf("the ceiling is in the table or the goals: %s", line)
+		}
+	}
+	if got, wantRows := strings.Count(report, "\n| "), strings.Count(plain, "\n| "); got != wantRows {
+		t.Errorf("%d table rows with the ceiling, %d without", got, wantRows)
+	}
+}
