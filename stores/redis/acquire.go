@@ -184,7 +184,7 @@ func (l *Locker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.
 		switch {
 		case res.granted:
 			ls := &Lease{l: l, key: req.Key, member: req.Key + "\x00" + tok, fence: res.fence, explicit: res.explicit,
-				queued: deadline != nil, lost: make(chan struct{})}
+				queued: deadline != nil, lost: make(chan struct{}), granted: sent}
 			ls.confirmed.Store(sent)
 			if !l.track(ls) {
 				ls.Release()
@@ -311,7 +311,7 @@ func (l *Locker) abandon(key, tok, wtok string) {
 		defer l.wg.Done()
 		member := key + "\x00" + tok
 		undo := func() {
-			l.release(member, key)
+			l.release(member, key, -1)
 			if wtok != "" {
 				l.leave(key, wtok)
 			}
