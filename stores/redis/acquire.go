@@ -40,7 +40,9 @@ import (
 // purge of expired entries and the full logic (lua/acquire_slow.lua).
 // Expired entries left behind are harmless meanwhile (every check skips
 // them) and bounded: a table that looks full takes the slow path.
-var acquireScript = redis.NewScript(scriptTime + luaAncestors + lua("acquire") + lua("acquire_slow"))
+var acquireScript = redis.NewScript(acquireSource)
+
+var acquireSource = scriptTime + luaAncestors + lua("acquire") + lua("acquire_slow")
 
 // acquireResult is a decoded acquireScript reply.
 type acquireResult struct {

@@ -259,3 +259,41 @@ func TestRedisReleaseReadsNoClock(t *testing.T) {
 	}
 	ls.Release() // stops its renewal; Redis has nothing left to do
 }
+
+// A grant writes the server clock's µs as TIME's own digits, padded, not
+// through string.format: a clock whose µs part has fewer than six digits
+// must still give the fence and grant time of the whole µs count. The
+// script runs as it is, with TIME answering a fixed instant.
+func TestRedisGrantClockDigits(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	ctx := context.Background()
+	// A local redis shadows the global one for the whole script.
+	fake := "local redis = setmetatable({call = function(c, ...)\n" +
+		"  if c == 'TIME' then return {'1700000000', '42'} end\n" +
+		"  return redis.call(c, ...)\n" +
+		"end}, {__index = redis})\n"
+	script := redis.NewScript(fake + acquireSource)
+	keys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq, l.kXidx}
+	tok := newToken(lockstore.Exclusive)
+	v, err := script.Run(ctx, l.client, keys, l.acquireArgs(lockstore.Request{Key: "/c", Kind: lockstore.Exclusive}, tok, "")...).Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const us = 1700000000000042
+	if len(v) != 3 || v[0] != int64(1) || v[1] != int64(us) {
+		t.Fatalf("grant = %v, want {1, %d, 0}: the fence is the clock in µs", v, us)
+	}
+	if got, _ := l.client.HGet(ctx, l.kInfo, "/c\x00"+tok).Result(); got != "1700000000000042 1700000000000042" {
+		t.Fatalf("grant time and fence recorded as %q", got)
+	}
+	// The next grant at the same instant takes the counter's next value.
+	tok = newToken(lockstore.Exclusive)
+	v, err = script.Run(ctx, l.client, keys, l.acquireArgs(lockstore.Request{Key: "/d", Kind: lockstore.Exclusive}, tok, "")...).Slice()
+	if err != nil || len(v) != 3 || v[1] != int64(us+1) {
+		t.Fatalf("second grant = %v, %v, want fence %d", v, err, us+1)
+	}
+	if got, _ := l.client.HGet(ctx, l.kInfo, "/d\x00"+tok).Result(); got != "1700000000000042 1700000000000043" {
+		t.Fatalf("second grant recorded as %q", got)
+	}
+}

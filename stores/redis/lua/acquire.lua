@@ -2,7 +2,7 @@
 local exp, held, info, meta, q, wexp, wseq, xidx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local key, tok = ARGV[1], ARGV[2]
 local ttl, maxLocks = tonumber(ARGV[3]), tonumber(ARGV[4])
-local wtok, wttl, maxWaiters, chan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local wtok, chan = ARGV[5], ARGV[8]
 local hier = ARGV[9] == '1'
 -- the BYLEX range of the keys strictly below key (see descRange)
 local dlo, dhi = '', ''
@@ -19,12 +19,18 @@ local TL = 34 -- "\0" and a token (kind letter, 32 hex digits)
 -- whichever is greater: a failover that loses grants also loses their
 -- increments, and the clock still puts the new primary's numbers
 -- above them (see the README on fencing).
+-- Numbers are written as strings made without string.format where that
+-- is easy (the clock's digits as TIME sent them): Lua formats a number
+-- with printf, a good part of what a grant cost Redis.
 local function grant()
-  local fence = math.max((tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1, nowus)
-  redis.call('HSET', meta, 'fence', string.format('%d', fence))
+  local fence = (tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1
+  local us = t[1] .. string.rep('0', 6 - #t[2]) .. t[2] -- nowus
+  local fs = us
+  if fence > nowus then fs = string.format('%d', fence) else fence = nowus end
+  redis.call('HSET', meta, 'fence', fs)
   redis.call('ZADD', exp, now + ttl, M)
-  redis.call('ZADD', held, 0, M)
-  redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
+  redis.call('ZADD', held, '0', M)
+  redis.call('HSET', info, M, us .. ' ' .. fs)
   return fence
 end
 

@@ -19,11 +19,17 @@ if held then
   -- The first holdWindow holds are averaged plainly, so that the first
   -- one sets the estimate instead of moving it part of the way from
   -- zero; after that each weighs 1/holdWindow (as in the memory store).
+  -- holds stays at holdWindow once there, and is not written again.
   local m = redis.call('HMGET', KEYS[4], 'avg', 'holds')
   local avg = tonumber(m[1] or '0') or 0
-  local n = math.min((tonumber(m[2] or '0') or 0) + 1, {{HOLD_WINDOW}})
-  avg = avg + (held / 1000 - avg) / n
-  redis.call('HSET', KEYS[4], 'avg', string.format('%d', math.floor(avg)), 'holds', n)
+  local h = tonumber(m[2] or '0') or 0
+  local n = math.min(h + 1, {{HOLD_WINDOW}})
+  avg = string.format('%d', math.floor(avg + (held / 1000 - avg) / n))
+  if n == h then
+    redis.call('HSET', KEYS[4], 'avg', avg)
+  else
+    redis.call('HSET', KEYS[4], 'avg', avg, 'holds', n)
+  end
 end
 -- Only queued waiters listen (a waiter is queued by the same script call
 -- that finds the key taken): with none in the zone, nobody is told.
