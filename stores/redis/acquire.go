@@ -40,7 +40,9 @@ import (
 // purge of expired entries and the full logic (lua/acquire_slow.lua).
 // Expired entries left behind are harmless meanwhile (every check skips
 // them) and bounded: a table that looks full takes the slow path.
-var acquireScript = redis.NewScript(scriptTime + luaAncestors + lua("acquire") + lua("acquire_slow"))
+var acquireScript = redis.NewScript(acquireSource)
+
+var acquireSource = scriptTime + luaAncestors + lua("acquire") + lua("acquire_slow")
 
 // acquireResult is a decoded acquireScript reply.
 type acquireResult struct {
@@ -184,7 +186,7 @@ func (l *Locker) Acquire(ctx context.Context, req lockstore.Request) (lockstore.
 		switch {
 		case res.granted:
 			ls := &Lease{l: l, key: req.Key, member: req.Key + "\x00" + tok, fence: res.fence, explicit: res.explicit,
-				queued: deadline != nil, lost: make(chan struct{})}
+				queued: deadline != nil, lost: make(chan struct{}), granted: sent}
 			ls.confirmed.Store(sent)
 			if !l.track(ls) {
 				ls.Release()
@@ -311,7 +313,7 @@ func (l *Locker) abandon(key, tok, wtok string) {
 		defer l.wg.Done()
 		member := key + "\x00" + tok
 		undo := func() {
-			l.release(member, key)
+			l.release(member, key, -1)
 			if wtok != "" {
 				l.leave(key, wtok)
 			}

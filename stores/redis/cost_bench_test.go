@@ -7,6 +7,7 @@ package redisstore
 
 import (
 	"context"
+	"os"
 	"regexp"
 	"strconv"
 	"sync/atomic"
@@ -56,42 +57,48 @@ func scriptStats(b *testing.B, c redis.UniversalClient) map[string]float64 {
 // per pair (server-µs/write) and the mean time of one EVALSHA inside the
 // server (evalsha-µs), with and without hierarchy.
 func BenchmarkRedisServerCost(b *testing.B) {
-	srv := startRedis(b)
+	flatAndHierarchy(b, startRedis(b), "cost-", func(b *testing.B, l *Locker) {
+		ctx := context.Background()
+		ls, err := l.Acquire(ctx, lockstore.Request{Key: "/warm", Kind: lockstore.Exclusive})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ls.Release()
+		if err := l.client.ConfigResetStat(ctx).Err(); err != nil {
+			b.Fatal(err)
+		}
+		var next atomic.Int64
+		before := serverCPU(b, l.client)
+		b.ResetTimer()
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := next.Add(1)
+				ls, err := l.Acquire(ctx, lockstore.Request{Key: "/d" + strconv.FormatInt(i%64, 10) + "/f" + strconv.FormatInt(i, 10), Kind: lockstore.Exclusive})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ls.Release()
+			}
+		})
+		b.StopTimer()
+		after := serverCPU(b, l.client)
+		b.ReportMetric((after-before)/float64(b.N), "server-µs/write")
+		b.ReportMetric(scriptStats(b, l.client)["evalsha"], "evalsha-µs")
+	})
+}
+
+// flatAndHierarchy runs bench as two sub-benchmarks, on a locker of a zone
+// without hierarchy and one with it.
+func flatAndHierarchy(b *testing.B, srv *testRedis, zone string, bench func(*testing.B, *Locker)) {
 	for _, hier := range []bool{false, true} {
 		name := "flat"
 		if hier {
 			name = "hierarchy"
 		}
 		b.Run(name, func(b *testing.B) {
-			l := newRedisLocker(b, srv, "cost-"+name, redisOpts{hierarchy: hier})
-			ctx := context.Background()
-			ls, err := l.Acquire(ctx, lockstore.Request{Key: "/warm", Kind: lockstore.Exclusive})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ls.Release()
-			if err := l.client.ConfigResetStat(ctx).Err(); err != nil {
-				b.Fatal(err)
-			}
-			var next atomic.Int64
-			before := serverCPU(b, l.client)
-			b.ResetTimer()
-			b.SetParallelism(8)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					i := next.Add(1)
-					ls, err := l.Acquire(ctx, lockstore.Request{Key: "/d" + strconv.FormatInt(i%64, 10) + "/f" + strconv.FormatInt(i, 10), Kind: lockstore.Exclusive})
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					ls.Release()
-				}
-			})
-			b.StopTimer()
-			after := serverCPU(b, l.client)
-			b.ReportMetric((after-before)/float64(b.N), "server-µs/write")
-			b.ReportMetric(scriptStats(b, l.client)["evalsha"], "evalsha-µs")
+			bench(b, newRedisLocker(b, srv, zone+name, redisOpts{hierarchy: hier}))
 		})
 	}
 }
@@ -167,4 +174,59 @@ func BenchmarkRedisServerFloor(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric((serverCPU(b, l.client)-before)/float64(b.N), "server-µs/write")
+}
+
+// BenchmarkRedisFixedPipelines sends acquire calls, then their release
+// calls, in pipelines of eight from one goroutine: redis-server's CPU per
+// locked write (server-µs/write) without the scheduler deciding how calls
+// batch. Against a redis-server run under callgrind it gives exact
+// instruction counts, which a loaded machine does not blur
+// (CADDY_LOCK_BENCH_REDIS names that server instead of starting one):
+//
+//	valgrind --tool=callgrind --toggle-collect=evalGenericCommand \
+//	  redis-server --port 6390 --save "" --appendonly no &
+//	CADDY_LOCK_BENCH_REDIS=127.0.0.1:6390 go test -run '^$' \
+//	  -bench 'RedisFixedPipelines/flat' -benchtime 2000x ./stores/redis/
+//	redis-cli -p 6390 shutdown nosave   # callgrind.out.*: totals / 2001
+func BenchmarkRedisFixedPipelines(b *testing.B) {
+	var srv *testRedis
+	if addr := os.Getenv("CADDY_LOCK_BENCH_REDIS"); addr != "" {
+		srv = &testRedis{Addr: addr}
+	} else {
+		srv = startRedis(b)
+	}
+	const depth = 8
+	flatAndHierarchy(b, srv, "fixed-", func(b *testing.B, l *Locker) {
+		ctx := context.Background()
+		for _, s := range []*redis.Script{acquireScript, releaseScript} {
+			if err := s.Load(ctx, l.client).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		acqKeys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq, l.kXidx}
+		var keys, members [depth]string
+		before := serverCPU(b, l.client)
+		b.ResetTimer()
+		for i := 0; i < b.N; i += depth {
+			p := l.client.Pipeline()
+			for j := range depth {
+				k := "/d" + strconv.Itoa((i+j)%64) + "/f" + strconv.Itoa(i+j)
+				tok := newToken(lockstore.Exclusive)
+				keys[j], members[j] = k, k+"\x00"+tok
+				p.EvalSha(ctx, acquireScript.Hash(), acqKeys, l.acquireArgs(lockstore.Request{Key: k, Kind: lockstore.Exclusive}, tok, "")...)
+			}
+			if _, err := p.Exec(ctx); err != nil {
+				b.Fatal(err)
+			}
+			p = l.client.Pipeline()
+			for j := range depth {
+				p.EvalSha(ctx, releaseScript.Hash(), l.holderKeys(), members[j], keys[j], l.channel, 1000)
+			}
+			if _, err := p.Exec(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		b.ReportMetric((serverCPU(b, l.client)-before)/float64(b.N), "server-µs/write")
+	})
 }

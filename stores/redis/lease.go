@@ -3,6 +3,7 @@ package redisstore
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddy-lock/caddy-lock/lockstore"
 )
@@ -16,6 +17,7 @@ type Lease struct {
 	fence     int64
 	explicit  bool
 	queued    bool         // granted after waiting in the queue
+	granted   int64        // l.now() when the granting call was sent
 	confirmed atomic.Int64 // l.now() when the last successful renewal was sent
 	released  atomic.Bool
 	lostOnce  sync.Once
@@ -57,7 +59,7 @@ func (ls *Lease) Release() {
 	l.calls.Add(1)
 	defer l.calls.Add(-1)
 	l.untrack(ls)
-	l.release(ls.member, ls.key)
+	l.release(ls.member, ls.key, time.Duration(l.now()-ls.granted))
 }
 
 var (

@@ -15,17 +15,25 @@ import (
 // average hold time and notifies waiters. Running it twice is a no-op the
 // second time.
 //
-// KEYS: exp held info meta wexp; ARGV: member, key, channel. Returns 1 if the
-// holder was removed, else 0. The script's file holds holdWindowMark
-// where lockstore.HoldWindow goes, substituted once here.
-var releaseScript = redis.NewScript(scriptTime + strings.Replace(lua("release"), holdWindowMark, strconv.Itoa(lockstore.HoldWindow), 1))
+// KEYS: exp held info meta wexp; ARGV: member, key, channel, how long it
+// was held in µs ("" when unknown). Returns 1 if the holder was removed,
+// else 0. The script's file holds holdWindowMark where
+// lockstore.HoldWindow goes, substituted once here. It reads the server
+// clock only when the hold is unknown: a lease measures its own (one
+// round trip longer than Redis would, which the average in ms hardly
+// sees), and that spares the grant time's read and the clock's.
+var releaseScript = redis.NewScript(strings.Replace(lua("release"), holdWindowMark, strconv.Itoa(lockstore.HoldWindow), 1))
 
 // release deletes a holder from Redis if it is still there, waiting at
-// most the timeout.
-func (l *Locker) release(member, key string) {
+// most the timeout. held is how long it was held, negative when unknown.
+func (l *Locker) release(member, key string, held time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
-	_ = l.batch.run(ctx, releaseScript, l.holderKeys(), member, key, l.channel).Err()
+	var us any = ""
+	if held >= 0 {
+		us = held.Microseconds()
+	}
+	_ = l.batch.run(ctx, releaseScript, l.holderKeys(), member, key, l.channel, us).Err()
 }
 
 // renewScript extends the leases that are still live and returns the

@@ -231,3 +231,69 @@ func TestRedisStoreDeepKeySentOnce(t *testing.T) {
 		t.Fatalf("LOCK below an exclusive infinite lock: %v, want a conflict", err)
 	}
 }
+
+// A lease's release tells Redis how long it was held: the release script
+// then reads neither the server clock nor the grant time, the two
+// commands that made up a fifth of its cost. The undoing of an
+// unanswered acquire, which does not know, still measures it in Redis.
+func TestRedisReleaseReadsNoClock(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{lease: time.Minute})
+	redisAcquire(t, l, "/warm", lockstore.Exclusive).Release() // loads the scripts
+	ctx := context.Background()
+	ls := redisAcquire(t, l, "/one", lockstore.Exclusive)
+	if err := l.client.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ls.Release()
+	if calls := commandCalls(t, l.client); calls["evalsha"] != 1 || calls["time"] != 0 || calls["hget"] != 0 || calls["hset"] != 1 {
+		t.Fatalf("release: command stats %v, want one script call that reads no clock and no grant time but records the hold", calls)
+	}
+	ls = redisAcquire(t, l, "/two", lockstore.Exclusive)
+	if err := l.client.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	l.release(ls.member, "/two", -1)
+	if calls := commandCalls(t, l.client); calls["time"] != 1 || calls["hget"] != 1 || calls["hset"] != 1 {
+		t.Fatalf("release of an unknown hold: command stats %v, want the clock and the grant time read and the hold recorded", calls)
+	}
+	ls.Release() // stops its renewal; Redis has nothing left to do
+}
+
+// A grant writes the server clock's µs as TIME's own digits, padded, not
+// through string.format: a clock whose µs part has fewer than six digits
+// must still give the fence and grant time of the whole µs count. The
+// script runs as it is, with TIME answering a fixed instant.
+func TestRedisGrantClockDigits(t *testing.T) {
+	srv := startRedis(t)
+	l := newRedisLocker(t, srv, t.Name(), redisOpts{})
+	ctx := context.Background()
+	// A local redis shadows the global one for the whole script.
+	fake := "local redis = setmetatable({call = function(c, ...)\n" +
+		"  if c == 'TIME' then return {'1700000000', '42'} end\n" +
+		"  return redis.call(c, ...)\n" +
+		"end}, {__index = redis})\n"
+	script := redis.NewScript(fake + acquireSource)
+	keys := []string{l.kExp, l.kHeld, l.kInfo, l.kMeta, l.kQueue, l.kWexp, l.kWseq, l.kXidx}
+	tok := newToken(lockstore.Exclusive)
+	v, err := script.Run(ctx, l.client, keys, l.acquireArgs(lockstore.Request{Key: "/c", Kind: lockstore.Exclusive}, tok, "")...).Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const us = 1700000000000042
+	if len(v) != 3 || v[0] != int64(1) || v[1] != int64(us) {
+		t.Fatalf("grant = %v, want {1, %d, 0}: the fence is the clock in µs", v, us)
+	}
+	if got, _ := l.client.HGet(ctx, l.kInfo, "/c\x00"+tok).Result(); got != "1700000000000042 1700000000000042" {
+		t.Fatalf("grant time and fence recorded as %q", got)
+	}
+	// The next grant at the same instant takes the counter's next value.
+	tok = newToken(lockstore.Exclusive)
+	v, err = script.Run(ctx, l.client, keys, l.acquireArgs(lockstore.Request{Key: "/d", Kind: lockstore.Exclusive}, tok, "")...).Slice()
+	if err != nil || len(v) != 3 || v[1] != int64(us+1) {
+		t.Fatalf("second grant = %v, %v, want fence %d", v, err, us+1)
+	}
+	if got, _ := l.client.HGet(ctx, l.kInfo, "/d\x00"+tok).Result(); got != "1700000000000042 1700000000000043" {
+		t.Fatalf("second grant recorded as %q", got)
+	}
+}

@@ -2,7 +2,7 @@
 local exp, held, info, meta, q, wexp, wseq, xidx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local key, tok = ARGV[1], ARGV[2]
 local ttl, maxLocks = tonumber(ARGV[3]), tonumber(ARGV[4])
-local wtok, wttl, maxWaiters, chan = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local wtok, chan = ARGV[5], ARGV[8]
 local hier = ARGV[9] == '1'
 -- the BYLEX range of the keys strictly below key (see descRange)
 local dlo, dhi = '', ''
@@ -14,6 +14,36 @@ local want = string.sub(tok, 1, 1)
 local qlo, qhi = '[' .. key .. '\0', '(' .. key .. '\1'
 local mine = false -- set when onKey meets M, this call's own member
 local TL = 34 -- "\0" and a token (kind letter, 32 hex digits)
+
+-- The fence is the counter's next value or the server clock in µs,
+-- whichever is greater: a failover that loses grants also loses their
+-- increments, and the clock still puts the new primary's numbers
+-- above them (see the README on fencing).
+-- The fence and grant time go as TIME's own digits unless the counter is
+-- ahead of the clock: Lua turns a number into a command's argument with
+-- printf, which showed in perf of redis-server.
+local function grant()
+  local fence = (tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1
+  local us = t[1] .. string.rep('0', 6 - #t[2]) .. t[2] -- nowus
+  local fs = us
+  if fence > nowus then fs = string.format('%d', fence) else fence = nowus end
+  redis.call('HSET', meta, 'fence', fs)
+  redis.call('ZADD', exp, now + ttl, M)
+  redis.call('ZADD', held, '0', M)
+  redis.call('HSET', info, M, us .. ' ' .. fs)
+  return fence
+end
+
+local nw = redis.call('ZCARD', wexp)
+local qfree = nw == 0 or not redis.call('ZRANGEBYLEX', q, qlo, qhi, 'LIMIT', 0, 1)[1]
+-- Without hierarchy, a key that nobody holds at all (no member in held,
+-- live or not) is free: it is granted before the helpers below are
+-- created, which Lua does on every call. Anything on the key takes the
+-- checks below.
+if qfree and not hier and not redis.call('ZRANGEBYLEX', held, qlo, qhi, 'LIMIT', 0, 1)[1]
+    and redis.call('ZCARD', exp) + nw < maxLocks then
+  return {1, grant(), redis.call('ZCARD', xidx)}
+end
 
 local function live(m)
   local e = redis.call('ZSCORE', exp, m)
@@ -67,19 +97,6 @@ local function blocker(want)
   return nil
 end
 
--- The fence is the counter's next value or the server clock in µs,
--- whichever is greater: a failover that loses grants also loses their
--- increments, and the clock still puts the new primary's numbers
--- above them (see the README on fencing).
-local function grant()
-  local fence = math.max((tonumber(redis.call('HGET', meta, 'fence')) or 0) + 1, nowus)
-  redis.call('HSET', meta, 'fence', string.format('%d', fence))
-  redis.call('ZADD', exp, now + ttl, M)
-  redis.call('ZADD', held, 0, M)
-  redis.call('HSET', info, M, string.format('%d %d', nowus, fence))
-  return fence
-end
-
 -- Fast path: a key with nobody queued on it, no live holder in the way,
 -- not already ours and room in the table is granted without purging
 -- expired entries first (they cannot be in the way: holders are checked
@@ -89,9 +106,6 @@ end
 -- check skips them, as it skips those the bounded purge leaves.
 -- A queue entry always has its expiry in wexp: with none there, no queue
 -- need be looked at.
-local nw = redis.call('ZCARD', wexp)
-if (nw == 0 or not redis.call('ZRANGEBYLEX', q, qlo, qhi, 'LIMIT', 0, 1)[1]) and not blocker(want) and not mine
-    and redis.call('ZCARD', exp) + nw < maxLocks then
+if qfree and not blocker(want) and not mine and redis.call('ZCARD', exp) + nw < maxLocks then
   return {1, grant(), redis.call('ZCARD', xidx)}
 end
-

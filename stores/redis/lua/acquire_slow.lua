@@ -1,3 +1,5 @@
+-- the waiting arguments, which the fast path does not read
+local wttl, maxWaiters = tonumber(ARGV[6]), tonumber(ARGV[7])
 -- Purge expired holders and waiters (a bounded batch per call; whatever
 -- is left is still recognised as expired below). Their keys may now be
 -- free: tell the waiters.

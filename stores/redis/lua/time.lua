@@ -1,4 +1,5 @@
 
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ts, tus = tonumber(t[1]), tonumber(t[2]) -- each string read once: tonumber is strtod
+local now = ts * 1000 + math.floor(tus / 1000)
+local nowus = ts * 1000000 + tus
