@@ -437,10 +437,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else {
 		repl.Set("http.lock.result", resultAcquired)
 	}
-	a.hc.zone, a.hc.key, a.hc.kind = z, key, kind
+	a.hc.zone, a.hc.key, a.hc.kind = z, heldKey(key), kind
 	// The key of a granted request is its hold's: a string set as a
 	// placeholder would be boxed, an allocation per locked write.
-	repl.Set("http.lock.key", (*heldKey)(a.hc))
+	repl.Set("http.lock.key", &a.hc.key)
 	// A write the precondition check may refuse is counted after it.
 	checked := h.checksPreconditions(kind)
 	if kind == lockstore.Exclusive {
@@ -494,7 +494,7 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind locksto
 		return true
 	}
 	key, err := h.keyOf(r, repl)
-	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && c.key == key
+	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && string(c.key) == key
 }
 
 // keyOf computes the lock key of a request, or a *pathError for a path

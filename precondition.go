@@ -126,7 +126,7 @@ func (h *Handler) checkHeldPreconditions(w http.ResponseWriter, r *http.Request,
 		return false, nil
 	}
 	ctx := context.WithValue(c, nestedCheckKey{}, true)
-	return h.checkPreconditions(ctx, w, r, repl, h.zone, c.key, true)
+	return h.checkPreconditions(ctx, w, r, repl, h.zone, string(c.key), true)
 }
 
 // validateETags checks the settings of this file and etag.go.
