@@ -486,8 +486,8 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind locksto
 	if h.WebDAV {
 		return false
 	}
-	c, ok := r.Context().Value(heldLockKey{}).(*holdContext)
-	if !ok || c.zone != h.zone || c.released.Load() {
+	c := heldIn(r.Context(), h.zone)
+	if c == nil || c.released.Load() {
 		return false
 	}
 	if !locks {
@@ -495,6 +495,19 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind locksto
 	}
 	key, err := h.keyOf(r, repl)
 	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && string(c.key) == key
+}
+
+// heldIn is the hold of zone z that ctx runs under, nil if none. The
+// hold ctx answers with is the last one taken, by the last lock handler
+// of the route, which may be of another zone (or a WebDAV one, of none):
+// the earlier holds are behind it, each in the context its successor was
+// granted in.
+func heldIn(ctx context.Context, z *zone) *holdContext {
+	c, _ := ctx.Value(heldLockKey{}).(*holdContext)
+	for c != nil && c.zone != z {
+		c, _ = c.base.values.Value(heldLockKey{}).(*holdContext)
+	}
+	return c
 }
 
 // keyOf computes the lock key of a request, or a *pathError for a path

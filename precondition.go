@@ -121,7 +121,7 @@ func (h *Handler) checkHeldPreconditions(w http.ResponseWriter, r *http.Request,
 	if done, _ := repl.GetString("http.lock.precondition"); done == preconditionPassed {
 		return false, nil
 	}
-	c, _ := r.Context().Value(heldLockKey{}).(*holdContext)
+	c := heldIn(r.Context(), h.zone)
 	if c == nil {
 		return false, nil
 	}
