@@ -76,7 +76,7 @@ type holdContext struct {
 	// the request holds it already (see Handler.heldBefore); zone is nil
 	// otherwise.
 	zone *zone
-	key  string
+	key  heldKey
 	kind lockstore.Kind
 
 	// Links in the reaper's list, guarded by the reaper's mutex.
@@ -107,11 +107,17 @@ func (b *holdBase) Value(key any) any {
 	return b.values.Value(key)
 }
 
-// heldKey is a holdContext as the {http.lock.key} placeholder of its
-// request: the key of the lock it holds (see Handler.ServeHTTP).
-type heldKey holdContext
+// heldKey is the key of a hold's lock; a pointer to it (into the
+// holdContext, no allocation of its own) is the {http.lock.key}
+// placeholder of its request (see Handler.ServeHTTP). It is a string
+// type, not the holdContext itself, because Caddy reads placeholders in
+// two ways: fmt.Stringer (caddy.ToString: header values, vars, logs) and,
+// in CEL expression matchers, the value's reflect kind, which rejects a
+// struct (the matcher fails, and the request with it) but reads a pointer
+// to a string as the string.
+type heldKey string
 
-func (k *heldKey) String() string { return k.key }
+func (k *heldKey) String() string { return string(*k) }
 
 // heldLockKey is the context key under which a holdContext answers with
 // itself, for Handler.heldBefore.

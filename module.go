@@ -437,10 +437,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else {
 		repl.Set("http.lock.result", resultAcquired)
 	}
-	a.hc.zone, a.hc.key, a.hc.kind = z, key, kind
+	a.hc.zone, a.hc.key, a.hc.kind = z, heldKey(key), kind
 	// The key of a granted request is its hold's: a string set as a
 	// placeholder would be boxed, an allocation per locked write.
-	repl.Set("http.lock.key", (*heldKey)(a.hc))
+	repl.Set("http.lock.key", &a.hc.key)
 	// A write the precondition check may refuse is counted after it.
 	checked := h.checksPreconditions(kind)
 	if kind == lockstore.Exclusive {
@@ -486,15 +486,28 @@ func (h *Handler) heldBefore(r *http.Request, repl *caddy.Replacer, kind locksto
 	if h.WebDAV {
 		return false
 	}
-	c, ok := r.Context().Value(heldLockKey{}).(*holdContext)
-	if !ok || c.zone != h.zone || c.released.Load() {
+	c := heldIn(r.Context(), h.zone)
+	if c == nil || c.released.Load() {
 		return false
 	}
 	if !locks {
 		return true
 	}
 	key, err := h.keyOf(r, repl)
-	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && c.key == key
+	return err == nil && (c.kind == lockstore.Exclusive || kind == lockstore.Shared) && string(c.key) == key
+}
+
+// heldIn is the hold of zone z that ctx runs under, nil if none. The
+// hold ctx answers with is the last one taken, by the last lock handler
+// of the route, which may be of another zone (or a WebDAV one, of none):
+// the earlier holds are behind it, each in the context its successor was
+// granted in.
+func heldIn(ctx context.Context, z *zone) *holdContext {
+	c, _ := ctx.Value(heldLockKey{}).(*holdContext)
+	for c != nil && c.zone != z {
+		c, _ = c.base.values.Value(heldLockKey{}).(*holdContext)
+	}
+	return c
 }
 
 // keyOf computes the lock key of a request, or a *pathError for a path

@@ -121,12 +121,12 @@ func (h *Handler) checkHeldPreconditions(w http.ResponseWriter, r *http.Request,
 	if done, _ := repl.GetString("http.lock.precondition"); done == preconditionPassed {
 		return false, nil
 	}
-	c, _ := r.Context().Value(heldLockKey{}).(*holdContext)
+	c := heldIn(r.Context(), h.zone)
 	if c == nil {
 		return false, nil
 	}
 	ctx := context.WithValue(c, nestedCheckKey{}, true)
-	return h.checkPreconditions(ctx, w, r, repl, h.zone, c.key, true)
+	return h.checkPreconditions(ctx, w, r, repl, h.zone, string(c.key), true)
 }
 
 // validateETags checks the settings of this file and etag.go.
