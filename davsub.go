@@ -69,27 +69,18 @@ type subRequestKey struct{}
 
 // subContext is the context of a sub-request: the request's own, with
 // the mark. The lock that a handler without webdav earlier in the route
-// holds for the request shows through the WebDAV request's own in-flight
-// hold, so that such a handler lets the sub-request pass as it lets the
-// request pass (see Handler.heldBefore), rather than wait for itself.
+// holds for the request is found behind the WebDAV request's own
+// in-flight hold (heldIn walks past it), so that such a handler lets the
+// sub-request pass as it lets the request pass (see Handler.heldBefore),
+// rather than wait for itself.
 type subContext struct {
 	context.Context
 	mark *subRequestMark
 }
 
 func (c *subContext) Value(key any) any {
-	switch key {
-	case subRequestKey{}:
+	if key == (subRequestKey{}) {
 		return c.mark
-	case heldLockKey{}:
-		hc, _ := c.Context.Value(heldLockKey{}).(*holdContext)
-		for hc != nil && hc.zone == nil {
-			hc, _ = hc.base.values.Value(heldLockKey{}).(*holdContext)
-		}
-		if hc == nil {
-			return nil
-		}
-		return hc
 	}
 	return c.Context.Value(key)
 }
