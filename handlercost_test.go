@@ -3,7 +3,6 @@ package caddylock
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -59,40 +58,4 @@ func handlerOwnAllocs(t *testing.T, zone, method string) float64 {
 	lock := testing.AllocsPerRun(200, serve(true))
 	t.Logf("%s: %v allocations through the lock handler, %v straight to the next handler", method, lock, route)
 	return lock - route
-}
-
-// The rest of the route runs on the hold context, with the key as its
-// placeholder; once the route has returned the request has its own
-// context again, for the handlers before the lock.
-func TestServeOnRestoresTheRequest(t *testing.T) {
-	h := provisionedHandler(t, "serve-on")
-	repl := caddy.NewReplacer()
-	r := caddyhttp.PrepareRequest(httptest.NewRequest(http.MethodPut, "/docs/a", nil), repl, &discardWriter{header: http.Header{}}, nil)
-	orig := r.Context()
-	var during context.Context
-	next := caddyhttp.HandlerFunc(func(_ http.ResponseWriter, got *http.Request) error {
-		if got != r {
-			t.Error("the next handler got a copy of the request, not the request")
-		}
-		during = got.Context()
-		if _, ok := during.Value(heldLockKey{}).(*holdContext); !ok {
-			t.Error("the route does not run on the hold context")
-		}
-		if key := repl.ReplaceAll("{http.lock.key}", ""); key != "/docs/a" {
-			t.Errorf("{http.lock.key} = %q during the route, want /docs/a", key)
-		}
-		return nil
-	})
-	if err := h.ServeHTTP(&discardWriter{header: http.Header{}}, r, next); err != nil {
-		t.Fatal(err)
-	}
-	if r.Context() != orig {
-		t.Fatal("after the route the request still has the hold context")
-	}
-	if during.Err() == nil {
-		t.Fatal("the hold context did not end with the route")
-	}
-	if key := repl.ReplaceAll("{http.lock.key}", ""); key != "/docs/a" {
-		t.Fatalf("{http.lock.key} = %q after the route, want /docs/a", key)
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path"
 	"slices"
 	"strings"
@@ -621,5 +622,73 @@ func TestNestedLockHandlerWithoutLockKeepsPlaceholders(t *testing.T) {
 	metrics := admin + "/metrics"
 	if v := metricValue(t, metrics, `caddy_lock_requests_total{result="none",zone="`+zone+`"}`); v != 0 {
 		t.Fatalf("the locked POST was counted %v times as none as well", v)
+	}
+}
+
+// A lock handler of a zone that an earlier handler of the route holds
+// the request's lock in lets it pass, also when a handler of another zone
+// took a lock in between: the hold it finds first is the other zone's,
+// and the one of its own zone is behind it. It answered 423, conflicting
+// with the request's own lock. The lock is held meanwhile: a second write
+// to the key is refused.
+func TestLockHandlerOfAZoneHeldBeforeAnotherZone(t *testing.T) {
+	b := newBackend(t)
+	url := startCaddy(t, `route {
+	lock {
+		zone abaA
+	}
+	lock {
+		zone abaB
+	}
+	lock {
+		zone abaA
+	}
+	reverse_proxy {backend}
+}`, b)
+	done := holdWrite(t, b, http.MethodPut, url+"/x", "w")
+	assertLocked(t, do(http.DefaultClient, http.MethodPut, url+"/x", nil), "/x")
+	b.open("w")
+	if r := <-done; r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("a write through zones A, B and A again: %d %v %s, want 200", r.status, r.err, r.body)
+	}
+	if writes, _, _ := b.counts(); writes != 1 {
+		t.Fatalf("backend writes = %d, want 1", writes)
+	}
+	mustDo(t, http.MethodPut, url+"/x", nil, http.StatusOK)
+}
+
+// The rest of the route runs on the hold context, with the key as its
+// placeholder; once the route has returned the request has its own
+// context again, for the handlers before the lock.
+func TestServeOnRestoresTheRequest(t *testing.T) {
+	h := provisionedHandler(t, "serve-on")
+	repl := caddy.NewReplacer()
+	r := caddyhttp.PrepareRequest(httptest.NewRequest(http.MethodPut, "/docs/a", nil), repl, &discardWriter{header: http.Header{}}, nil)
+	orig := r.Context()
+	var during context.Context
+	next := caddyhttp.HandlerFunc(func(_ http.ResponseWriter, got *http.Request) error {
+		if got != r {
+			t.Error("the next handler got a copy of the request, not the request")
+		}
+		during = got.Context()
+		if _, ok := during.Value(heldLockKey{}).(*holdContext); !ok {
+			t.Error("the route does not run on the hold context")
+		}
+		if key := repl.ReplaceAll("{http.lock.key}", ""); key != "/docs/a" {
+			t.Errorf("{http.lock.key} = %q during the route, want /docs/a", key)
+		}
+		return nil
+	})
+	if err := h.ServeHTTP(&discardWriter{header: http.Header{}}, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if r.Context() != orig {
+		t.Fatal("after the route the request still has the hold context")
+	}
+	if during.Err() == nil {
+		t.Fatal("the hold context did not end with the route")
+	}
+	if key := repl.ReplaceAll("{http.lock.key}", ""); key != "/docs/a" {
+		t.Fatalf("{http.lock.key} = %q after the route, want /docs/a", key)
 	}
 }
